@@ -1,0 +1,57 @@
+"""alignloop: end-to-end RLHF in one tool.
+
+The library API (the same names the HTTP client uses):
+
+    import alignloop
+    model = alignloop.load_model("smollm2-135m-instruct")
+    print(model.predict("What was Apple's FY2022 revenue?", context="..."))
+    alignloop.train("sft", model="tiny", data="data.jsonl", output="runs/sft")
+
+Heavy modules (torch, transformers) are imported on first use, not at ``import alignloop``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["load_model", "train", "Client", "__version__"]
+
+
+def load_model(name_or_path: str, **kwargs: Any):
+    """Load a policy model by alias, folder, GGUF file or cached hub id; returns an ``AlignModel``."""
+    from alignloop.models.load import load_model as _load_model
+
+    return _load_model(name_or_path, **kwargs)
+
+
+def train(stage: str, config: Any = None, **fields: Any):
+    """Run a stage (``"sft"``, ``"dpo"``, ``"reward train"``, ...) from a config object, a YAML path or fields.
+
+    Returns what the stage returns (the output folder for trainers).
+    """
+    from alignloop.cli import _load, run
+    from alignloop.config import COMMANDS, StageConfig
+
+    words = tuple(stage.split())
+    if words == ("reward",):
+        words = ("reward", "train")
+    if words not in COMMANDS:
+        raise ValueError(f"unknown stage '{stage}'; one of: {', '.join(' '.join(c) for c in COMMANDS)}")
+    cls = _load(COMMANDS[words][1])
+    if isinstance(config, StageConfig):
+        cfg = config.replace(**fields).validate() if fields else config.validate()
+    elif config is not None:
+        cfg = cls.load(config, overrides=fields)
+    else:
+        cfg = cls.from_dict(fields, source="train()").validate()
+    return run(cfg)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Client":
+        from alignloop.client import Client
+
+        return Client
+    raise AttributeError(name)
