@@ -318,14 +318,20 @@ def _implicit_prompt(r: _Row) -> tuple[Prompt, str, str]:
             c, rj = parse_hh(chosen), parse_hh(rejected)
         except ValueError as exc:
             raise r.error("chosen", str(exc)) from None
-        if c[:-1] != rj[:-1] or c[-1]["role"] != "assistant" or rj[-1]["role"] != "assistant":
-            raise r.error("rejected", "chosen and rejected transcripts must share every turn but the last "
-                          "assistant answer")
-        if not c[-1]["content"].strip():
-            raise r.error("chosen", "empty final answer")
-        if not rj[-1]["content"].strip():
-            raise r.error("rejected", "empty final answer")
-        return Prompt(c[:-1]), c[-1]["content"], rj[-1]["content"]
+        # the prompt is the longest run of shared turns that ends with the human's turn. In the real HH data the
+        # two transcripts share every turn but the last answer, except a handful (4 of 1,812 harmless-base rows)
+        # where an answer swallowed a "Human:" without its blank line; there the rest of each transcript is the
+        # answer, kept rather than dropped. An empty answer is kept too: "saying nothing" is a real choice
+        # (3 rows of the harmless-base data).
+        k = 0
+        while k < min(len(c), len(rj)) - 1 and c[k] == rj[k]:
+            k += 1
+        while k > 0 and c[k - 1]["role"] != "user":
+            k -= 1
+        if k == 0:
+            raise r.error("rejected", "chosen and rejected transcripts share no human turn to take the prompt from")
+        return (Prompt(c[:k]), "\n\n".join(m["content"] for m in c[k:]),
+                "\n\n".join(m["content"] for m in rj[k:]))
     # plain strings: the longest common prefix is the prompt (raw text)
     n = 0
     while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
