@@ -28,7 +28,7 @@ def release_expired(s: Session, project: Project) -> int:
     task_ids = select(Task.id).where(Task.project_id == project.id).scalar_subquery()
     res = s.execute(update(Assignment).where(Assignment.status == "open", Assignment.created_at < cutoff,
                                              Assignment.task_id.in_(task_ids))
-                    .values(status="expired", slot=None).execution_options(synchronize_session=False))
+                    .values(status="expired", slot=None).execution_options(synchronize_session="fetch"))
     return res.rowcount or 0
 
 
