@@ -165,6 +165,43 @@ class UserIn(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------------
+# Who is asking (module level: FastAPI resolves the string annotations here)
+# --------------------------------------------------------------------------------------------------
+
+
+def principal(request: Request, authorization: Annotated[Optional[str], Header()] = None,
+              x_csrf_token: Annotated[Optional[str], Header()] = None) -> Principal:
+    db: Database = request.app.state.db
+    with db.read() as s:
+        if authorization:
+            scheme, _, token = authorization.partition(" ")
+            lab = auth.labeler_for_token(s, token.strip()) if scheme.lower() == "bearer" else None
+            if lab is None:
+                raise HTTPProblem(401, "invalid API token")
+            return Principal(lab, None)
+        raw = request.cookies.get(SESSION_COOKIE)
+        found = auth.session_for_cookie(s, raw) if raw else None
+        if found is None:
+            raise HTTPProblem(401, "sign in first (POST /login) or send Authorization: Bearer <token>")
+        lab, sess = found
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not auth.same(x_csrf_token, sess.csrf_token):
+            raise HTTPProblem(403, "missing or wrong CSRF token (send the X-CSRF-Token header)")
+        return Principal(lab, sess)
+
+
+Who = Annotated[Principal, Depends(principal)]
+
+
+def require_admin(who: Who) -> Principal:
+    if not who.is_admin:
+        raise HTTPProblem(403, "this needs the admin role")
+    return who
+
+
+Admin = Annotated[Principal, Depends(require_admin)]
+
+
+# --------------------------------------------------------------------------------------------------
 # The app
 # --------------------------------------------------------------------------------------------------
 
@@ -192,34 +229,6 @@ def create_app(db: Database | str) -> FastAPI:
     @app.exception_handler(DataError)
     async def _data(_request: Request, exc: DataError):
         return JSONResponse({"detail": str(exc), "line": exc.line, "field": exc.field}, status_code=422)
-
-    # ---- who is asking ------------------------------------------------------------------------------
-    def principal(request: Request, authorization: Annotated[Optional[str], Header()] = None,
-                  x_csrf_token: Annotated[Optional[str], Header()] = None) -> Principal:
-        with db.read() as s:
-            if authorization:
-                scheme, _, token = authorization.partition(" ")
-                lab = auth.labeler_for_token(s, token.strip()) if scheme.lower() == "bearer" else None
-                if lab is None:
-                    raise HTTPProblem(401, "invalid API token")
-                return Principal(lab, None)
-            raw = request.cookies.get(SESSION_COOKIE)
-            found = auth.session_for_cookie(s, raw) if raw else None
-            if found is None:
-                raise HTTPProblem(401, "sign in first (POST /login) or send Authorization: Bearer <token>")
-            lab, sess = found
-            if request.method not in ("GET", "HEAD", "OPTIONS") and not auth.same(x_csrf_token, sess.csrf_token):
-                raise HTTPProblem(403, "missing or wrong CSRF token (send the X-CSRF-Token header)")
-            return Principal(lab, sess)
-
-    Who = Annotated[Principal, Depends(principal)]
-
-    def admin(who: Who) -> Principal:
-        if not who.is_admin:
-            raise HTTPProblem(403, "this needs the admin role")
-        return who
-
-    Admin = Annotated[Principal, Depends(admin)]
 
     def page(request: Request, name: str, who: Principal | None, **ctx: Any) -> HTMLResponse:
         csrf = who.session.csrf_token if who and who.session else ""

@@ -141,4 +141,6 @@ def labeler_progress(s: Session, project: Project, labeler: Labeler) -> dict:
     left = s.scalar(select(func.count(Task.id)).where(
         Task.project_id == project.id, Task.is_gold.is_(False), _not_seen_by(labeler),
         taken < project.overlap)) or 0
-    return {"done": done, "available": left}
+    current = s.scalar(select(func.count(Assignment.id)).join(Task, Task.id == Assignment.task_id).where(
+        Task.project_id == project.id, Assignment.labeler_id == labeler.id, Assignment.status == "open")) or 0
+    return {"done": done, "available": left + current}

@@ -479,6 +479,14 @@ def validate_answer(task: Task, project: Project, a: Answer) -> Answer:
         return Answer(skip_reason=reason)
     out = Answer(rewrite=rewrite)
     t = task.task_type
+    # a field that does not belong to this task type is a client mistake worth naming before anything else
+    takes = {"pairwise": {"choice", "strength"}, "binary": {"choice"}, "ranking": {"ranking"}, "rating": {"ratings"},
+             "rewrite": set()}[t]
+    for name in ("choice", "strength", "ranking", "ratings"):
+        if getattr(a, name) is not None and name not in takes:
+            raise Invalid(f"a {t} task takes no {name}", field=name)
+    if t in ("pairwise", "binary") and a.choice is None:
+        raise Invalid(f"is required for a {t} task", field="choice")
     if t == "pairwise":
         if a.choice not in PAIRWISE_CHOICES:
             raise Invalid(f"'{a.choice}' is not one of {', '.join(PAIRWISE_CHOICES)} for a pairwise task", "choice")
