@@ -397,10 +397,10 @@ def create_app(db: Database | str) -> FastAPI:
         with db.write() as s:
             p = get_project(s, name)
             a = assign.next_assignment(s, p, who.labeler)
-            progress = assign.labeler_progress(s, p, who.labeler)
-            if a is None:
-                return {"done": True, "progress": progress}
-            return {"done": False, **_assignment_view(s, a, p), "progress": progress}
+            view = _assignment_view(s, a, p) if a is not None else None
+        with db.read() as s:  # counted after the commit, outside the write lock
+            progress = assign.labeler_progress(s, get_project(s, name), who.labeler)
+        return {"done": view is None, **(view or {}), "progress": progress}
 
     @app.get("/api/assignments/{assignment_id}")
     def show_assignment(assignment_id: int, who: Who) -> dict:

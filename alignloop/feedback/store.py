@@ -261,6 +261,8 @@ class Database:
         self.engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             _sqlite_setup(self.engine)
+        self._write_lock: contextlib.AbstractContextManager = threading.Lock() if self.is_sqlite else \
+            contextlib.nullcontext()
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = sessionmaker(self.engine.execution_options(writer=True), expire_on_commit=False)
         if migrate:
@@ -270,7 +272,10 @@ class Database:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
-        with self._writer() as s, s.begin():
+        # SQLite has one writer at a time. Threads of this process queue on a lock (woken at once) rather
+        # than in SQLite's busy handler, which sleeps in growing steps and wrecks latency under load;
+        # busy_timeout still covers other processes.
+        with self._write_lock, self._writer() as s, s.begin():
             yield s
 
     @contextlib.contextmanager
