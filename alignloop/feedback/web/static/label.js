@@ -289,6 +289,11 @@
     b.hidden = !b.hidden;
     if (!b.hidden) $("rewrite").focus();
   }
+  function acceptWarning() {
+    warningAccepted = true;
+    $("warning").hidden = true;
+    $("task").hidden = false;
+  }
   function toggleHelp() { $("help").hidden = !$("help").hidden; }
 
   function loadNext() {
@@ -300,11 +305,12 @@
         $("done").hidden = false;
         return;
       }
-      if (data.content_warning && !warningAccepted) {
+      var warn = !!(data.content_warning && !warningAccepted);
+      if (warn) {
         $("warning-text").textContent = data.content_warning;
         $("warning").hidden = false;
       }
-      $("task").hidden = false;
+      $("task").hidden = warn;  // nothing of the task shows until the labeler has read the warning
       $("done").hidden = true;
       render(data, data.progress);
     }).catch(function (e) { say(e.message, true); });
@@ -313,7 +319,7 @@
   // ---- keyboard -------------------------------------------------------------------------------
   document.addEventListener("keydown", function (e) {
     if (!$("warning").hidden) {
-      if (e.key === "Enter") { e.preventDefault(); warningAccepted = true; $("warning").hidden = true; }
+      if (e.key === "Enter") { e.preventDefault(); acceptWarning(); }
       return;
     }
     var typing = /^(TEXTAREA|INPUT|SELECT)$/.test(e.target.tagName);
@@ -360,7 +366,7 @@
     else if (b.dataset.action === "cancel-skip") closeSkip();
     else if (b.dataset.action === "toggle-rewrite") toggleRewrite();
     else if (b.dataset.action === "help") toggleHelp();
-    else if (b.dataset.action === "accept-warning") { warningAccepted = true; $("warning").hidden = true; }
+    else if (b.dataset.action === "accept-warning") acceptWarning();
   });
 
   loadNext();
