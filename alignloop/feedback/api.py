@@ -184,7 +184,9 @@ def principal(request: Request, authorization: Annotated[Optional[str], Header()
         if found is None:
             raise HTTPProblem(401, "sign in first (POST /login) or send Authorization: Bearer <token>")
         lab, sess = found
-        if request.method not in ("GET", "HEAD", "OPTIONS") and not auth.same(x_csrf_token, sess.csrf_token):
+        # (the sign-out form sends its token as a form field; the /logout handler checks that one)
+        if request.method not in ("GET", "HEAD", "OPTIONS") and request.url.path != "/logout" \
+                and not auth.same(x_csrf_token, sess.csrf_token):
             raise HTTPProblem(403, "missing or wrong CSRF token (send the X-CSRF-Token header)")
         return Principal(lab, sess)
 
@@ -268,7 +270,9 @@ def create_app(db: Database | str) -> FastAPI:
 
     # ---- pages ------------------------------------------------------------------------------------
     @app.post("/logout")
-    def logout(request: Request, who: Who) -> Response:
+    def logout(request: Request, who: Who, csrf_token: Annotated[str, Form(max_length=100)] = "") -> Response:
+        if who.session is not None and not auth.same(csrf_token, who.session.csrf_token):
+            raise HTTPProblem(403, "missing or wrong CSRF token", "csrf_token")
         with db.write() as s:
             auth.logout(s, request.cookies.get(SESSION_COOKIE, ""))
         resp = RedirectResponse("/login", status_code=303)

@@ -7,6 +7,7 @@ ids (they are 256-bit random strings, so a fast hash is enough and keeps every r
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hmac
 import secrets
 
@@ -58,7 +59,7 @@ def login(s: Session, name: str, password: str) -> tuple[str, LoginSession] | No
     lab = s.scalar(select(Labeler).where(Labeler.name == name))
     if lab is None or not lab.active or not verify_password(lab.password_hash, password):
         if lab is None:
-            verify_password(_DUMMY, password)  # same time whether or not the name exists
+            verify_password(_dummy_hash(), password)  # same time whether or not the name exists
         return None
     raw = secrets.token_urlsafe(32)
     sess = LoginSession(labeler_id=lab.id, session_hash=hash_token(raw), csrf_token=secrets.token_urlsafe(24),
@@ -68,7 +69,9 @@ def login(s: Session, name: str, password: str) -> tuple[str, LoginSession] | No
     return raw, sess
 
 
-_DUMMY = _hasher.hash("not a real password")
+@functools.lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    return _hasher.hash("not a real password")
 
 
 def session_for_cookie(s: Session, raw: str) -> tuple[Labeler, LoginSession] | None:

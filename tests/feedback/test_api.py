@@ -130,6 +130,13 @@ def test_login_session_and_csrf(studio):
                    follow_redirects=False)
     assert r.headers["location"] == "/login?error=expired" and "alignloop_session" not in r.cookies
     assert studio.get("/api/me", headers={"Authorization": "Bearer nope"}).status_code == 401
+    # signing out needs the session's token too (the form field), then the cookie no longer works
+    assert studio.post("/logout", data={"csrf_token": "forged"}).status_code == 403
+    old_cookie = studio.cookies.get("alignloop_session")
+    r = studio.post("/logout", data={"csrf_token": me["csrf_token"]}, follow_redirects=False)
+    assert r.status_code == 303
+    studio.cookies.clear()  # replaying the old cookie fails: the session is gone on the server
+    assert studio.get("/api/me", headers={"Cookie": f"alignloop_session={old_cookie}"}).status_code == 401
 
 
 def test_labeling_flow_idempotency_and_privacy(studio):
