@@ -153,7 +153,9 @@ async def run_load(port: int, tokens: list[str], duration: float, max_total: int
         while not stop.is_set():
             if time.perf_counter() - t0 > duration:
                 stop.set()
-            if kill and len(res.acked) >= kill[1] and kill[0].poll() is None:
+            # kill after n acknowledged judgments, or half-way through the time bound on a slow machine
+            due = kill and (len(res.acked) >= kill[1] or time.perf_counter() - t0 > duration / 2)
+            if due and kill[0].poll() is None:
                 os.kill(kill[0].pid, signal.SIGKILL)  # mid-load: requests are in flight right now
                 kill[0].wait()
             await asyncio.sleep(0.01)
@@ -256,7 +258,8 @@ def main() -> int:
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    report: dict = {"db": args.db, "labelers": args.labelers}
+    report: dict = {"db": args.db, "labelers": args.labelers, "cpus": os.cpu_count(),
+                    "load_average_before": [round(x, 2) for x in os.getloadavg()]}
     for phase in ("load", "crash"):
         url, cleanup = fresh_url(args.db, Path(args.workdir))
         try:
@@ -284,10 +287,12 @@ def main() -> int:
                 retried = retry_unanswered(port, tokens, res)
                 proc.terminate()
                 proc.wait(30)
-                report["crash"] = {"acknowledged_before_kill": acked_before, "in_flight_at_kill": len(res.unanswered),
+                report["crash"] = {"killed_after_s": round(elapsed, 2), "acknowledged_before_kill": acked_before,
+                                   "in_flight_at_kill": len(res.unanswered),
                                    **retried, **verify(url, res)}
         finally:
             cleanup()
+    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report, indent=2))
     c = report["crash"]
     ok = c["acknowledged_missing"] == 0 and c["keys_stored_twice"] == 0 and c["task_labeler_twice"] == 0 \
