@@ -105,39 +105,39 @@ class Results:
         self.errors[what] = self.errors.get(what, 0) + 1
 
 
-async def labeler(i: int, token: str, base: str, res: Results, stop: asyncio.Event, max_total: int) -> None:
-    headers = {"Authorization": f"Bearer {token}"}
+async def labeler(i: int, token: str, client: httpx.AsyncClient, res: Results, stop: asyncio.Event,
+                  max_total: int) -> None:
+    auth = {"Authorization": f"Bearer {token}"}
     n = 0
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
-        while not stop.is_set() and len(res.acked) < max_total:
-            try:
-                t0 = time.perf_counter()
-                r = await client.get("/api/projects/load/next")
-                res.next_latencies.append(time.perf_counter() - t0)
-                task = r.json()
-            except (httpx.HTTPError, ValueError):
-                res.error("next: connection")
-                return
-            if task.get("done"):
-                res.finished += 1
-                return
-            key = f"l{i}-{n}"
-            n += 1
-            body = {"choice": "AB"[(i + n) % 2], "strength": "better"}
-            try:
-                t0 = time.perf_counter()
-                r = await client.post(f"/api/assignments/{task['assignment_id']}/judgment", json=body,
-                                      headers={"Idempotency-Key": key})
-                dt = time.perf_counter() - t0
-            except httpx.HTTPError:
-                res.unanswered.append((i, task["assignment_id"], key, body))
-                res.error("submit: no answer")
-                return
-            if r.status_code in (200, 201):
-                res.acked.append((i, key, r.json()["judgment_id"]))
-                res.latencies.append(dt)
-            else:
-                res.error(f"submit: {r.status_code}")
+    while not stop.is_set() and len(res.acked) < max_total:
+        try:
+            t0 = time.perf_counter()
+            r = await client.get("/api/projects/load/next", headers=auth)
+            res.next_latencies.append(time.perf_counter() - t0)
+            task = r.json()
+        except (httpx.HTTPError, ValueError):
+            res.error("next: connection")
+            return
+        if task.get("done"):
+            res.finished += 1
+            return
+        key = f"l{i}-{n}"
+        n += 1
+        body = {"choice": "AB"[(i + n) % 2], "strength": "better"}
+        try:
+            t0 = time.perf_counter()
+            r = await client.post(f"/api/assignments/{task['assignment_id']}/judgment", json=body,
+                                  headers={**auth, "Idempotency-Key": key})
+            dt = time.perf_counter() - t0
+        except httpx.HTTPError:
+            res.unanswered.append((i, task["assignment_id"], key, body))
+            res.error("submit: no answer")
+            return
+        if r.status_code in (200, 201):
+            res.acked.append((i, key, r.json()["judgment_id"]))
+            res.latencies.append(dt)
+        else:
+            res.error(f"submit: {r.status_code}")
 
 
 async def run_load(port: int, tokens: list[str], duration: float, max_total: int,
@@ -145,9 +145,12 @@ async def run_load(port: int, tokens: list[str], duration: float, max_total: int
     """Run every labeler until ``duration`` seconds or ``max_total`` judgments; with ``kill=(proc, n)``,
     SIGKILL the server once n judgments were acknowledged."""
     res, stop = Results(), asyncio.Event()
-    base = f"http://127.0.0.1:{port}"
+    # one client (one connection per labeler) made before the clock starts: building 50 clients, each with
+    # its own TLS context, costs seconds of the load generator's CPU on a small machine
+    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120,
+                               limits=httpx.Limits(max_connections=len(tokens) + 10))
     t0 = time.perf_counter()
-    tasks = [asyncio.create_task(labeler(i, tok, base, res, stop, max_total)) for i, tok in enumerate(tokens)]
+    tasks = [asyncio.create_task(labeler(i, tok, client, res, stop, max_total)) for i, tok in enumerate(tokens)]
 
     async def watchdog() -> None:
         while not stop.is_set():
@@ -165,6 +168,7 @@ async def run_load(port: int, tokens: list[str], duration: float, max_total: int
     elapsed = time.perf_counter() - t0
     stop.set()
     await dog
+    await client.aclose()
     return res, elapsed
 
 
