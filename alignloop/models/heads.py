@@ -272,7 +272,9 @@ class RewardModel(nn.Module):
         return h @ self.head.weight.float().T
 
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
-        return (raw - self.info.offset) / self.info.scale
+        offset = torch.as_tensor(self.info.offset, dtype=raw.dtype, device=raw.device)  # a float, or one per head
+        scale = torch.as_tensor(self.info.scale, dtype=raw.dtype, device=raw.device)
+        return (raw - offset) / scale
 
     @torch.no_grad()
     def score_groups(self, groups: Sequence[Group], batch_size: int = 16, max_tokens: int = 4096,

@@ -457,8 +457,8 @@ def run_train(cfg: RewardTrainConfig) -> Path:
     if cfg.freeze_backbone and not cfg.reference_data and train_feats is not None:
         ref_raw = torch.cat([train_feats[i] @ rm.head.weight.detach().float().T for i in chosen_units], 0)
     else:
-        ref_raw = torch.cat(rm.score_groups([ref_units[i].group for i in chosen_units], cfg.batch_size,
-                                            autocast=autocast), 0)
+        # fp32, as `reward score` and `reward eval` compute by default, so normalised scores are mean 0 / std 1
+        ref_raw = torch.cat(rm.score_groups([ref_units[i].group for i in chosen_units], cfg.batch_size), 0)
     rm.info.offset, rm.info.scale = normalisation(ref_raw)
     rm.info.normalised_on = f"{cfg.reference_data or cfg.data}: {len(ref_raw)} completions"
     rm.info.extra.update({"ensemble": "bootstrap heads" if cfg.ensemble > 1 else "single head",
