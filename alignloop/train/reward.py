@@ -215,7 +215,7 @@ def fit_head(head: torch.nn.Linear, feats: Sequence[torch.Tensor], units: Sequen
         sched.step()
     with torch.no_grad():
         head.weight.copy_(weight.to(head.weight.dtype))
-    out = {"head/train_loss": float(loss)}
+    out = {"head/train_loss": float(loss.detach())}
     if dev is not None:
         dfeats, dunits = dev
         raws = [f @ weight.detach().T for f in dfeats]
