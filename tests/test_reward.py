@@ -130,11 +130,20 @@ def test_shared_prefix_scores_equal_separate_forwards(tiny_rm):
                         ["Mix flour, water and yeast.", "No.", "Buy it."], 0)
     g2 = tiny_rm.encode(Prompt([{"role": "user", "content": "Hi"}]), ["Hello! How can I help?"], 1)
     with torch.no_grad():
-        shared = tiny_rm.raw([g1, g2])
         separate = torch.cat([tiny_rm.model(input_ids=torch.tensor([g.prompt_ids + a])).logits
                               for g in (g1, g2) for a in g.answers])
-    assert shared.shape == (4, 1)
-    torch.testing.assert_close(shared, separate, atol=1e-5, rtol=1e-5)
+        for rows in (None, len(g1)):  # one row, or one row per group (padded, pads masked)
+            tiny_rm.row_tokens = rows
+            shared = tiny_rm.raw([g1, g2])
+            assert shared.shape == (4, 1)
+            torch.testing.assert_close(shared, separate, atol=1e-5, rtol=1e-5)
+    from alignloop.models.heads import shared_batch
+
+    b = shared_batch([g1, g2], row_tokens=len(g1))
+    assert b.input_ids.shape == (2, len(g1)) and b.num_tokens == len(g1) + len(g2)
+    # row 2: "Hi" group then padding; its answer's last token sits at flat index T + len(g2) - 1
+    assert b.last.tolist()[-1] == len(g1) + len(g2) - 1
+    assert b.input_ids[1, len(g2):].eq(0).all()
 
 
 def test_head_init_scale():

@@ -79,44 +79,82 @@ class Group:
 
 @dataclass
 class SharedBatch:
-    """Groups laid out in one row: ``prompt, answer_1, ..., answer_k`` per group, with a mask that lets each
-    answer see only its prompt and itself, and position ids that restart after the prompt for each answer."""
+    """Groups laid out in rows: ``prompt, answer_1, ..., answer_k`` per group, with a mask that lets each answer
+    see only its prompt and itself, and position ids that restart after the prompt for each answer."""
 
-    input_ids: torch.Tensor  # [1, T]
-    position_ids: torch.Tensor  # [1, T]
-    attention_mask: torch.Tensor  # [1, 1, T, T] bool, True = may attend
-    last: torch.Tensor  # [n_answers] index of each answer's last token, group by group
-    num_tokens: int
+    input_ids: torch.Tensor  # [B, T] (rows right-padded with the pad token)
+    position_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, 1, T, T] bool, True = may attend
+    last: torch.Tensor  # [n_answers] flat index (row * T + column) of each answer's last token, group by group
+    num_tokens: int  # real (non-pad) tokens
 
 
-def shared_batch(groups: Sequence[Group], device: Any = "cpu") -> SharedBatch:
-    ids: list[int] = []
-    pos: list[int] = []
-    seg: list[int] = []  # which group a token belongs to
-    branch: list[int] = []  # 0 = prompt, b = answer b (1-based) of its group
-    last: list[int] = []
-    for g_i, g in enumerate(groups):
-        p = len(g.prompt_ids)
-        ids += g.prompt_ids
-        pos += list(range(p))
-        seg += [g_i] * p
-        branch += [0] * p
-        for b, ans in enumerate(g.answers, start=1):
-            if not ans:
-                raise ValueError("an answer must have at least one token (its EOS)")
-            ids += ans
-            pos += list(range(p, p + len(ans)))
-            seg += [g_i] * len(ans)
-            branch += [b] * len(ans)
-            last.append(len(ids) - 1)
+def pack_rows(lengths: Sequence[int], row_tokens: int) -> list[list[int]]:
+    """First-fit-decreasing bin packing of groups into rows of about ``row_tokens`` tokens (a longer group gets a
+    row of its own). Attention inside a row costs row², so a few short rows are much cheaper than one long one,
+    and the padding they need is small when the rows are well filled."""
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r in range(len(rows)):
+            if used[r] + lengths[i] <= row_tokens:
+                rows[r].append(i)
+                used[r] += lengths[i]
+                break
+        else:
+            rows.append([i])
+            used.append(lengths[i])
+    return rows
+
+
+def shared_batch(groups: Sequence[Group], device: Any = "cpu", row_tokens: int | None = None,
+                 pad_id: int = 0) -> SharedBatch:
+    """Lay out groups in padding-light rows (one row when ``row_tokens`` is None). ``last`` keeps the order of
+    ``groups`` whatever the packing."""
+    lengths = [len(g) for g in groups]
+    rows = pack_rows(lengths, row_tokens) if row_tokens else [list(range(len(groups)))]
+    width = max(sum(lengths[i] for i in r) for r in rows)
+    ids_rows, pos_rows, masks = [], [], []
+    last_of: dict[int, list[int]] = {}
+    total = 0
+    for r_i, row in enumerate(rows):
+        ids: list[int] = []
+        pos: list[int] = []
+        seg: list[int] = []  # which group a token belongs to (-1: padding)
+        branch: list[int] = []  # 0 = prompt, b = answer b (1-based) of its group
+        for g_i in row:
+            g = groups[g_i]
+            p = len(g.prompt_ids)
+            ids += g.prompt_ids
+            pos += list(range(p))
+            seg += [g_i] * p
+            branch += [0] * p
+            last_of[g_i] = []
+            for b, ans in enumerate(g.answers, start=1):
+                if not ans:
+                    raise ValueError("an answer must have at least one token (its EOS)")
+                ids += ans
+                pos += list(range(p, p + len(ans)))
+                seg += [g_i] * len(ans)
+                branch += [b] * len(ans)
+                last_of[g_i].append(r_i * width + len(ids) - 1)
+        total += len(ids)
+        n_pad = width - len(ids)
+        ids += [pad_id] * n_pad
+        pos += [0] * n_pad
+        seg += [-1 - k for k in range(n_pad)]  # each pad token sees only itself (no fully masked row: no NaN)
+        branch += [0] * n_pad
+        seg_t = torch.tensor(seg, device=device)
+        br_t = torch.tensor(branch, device=device)
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril_()
+        same = seg_t[:, None] == seg_t[None, :]
+        visible = (br_t[None, :] == 0) | (br_t[:, None] == br_t[None, :])
+        masks.append(causal & same & visible)
+        ids_rows.append(ids)
+        pos_rows.append(pos)
     t = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
-    seg_t, br_t = t(seg), t(branch)
-    n = len(ids)
-    causal = torch.ones(n, n, dtype=torch.bool, device=device).tril_()
-    same = seg_t[:, None] == seg_t[None, :]
-    visible = (br_t[None, :] == 0) | (br_t[:, None] == br_t[None, :])
-    mask = (causal & same & visible)[None, None]
-    return SharedBatch(t([ids]), t([pos]), mask, t(last), n)
+    last = [k for g_i in range(len(groups)) for k in last_of[g_i]]
+    return SharedBatch(t(ids_rows), t(pos_rows), torch.stack(masks)[:, None], t(last), total)
 
 
 def token_budget_batches(lengths: Sequence[int], max_items: int, max_tokens: int) -> list[list[int]]:
@@ -184,6 +222,8 @@ class RewardModel(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.info = info
+        #: tokens per packed row in a forward pass (attention costs row², see ``pack_rows``); None: one row
+        self.row_tokens: int | None = max(512, info.max_length + 128)
         if info.backbone == "causal":
             self._head = None
         else:
@@ -249,11 +289,12 @@ class RewardModel(nn.Module):
         device = self.head.weight.device
         ctx = autocast if autocast is not None else nullcontext()
         if self.info.backbone == "causal":
-            b = shared_batch(groups, device)
+            b = shared_batch(groups, device, self.row_tokens, self.tokenizer.pad_token_id or 0)
             with ctx:
                 out = self.backbone(input_ids=b.input_ids, position_ids=b.position_ids,
                                     attention_mask=b.attention_mask, use_cache=False)
-            return out.last_hidden_state[0, b.last].float()
+            h = out.last_hidden_state
+            return h.reshape(-1, h.shape[-1])[b.last].float()
         seqs = [(g.prompt_ids + a, [0] * len(g.prompt_ids) + [1] * len(a)) for g in groups for a in g.answers]
         width = max(len(s) for s, _ in seqs)
         pad = self.tokenizer.pad_token_id or 0
