@@ -339,11 +339,29 @@ def _autocast(precision: str) -> Any:
     return torch.autocast("cpu", dtype=torch.bfloat16) if pick_precision(precision) == "bf16" else nullcontext()
 
 
+def add_score_lora(rm: RewardModel, cfg: RewardTrainConfig) -> Any:
+    """LoRA adapters on the backbone's layers (peft, task-agnostic: the head is read by hand, not through
+    peft's sequence-classification wrapper), with the head itself fully trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    from alignloop.errors import ModelError
+
+    names = {n.split(".")[-1] for n, _ in rm.backbone.named_modules()}
+    present = [t for t in cfg.lora_targets if t in names]
+    if not present:
+        raise ModelError(f"none of the LoRA target modules {cfg.lora_targets} exist in this model "
+                         f"(it has e.g. {sorted(names)[:12]})")
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=present)
+    peft_model = get_peft_model(rm.model, lora)
+    rm.head.weight.requires_grad_(True)
+    return peft_model
+
+
 def run_train(cfg: RewardTrainConfig) -> Path:
     r = engine.setup(cfg)
     t_start = time.time()
     rm = build_reward_model(cfg.model, cfg.backbone, cfg.ensemble, cfg.seed, cfg.max_length, cfg.chat_template)
-    from alignloop.models.load import add_lora, disable_dropout
+    from alignloop.models.load import disable_dropout
 
     disable_dropout(rm.model)
     units, report, n_rows = load_units(cfg.data, rm, cfg.max_length, cfg.truncation, cfg.limit, cfg.use_margin,
@@ -383,8 +401,7 @@ def run_train(cfg: RewardTrainConfig) -> Path:
     if not cfg.freeze_backbone:
         if cfg.lora:
             # LoRA on the backbone's layers; the head stays fully trainable
-            peft_model = add_lora(rm.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-            rm.head.weight.requires_grad_(True)
+            peft_model = add_score_lora(rm, cfg)
         if cfg.gradient_checkpointing:
             rm.backbone.gradient_checkpointing_enable()
         make_epoch = lambda e: batches(len(units), cfg.batch_size, cfg.seed, e)  # noqa: E731
