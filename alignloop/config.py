@@ -380,6 +380,10 @@ class RewardTrainConfig(TrainOptions):
     head_learning_rate: float = opt(3e-3, "Learning rate of head training on frozen features.")
     head_weight_decay: float = opt(0.0, "L2 penalty on the head (frozen-feature training), in loss units: "
                                    "loss + wd/2 |w|^2.")
+    backbone_layers: Optional[int] = opt(None, "Keep only the first N transformer layers of a causal backbone. "
+                                         "Default: all, except with --freeze-backbone and --dev-data, where the "
+                                         "head is fit on every layer from a third of the depth up and the best on "
+                                         "dev is kept (the backbone is cut there: faster to score, too).")
     reference_data: Optional[str] = opt(None, "Completions whose scores are normalised to mean 0 / std 1 after "
                                         "training; default: the training data's chosen and rejected answers.")
     norm_samples: int = opt(512, "Completions of the reference data used for normalisation.")
@@ -389,7 +393,7 @@ class RewardTrainConfig(TrainOptions):
 
     def check(self) -> list[str]:
         p = super().check()
-        p += positive(self, "ensemble", "head_epochs", "head_learning_rate", "norm_samples", "margin_scale")
+        p += positive(self, "ensemble", "head_epochs", "backbone_layers", "head_learning_rate", "norm_samples", "margin_scale")
         p += positive(self, "head_weight_decay", allow_zero=True)
         p += existing_file(self, "reference_data")
         if self.freeze_backbone and self.lora:

@@ -242,6 +242,19 @@ class RewardModel(nn.Module):
     def head(self) -> nn.Linear:
         return self.model.score if self.info.backbone == "causal" else self._head
 
+    def truncate_layers(self, n: int) -> None:
+        """Keep only the first ``n`` transformer layers of a causal backbone (saved that way: plain transformers
+        loads a model with ``num_hidden_layers = n``)."""
+        layers = self.backbone.layers
+        if not 1 <= n <= len(layers):
+            raise ValueError(f"backbone has {len(layers)} layers; cannot keep {n}")
+        self.backbone.layers = layers[:n]
+        cfg = self.model.config
+        cfg.num_hidden_layers = n
+        if isinstance(getattr(cfg, "layer_types", None), list):
+            cfg.layer_types = cfg.layer_types[:n]
+        self.info.extra["backbone_layers"] = n
+
     @property
     def hidden_size(self) -> int:
         return self.head.weight.shape[1]
@@ -282,19 +295,37 @@ class RewardModel(nn.Module):
         return Group(fitted[0], a_ids, index)
 
     # ---- forward ------------------------------------------------------------------------------------
-    def hidden(self, groups: Sequence[Group], autocast: Any = None) -> torch.Tensor:
-        """The head's input for every answer of every group, in order: ``[n_answers, d]``."""
+    def hidden(self, groups: Sequence[Group], autocast: Any = None, all_layers: bool = False) -> torch.Tensor:
+        """The head's input for every answer of every group, in order: ``[n_answers, d]``. With ``all_layers``
+        (causal only): ``[n_answers, n_layers, d]``, the final norm applied to each layer's output at the last
+        token, i.e. what the head would see if the backbone were cut after that layer (``truncate_layers``)."""
         from contextlib import nullcontext
 
         device = self.head.weight.device
         ctx = autocast if autocast is not None else nullcontext()
         if self.info.backbone == "causal":
             b = shared_batch(groups, device, self.row_tokens, self.tokenizer.pad_token_id or 0)
-            with ctx:
-                out = self.backbone(input_ids=b.input_ids, position_ids=b.position_ids,
-                                    attention_mask=b.attention_mask, use_cache=False)
+            taken: list[torch.Tensor] = []
+            hooks = []
+            if all_layers:
+                def take(_m: Any, _i: Any, out: Any) -> None:
+                    h = out[0] if isinstance(out, tuple) else out
+                    taken.append(h.reshape(-1, h.shape[-1])[b.last])
+                hooks = [layer.register_forward_hook(take) for layer in self.backbone.layers]
+            try:
+                with ctx:
+                    out = self.backbone(input_ids=b.input_ids, position_ids=b.position_ids,
+                                        attention_mask=b.attention_mask, use_cache=False)
+                    if all_layers:
+                        per_layer = [self.backbone.norm(h) for h in taken[:-1]]
+            finally:
+                for hk in hooks:
+                    hk.remove()
             h = out.last_hidden_state
-            return h.reshape(-1, h.shape[-1])[b.last].float()
+            last = h.reshape(-1, h.shape[-1])[b.last].float()
+            if all_layers:
+                return torch.stack([x.float() for x in per_layer] + [last], 1)
+            return last
         seqs = [(g.prompt_ids + a, [0] * len(g.prompt_ids) + [1] * len(a)) for g in groups for a in g.answers]
         width = max(len(s) for s, _ in seqs)
         pad = self.tokenizer.pad_token_id or 0

@@ -165,8 +165,11 @@ def unit_loss(raw: torch.Tensor, units: Sequence[Unit], boot: torch.Tensor, tie_
 
 def features(rm: RewardModel, units: Sequence[Unit], key_parts: Sequence[Any], autocast: Any, batch_size: int,
              log: Any = print) -> list[torch.Tensor]:
-    """Last-token hidden states of every answer (``[n_answers, d]`` per unit), computed once and cached."""
-    key = cache_key("reward-features-1", *key_parts)
+    """Last-token hidden states of every answer, computed once and cached: ``[n_answers, n_layers, d]`` per unit
+    for causal backbones (every layer's output through the final norm, float16: the forward costs the same, and
+    the best layer to cut the backbone at is then chosen on dev for free), ``[n_answers, d]`` for encoders."""
+    all_layers = rm.info.backbone == "causal"
+    key = cache_key("reward-features-2", all_layers, *key_parts)
     folder = alignloop_home() / "cache" / "features"
     cached = load_cached(key, folder)
     if cached is not None:
@@ -178,11 +181,11 @@ def features(rm: RewardModel, units: Sequence[Unit], key_parts: Sequence[Any], a
     t0, done = time.time(), 0
     with torch.no_grad():
         for b, idx in enumerate(order):
-            h = rm.hidden([units[i].group for i in idx], autocast).cpu()
+            h = rm.hidden([units[i].group for i in idx], autocast, all_layers=all_layers).cpu()
             k = 0
             for i in idx:
                 n = len(units[i].group.answers)
-                out[i] = h[k:k + n].to(torch.float32)
+                out[i] = h[k:k + n].to(torch.float16 if all_layers else torch.float32)  # [n, (layers,) d]
                 k += n
             done += len(idx)
             if b % 20 == 0:
@@ -378,20 +381,51 @@ def run_train(cfg: RewardTrainConfig) -> Path:
     boot = bootstrap_weights(len(units), cfg.ensemble, cfg.seed)
     autocast = r.autocast()
     head_metrics: dict[str, float] = {}
-    train_feats = None
+    train_feats = dev_feats = None
 
     # ---- 1. the head on frozen features (freeze_backbone, warm_start) -------------------------------
     if cfg.freeze_backbone or cfg.warm_start:
         key = [str(cfg.model), file_fingerprint(cfg.data), cfg.max_length, cfg.truncation, cfg.limit, r.precision,
                cfg.chat_template]
-        train_feats = features(rm, units, key, autocast, cfg.batch_size, r.log)
-        dev_pack = None
+        feats_all = features(rm, units, key, autocast, cfg.batch_size, r.log)
+        dev_all = None
         if dev is not None:
             dkey = [str(cfg.model), file_fingerprint(cfg.dev_data), cfg.max_length, "score", r.precision,
                     cfg.chat_template]
-            dev_pack = (features(rm, dev, dkey, autocast, cfg.batch_size, r.log), dev)
-        head_metrics = fit_head(rm.head, train_feats, units, boot, cfg.ties, cfg.head_epochs, cfg.head_learning_rate,
-                                cfg.head_weight_decay, cfg.seed, dev_pack, r.log)
+            dev_all = features(rm, dev, dkey, autocast, cfg.batch_size, r.log)
+        train_feats, dev_feats = feats_all, dev_all
+        if feats_all[0].dim() == 3:  # causal: choose how many layers to keep
+            n_layers = feats_all[0].shape[1]
+            if cfg.backbone_layers:
+                candidates = [min(cfg.backbone_layers, n_layers)]
+            elif dev_all is not None and cfg.freeze_backbone:
+                candidates = list(range(max(1, n_layers // 3), n_layers + 1))  # tuned on dev only
+            else:
+                candidates = [n_layers]
+            best = None
+            for k in candidates:
+                head = torch.nn.Linear(rm.hidden_size, cfg.ensemble, bias=False)
+                with torch.no_grad():
+                    head.weight.copy_(rm.head.weight)
+                tf = [f[:, k - 1].float() for f in feats_all]
+                df = [f[:, k - 1].float() for f in dev_all] if dev_all is not None else None
+                m = fit_head(head, tf, units, boot, cfg.ties, cfg.head_epochs, cfg.head_learning_rate,
+                             cfg.head_weight_decay, cfg.seed, (df, dev) if df is not None else None, r.log)
+                if len(candidates) > 1:
+                    r.log(f"  head on layer {k}: {m}")
+                score = m.get("head/dev_accuracy", 0.0)
+                if best is None or score > best[0]:
+                    best = (score, k, head, m, tf, df)
+            _, k, head, head_metrics, train_feats, dev_feats = best  # type: ignore[misc]
+            with torch.no_grad():
+                rm.head.weight.copy_(head.weight)
+            if k < n_layers:
+                rm.truncate_layers(k)
+            head_metrics = {**head_metrics, "head/backbone_layers": k}
+        else:
+            head_metrics = fit_head(rm.head, feats_all, units, boot, cfg.ties, cfg.head_epochs,
+                                    cfg.head_learning_rate, cfg.head_weight_decay, cfg.seed,
+                                    (dev_all, dev) if dev_all is not None else None, r.log)
         r.log(f"head on frozen features: {head_metrics}")
         r.metrics.write(0, head_metrics)
 
@@ -486,7 +520,10 @@ def run_train(cfg: RewardTrainConfig) -> Path:
     r.accelerator.wait_for_everyone()
     summary: dict[str, Any] = {"train_seconds": round(time.time() - t_start, 1), **head_metrics}
     if dev is not None:
-        dev_raws = rm.score_groups([u.group for u in dev], cfg.batch_size, autocast=autocast)
+        if cfg.freeze_backbone and dev_feats is not None:  # the backbone did not change: reuse its features
+            dev_raws = [f @ rm.head.weight.detach().float().T for f in dev_feats]
+        else:
+            dev_raws = rm.score_groups([u.group for u in dev], cfg.batch_size, autocast=autocast)
         m = pair_metrics(dev_raws, dev, rm.info)
         summary.update({f"eval/{k}": m[k] for k in ("accuracy", "mean_margin", "length_baseline", "ece")})
     if r.is_main:
