@@ -362,6 +362,44 @@ class RewardTrainConfig(TrainOptions):
     command: ClassVar[tuple[str, ...]] = ("reward", "train")
     runner: ClassVar[str] = "alignloop.train.reward:run_train"
 
+    backbone: Literal["auto", "causal", "encoder"] = opt(
+        "auto", "causal: a causal LM with a scalar head read at the last token; encoder: a sentence encoder "
+        "(e.g. --model all-minilm-l6-v2) with mean pooling; auto: encoder for encoder aliases/folders, else causal.")
+    ensemble: int = opt(1, "Number of reward heads on one backbone, each trained on its own bootstrap resample "
+                        "of the pairs; score returns their mean and spread (reward_std / uncertainty).")
+    ties: Literal["skip", "equal"] = opt("skip", "Tied / both-bad pairs: leave them out of the loss, or train "
+                                         "toward equal reward.")
+    use_margin: bool = opt(True, "Use a margin / strength column when the data has one: loss -log σ(r_w - r_l - m).")
+    margin_scale: float = opt(1.0, "Multiplier on the margin column.")
+    freeze_backbone: bool = opt(False, "Train only the head, on last-token features of the frozen backbone computed "
+                                "once (and cached): minutes instead of hours on a CPU.")
+    warm_start: bool = opt(False, "Fit the head on frozen-backbone features first, then fine-tune (full or --lora) "
+                           "from there.")
+    head_epochs: int = opt(200, "Full-batch epochs of head training on frozen features (freeze_backbone / "
+                           "warm_start).")
+    head_learning_rate: float = opt(3e-3, "Learning rate of head training on frozen features.")
+    head_weight_decay: float = opt(0.0, "L2 penalty on the head (frozen-feature training), in loss units: "
+                                   "loss + wd/2 |w|^2.")
+    backbone_layers: Optional[int] = opt(None, "Keep only the first N transformer layers of a causal backbone. "
+                                         "Default: all, except with --freeze-backbone and --dev-data, where the "
+                                         "head is fit on every layer from a third of the depth up and the best on "
+                                         "dev is kept (the backbone is cut there: faster to score, too).")
+    reference_data: Optional[str] = opt(None, "Completions whose scores are normalised to mean 0 / std 1 after "
+                                        "training; default: the training data's chosen and rejected answers.")
+    norm_samples: int = opt(512, "Completions of the reference data used for normalisation.")
+    batch_size: int = opt(8, "Preference pairs (or ranked groups) per micro-batch.")
+    max_length: int = opt(384, "Longest prompt + answer in tokens; longer prompts are cut from the left.")
+    learning_rate: float = opt(1e-5, "Peak learning rate (AdamW) for fine-tuning the backbone and head.")
+
+    def check(self) -> list[str]:
+        p = super().check()
+        p += positive(self, "ensemble", "head_epochs", "backbone_layers", "head_learning_rate", "norm_samples", "margin_scale")
+        p += positive(self, "head_weight_decay", allow_zero=True)
+        p += existing_file(self, "reference_data")
+        if self.freeze_backbone and self.lora:
+            p.append("freeze_backbone and lora exclude each other (use --warm-start --lora to fit the head first)")
+        return p
+
 
 @dataclass
 class RewardEvalConfig(StageConfig):
@@ -371,7 +409,25 @@ class RewardEvalConfig(StageConfig):
     runner: ClassVar[str] = "alignloop.train.reward:run_eval"
 
     model: str = opt("", "Reward model folder (an alignloop reward train --output).")
-    data: str = opt("", "Preference data to evaluate on.")
+    data: str = opt("", "Preference data to evaluate on (pairs, rankings, or HH chosen/rejected transcripts).")
+    output: Optional[str] = opt(None, "Also write the JSON object (and per-pair scores beside it) to this file.")
+    batch_size: int = opt(16, "Groups per forward pass.")
+    max_length: Optional[int] = opt(None, "Longest prompt + answer; default: the model's training max_length. "
+                                    "Longer prompts are cut from the left; no pair is dropped.")
+    bootstrap: int = opt(1000, "Bootstrap resamples for the accuracy confidence interval.")
+    seed: int = opt(0, "Bootstrap seed.")
+    limit: Optional[int] = opt(None, "Evaluate only the first N records.")
+    precision: Literal["auto", "bf16", "fp32"] = opt("fp32", "Compute precision (fp32: exact, bf16: faster).")
+
+    def check(self) -> list[str]:
+        p = []
+        if not self.model:
+            p.append("model: a reward model folder is required (--model DIR)")
+        if not self.data:
+            p.append("data: a preference file is required (--data FILE)")
+        p += existing_file(self, "data")
+        p += positive(self, "batch_size", "max_length", "bootstrap", "limit")
+        return p
 
 
 @dataclass
@@ -382,8 +438,23 @@ class RewardScoreConfig(StageConfig):
     runner: ClassVar[str] = "alignloop.train.reward:run_score"
 
     model: str = opt("", "Reward model folder.")
-    data: str = opt("", "Records to score.")
-    output: str = opt("", "Output JSONL.")
+    data: str = opt("", "Records to score: prompt+completion, prompt+completions (generate output; adds a "
+                    "rewards list), or preferences (adds chosen_reward / rejected_reward).")
+    output: str = opt("", "Output JSONL: every input row with reward (and reward_std, uncertainty for ensembles).")
+    batch_size: int = opt(16, "Records per forward pass.")
+    max_length: Optional[int] = opt(None, "Longest prompt + answer; default: the model's training max_length.")
+    limit: Optional[int] = opt(None, "Score only the first N records.")
+    precision: Literal["auto", "bf16", "fp32"] = opt("fp32", "Compute precision (fp32: exact, bf16: faster).")
+
+    def check(self) -> list[str]:
+        p = []
+        for name, what in (("model", "a reward model folder (--model DIR)"), ("data", "a data file (--data FILE)"),
+                           ("output", "an output file (--output FILE)")):
+            if not getattr(self, name):
+                p.append(f"{name}: {what} is required")
+        p += existing_file(self, "data")
+        p += positive(self, "batch_size", "max_length", "limit")
+        return p
 
 
 # ---- dpo (issue 4) ------------------------------------------------------------------------------
