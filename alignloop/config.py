@@ -413,6 +413,8 @@ class DPOConfig(TrainOptions):
                                "rejected answer attends to the prompt but not to the chosen one.")
     row_tokens: int = opt(0, "Token budget of one packed row of pairs (0: 2 x max_length); pairs are packed into "
                           "rows first-fit, so padding is only the tail of each row.")
+    shuffle: bool = opt(True, "Shuffle the training data each epoch (false: file order, e.g. to compare runs step "
+                        "by step with another trainer).")
     test_data: Optional[str] = opt(None, "Preference file scored once after training: implicit-reward accuracy "
                                    "with a 95% bootstrap interval and the length baseline, in eval.json.")
 

@@ -123,7 +123,9 @@ def _train(tmp_path, monkeypatch, name, **kw):
     from alignloop.train.dpo import run
 
     run(DPOConfig.from_dict(fields).validate())
-    return [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and "time/reference_s" in rows[0]
+    return rows[1:]
 
 
 def test_train_dpo_lora_metrics_and_reference_cache(tmp_path, monkeypatch, capsys):

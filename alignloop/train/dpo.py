@@ -545,6 +545,7 @@ def run(cfg: DPOConfig) -> Path:
 
     # reference log-probs, once, before any weight changes (the starting model is the reference)
     reference = ref_model or model
+    t_ref = engine.StepTimer()
     needs_ref = cfg.loss != "simpo"
     ref = reference_logps(cfg, r, reference, segs, cfg.data, "train", budget, pad) if needs_ref else \
         torch.zeros((len(segs), 2))
@@ -560,9 +561,10 @@ def run(cfg: DPOConfig) -> Path:
         test_ref = reference_logps(cfg.replace(loss="dpo", limit=None), r, reference, test, cfg.test_data, "test",
                                    budget, pad) if needs_ref else None
     del ref_model
+    r.metrics.write(0, {"time/reference_s": t_ref.lap()})  # one-off (0 on a cache hit): count it in throughput
 
     def make_epoch(epoch: int) -> list[list[int]]:
-        glob = batches(len(segs), cfg.batch_size * r.world, cfg.seed, epoch)
+        glob = batches(len(segs), cfg.batch_size * r.world, cfg.seed, epoch, shuffle=cfg.shuffle)
         return [b[r.rank::r.world] or b[:1] for b in glob]
 
     total = engine.total_steps(len(make_epoch(0)), cfg.grad_accum, cfg.num_epochs, cfg.max_steps)
