@@ -58,13 +58,14 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--trl-python", default="/work/venv-trl/bin/python")
     ap.add_argument("--modes", default="trl,fp32,bf16,bf16-lora")
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="tiny for a smoke test of the script")
     a = ap.parse_args()
 
     from alignloop.data.readers import read_preferences
     from alignloop.models.load import load_causal_lm, resolve_model
     from alignloop.train.dpo import tokenize_pairs
 
-    model_dir = str(resolve_model("smollm2-135m-instruct"))
+    model_dir = str(resolve_model(a.model))
     model, tok = load_causal_lm(model_dir)
     n_params = sum(p.numel() for p in model.parameters())
     del model
