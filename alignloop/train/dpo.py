@@ -502,6 +502,27 @@ def preference_accuracy(policy: str, data: str, reference: str | None = None, ma
     return accuracy_report(margins, segs, seed)
 
 
+def preference_row(p: Preference) -> dict[str, Any]:
+    """One preference in TRL's conversational format (``prompt`` messages; ``chosen``/``rejected`` as one assistant
+    message each), which TRL's DPOTrainer and alignloop both read; a raw-text prompt stays a plain string."""
+    from alignloop.data.readers import public_meta
+
+    if p.prompt.raw:
+        row: dict[str, Any] = {"prompt": p.prompt.to_json(), "chosen": p.chosen, "rejected": p.rejected}
+    else:
+        row = {"prompt": p.prompt.to_json(), "chosen": [{"role": "assistant", "content": p.chosen}],
+               "rejected": [{"role": "assistant", "content": p.rejected}]}
+    meta = public_meta(p.meta)
+    return {**row, **{k: v for k, v in meta.items() if k not in row}}
+
+
+def write_preferences(path: str | Path, prefs: Sequence[Preference]) -> Path:
+    """Write preference pairs as JSONL that TRL's ``DPOTrainer`` trains on unchanged (atomic write)."""
+    from alignloop.data.readers import write_jsonl
+
+    return write_jsonl(path, [preference_row(p) for p in prefs])
+
+
 def read_preferences_any(path: str, limit: int | None = None) -> list[Preference]:
     from alignloop.data.readers import read_preferences
 
