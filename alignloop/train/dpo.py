@@ -19,11 +19,10 @@ Speed (2 CPU cores or a GPU alike):
 from __future__ import annotations
 
 import json
-import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
