@@ -466,7 +466,47 @@ class DPOConfig(TrainOptions):
     command: ClassVar[tuple[str, ...]] = ("dpo",)
     runner: ClassVar[str] = "alignloop.train.dpo:run"
 
-    loss: Literal["dpo", "ipo", "robust", "hinge", "simpo", "kto"] = opt("dpo", "Preference loss.")
+    loss: Literal["dpo", "ipo", "robust", "hinge", "simpo", "kto"] = opt(
+        "dpo", "Preference loss: dpo (sigmoid), ipo, robust (rDPO, noisy labels), hinge (SLiC), simpo "
+        "(reference-free, length-normalised), kto (unpaired prompt/completion/label data, or pairs it unpairs).")
+    beta: Optional[float] = opt(None, "Strength of the pull towards the reference (DPO's β; IPO's τ); default: "
+                                "the paper's, 0.1 for dpo/ipo/robust/hinge/kto, 2.0 for simpo.")
+    label_smoothing: Optional[float] = opt(None, "Assumed rate of flipped labels ε: conservative DPO for --loss dpo "
+                                           "(default 0), the noise rate of --loss robust (default 0.1).")
+    simpo_gamma: float = opt(1.0, "SimPO's target reward margin γ (the paper's γ/β = 0.5 with β = 2).")
+    kto_desirable_weight: float = opt(1.0, "KTO's weight λ_D on desirable answers.")
+    kto_undesirable_weight: float = opt(1.0, "KTO's weight λ_U on undesirable answers.")
+    reference: Optional[str] = opt(None, "Reference model; default: the starting model (with --lora, the same "
+                                   "weights with the adapter switched off, so one model is in memory).")
+    cache_reference: bool = opt(True, "Compute the reference log-probs once before training and cache them on "
+                                "disk (keyed by model, data and length settings) for later epochs and runs.")
+    prefix_sharing: bool = opt(True, "Run the prompt once per pair: one row [prompt, chosen, rejected] where the "
+                               "rejected answer attends to the prompt but not to the chosen one.")
+    row_tokens: int = opt(0, "Token budget of one packed row of pairs (0: 2 x max_length); pairs are packed into "
+                          "rows first-fit, so padding is only the tail of each row.")
+    shuffle: bool = opt(True, "Shuffle the training data each epoch (false: file order, e.g. to compare runs step "
+                        "by step with another trainer).")
+    test_data: Optional[str] = opt(None, "Preference file scored once after training: implicit-reward accuracy "
+                                   "with a 95% bootstrap interval and the length baseline, in eval.json.")
+
+    def defaults(self) -> tuple[float, float]:
+        """(β, label smoothing) with the paper defaults filled in."""
+        beta = self.beta if self.beta is not None else (2.0 if self.loss == "simpo" else 0.1)
+        ls = self.label_smoothing if self.label_smoothing is not None else (0.1 if self.loss == "robust" else 0.0)
+        return beta, ls
+
+    def check(self) -> list[str]:
+        p = super().check()
+        p += positive(self, "beta", "row_tokens", "simpo_gamma", "kto_desirable_weight", "kto_undesirable_weight",
+                      allow_zero=True)
+        if self.beta is not None and self.beta == 0:
+            p.append("beta: must be > 0")
+        if self.label_smoothing is not None and not (0 <= self.label_smoothing < 0.5):
+            p.append(f"label_smoothing: must be in [0, 0.5), got {self.label_smoothing}")
+        if self.label_smoothing and self.loss not in ("dpo", "robust"):
+            p.append(f"label_smoothing: only used by --loss dpo or robust, not {self.loss}")
+        p += existing_file(self, "test_data")
+        return p
 
 
 # ---- ppo / grpo / rloo (issue 5) ----------------------------------------------------------------

@@ -120,6 +120,84 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, weight: tor
 # DPO family (issue 4)
 # --------------------------------------------------------------------------------------------------
 
+# Inputs are summed log-probabilities of each answer ([B] tensors): ``pc``/``pr`` under the policy for the chosen /
+# rejected answer, ``rc``/``rr`` under the reference. Each loss returns ``(losses [B], chosen_rewards [B],
+# rejected_rewards [B])``; the rewards are the implicit rewards, detached, for the ``rewards/*`` metrics.
+
+
+def dpo_logratio(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor) -> torch.Tensor:
+    """``h = (log π(y_w) - log π(y_l)) - (log π_ref(y_w) - log π_ref(y_l))``: how much more the policy prefers the
+    chosen answer than the reference does."""
+    return (pc - pr) - (rc - rr)
+
+
+def _rewards(pc, pr, rc, rr, beta):
+    return (beta * (pc - rc)).detach(), (beta * (pr - rr)).detach()
+
+
+def dpo_loss(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, beta: float = 0.1,
+             label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DPO (Rafailov et al. 2023), sigmoid loss: ``-log σ(β h)``; β = 0.1 as in the paper.
+
+    With ``label_smoothing = ε > 0`` it is conservative DPO (cDPO, Mitchell 2023): the label is flipped with
+    probability ε, ``-(1-ε) log σ(β h) - ε log σ(-β h)``.
+    """
+    z = beta * dpo_logratio(pc, pr, rc, rr)
+    losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    return (losses, *_rewards(pc, pr, rc, rr, beta))
+
+
+def robust_dpo_loss(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, beta: float = 0.1,
+                    label_smoothing: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Robust DPO (rDPO, Chowdhury et al. 2024): an unbiased loss under labels flipped with probability ε,
+    ``((1-ε)(-log σ(β h)) - ε(-log σ(-β h))) / (1 - 2ε)``. (TRL's ``robust``; ε < 0.5.)"""
+    z = beta * dpo_logratio(pc, pr, rc, rr)
+    losses = (-(1 - label_smoothing) * F.logsigmoid(z) + label_smoothing * F.logsigmoid(-z)) / (1 - 2 * label_smoothing)
+    return (losses, *_rewards(pc, pr, rc, rr, beta))
+
+
+def ipo_loss(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, beta: float = 0.1
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """IPO (Azar et al. 2023): ``(h - 1/(2τ))²`` with τ = β. As in the paper's token-level form (and TRL), the
+    log-probs passed in are *averaged* over each answer's tokens, not summed: the caller normalises."""
+    h = dpo_logratio(pc, pr, rc, rr)
+    return ((h - 1 / (2 * beta)) ** 2, *_rewards(pc, pr, rc, rr, beta))
+
+
+def hinge_loss(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, beta: float = 0.1
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hinge / SLiC-HF calibration loss (Zhao et al. 2023) on the DPO log-ratio: ``max(0, 1 - β h)``."""
+    h = dpo_logratio(pc, pr, rc, rr)
+    return (torch.relu(1 - beta * h), *_rewards(pc, pr, rc, rr, beta))
+
+
+def simpo_loss(pc_avg: torch.Tensor, pr_avg: torch.Tensor, beta: float = 2.0, gamma: float = 1.0
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SimPO (Meng et al. 2024), reference-free and length-normalised:
+    ``-log σ(β/|y_w| log π(y_w) - β/|y_l| log π(y_l) - γ)``; inputs are *average* per-token log-probs.
+    Defaults β = 2.0, γ = 1.0 (the paper's γ/β = 0.5)."""
+    chosen, rejected = beta * pc_avg, beta * pr_avg
+    losses = -F.logsigmoid(chosen - rejected - gamma)
+    return losses, chosen.detach(), rejected.detach()
+
+
+def kto_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor,
+             beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """KTO (Ethayarajh et al. 2024) for unpaired answers labelled desirable or not.
+
+    ``r = log π(y|x) - log π_ref(y|x)``, ``z = max(0, KL)`` (a detached batch estimate of KL(π‖π_ref), from
+    mismatched prompt/answer pairs); desirable: ``λ_D (1 - σ(β (r - z)))``, undesirable: ``λ_U (1 - σ(β (z - r)))``.
+    Defaults β = 0.1, λ_D = λ_U = 1 (the paper's). Returns ``(losses [N], rewards β r [N], detached)``.
+    """
+    r = policy_logps - reference_logps
+    z = kl.detach().clamp(min=0)
+    desirable = desirable.bool()
+    losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (r - z))),
+                         undesirable_weight * (1 - torch.sigmoid(beta * (z - r))))
+    return losses, (beta * r).detach()
+
+
 
 # --------------------------------------------------------------------------------------------------
 # PPO / GRPO / RLOO (issue 5)
