@@ -430,6 +430,8 @@ class RLOptions(TrainOptions):
     backend: Literal["transformers", "vllm"] = opt("transformers", "Sampling backend (vllm: GPU, when installed).")
     sample_every: int = opt(10, "Log a table of a few sample answers every N steps (samples.jsonl).")
     eval_samples: int = opt(1, "Answers sampled per dev prompt when evaluating (dev_data).")
+    max_minutes: Optional[float] = opt(None, "Stop training after this many minutes of wall time (then the final "
+                                       "evaluation and save run as usual).")
 
     def check(self) -> list[str]:
         p = [m for m in super().check() if not m.startswith("data:")]
@@ -439,7 +441,8 @@ class RLOptions(TrainOptions):
             p.append("reward: give a reward source (--reward SPEC or --reward-model DIR)")
         p += existing_file(self, "prompts")
         p += positive(self, "num_generations", "max_new_tokens", "max_prompt_length", "temperature", "ppo_epochs",
-                      "num_mini_batches", "generation_batch_size", "sample_every", "eval_samples", "kl_budget")
+                      "num_mini_batches", "generation_batch_size", "sample_every", "eval_samples", "kl_budget",
+                      "max_minutes")
         p += positive(self, "cliprange", "kl_coef", "missing_eos_penalty", allow_zero=True)
         if self.batch_size * self.num_generations % (self.num_mini_batches * self.grad_accum):
             p.append(f"num_mini_batches x grad_accum ({self.num_mini_batches} x {self.grad_accum}) must divide the "

@@ -112,8 +112,10 @@ def rm_normalisation(folder: str | Path) -> tuple[float, float]:
     if not p.exists():
         return 0.0, 1.0
     data = json.loads(p.read_text())
-    offset = float(data.get("offset", data.get("mean", 0.0)))
-    scale = float(data.get("scale", data.get("std", 1.0))) or 1.0
+    offset, scale = data.get("offset", data.get("mean", 0.0)), data.get("scale", data.get("std", 1.0))
+    # an ensemble reward model stores one value per head; the rm: source reads head 0
+    offset = float(offset[0] if isinstance(offset, list) else offset)
+    scale = float(scale[0] if isinstance(scale, list) else scale) or 1.0
     return offset, scale
 
 
@@ -161,7 +163,7 @@ class RewardModelSource:
             chunk = seqs[s:s + self.batch_size]
             ids, mask = pad_responses(chunk, self.tokenizer.pad_token_id, device)
             logits = self.model(input_ids=ids, attention_mask=mask.long()).logits
-            out.append(logits[:, 0].float().cpu())
+            out.append(logits[:, 0].float().cpu())  # head 0 of an ensemble
         return torch.cat(out)
 
     def score(self, prompts: Sequence[Prompt], completions: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[float]:

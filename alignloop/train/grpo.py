@@ -147,6 +147,9 @@ def _run(cfg: Any, kind: str) -> Path:
             rl.write_samples(r, step, batch, ro, scores, k)
         bar.set_postfix(reward=f"{values['objective/reward']:.3f}", kl=f"{values['objective/kl']:.2f}")
         bar.update(1)
+        if cfg.max_minutes is not None and time.time() - r.started > 60 * cfg.max_minutes:
+            r.log(f"step {step}: --max-minutes {cfg.max_minutes} reached; stopping")
+            break
         if cfg.kl_budget is not None and values["objective/kl"] > cfg.kl_budget:
             r.log(f"step {step}: sequence KL {values['objective/kl']:.2f} > kl_budget {cfg.kl_budget}; stopping")
             break
