@@ -449,6 +449,12 @@ class RLOptions(TrainOptions):
                      f"rollout size batch_size x num_generations ({self.batch_size * self.num_generations})")
         if self.max_prompt_length <= 48:
             p.append("max_prompt_length: must be > 48")
+        if self.backend == "vllm":
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                p.append("backend: 'vllm' needs the vllm package and a CUDA GPU (pip install vllm); the default "
+                         "'transformers' backend works everywhere")
         return p
 
 

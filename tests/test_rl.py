@@ -313,3 +313,35 @@ def test_rl_config_checks(prompts_file):
     msg = str(e.value)
     assert "reward" in msg and "num_generations" in msg and "must divide" in msg
     PPOConfig(prompts=str(prompts_file), output="x", reward_model="rm").validate()
+
+
+def test_adaptive_kl_controller_by_hand():
+    from alignloop.train.ppo import AdaptiveKLController
+
+    c = AdaptiveKLController(0.1, target=6.0, horizon=100)
+    c.update(kl=9.0, n=10)  # error = clip(9/6 − 1, ±0.2) = 0.2 → β·(1 + 0.2·10/100)
+    assert c.value == pytest.approx(0.1 * 1.02)
+    c.update(kl=5.7, n=10)  # error = −0.05
+    assert c.value == pytest.approx(0.1 * 1.02 * (1 - 0.005))
+    fixed = AdaptiveKLController(0.1, target=None, horizon=100)
+    fixed.update(50.0, 10)
+    assert fixed.value == 0.1
+
+
+def test_fit_prompt_keeps_head_and_tail():
+    from alignloop.train.rl import fit_prompt
+
+    ids = list(range(100))
+    assert fit_prompt(ids, 100) == ids
+    assert fit_prompt(ids, 60, head=48) == list(range(48)) + list(range(88, 100))
+
+
+def test_vllm_backend_without_vllm_is_a_clear_config_error(prompts_file):
+    import importlib.util
+
+    from alignloop.config import ConfigError, GRPOConfig
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed")
+    with pytest.raises(ConfigError, match="vllm"):
+        GRPOConfig(prompts=str(prompts_file), output="x", reward=["python:m:f"], backend="vllm").validate()
