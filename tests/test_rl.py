@@ -345,3 +345,15 @@ def test_vllm_backend_without_vllm_is_a_clear_config_error(prompts_file):
         pytest.skip("vllm is installed")
     with pytest.raises(ConfigError, match="vllm"):
         GRPOConfig(prompts=str(prompts_file), output="x", reward=["python:m:f"], backend="vllm").validate()
+
+
+def test_grpo_resume_continues_from_checkpoint(tmp_path, prompts_file):
+    out = tmp_path / "resume"
+    common = dict(model="tiny", reward=["python:alignloop.rewards:financebench_numeric"], prompts=str(prompts_file),
+                  output=str(out), batch_size=2, num_generations=2, max_new_tokens=3, precision="fp32")
+    train("grpo", max_steps=1, **common)
+    assert (out / "checkpoints" / "step-0000001" / "state.json").exists()
+    train("grpo", max_steps=2, resume=True, **common)
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert json.loads((out / "checkpoints" / "step-0000002" / "state.json").read_text())["step"] == 2
