@@ -357,3 +357,19 @@ def test_grpo_resume_continues_from_checkpoint(tmp_path, prompts_file):
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert json.loads((out / "checkpoints" / "step-0000002" / "state.json").read_text())["step"] == 2
+
+
+def test_ppo_function_reward_adaptive_kl_and_kl_budget_stop(tmp_path, prompts_file):
+    out = tmp_path / "ppo-fn"
+    f = tmp_path / "lengthreward.py"
+    f.write_text("def chars(prompt, completion, **row):\n    return len(completion) / 10\n")
+    train("ppo", model="tiny", reward=[f"python:{f}:chars"], prompts=str(prompts_file),
+          output=str(out), max_steps=3, batch_size=2, max_new_tokens=4, ppo_epochs=1, num_mini_batches=1,
+          learning_rate=5e-2, whiten_rewards=True, target_kl=0.001, kl_budget=1e-9, lora=True, precision="fp32")
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    # step 1 is on the reference (LoRA B = 0: KL 0); the big step moves the policy, so step 2 is over the budget
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5) and rows[1]["objective/kl"] != 0
+    # adaptive controller: KL 0 < target → β shrinks by (1 − 0.2·n/horizon) with n = 2 answers
+    assert rows[1]["objective/kl_coef"] == pytest.approx(0.05 * (1 - 0.2 * 2 / 10000))
+    assert rows[0]["value/mean"] == 0.0  # a function reward only: the critic starts from a zero head
