@@ -58,6 +58,15 @@ def main() -> None:
     out["reward_before"], out["reward_after"] = bootstrap(rb), bootstrap(ra)
     out["reward_gain_in_std"] = (sum(ra) / len(ra) - sum(rb) / len(rb)) / max(std0, 1e-12)
     out["kl_after"] = bootstrap([r["kl"] for r in after])
+    # paired by prompt: the mean reward of each held-out prompt after minus before, bootstrapped over prompts
+    def by_prompt(rows):
+        acc: dict = {}
+        for r in rows:
+            acc.setdefault(json.dumps(r["prompt"]), []).append(r["reward"])
+        return {k: sum(v) / len(v) for k, v in acc.items()}
+    pb, pa = by_prompt(before), by_prompt(after)
+    out["paired_gain_by_prompt"] = bootstrap([pa[k] - pb[k] for k in pb if k in pa])
+    out["n_prompts"], out["n_answers"] = len(pb), len(before)
     out["length_before"], out["length_after"] = (sum(r["length"] for r in x) / len(x) for x in (before, after))
     out["corr_reward_length_before"] = pearson(rb, [r["length"] for r in before])
     out["corr_reward_length_after"] = pearson(ra, [r["length"] for r in after])
