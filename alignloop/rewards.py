@@ -5,7 +5,8 @@ SPEC                       reward
 =========================  ===============================================================================
 ``rm:DIR``                 a reward model from ``alignloop reward train`` (any folder that
                            ``AutoModelForSequenceClassification`` loads with one label; score at the last
-                           token), normalised with the offset/scale in ``DIR/alignloop_reward.json``
+                           token), normalised with the offset/scale in ``DIR/alignloop_reward.json`` (an ensemble:
+                           the mean over heads)
 ``python:module:function`` ``function(prompt, completion, **row) -> float`` from an importable module
 ``python:path.py:function`` the same from a file
 =========================  ===============================================================================
@@ -104,19 +105,17 @@ def reward_specs(reward: Sequence[str], reward_model: str | None = None) -> list
 # --------------------------------------------------------------------------------------------------
 
 
-def rm_normalisation(folder: str | Path) -> tuple[float, float]:
-    """(offset, scale) from ``alignloop_reward.json``: normalised = (raw − offset) / scale; (0, 1) if absent.
-
-    Accepts ``offset``/``scale`` or ``mean``/``std`` keys."""
+def rm_normalisation(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head (offset, scale) from ``alignloop_reward.json``: reward = mean over heads of (raw − offset) / scale
+    (the reward-model stage's contract); (0, 1) if the file is absent. ``mean``/``std`` keys are accepted too."""
     p = Path(folder) / RM_NORMALISATION
     if not p.exists():
-        return 0.0, 1.0
+        return torch.zeros(1), torch.ones(1)
     data = json.loads(p.read_text())
     offset, scale = data.get("offset", data.get("mean", 0.0)), data.get("scale", data.get("std", 1.0))
-    # an ensemble reward model stores one value per head; the rm: source reads head 0
-    offset = float(offset[0] if isinstance(offset, list) else offset)
-    scale = float(scale[0] if isinstance(scale, list) else scale) or 1.0
-    return offset, scale
+    offset = torch.tensor(offset if isinstance(offset, list) else [offset], dtype=torch.float32)
+    scale = torch.tensor(scale if isinstance(scale, list) else [scale], dtype=torch.float32)
+    return offset, torch.where(scale == 0, torch.ones_like(scale), scale)
 
 
 class RewardModelSource:
@@ -132,8 +131,8 @@ class RewardModelSource:
         quiet_transformers()
         where = resolve_model(folder)
         try:
-            self.model = AutoModelForSequenceClassification.from_pretrained(str(where), num_labels=1,
-                                                                            local_files_only=True,
+            # the folder's own num_labels: an ensemble reward model has one score per head
+            self.model = AutoModelForSequenceClassification.from_pretrained(str(where), local_files_only=True,
                                                                             dtype=dtype or torch.float32)
         except (OSError, ValueError) as exc:
             raise ModelError(f"rm:{folder}: not a reward model folder ({exc})") from None
@@ -154,7 +153,8 @@ class RewardModelSource:
 
     @torch.no_grad()
     def raw_scores(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Unnormalised scores of token sequences, right-padded (transformers reads the last non-pad token)."""
+        """Unnormalised scores ``[n, heads]`` of token sequences, right-padded (transformers reads the last
+        non-pad token)."""
         from alignloop.rollout import pad_responses
 
         device = next(self.model.parameters()).device
@@ -163,12 +163,12 @@ class RewardModelSource:
             chunk = seqs[s:s + self.batch_size]
             ids, mask = pad_responses(chunk, self.tokenizer.pad_token_id, device)
             logits = self.model(input_ids=ids, attention_mask=mask.long()).logits
-            out.append(logits[:, 0].float().cpu())  # head 0 of an ensemble
+            out.append(logits.float().cpu())
         return torch.cat(out)
 
     def score(self, prompts: Sequence[Prompt], completions: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[float]:
         seqs = [self.encode(p, c, bool(r.get("ended", True))) for p, c, r in zip(prompts, completions, rows)]
-        return ((self.raw_scores(seqs) - self.offset) / self.scale).tolist()
+        return ((self.raw_scores(seqs) - self.offset) / self.scale).mean(-1).tolist()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -206,6 +206,28 @@ def test_python_source_and_weights(tmp_path):
     assert parts == {"objective/reward/python:longer": pytest.approx(56.5), "objective/reward/python:financebench_numeric": 0.5}
 
 
+def test_rm_source_averages_normalised_ensemble_heads(tmp_path):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from alignloop.data.records import Prompt
+    from alignloop.models.load import TINY_SHAPE, tiny_tokenizer
+    from alignloop.rewards import RewardModelSource
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(2)
+    model = LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                                                       num_labels=2, **TINY_SHAPE))
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "alignloop_reward.json").write_text(json.dumps({"offset": [0.1, -0.2], "scale": [2.0, 4.0]}))
+    src = RewardModelSource(str(tmp_path))
+    p = Prompt([{"role": "user", "content": "Hi"}])
+    raw = src.raw_scores([src.encode(p, "Hello")])[0]
+    assert raw.shape == (2,)
+    got = src.score([p], ["Hello"], [{}])[0]
+    assert got == pytest.approx(((raw[0] - 0.1) / 2.0 + (raw[1] + 0.2) / 4.0).item() / 2, abs=1e-5)
+
+
 @pytest.fixture(scope="module")
 def tiny_rm(tmp_path_factory):
     """A tiny random LlamaForSequenceClassification reward model folder with a normalisation file."""
@@ -373,3 +395,19 @@ def test_ppo_function_reward_adaptive_kl_and_kl_budget_stop(tmp_path, prompts_fi
     # adaptive controller: KL 0 < target → β shrinks by (1 − 0.2·n/horizon) with n = 2 answers
     assert rows[1]["objective/kl_coef"] == pytest.approx(0.05 * (1 - 0.2 * 2 / 10000))
     assert rows[0]["value/mean"] == 0.0  # a function reward only: the critic starts from a zero head
+
+
+def test_critic_starts_from_the_reward_model(tiny_rm):
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForSequenceClassification
+
+    from alignloop.config import PPOConfig
+    from alignloop.rewards import Rewards, reward_specs
+    from alignloop.train.ppo import build_critic
+
+    cfg = PPOConfig(model="tiny", reward_model=str(tiny_rm))
+    critic = build_critic(cfg, Rewards.from_specs(reward_specs([], str(tiny_rm))), SimpleNamespace(device="cpu"))
+    rm = AutoModelForSequenceClassification.from_pretrained(str(tiny_rm))
+    assert torch.allclose(critic.score.weight, rm.score.weight / 2.0)  # scale 2.0 in alignloop_reward.json
+    assert torch.equal(critic.model.layers[0].mlp.up_proj.weight, rm.model.layers[0].mlp.up_proj.weight)

@@ -73,10 +73,19 @@ def build_critic(cfg: PPOConfig, rewards: Rewards, run: engine.Run) -> Any:
 
     rms = rewards.reward_models()
     src = rms[0].folder if rms else str(resolve_model(cfg.model))
-    critic = AutoModelForSequenceClassification.from_pretrained(src, num_labels=1, local_files_only=True,
-                                                                dtype=torch.float32)
-    if not rms:
-        torch.nn.init.zeros_(rl_head(critic).weight)
+    critic = AutoModelForSequenceClassification.from_pretrained(src, local_files_only=True, dtype=torch.float32,
+                                                                **({} if rms else {"num_labels": 1}))
+    head = rl_head(critic)
+    if rms:
+        # V starts as the reward model's *normalised* score (mean over ensemble heads of W_h / scale_h; the
+        # offset is a constant the critic learns away), so value and reward are on one scale from step 1
+        w = (head.weight.detach().float() / rms[0].scale.view(-1, 1)).mean(0, keepdim=True)
+        name = "score" if hasattr(critic, "score") else "classifier"
+        setattr(critic, name, torch.nn.Linear(w.shape[1], 1, bias=False))
+        getattr(critic, name).weight.data.copy_(w)
+        critic.config.num_labels = 1
+    else:
+        torch.nn.init.zeros_(head.weight)
     disable_dropout(critic)
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
