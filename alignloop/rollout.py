@@ -11,7 +11,7 @@ the log-probs of the sampled tokens under ``softmax(logits / T)``, the distribut
 (RL stages sample with top-p = 1 and top-k = 0 so the two agree exactly). Re-scoring in a plain forward rather
 than keeping generate's scores is what PPO needs anyway: the old log-probs must come from the same computation
 as the training forward, or the first ratio is not 1 (the "N implementation details" note). An optional vLLM
-backend samples on a GPU when vLLM is installed.
+backend samples on a GPU when vLLM is installed (not exercised on the CPU development machine).
 """
 
 from __future__ import annotations
@@ -224,19 +224,65 @@ def generate_rollout(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[i
 
 def _vllm_rollout(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
                   temperature: float) -> Rollout:
-    """Sampling through vLLM (GPU only). The policy's current weights are pushed into the vLLM engine first."""
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        from alignloop.config import ConfigError
+    """Sampling through vLLM (GPU only). The policy's current weights (LoRA merged) are pushed into the vLLM
+    engine before each rollout; the engine is created once and kept on the model object.
 
+    Untested on the CPU development machine (vLLM needs CUDA); the log-probs still come from the trainer's own
+    forward, so vLLM only changes which answers are drawn, not how they are scored.
+    """
+    from alignloop.config import ConfigError
+
+    try:
+        import vllm
+    except ImportError:
         raise ConfigError(["backend: 'vllm' needs the vllm package and a CUDA GPU (pip install vllm); "
                            "use --backend transformers (the default) on a CPU"]) from None
     if not torch.cuda.is_available():
-        from alignloop.config import ConfigError
-
         raise ConfigError(["backend: 'vllm' needs a CUDA GPU; use --backend transformers on a CPU"])
-    raise NotImplementedError("the vLLM rollout backend is not implemented yet; use --backend transformers")
+    from alignloop.data.templates import stop_token_ids
+
+    engine = getattr(model, "_alignloop_vllm", None)
+    if engine is None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        engine = vllm.LLM(model=base.config._name_or_path, dtype="bfloat16", gpu_memory_utilization=0.3,
+                          enable_prefix_caching=True)
+        model._alignloop_vllm = engine
+    _push_weights(model, engine)
+    stop = stop_token_ids(tokenizer)
+    params = vllm.SamplingParams(temperature=temperature, top_p=1.0, top_k=-1, max_tokens=max_new_tokens,
+                                 stop_token_ids=stop, skip_special_tokens=False)
+    t0 = time.perf_counter()
+    outs = engine.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], params, use_tqdm=False)
+    responses, ended = [], []
+    for o in outs:
+        ids, stopped = truncate_after_stop(list(o.outputs[0].token_ids), stop, None)
+        responses.append(ids)
+        ended.append(stopped)
+    texts = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in responses]
+    return Rollout([list(p) for p in prompt_ids], responses, ended, texts, time.perf_counter() - t0)
+
+
+def _push_weights(model: Any, engine: Any) -> None:
+    """Load the policy's weights into the vLLM engine (LoRA merged for the copy, then unmerged)."""
+    peft = hasattr(model, "merge_adapter")
+    if peft:
+        model.merge_adapter()
+    try:
+        state = {}
+        for name, p in model.state_dict().items():
+            if "lora_" in name:
+                continue
+            name = name.replace("base_model.model.", "").replace(".base_layer", "")
+            state[name] = p
+        runner = engine.llm_engine.model_executor.driver_worker
+        target = getattr(getattr(runner, "worker", runner), "model_runner").model
+        target.load_weights(state.items())
+    except AttributeError as exc:
+        raise NotImplementedError(f"this vLLM version does not expose its model for weight updates ({exc}); "
+                                  "use --backend transformers") from None
+    finally:
+        if peft:
+            model.unmerge_adapter()
 
 
 def _gather_positions(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], device: Any):
