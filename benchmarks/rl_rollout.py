@@ -8,7 +8,7 @@ batch sizes 1, 8 and 32, and the time breakdown of one PPO iteration.
 
 Tokens/s counts answer tokens (up to and including the stop token). Run under the CPU lock:
 
-    flock /tmp/alignloop-cpu.lock python benchmarks/rl_rollout.py --prompts FILE --n 32 --max-new-tokens 48
+    flock /tmp/alignloop-cpu.lock python benchmarks/rl_rollout.py --prompts FILE --max-new-tokens 48
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--prompts", required=True)
-    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--n", type=int, default=0, help="prompts per batch size (default: max(8, batch size))")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--max-prompt-length", type=int, default=256)
     ap.add_argument("--batch-sizes", default="1,8,32")
@@ -39,10 +39,10 @@ def main() -> None:
     model, tok = load_causal_lm(args.model)
     model.eval()
     items, _ = load_prompts(args.prompts, tok, args.max_prompt_length)
-    ids = [items[i % len(items)].ids for i in range(args.n)]
     stop = stop_token_ids(tok)
     results = []
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
+        ids = [items[i % len(items)].ids for i in range(args.n or max(8, bs))]
         torch.manual_seed(0)
         t = time.perf_counter()
         ro = generate_rollout(model, tok, ids, args.max_new_tokens, 0.7, bs)
@@ -63,7 +63,7 @@ def main() -> None:
                                      pad_token_id=tok.pad_token_id)
                 plain_tokens += sum(len(truncate_after_stop(r, stop)[0]) for r in out[:, x.shape[1]:].tolist())
         t_plain = time.perf_counter() - t
-        row = {"batch_size": bs, "engine_tokens": ro.num_tokens, "engine_generate_s": round(t_gen, 2),
+        row = {"batch_size": bs, "prompts": len(ids), "engine_tokens": ro.num_tokens, "engine_generate_s": round(t_gen, 2),
                "engine_logprob_s": round(t_lp, 2), "engine_tokens_per_s": round(ro.num_tokens / t_gen, 1),
                "engine_with_logprobs_tokens_per_s": round(ro.num_tokens / (t_gen + t_lp), 1),
                "plain_tokens": plain_tokens, "plain_s": round(t_plain, 2),
