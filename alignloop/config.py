@@ -513,16 +513,59 @@ class DPOConfig(TrainOptions):
 
 @dataclass
 class RLOptions(TrainOptions):
-    prompts: str = opt("", "Prompts to sample answers for.")
-    reward: list[str] = opt([], "Reward source SPEC[:weight], repeatable: rm:DIR, python:module:function.", repeat=True)
+    """Shared by ppo, grpo and rloo. One *step* = one rollout (batch_size prompts × num_generations answers)
+    followed by ppo_epochs passes over it in num_mini_batches optimizer steps, each of grad_accum micro-batches."""
+
+    prompts: str = opt("", "Prompts to sample answers for (any file with a prompt, messages or question column).")
+    reward: list[str] = opt([], "Reward source SPEC[:weight], repeatable: rm:DIR, python:module:function, "
+                            "python:file.py:function.", repeat=True)
     reward_model: Optional[str] = opt(None, "Short for --reward rm:DIR.")
     data: str = opt("", "Unused by RL stages (they read --prompts).")
+    batch_size: int = opt(8, "Prompts per rollout (each gets num_generations answers).")
+    learning_rate: float = opt(1e-5, "Peak learning rate (AdamW); LoRA runs want ~1e-4.")
+    lr_schedule: Literal["cosine", "linear", "constant"] = opt("constant", "Learning-rate schedule after warm-up.")
+    num_generations: int = opt(1, "Answers sampled per prompt (K).")
+    max_new_tokens: int = opt(64, "Longest answer in tokens; answers cut here never emitted EOS.")
+    max_prompt_length: int = opt(512, "Longer prompts keep their first 48 and last tokens (the instruction and "
+                                 "the question; the middle of a long context goes).")
+    temperature: float = opt(0.7, "Sampling temperature; log-probs are computed under the same temperature.")
+    ppo_epochs: int = opt(1, "Passes over each rollout.")
+    num_mini_batches: int = opt(1, "Optimizer steps per pass over a rollout.")
+    cliprange: float = opt(0.2, "PPO ratio clip ε.")
+    kl_coef: float = opt(0.05, "β of the KL penalty to the reference model.")
+    kl_estimator: Literal["k1", "k3"] = opt("k1", "Per-token KL estimator: k1 = log π − log π_ref, k3 = "
+                                            "(π_ref/π − 1) − log(π_ref/π) (always ≥ 0).")
+    missing_eos_penalty: float = opt(0.0, "Subtracted from the score of answers that never emit EOS.")
+    kl_budget: Optional[float] = opt(None, "Stop the run when the mean sequence KL (nats) exceeds this.")
+    generation_batch_size: int = opt(32, "Sequences sampled together.")
+    backend: Literal["transformers", "vllm"] = opt("transformers", "Sampling backend (vllm: GPU, when installed).")
+    sample_every: int = opt(10, "Log a table of a few sample answers every N steps (samples.jsonl).")
+    eval_samples: int = opt(1, "Answers sampled per dev prompt when evaluating (dev_data).")
+    max_minutes: Optional[float] = opt(None, "Stop training after this many minutes of wall time (then the final "
+                                       "evaluation and save run as usual).")
 
     def check(self) -> list[str]:
         p = [m for m in super().check() if not m.startswith("data:")]
         if not self.prompts:
             p.append("prompts: a prompts file is required (--prompts FILE)")
+        if not self.reward and not self.reward_model:
+            p.append("reward: give a reward source (--reward SPEC or --reward-model DIR)")
         p += existing_file(self, "prompts")
+        p += positive(self, "num_generations", "max_new_tokens", "max_prompt_length", "temperature", "ppo_epochs",
+                      "num_mini_batches", "generation_batch_size", "sample_every", "eval_samples", "kl_budget",
+                      "max_minutes")
+        p += positive(self, "cliprange", "kl_coef", "missing_eos_penalty", allow_zero=True)
+        if self.batch_size * self.num_generations % (self.num_mini_batches * self.grad_accum):
+            p.append(f"num_mini_batches x grad_accum ({self.num_mini_batches} x {self.grad_accum}) must divide the "
+                     f"rollout size batch_size x num_generations ({self.batch_size * self.num_generations})")
+        if self.max_prompt_length <= 48:
+            p.append("max_prompt_length: must be > 48")
+        if self.backend == "vllm":
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                p.append("backend: 'vllm' needs the vllm package and a CUDA GPU (pip install vllm); the default "
+                         "'transformers' backend works everywhere")
         return p
 
 
@@ -533,6 +576,18 @@ class PPOConfig(RLOptions):
     command: ClassVar[tuple[str, ...]] = ("ppo",)
     runner: ClassVar[str] = "alignloop.train.ppo:run"
 
+    ppo_epochs: int = opt(4, "Passes over each rollout.")
+    num_mini_batches: int = opt(2, "Optimizer steps per pass over a rollout.")
+    gamma: float = opt(1.0, "GAE discount γ.")
+    lam: float = opt(0.95, "GAE λ.")
+    cliprange_value: float = opt(0.2, "Value clip ε (around the rollout's values).")
+    vf_coef: float = opt(0.1, "Weight of the value loss.")
+    target_kl: Optional[float] = opt(None, "Adaptive KL controller: move β so the sequence KL approaches this "
+                                     "target (nats); off when unset (fixed β).")
+    kl_horizon: int = opt(10000, "Adaptive KL controller horizon (samples).")
+    whiten_rewards: bool = opt(False, "Whiten the per-token rewards (mean kept) before GAE.")
+    critic_learning_rate: Optional[float] = opt(None, "Critic learning rate; default: learning_rate.")
+
 
 @dataclass
 class GRPOConfig(RLOptions):
@@ -541,6 +596,18 @@ class GRPOConfig(RLOptions):
     command: ClassVar[tuple[str, ...]] = ("grpo",)
     runner: ClassVar[str] = "alignloop.train.grpo:run_grpo"
 
+    num_generations: int = opt(4, "Answers sampled per prompt (K, the group).")
+    kl_coef: float = opt(0.04, "β of the KL term.")
+    kl_estimator: Literal["k1", "k3"] = opt("k3", "Per-token KL estimator (k3 as a loss term: ≥ 0, low variance).")
+    kl_in: Literal["loss", "reward"] = opt("loss", "KL as a loss term (GRPO) or subtracted from the reward.")
+    scale_rewards: bool = opt(True, "Divide group-centred rewards by the group's std (false: Dr. GRPO).")
+
+    def check(self) -> list[str]:
+        p = super().check()
+        if self.num_generations < 2:
+            p.append("num_generations: GRPO needs at least 2 answers per prompt")
+        return p
+
 
 @dataclass
 class RLOOConfig(RLOptions):
@@ -548,6 +615,16 @@ class RLOOConfig(RLOptions):
 
     command: ClassVar[tuple[str, ...]] = ("rloo",)
     runner: ClassVar[str] = "alignloop.train.grpo:run_rloo"
+
+    num_generations: int = opt(4, "Answers sampled per prompt (K).")
+    kl_in: Literal["loss", "reward"] = opt("reward", "KL subtracted from the reward (RLOO) or as a loss term.")
+    scale_rewards: bool = opt(False, "Divide the advantages by the batch std.")
+
+    def check(self) -> list[str]:
+        p = super().check()
+        if self.num_generations < 2:
+            p.append("num_generations: RLOO needs at least 2 answers per prompt")
+        return p
 
 
 # ---- feedback studio (issue 6): its configs live in alignloop/feedback/commands.py ---------------
