@@ -2,7 +2,7 @@
 
 Stages (each writes a ``done`` marker; a second run skips finished stages and reuses their outputs):
 
-1. ``data``      split the 100 questions by the fixed held-out rule (:func:`financebench_part`: 70 train / 30
+1. ``data``      split the 100 questions by the fixed held-out rule (``heldout_ids``: 70 train / 30
                  test), contexts cut to ``context_chars`` to keep CPU time down;
 2. ``base_eval`` the base model answers the held-out questions (greedy), graded by the QA scorer;
 3. ``sft``       LoRA SFT on the training questions' gold answers;
@@ -94,17 +94,18 @@ def has(module: str) -> bool:
 
 def split_data(cfg: DemoConfig, folder: Path) -> dict[str, Any]:
     from alignloop.data.readers import write_jsonl
-    from alignloop.evaluate.commands import financebench_part
+    from alignloop.evaluate.commands import heldout_ids
 
     rows = [json.loads(line) for line in Path(cfg.data).read_text().splitlines() if line.strip()]
     rows = rows[: cfg.limit] if cfg.limit else rows
     parts: dict[str, list[dict]] = {"train": [], "test": []}
-    for n, r in enumerate(rows):
-        fid = str(r.get("financebench_id", r.get("id", n)))
+    ids = [str(r.get("financebench_id", r.get("id", n))) for n, r in enumerate(rows)]
+    test = heldout_ids(ids)
+    for fid, r in zip(ids, rows):
         ctx = r.get("context")
         if ctx is None and isinstance(r.get("evidence"), list):
             ctx = "\n\n".join(e.get("evidence_text", "").strip() for e in r["evidence"] if isinstance(e, dict))
-        parts[financebench_part(fid)].append({"id": fid, "question": r["question"],
+        parts["test" if fid in test else "train"].append({"id": fid, "question": r["question"],
                                               "context": (ctx or "")[: cfg.context_chars], "answer": r["answer"]})
     for name, part in parts.items():
         write_jsonl(folder / f"{name}.jsonl", part)

@@ -72,12 +72,13 @@ class EvalConfig(StageConfig):
 # Data
 # --------------------------------------------------------------------------------------------------
 
-def financebench_part(fid: str) -> str:
-    """The demo's fixed held-out rule: a question is in ``test`` when the SHA-256 of its id falls in the first
-    30 % of buckets; the rule is order-free and the same on every machine (30 of the 100 questions kept here)."""
+def heldout_ids(ids: list[str], share: float = 0.3) -> set[str]:
+    """The fixed held-out rule of the demo and ``--split test``: the ``share`` of the ids (rounded) with the
+    smallest SHA-256 of the id. Order-free and the same on every machine: 30 of the 100 FinanceBench questions."""
     import hashlib
 
-    return "test" if int(hashlib.sha256(str(fid).encode()).hexdigest(), 16) % 100 < 30 else "train"
+    ranked = sorted(ids, key=lambda i: hashlib.sha256(str(i).encode()).hexdigest())
+    return set(ranked[: round(share * len(ranked))])
 
 
 def qa_items(path: str, split: str = "all", limit: int | None = None) -> list[Any]:
@@ -86,10 +87,11 @@ def qa_items(path: str, split: str = "all", limit: int | None = None) -> list[An
     from alignloop.errors import DataError
 
     records = read_records(path, kind="prompt")
+    ids = [str(r.meta.get("financebench_id", r.meta.get("id", n))) for n, r in enumerate(records)]
+    test = heldout_ids(ids)
     out = []
-    for n, r in enumerate(records):
-        fid = r.meta.get("financebench_id", r.meta.get("id", n))
-        if split != "all" and financebench_part(str(fid)) != split:
+    for fid, r in zip(ids, records):
+        if split != "all" and (fid in test) != (split == "test"):
             continue
         if not isinstance(r.meta.get("answer"), str):
             raise DataError("a QA item needs a gold 'answer' string", path=r.meta.get("_where"), field="answer")
