@@ -38,7 +38,7 @@ class DemoConfig(StageConfig):
     runner: ClassVar[str] = "alignloop.demo:run"
 
     model: str = opt("smollm2-135m-instruct", "Base model.")
-    output: str = opt("alignloop-demo", "Folder for every stage's output and the report.")
+    output: str = opt("runs/demo", "Folder for every stage's output and the report.")
     data: str = opt(str(FINANCEBENCH), "FinanceBench-style questions (question, evidence/context, answer).")
     context_chars: int = opt(1200, "Keep this many characters of each question's context (CPU time).")
     sft_steps: int = opt(60, "SFT optimizer steps (LoRA).")
