@@ -3,6 +3,7 @@ HTTP judge against a real OpenAI-compatible server on loopback (timeout, 429 wit
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import threading
@@ -191,3 +192,26 @@ def test_http_judge_timeout_then_retry_and_final_failure(judge_server, tmp_path)
     dead = HTTPJudge(f"http://127.0.0.1:{_free_port()}/v1", "m", timeout=0.2, retries=1, backoff=0.0)
     with pytest.raises(JudgeHTTPError, match="after 2 attempts"):
         dead.judge("q", ["a", "b"])
+
+
+def test_judge_writes_ai_judgments_into_the_feedback_store(tmp_path):
+    """Runs once the feedback studio (issue 6) is in the build."""
+    store = pytest.importorskip("alignloop.feedback.store")
+    from alignloop.feedback import io as fio
+    from alignloop.judges.commands import judge_project
+
+    rows = [{"id": "q1", "prompt": "Revenue?", "completions": ["It was 2,000.", "1,577"], "answer": "$1577.00"},
+            {"id": "q2", "prompt": "Revenue?", "completions": ["1,577", "Not found"], "answer": "$1577.00"},
+            {"id": "q3", "prompt": "Revenue?", "completions": ["5", "6"], "answer": "$1577.00"}]
+    data = tmp_path / "gen.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    url = store.sqlite_url(str(tmp_path / "labels.db"))
+    db = store.open_db(url)
+    fio.import_file(db, "fin", data)
+    assert judge_project(ReferenceJudge(), url, "fin") == {"judged": 3, "already": 0}
+    assert judge_project(ReferenceJudge(), url, "fin") == {"judged": 0, "already": 3}   # never twice
+    with db.read() as s:
+        js = store.judgments_for(s, store.get_project(s, "fin"))
+        assert [j.choice for j in js] == ["B", "A", "tie"]
+        lab = s.get(store.Labeler, js[0].labeler_id)
+        assert (lab.name, lab.kind) == ("reference", "ai") and "qa" in lab.identity
