@@ -215,3 +215,13 @@ def test_judge_writes_ai_judgments_into_the_feedback_store(tmp_path):
         assert [j.choice for j in js] == ["B", "A", "tie"]
         lab = s.get(store.Labeler, js[0].labeler_id)
         assert (lab.name, lab.kind) == ("reference", "ai") and "qa" in lab.identity
+    # a human labels two of the same items; label stats compares the judge with them
+    from alignloop.feedback import stats as fstats
+
+    with db.write() as s:
+        tasks = sorted({j.task_id for j in store.judgments_for(s, store.get_project(s, "fin"))})
+        store.add_judgment(s, tasks[0], "ann", "B", kind="human")
+        store.add_judgment(s, tasks[1], "ann", "B", kind="human")
+    with db.read() as s:
+        jvh = fstats.project_stats(s, store.get_project(s, "fin"))["judge_vs_human"]
+    assert (jvh["items"], jvh["percent_agreement"]) == (2, 0.5)
