@@ -94,3 +94,20 @@ def test_demo_on_tiny_reuses_finished_stages(tiny_path, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("done before, reusing") == 5
     assert {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "demo").glob("*/done")} == first
+
+
+def test_sequence_logprobs_hand_computed(tiny_path):
+    import torch
+
+    from alignloop.data.records import Prompt
+    from alignloop.data.templates import encode_answer, encode_prompt
+    from alignloop.evaluate.commands import sequence_logprobs
+    from alignloop.models.load import load_causal_lm
+
+    model, tok = load_causal_lm(str(tiny_path))
+    p = Prompt([{"role": "user", "content": "hi"}])
+    pi, ai = encode_prompt(tok, p), encode_answer(tok, "yo")
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([pi + ai])).logits[0].float(), -1)
+    expected = sum(float(logp[len(pi) - 1 + k, t]) for k, t in enumerate(ai))
+    assert sequence_logprobs(model, tok, [p], ["yo"])[0] == pytest.approx(expected, abs=1e-4)

@@ -104,6 +104,14 @@ def context_of(record: Any) -> str:
     return record.prompt.last_user
 
 
+def question_of(record: Any) -> str:
+    """The question of a QA prompt (``qa_prompt`` puts it last, after "Question: ")."""
+    if isinstance(record.meta.get("question"), str):
+        return record.meta["question"]
+    text = record.prompt.last_user
+    return text.rsplit("Question: ", 1)[-1].strip() if "Question: " in text else text[-300:]
+
+
 # --------------------------------------------------------------------------------------------------
 # Answering
 # --------------------------------------------------------------------------------------------------
@@ -136,9 +144,9 @@ def score_qa(records: Sequence[Any], answers: Sequence[str]) -> tuple[list[dict[
 
     rows = []
     for rec, ans in zip(records, answers):
-        fine, reason = grade(ans, rec.meta["answer"], rec.meta.get("question"), context_of(rec))
+        fine, reason = grade(ans, rec.meta["answer"], question_of(rec), context_of(rec))
         coarse = {"partial": "incorrect", "hallucination": "incorrect"}.get(fine, fine)
-        rows.append({"id": rec.meta["id"], "question": rec.meta.get("question", rec.prompt.last_user[-300:]),
+        rows.append({"id": rec.meta["id"], "question": question_of(rec),
                      "gold": rec.meta["answer"], "answer": ans, "grade": coarse, "fine_grade": fine,
                      "points": LLMWARE_POINTS[fine], "reason": reason})
     summary = summarize([r["grade"] for r in rows], [r["points"] for r in rows])
@@ -168,7 +176,6 @@ def win_rate(verdicts: Sequence[Any]) -> dict[str, float]:
             "win_rate": (wins + 0.5 * ties) / n if n else math.nan}
 
 
-@__import__("torch").no_grad()
 def sequence_logprobs(model: Any, tokenizer: Any, prompts: Sequence[Any], answers: Sequence[str],
                       max_prompt_length: int = 512) -> list[float]:
     """Sum of the answer tokens' log-probabilities under ``model`` (for KL estimates)."""
@@ -177,13 +184,13 @@ def sequence_logprobs(model: Any, tokenizer: Any, prompts: Sequence[Any], answer
     from alignloop.data.templates import encode_answer, encode_prompt
 
     out = []
-    for p, a in zip(prompts, answers):
-        pi = encode_prompt(tokenizer, p)[-max_prompt_length:]
-        ai = encode_answer(tokenizer, a)
-        ids = torch.tensor([pi + ai])
-        logits = model(input_ids=ids, use_cache=False).logits[0, len(pi) - 1:-1].float()
-        lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ai)[:, None]).sum()
-        out.append(float(lp))
+    with torch.no_grad():
+        for p, a in zip(prompts, answers):
+            pi = encode_prompt(tokenizer, p)[-max_prompt_length:]
+            ai = encode_answer(tokenizer, a)
+            ids = torch.tensor([pi + ai])
+            logits = model(input_ids=ids, use_cache=False).logits[0, len(pi) - 1:-1].float()
+            out.append(float(torch.log_softmax(logits, -1).gather(-1, torch.tensor(ai)[:, None]).sum()))
     return out
 
 
