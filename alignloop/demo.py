@@ -170,17 +170,34 @@ def report(cfg: DemoConfig, out: Path, results: dict[str, Any]) -> Path:
 
     from alignloop.evaluate.report import grouped_bars_png, html_report, image, table_html
 
-    base, final = results["base_eval"]["result"], results["final_eval"]["result"]
+    from alignloop.evaluate.commands import qa_items, score_qa, write_csv
+
+    # grade the stored answers again with the current scorer, so a cached run's report follows scorer fixes
+    records = qa_items(str(out / "data" / "test.jsonl"))
+    graded = {}
+    for label in ("base", "final"):
+        with open(out / f"{label}_eval" / "predictions.csv") as fh:
+            answers = {r["id"]: r["answer"] for r in csv.DictReader(fh)}
+        rows, summary = score_qa(records, [answers[r.meta["id"]] for r in records])
+        write_csv(out / "report" / f"{label}_items.csv", rows)
+        graded[label] = (rows, summary)
+    (b_rows, base), (f_list, final) = graded["base"], graded["final"]
+    f_rows = {r["id"]: r for r in f_list}
     cats = ("correct", "incorrect", "refusal")
     png = grouped_bars_png({"base": {c: base[c] for c in cats}, "final": {c: final[c] for c in cats}},
                            out / "report" / "qa_counts.png", "Held-out FinanceBench questions")
-    with open(out / "base_eval" / "items.csv") as fh:
-        b_rows = list(csv.DictReader(fh))
-    with open(out / "final_eval" / "items.csv") as fh:
-        f_rows = {r["id"]: r for r in csv.DictReader(fh)}
     side = [{"id": r["id"], "question": r["question"], "gold": r["gold"], "base answer": r["answer"],
              "base grade": r["grade"], "final answer": f_rows[r["id"]]["answer"],
              "final grade": f_rows[r["id"]]["grade"]} for r in b_rows]
+    both = {"both correct": 0, "only final correct": 0, "only base correct": 0}
+    for r in side:
+        b, f = r["base grade"] == "correct", r["final grade"] == "correct"
+        if b and f:
+            both["both correct"] += 1
+        elif f:
+            both["only final correct"] += 1
+        elif b:
+            both["only base correct"] += 1
     d_correct = final["correct"] - base["correct"]
     d_points = final["llmware_points"] - base["llmware_points"]
     verdict = (f"The final model ({results['final_model']}) answers {int(final['correct'])}/{int(final['n'])} held-out "
@@ -188,7 +205,8 @@ def report(cfg: DemoConfig, out: Path, results: dict[str, Any]) -> Path:
                f"({d_correct:+.0f}); llmware points {final['llmware_points']:+.1f} vs {base['llmware_points']:+.1f} "
                f"({d_points:+.1f}). With {int(base['n'])} items a difference of a few answers is within noise: "
                f"95% intervals of the correct rate: base {base.get('correct_rate_ci95')}, "
-               f"final {final.get('correct_rate_ci95')}.")
+               f"final {final.get('correct_rate_ci95')}. Paired on the same items: {both['only final correct']} "
+               f"questions only the final model gets right, {both['only base correct']} only the base model.")
     summary_rows = [{"model": "base", **{c: int(base[c]) for c in cats}, "llmware points": base["llmware_points"]},
                     {"model": "final", **{c: int(final[c]) for c in cats}, "llmware points": final["llmware_points"]}]
     stages = [{"stage": k, "seconds": v.get("seconds"), "result": json.dumps(v.get("result"), default=str)[:200]}

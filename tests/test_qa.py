@@ -88,3 +88,23 @@ def test_summarize_counts():
     s = summarize(["correct", "refusal", "incorrect", "correct"], [1, 0.5, -1, 1])
     assert (s["n"], s["correct"], s["incorrect"], s["refusal"]) == (4, 2, 1, 1)
     assert s["correct_rate"] == 0.5 and s["llmware_points"] == 1.5
+
+
+@pytest.mark.parametrize("answer, gold, question, expected", [
+    # restating the question is not an answer: the question's words don't count towards recall
+    ("The most cash came from investing and financing activities.", "In 2022, AMD brought in the most cashflow "
+     "from Operations", "Which activity brought in the most cashflow for AMD in 2022?", "incorrect"),
+    ("Operations brought in the most.", "In 2022, AMD brought in the most cashflow from Operations",
+     "Which activity brought in the most cashflow for AMD in 2022?", "correct"),
+    # a gold with a figure needs the figure
+    ("The effective tax rate increased from 2.2% to 2.3%.", "The effective tax rate has changed from 20.6% to 16.6%",
+     "How did the effective tax rate change?", "incorrect"),
+    ("It went from 20.6% to 16.6%.", "The effective tax rate has changed from 20.6% to 16.6%",
+     "How did the effective tax rate change?", "correct"),
+    # "unable to" inside a claim is not a refusal; the context not containing the answer is
+    ("No, American Express was unable to retain card members.", "Yes", None, "incorrect"),
+    ("No, the context does not contain the answer.", "Yes", None, "refusal"),
+    ("I'm sorry, but I can't help with that.", "24.26", None, "refusal"),
+])
+def test_text_rules_and_refusals(answer, gold, question, expected):
+    assert score_answer(answer, gold, question) == expected

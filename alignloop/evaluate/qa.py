@@ -27,10 +27,14 @@ The rules, in order:
    ``30.8%``): correct iff some number in the answer matches the gold number.
 3. **Yes/no gold** (starts with "Yes" or "No"): correct iff the answer's first yes/no word has the same
    polarity; and if the gold then names numbers, an answer that names numbers must match at least one of them.
-4. **Other text gold**: correct iff the answer contains at least 60 % of the gold's content words (lower-cased,
-   stop words and punctuation dropped, a simple plural ``s`` stripped) or, when the gold names non-year numbers,
-   the answer matches the first of them (the headline figure) and at least 30 % of the content words; 30-60 %
-   recall is ``partial`` (counted incorrect by :func:`score_answer`).
+4. **Other text gold**: when the gold names non-year numbers, correct iff the answer matches the first of them
+   (the headline figure); otherwise correct iff the answer contains at least 60 % of the gold's content words
+   (lower-cased, stop words and punctuation dropped, a simple plural ``s`` stripped, and words the question
+   already contains left out: restating the question says nothing); 30-60 % recall is ``partial`` (counted
+   incorrect by :func:`score_answer`).
+5. **Refusals**: a wrong answer that declines ("not found", "cannot be determined", "the context does not
+   contain …", "I don't know", "I can't help", an empty answer) is a refusal. A mere "unable to" inside a claim
+   ("the company was unable to retain …") is not.
 """
 
 from __future__ import annotations
@@ -60,11 +64,14 @@ _NUMBER = re.compile(
 )
 
 _REFUSAL = re.compile(
-    r"\b(not found|cannot (?:be )?(?:determined|answer|find|provide|calculate|say)|can ?not (?:be )?determine|"
-    r"can't (?:answer|determine|find|say|provide)|unable to|i don'?t know|i do not know|no information|"
-    r"not (?:provided|available|mentioned|stated|specified|given|disclosed|included|present)|"
-    r"does not (?:provide|contain|mention|include|specify|state|say)|doesn't (?:provide|contain|mention|include)|"
-    r"insufficient (?:information|data)|not enough information|i'?m sorry|i apologi[sz]e)\b",
+    r"(\bnot found\b|\bcannot (?:be )?(?:determined|answered)|\bcan ?not (?:be )?determine|"
+    r"\b(?:can't|cannot|unable to|not able to) (?:answer|determine|find|say|tell|help|assist|provide)|"
+    r"\bi (?:don'?t|do not) know\b|\bno (?:relevant )?information\b|\bnot enough information\b|"
+    r"\binsufficient (?:information|data)\b|"
+    r"\bnot (?:provided|available|mentioned|stated|specified|given|disclosed|included|present) in the "
+    r"(?:context|document|text|filing|data|information)|"
+    r"\b(?:context|document|text|question) (?:does not|doesn't) (?:contain|provide|mention|include|specify|state)|"
+    r"\bi (?:won'?t|will not) (?:help|assist|provide)|\bi'?m sorry, (?:but )?i|\bas an ai\b)",
     re.IGNORECASE,
 )
 
@@ -170,9 +177,12 @@ def _words(text: str) -> list[str]:
     return out
 
 
-def content_recall(answer: str, gold: str) -> float:
-    """Share of the gold's distinct content words found in the answer."""
-    g = set(_words(gold))
+def content_recall(answer: str, gold: str, question: str | None = None) -> float:
+    """Share of the gold's distinct content words found in the answer; words the question already contains
+    do not count (an answer that restates the question has said nothing yet)."""
+    g = set(_words(gold)) - set(_words(question or ""))
+    if not g:
+        g = set(_words(gold))
     if not g:
         return 0.0
     return len(g & set(_words(answer))) / len(g)
@@ -217,13 +227,18 @@ def grade(answer: str, gold: str, question: str | None = None, context: str | No
         else:
             verdict = ("incorrect", f"expected '{want}', got '{got or 'no yes/no'}'")
     else:
-        recall = content_recall(answer, gold)
+        recall = content_recall(answer, gold, question)
         headline = gold_nums[0] if gold_nums else None
-        if headline is not None and any(numbers_match(a, headline) for a in ans_nums) and recall >= 0.3:
-            return "correct", f"headline number {headline.text} matched, word recall {recall:.2f}"
-        if recall >= 0.6:
+        if headline is not None:
+            # a gold that states a figure is answered only by that figure; words alone can't make it correct
+            if any(numbers_match(a, headline) for a in ans_nums):
+                return "correct", f"headline number {headline.text} matched"
+            verdict = (("partial", f"word recall {recall:.2f} but no {headline.text}") if recall >= 0.6 else
+                       ("incorrect", f"no number matching the headline {headline.text}"))
+        elif recall >= 0.6:
             return "correct", f"word recall {recall:.2f}"
-        verdict = ("partial", f"word recall {recall:.2f}") if recall >= 0.3 else ("incorrect", f"word recall {recall:.2f}")
+        else:
+            verdict = ("partial", f"word recall {recall:.2f}") if recall >= 0.3 else ("incorrect", f"word recall {recall:.2f}")
     if is_refusal(answer) and verdict[0] != "partial":
         return "refusal", "the answer declines"
     if verdict[0] == "incorrect" and context is not None and ans_nums:
