@@ -177,7 +177,9 @@ def _coerce(value: Any, tp: Any) -> Any:
         except ValueError:
             raise ValueError(f"expected a number, got '{value}'") from None
     if origin is list and isinstance(value, str):
-        return [v for v in value.split(",") if v] if "," in value else [value]
+        value = [v for v in value.split(",") if v] if "," in value else [value]
+    if origin is list and isinstance(value, list) and args and args[0] in (int, float):
+        return [_coerce(v, args[0]) for v in value]  # list[int] flags (e.g. --stages 100 200) arrive as strings
     return value
 
 
