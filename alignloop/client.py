@@ -67,7 +67,7 @@ class Job:
     def cancel(self) -> dict:
         return self.client._post(f"/v1/jobs/{self.id}/cancel", {})
 
-    def wait(self, timeout: float | None = None, poll: float = 1.0) -> str:
+    def wait(self, timeout: float | None = None, poll: float = 0.5) -> str:
         """Block until the job ends; the new model's id, or ``JobFailed``."""
         start = time.monotonic()
         while True:

@@ -96,7 +96,7 @@ def _alive(pid: int | None) -> bool:
 
 
 class JobManager:
-    def __init__(self, registry: Registry, folder: Path, poll_s: float = 0.5, resume_interrupted: bool = False):
+    def __init__(self, registry: Registry, folder: Path, poll_s: float = 0.25, resume_interrupted: bool = False):
         self.reg, self.folder, self.poll_s = registry, Path(folder), poll_s
         self.resume_interrupted = resume_interrupted
         self.worker = worker_name()
