@@ -18,6 +18,12 @@ from __future__ import annotations
 from typing import Any
 
 THUMBS = {"up": "good", "down": "bad"}
+#: the studio refuses empty completions; a model that said nothing still deserves its thumbs-down
+EMPTY_ANSWER = "(the model gave an empty answer)"
+
+
+def _nonempty(text: str) -> str:
+    return text if isinstance(text, str) and text.strip() else EMPTY_ANSWER
 
 
 class FeedbackUnavailable(RuntimeError):
@@ -75,7 +81,7 @@ def _task_for(s: Any, project: Any, external_id: str, prompt: Any, completions: 
     p = s.scalar(select(store.Prompt).where(store.Prompt.project_id == project.id,
                                             store.Prompt.external_id == external_id))
     if p is None:
-        rec = {"id": external_id, "prompt": prompt, "completions": completions, "model": model}
+        rec = {"id": external_id, "prompt": prompt, "completions": [_nonempty(c) for c in completions], "model": model}
         if context is not None:
             rec["context"] = context
         io.import_records(s, project, [(1, rec)], source="alignloop serve", labeler=None)

@@ -41,6 +41,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from alignloop.errors import AlignloopError
 from alignloop.rollout import SamplingParams, sample_ids
 from alignloop.serve_config import ServeConfig
 
@@ -826,6 +827,8 @@ def create_app(cfg: ServeConfig, pool: ModelPool | None = None, registry: Any = 
             raise ApiError(501, str(exc), type="server_error") from None
         except fb.store_error_types() as exc:  # the studio's own validation: 404/409/422 with its message
             raise ApiError(getattr(exc, "status", 400), str(exc), getattr(exc, "field", None)) from None
+        except AlignloopError as exc:  # e.g. a served prompt the studio cannot import
+            raise ApiError(422, str(exc)) from None
         return {"object": "feedback", **result}
 
     # ---- jobs -----------------------------------------------------------------------------------------
