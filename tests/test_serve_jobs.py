@@ -109,9 +109,9 @@ def test_sdk_trains_predicts_and_lineage_names_the_labels(served):
     assert e.value.status == 422 and "max_steps: must be > 0" in str(e.value) and "batch_size: must be > 0" in str(e.value)
 
 
-def test_feedback_from_use_lands_in_the_store_and_its_export(served):
+def test_feedback_from_use_lands_in_the_store_and_its_export(server_state):
     pytest.importorskip("alignloop.feedback.store")
-    tmp, db, url = served
+    tmp, db, url = server_state["tmp"], server_state["db"], server_state["url"]
     client = alignloop.Client(url, api_key=KEY)
     ans = client.predict("tiny", "Email me at bob@example.com: what is 2 plus 2?", max_tokens=3)
     fb = client.feedback(ans.id, thumbs="down", correction="4 (call 555-123-4567)", comment="wrong, see jo@x.org",
@@ -137,9 +137,19 @@ def test_feedback_from_use_lands_in_the_store_and_its_export(served):
     [j] = [json.loads(x) for x in raw.read_text().splitlines()]
     assert (j["labeler"], j["labeler_kind"], j["choice"]) == ("user:analyst-1", "user", "bad")
 
-    # the next round trains on the export; lineage then names exactly those judgments
-    model_id = client.train(out, initial_model_id="tiny", fine_tuning_type="sft", max_steps=1, batch_size=1, timeout=300)
-    assert client.lineage(model_id)["judgment_ids"] == [fb["judgment_id"]]
+    server_state["feedback_export"] = (out, fb["judgment_id"])
+
+
+@pytest.mark.slow
+def test_next_round_trains_on_the_feedback_export(server_state):
+    """The loop closed: train on the export of user feedback; lineage names exactly those judgments."""
+    if "feedback_export" not in server_state:
+        pytest.skip("needs test_feedback_from_use_lands_in_the_store_and_its_export")
+    out, judgment_id = server_state["feedback_export"]
+    client = alignloop.Client(server_state["url"], api_key=KEY)
+    model_id = client.train(out, initial_model_id="tiny", fine_tuning_type="sft", max_steps=1, batch_size=1, timeout=600)
+    lin = client.lineage(model_id)
+    assert lin["judgment_ids"] == [judgment_id] and lin["chain"][0]["labelers"] == {"user": 1}
 
 
 def test_killed_server_leaves_the_job_failed_with_a_reason(server_state):
