@@ -92,9 +92,10 @@ def truncate_after_stop(tokens: Sequence[int], stop_ids: Sequence[int], pad_id: 
 
 @torch.no_grad()
 def sample_ids(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], params: SamplingParams,
-               batch_size: int = 16, progress: Any = None) -> list[tuple[list[int], bool]]:
+               batch_size: int = 16, progress: Any = None, **generate_kwargs: Any) -> list[tuple[list[int], bool]]:
     """Sample one answer per prompt (repeat a prompt K times for K answers); returns (answer ids, ended) per
-    prompt, in the input order. Prompts are batched by length so little compute goes to padding."""
+    prompt, in the input order. Prompts are batched by length so little compute goes to padding.
+    ``generate_kwargs`` go to ``generate`` as they are (the server passes a streamer and stopping criteria)."""
     from alignloop.data.templates import stop_token_ids
 
     stop = stop_token_ids(tokenizer)
@@ -108,7 +109,8 @@ def sample_ids(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], par
         idx = order[s:s + batch_size]
         ids, mask = left_pad([prompts[i] for i in idx], tokenizer.pad_token_id, device)
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens,
-                             eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, **gen_kwargs)
+                             eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, **gen_kwargs,
+                             **generate_kwargs)
         new = out[:, ids.shape[1]:].tolist()
         for i, row in zip(idx, new):
             results[i] = truncate_after_stop(row, stop, tokenizer.pad_token_id)
