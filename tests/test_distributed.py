@@ -163,21 +163,17 @@ def test_sft_fsdp_two_processes_match_ddp_and_resume(sft_runs):
 
 
 @pytest.mark.slow
-def test_sft_fsdp_resume_matches_ddp_resume(sft_runs, tmp_path):
-    """Resuming a sharded run restores the gathered weights and optimiser state into the shards: one more
-    step after resuming equals the same under DDP."""
+def test_sft_fsdp_resume_matches_ddp_resume(sft_runs):
+    """Resuming a sharded run restores the gathered weights and optimiser state into the shards: the step
+    after resuming equals the same step resumed under DDP."""
     tmp, _ = sft_runs
     data = tmp / "sft.jsonl"
-    for name, config in (("ddp", "ddp_cpu.yaml"), ("fsdp", "fsdp_cpu.yaml")):
-        import shutil
-
-        shutil.copytree(tmp / "ddp", tmp_path / name)  # the DDP run's step-3 checkpoint: a plain (full) one...
-        flags = ["--model", "tiny", "--data", str(data), "--grad-accum", "2", "--precision", "fp32", "--learning-rate",
-                 "1e-3", "--batch-size", "2", "--max-steps", "4", "--resume", "--output", str(tmp_path / name)]
-        if name == "fsdp":  # ...but an FSDP run resumes only from an FSDP checkpoint: write one first
-            shutil.rmtree(tmp_path / name)
-            launch(ACCEL / config, ["sft", *flags[:-6], "--max-steps", "3", "--output", str(tmp_path / name)])
-        launch(ACCEL / config, ["sft", *flags])
-    ddp, fsdp = _losses(tmp_path / "ddp" / "metrics.jsonl"), _losses(tmp_path / "fsdp" / "metrics.jsonl")
-    assert _steps(tmp_path / "fsdp" / "metrics.jsonl") == [1, 2, 3, 4]
+    flags = ["--model", "tiny", "--data", str(data), "--grad-accum", "2", "--precision", "fp32", "--learning-rate",
+             "1e-3", "--batch-size", "2", "--max-steps", "4", "--resume"]
+    if not (tmp / "fsdp" / "final").exists():
+        launch(ACCEL / "fsdp_cpu.yaml", ["sft", *flags[:-3], "--max-steps", "3", "--output", str(tmp / "fsdp")])
+    launch(ACCEL / "fsdp_cpu.yaml", ["sft", *flags, "--output", str(tmp / "fsdp")])
+    launch(ACCEL / "ddp_cpu.yaml", ["sft", *flags, "--output", str(tmp / "ddp")])
+    ddp, fsdp = _losses(tmp / "ddp" / "metrics.jsonl"), _losses(tmp / "fsdp" / "metrics.jsonl")
+    assert _steps(tmp / "fsdp" / "metrics.jsonl") == _steps(tmp / "ddp" / "metrics.jsonl") == [1, 2, 3, 4]
     assert abs(ddp[-1] - fsdp[-1]) < 1e-5
