@@ -182,6 +182,23 @@ def micro_step(run: Run, model: Any, sync: bool = True) -> Iterator[None]:
         acc.gradient_state._set_sync_gradients(True)
 
 
+def reduce_gradients(run: Run, model: Any) -> None:
+    """Sum gradients over processes, for loops whose model is not DDP-wrapped (the RL stages call the policy and
+    the critic separately, so there is no single ``forward`` for DDP to hook). Their losses are normalised over
+    the global batch, so the sum is the gradient of the global loss. One flat all-reduce; no-op on one process."""
+    if run.world == 1:
+        return
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    if not grads:
+        return
+    flat = _flatten_dense_tensors(grads)
+    torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+    for g, reduced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        g.copy_(reduced)
+
+
 def rank_seed(run: Run, seed: int) -> int:
     """A different sampling seed per process, so ranks do not draw the same samples."""
     return seed + 1000 * run.rank
