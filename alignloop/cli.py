@@ -160,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         cls, cfg = parse(argv)
-        if getattr(cls, "print_config", True):
+        # once per launch: under `alignloop launch` / `accelerate launch` every rank runs this same command
+        if getattr(cls, "print_config", True) and os.environ.get("RANK", "0") == "0":
             print(f"# alignloop {' '.join(cls.command)} — resolved config", file=sys.stderr)
             print(cfg.to_yaml().rstrip(), file=sys.stderr)
         result = run(cfg)

@@ -7,7 +7,7 @@ import torch
 from alignloop.rollout import SamplingParams, left_pad, sample_texts, truncate_after_stop
 from alignloop.data.records import Prompt
 
-from conftest import python_cmd, write_jsonl
+from testutil import python_cmd, write_jsonl
 
 
 def test_truncate_after_stop_keeps_the_stop_token_and_drops_padding():

@@ -10,7 +10,7 @@ from alignloop.config import SFTConfig
 from alignloop.errors import TrainingError
 from alignloop.train import engine, sft
 
-from conftest import python_cmd
+from testutil import python_cmd
 
 
 def _cfg(tmp_path, data, **kw):
