@@ -1,0 +1,1 @@
+"""Records, readers, templates and batching shared by every stage."""

