@@ -299,3 +299,21 @@ def test_encoder_backbone_roundtrip(tmp_path):
     again = load_reward_model(tmp_path / "enc")
     with torch.no_grad():
         torch.testing.assert_close(rm.raw([g]), again.raw([g]))
+
+
+def test_score_generate_output_and_preferences(trained, tmp_path):
+    from alignloop.cli import main
+
+    final, data = trained
+    gen = tmp_path / "gen.jsonl"
+    gen.write_text(json.dumps({"id": "a", "prompt": "Hi", "completions": ["Hello!", "Go away.", "Hello!"]}) + "\n")
+    out = tmp_path / "gen-scored.jsonl"
+    assert main(["reward", "score", "--model", str(final), "--data", str(gen), "--output", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["id"] == "a" and len(row["rewards"]) == 3 and len(row["rewards_std"]) == 3
+    assert row["rewards"][0] == pytest.approx(row["rewards"][2], abs=1e-5)  # same answer, same prompt
+    out2 = tmp_path / "pref-scored.jsonl"
+    assert main(["reward", "score", "--model", str(final), "--data", str(data), "--output", str(out2),
+                 "--limit", "2"]) == 0
+    rows = [json.loads(line) for line in out2.read_text().splitlines()]
+    assert len(rows) == 2 and {"chosen", "rejected", "chosen_reward", "rejected_reward", "uncertainty"} <= set(rows[0])

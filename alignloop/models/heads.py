@@ -343,6 +343,10 @@ class RewardModel(nn.Module):
         h = self.hidden(groups, autocast)
         return h @ self.head.weight.float().T
 
+    def forward(self, groups: Sequence[Group], autocast: Any = None) -> torch.Tensor:
+        """``raw``: trainers call the module (through DDP's wrapper, which syncs gradients) rather than ``raw``."""
+        return self.raw(groups, autocast)
+
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
         offset = torch.as_tensor(self.info.offset, dtype=raw.dtype, device=raw.device)  # a float, or one per head
         scale = torch.as_tensor(self.info.scale, dtype=raw.dtype, device=raw.device)

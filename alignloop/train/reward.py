@@ -438,7 +438,9 @@ def run_train(cfg: RewardTrainConfig) -> Path:
             peft_model = add_score_lora(rm, cfg)
         if cfg.gradient_checkpointing:
             rm.backbone.gradient_checkpointing_enable()
-        make_epoch = lambda e: batches(len(units), cfg.batch_size, cfg.seed, e)  # noqa: E731
+        # global micro-batches of batch_size x world units; each process takes every world-th unit of each
+        world, rank = r.world, r.rank
+        make_epoch = lambda e: batches(len(units), cfg.batch_size * world, cfg.seed, e)  # noqa: E731
         total = engine.total_steps(len(make_epoch(0)), cfg.grad_accum, cfg.num_epochs, cfg.max_steps)
         optimizer = engine.build_optimizer(rm, cfg.learning_rate, cfg.weight_decay)
         scheduler = engine.build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps, total)
@@ -451,17 +453,29 @@ def run_train(cfg: RewardTrainConfig) -> Path:
         timer = engine.StepTimer()
         for step in range(start + 1, total + 1):
             micro = [next(stream) for _ in range(cfg.grad_accum)]
-            step_units = [units[i] for _, b in micro for i in b]
-            _, _, w_all, _, _ = pair_tensors(step_units, boot[[i for _, b in micro for i in b]],
-                                             _offsets(step_units), cfg.ties)
+            # the loss is normalised by the whole step's pair weight (all micro-batches, all processes): every
+            # process knows the global batches, so no communication is needed for it
+            step_idx = [i for _, b in micro for i in b]
+            step_units = [units[i] for i in step_idx]
+            _, _, w_all, _, _ = pair_tensors(step_units, boot[step_idx], _offsets(step_units), cfg.ties)
             denom = w_all.sum(0).to(r.device)
             loss_sum = torch.zeros(cfg.ensemble)
             correct, n_pairs, seen_tokens, margin_sum = 0.0, 0, 0, 0.0
-            for epoch, idx in micro:
+            for k, (epoch, glob) in enumerate(micro):
+                idx = glob[rank::world]
+                empty = not idx
+                if empty:  # this process's share is empty: a zero-weight forward keeps DDP's all-reduce in step
+                    idx = glob[:1]
                 batch = [units[i] for i in idx]
-                raw = rm.raw([u.group for u in batch], autocast)
-                loss, sums = unit_loss(raw, batch, boot[idx], cfg.ties, denom)
-                r.accelerator.backward(loss)
+                sync = k == len(micro) - 1
+                ctx = r.accelerator.no_sync(rm) if (not sync and world > 1) else nullcontext()
+                with ctx:
+                    raw = rm([u.group for u in batch], autocast)
+                    loss, sums = unit_loss(raw, batch, boot[idx], cfg.ties, denom)
+                    # DDP averages gradients over processes; the loss is already a share of the global sum
+                    r.accelerator.backward(loss * (0.0 if empty else world))
+                if empty:
+                    continue
                 loss_sum += sums.cpu()
                 with torch.no_grad():
                     b_i, w_i, _, _, t = pair_tensors(batch, boot[idx], _offsets(batch), cfg.ties)
@@ -470,6 +484,9 @@ def run_train(cfg: RewardTrainConfig) -> Path:
                     margin_sum += float(d.sum())
                     n_pairs += int((~t).sum())
                 seen_tokens += sum(len(u.group) for u in batch)
+            loss_sum = torch.tensor([r.reduce_sum(float(v)) for v in loss_sum])
+            correct, margin_sum = r.reduce_sum(correct), r.reduce_sum(margin_sum)
+            n_pairs, seen_tokens = int(r.reduce_sum(n_pairs)), int(r.reduce_sum(seen_tokens))
             loss_value = float((loss_sum / denom.cpu().clamp(min=1e-12)).mean())
             engine.check_finite(r, loss_value, step)
             grad_norm = engine.clip_and_step(r, rm, optimizer, scheduler, cfg.max_grad_norm)
@@ -479,7 +496,8 @@ def run_train(cfg: RewardTrainConfig) -> Path:
                       "learning_rate": scheduler.get_last_lr()[0], "epoch": micro[-1][0],
                       "pairs_per_s": n_pairs / max(dt, 1e-9), "tokens_per_s": seen_tokens / max(dt, 1e-9)}
             if dev is not None and cfg.eval_every and step % cfg.eval_every == 0:
-                values.update({f"eval/{k}": v for k, v in _eval_units(rm, dev, cfg.batch_size, autocast).items()
+                values.update({f"eval/{k}": v for k, v in _eval_units(r.accelerator.unwrap_model(rm), dev,
+                                                                      cfg.batch_size, autocast).items()
                                if k in ("accuracy", "mean_margin")})
             if step % cfg.log_every == 0 or step == total:
                 r.metrics.write(step, values)
