@@ -71,7 +71,14 @@ def _candidates(s: Session, project: Project, labeler: Labeler, gold: bool) -> l
     return list(s.scalars(q.limit(CANDIDATES)))
 
 
-def _take(s: Session, task: Task, labeler: Labeler, project: Project) -> Assignment | None:
+def _take(s: Session, task: Task, labeler: Labeler, project: Project, wait: bool = False) -> Assignment | None:
+    if s.get_bind().dialect.name == "postgresql":
+        # the classic queue pattern: while another labeler's transaction is taking a place in this task, move
+        # on to the next one instead of racing for the same place (a lost unique-key race on PostgreSQL waits
+        # for the winner's commit, which piles up under load). SQLite runs one writer at a time anyway.
+        locked = s.scalar(select(Task.id).where(Task.id == task.id).with_for_update(skip_locked=not wait))
+        if locked is None:
+            return None
     order = list(task.completion_ids)
     random.shuffle(order)  # left/right (and list) order randomised per task and stored with the assignment
     if task.is_gold:
@@ -105,12 +112,14 @@ def next_assignment(s: Session, project: Project, labeler: Labeler) -> Assignmen
     for gold in kinds:
         if gold and project.gold_rate <= 0:
             continue
-        for _attempt in range(5):  # lost races re-read the candidates
+        for attempt in range(5):  # lost races re-read the candidates
             tasks = _candidates(s, project, labeler, gold)
             if not tasks:
                 break
             for task in tasks:
-                a = _take(s, task, labeler, project)
+                # the last tries wait for busy tasks rather than skip them, so a labeler is never told
+                # "nothing left" only because every remaining task was being handed out at that moment
+                a = _take(s, task, labeler, project, wait=attempt >= 3)
                 if a is not None:
                     return a
     return None

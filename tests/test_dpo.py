@@ -1,0 +1,182 @@
+"""DPO trainer on the tiny model: the prefix-sharing layout, reference caching, metrics, KTO, accuracy."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignloop.config import DPOConfig
+from alignloop.data.readers import write_jsonl
+from alignloop.evaluate.metrics import bootstrap_ci, length_baseline
+from alignloop.models.load import load_causal_lm
+from alignloop.train.dpo import (
+    Segment,
+    answer_logps,
+    build_batch,
+    build_flat_batch,
+    ordered,
+    pack_rows,
+    unpair,
+)
+from alignloop.data.records import Preference, Prompt
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok = load_causal_lm("tiny")
+    model.eval()
+    return model, tok
+
+
+def separate_logps(model, prompt, answer):
+    ids = torch.tensor([prompt + answer])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].float()
+    lp = torch.log_softmax(logits, -1)
+    return sum(lp[len(prompt) - 1 + j, t].item() for j, t in enumerate(answer))
+
+
+def test_prefix_sharing_equals_separate_forwards(tiny):
+    model, tok = tiny
+    segs = [Segment([5, 6, 7], [[8, 9], [10, 11, 12]]), Segment([20, 21], [[22], [23, 24, 25, 26]]),
+            Segment([30, 31, 32, 33], [[34, 35, 36], [37]])]
+    want = [separate_logps(model, s.prompt_ids, a) for s in segs for a in s.answers]
+    for budget in (100, 12, 1):  # one row; two rows with padding; one row per pair
+        rows = pack_rows(segs, budget)
+        order = ordered(rows, segs)
+        for build in (build_batch, build_flat_batch):
+            batch = build(segs, rows, tok.pad_token_id)
+            with torch.no_grad():
+                sums, lens = answer_logps(model, batch)
+            got = sums.view(-1, 2)
+            for k, i in enumerate(order):
+                assert got[k].tolist() == pytest.approx(want[2 * i:2 * i + 2], abs=1e-4)
+                assert lens.view(-1, 2)[k].tolist() == [len(a) for a in segs[i].answers]
+
+
+def test_mask_rejected_does_not_see_chosen(tiny):
+    _, tok = tiny
+    b = build_batch([Segment([1, 2], [[3, 4], [5]])], [[0]], tok.pad_token_id)
+    m = b.attention_mask[0, 0].int().tolist()
+    # tokens: p p c c r ; positions 0 1 2 3 2
+    assert m == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 1]]
+    assert b.position_ids[0].tolist() == [0, 1, 2, 3, 2]
+    # logits kept: prompt end predicts both first answer tokens; targets are the answers' tokens
+    assert b.keep[0].tolist() == [1, 2, 1] and b.targets[0].tolist() == [3, 4, 5]
+    assert b.num_tokens == 5
+
+
+def test_pack_rows_first_fit_decreasing():
+    segs = [Segment([0] * 5, [[1]]), Segment([0] * 2, [[1]]), Segment([0] * 9, [[1]]), Segment([0] * 3, [[1]])]
+    # lengths 6, 3, 10, 4; budget 10: [10], [6, 4], [3]... first fit: 10 | 6 -> new row | 4 fits with 6 | 3 new
+    assert pack_rows(segs, 10) == [[2], [0, 3], [1]]
+
+
+def test_unpair():
+    p = Preference(Prompt([{"role": "user", "content": "hi"}]), "good", "bad")
+    u = unpair([p])
+    assert [(x.completion, x.label) for x in u] == [("good", True), ("bad", False)]
+
+
+def test_bootstrap_and_length_baseline():
+    lo, hi = bootstrap_ci([1.0] * 8 + [0.0] * 2, seed=0)
+    assert 0.4 <= lo < 0.8 < hi <= 1.0
+    assert bootstrap_ci([1.0, 1.0], seed=3) == (1.0, 1.0)
+    assert bootstrap_ci([0.0, 1.0] * 50, seed=1) == bootstrap_ci([0.0, 1.0] * 50, seed=1)
+    assert length_baseline([5, 3, 4], [2, 7, 4]) == pytest.approx((1 + 0 + 0.5) / 3)
+
+
+def test_config_defaults_and_checks():
+    assert DPOConfig(loss="dpo").defaults() == (0.1, 0.0)
+    assert DPOConfig(loss="simpo").defaults() == (2.0, 0.0)
+    assert DPOConfig(loss="robust").defaults() == (0.1, 0.1)
+    probs = DPOConfig(data="x", output="o", loss="ipo", label_smoothing=0.6).check()
+    assert any("label_smoothing: must be in [0, 0.5)" in p for p in probs)
+    assert any("only used by --loss dpo or robust" in p for p in probs)
+
+
+def _pairs(tmp_path: Path, n=8) -> Path:
+    if (tmp_path / "pairs.jsonl").exists():  # rewriting it would change its fingerprint (and miss the caches)
+        return tmp_path / "pairs.jsonl"
+    rows = [{"prompt": [{"role": "user", "content": f"question {i}?"}],
+             "chosen": [{"role": "assistant", "content": f"a helpful answer number {i}"}],
+             "rejected": [{"role": "assistant", "content": "no"}]} for i in range(n)]
+    return write_jsonl(tmp_path / "pairs.jsonl", rows)
+
+
+def _train(tmp_path, monkeypatch, name, **kw):
+    from alignloop.models.load import models_home, resolve_model
+
+    resolve_model("tiny")  # built once in the real home; each test gets a fresh cache folder that links to it
+    home = tmp_path / "home"
+    if not home.exists():
+        home.mkdir()
+        (home / "models").symlink_to(models_home())
+    monkeypatch.setenv("ALIGNLOOP_HOME", str(home))
+    data = _pairs(tmp_path)
+    fields = dict(model="tiny", data=str(data), output=str(tmp_path / name), max_steps=2, batch_size=4,
+                  learning_rate=1e-3, lr_schedule="constant", max_length=64, precision="fp32")
+    fields.update(kw)
+    # (not alignloop.train(): once alignloop.train the package is imported, it shadows that function)
+    from alignloop.train.dpo import run
+
+    run(DPOConfig.from_dict(fields).validate())
+    rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and "time/reference_s" in rows[0]
+    return rows[1:]
+
+
+def test_train_dpo_lora_metrics_and_reference_cache(tmp_path, monkeypatch, capsys):
+    rows = _train(tmp_path, monkeypatch, "run1", lora=True, dev_data=None)
+    first = rows[0]
+    for k in ("loss", "grad_norm", "tokens_per_s", "rewards/chosen", "rewards/rejected", "rewards/margins",
+              "rewards/accuracies", "logps/chosen", "logps/rejected"):
+        assert k in first, k
+    # LoRA starts as the identity (B = 0), so the policy equals its reference and the loss is log 2 exactly
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
+    assert rows[1]["rewards/margins"] > 0  # one step at lr 1e-3 moves towards the chosen answers
+    assert (tmp_path / "run1" / "final" / "config.json").exists()
+    capsys.readouterr()
+    _train(tmp_path, monkeypatch, "run2", lora=True)
+    assert "reference log-probs for train: from cache" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("loss", ["ipo", "robust", "hinge", "simpo"])
+def test_train_each_loss_starts_at_its_value(tmp_path, monkeypatch, loss):
+    rows = _train(tmp_path, monkeypatch, loss, loss=loss, max_steps=1)
+    want = {"ipo": (0 - 1 / 0.2) ** 2, "robust": math.log(2), "hinge": 1.0}
+    if loss in want:  # policy == reference at step 1: h = 0
+        assert rows[0]["loss"] == pytest.approx(want[loss], rel=1e-4)
+    assert math.isfinite(rows[0]["loss"])
+
+
+def test_train_kto_on_unpaired_and_paired(tmp_path, monkeypatch):
+    rows = [{"prompt": f"q{i}", "completion": f"answer {i}", "label": i % 2 == 0} for i in range(6)]
+    data = write_jsonl(tmp_path / "kto.jsonl", rows)
+    out = _train(tmp_path, monkeypatch, "kto", loss="kto", data=str(data), max_steps=1)
+    # policy == reference, KL = 0: every example's loss is 1 - σ(0) = 0.5
+    assert out[0]["loss"] == pytest.approx(0.5, abs=1e-5)
+    assert out[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)
+    out = _train(tmp_path, monkeypatch, "kto2", loss="kto", max_steps=1)  # paired data, unpaired on the fly
+    assert out[0]["loss"] == pytest.approx(0.5, abs=1e-5)
+
+
+def test_dev_and_test_accuracy_written(tmp_path, monkeypatch):
+    data = _pairs(tmp_path)
+    _train(tmp_path, monkeypatch, "ev", dev_data=str(data), test_data=str(data), max_steps=3)
+    ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    for part in ("dev", "test"):
+        assert ev[part]["n"] == 8 and 0 <= ev[part]["accuracy"] <= 1
+        assert ev[part]["length_baseline"] == 1.0  # every chosen answer is longer than "no"
+        assert ev[part]["ci95"][0] <= ev[part]["accuracy"] <= ev[part]["ci95"][1]
+
+
+def test_wrong_data_kind_is_a_clear_error(tmp_path, monkeypatch):
+    from alignloop.errors import DataError
+
+    data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "a", "completion": "b"}])
+    with pytest.raises(DataError, match="needs preference pairs"):
+        _train(tmp_path, monkeypatch, "bad", data=str(data))
