@@ -38,7 +38,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
 
@@ -57,7 +57,8 @@ class LoopConfig(StageConfig):
     output: str = opt("", "Output folder: stage_<n>/ per strategy, curves and report.html.")
     data: str = opt(str(HH / "train.jsonl.gz"), "Pool of preference pairs (labels known in simulated mode).")
     dev_data: str = opt(str(HH / "dev.jsonl.gz"), "Fixed evaluation set (dev accuracy in simulated mode).")
-    test_data: Optional[str] = opt(None, "Test set for training mode (QA rows with gold answers, or pairs).")
+    test_data: Optional[str] = opt(None, "Test set: pairs (simulated mode: test accuracy beside dev accuracy) or, "
+                                   "in training mode, QA rows with gold answers.")
     stages: list[int] = opt([100, 200, 300, 400, 500, 600, 700, 800], "Label counts, increasing.")
     strategies: list[str] = opt(["random", "uncertainty"], "Selection strategies to run: random, uncertainty.")
     simulated: bool = opt(True, "Reveal known labels in the order the strategy picks them (compare strategies).")
@@ -250,6 +251,7 @@ def run_simulated(cfg: LoopConfig) -> dict[str, Any]:
     out = Path(cfg.output)
     pool_ids, pool = pair_features(cfg.data, cfg.encoder, cfg.max_length, cfg.limit)
     dev_ids, dev = pair_features(cfg.dev_data, cfg.encoder, cfg.max_length, cfg.limit)
+    test = pair_features(cfg.test_data, cfg.encoder, cfg.max_length, cfg.limit)[1] if cfg.test_data else None
     if cfg.stages[-1] > len(pool_ids):
         from alignloop.errors import ConfigError
 
@@ -276,6 +278,8 @@ def run_simulated(cfg: LoopConfig) -> dict[str, Any]:
                 m = {"strategy": strategy, "seed": seed, "labels": n, "dev_accuracy": float((margins > 0).mean()),
                      "dev_items": len(dev_ids), "pool_uncertainty_mean": float(model.uncertainty(pool).mean()),
                      "seconds": round(time.perf_counter() - t0, 2)}
+                if test is not None:
+                    m["test_accuracy"] = model.accuracy(test)
                 write_csv(folder / "predictions.csv", [
                     {"id": i, "answer": "chosen" if g > 0 else "rejected", "margin": float(g)}
                     for i, g in zip(dev_ids, margins)])
@@ -312,7 +316,8 @@ def labels_to_reach(curve: list[tuple[int, float]], target: float) -> int | None
     return None
 
 
-def write_report(cfg: LoopConfig, results: dict[str, Any], metric: str = "dev_accuracy") -> Path:
+def write_report(cfg: LoopConfig, results: dict[str, Any], metric: str = "dev_accuracy",
+                 name: str = "report.html") -> Path:
     from alignloop.evaluate.report import html_report, image, learning_curve_png, table_html
 
     out = Path(cfg.output)
@@ -334,8 +339,8 @@ def write_report(cfg: LoopConfig, results: dict[str, Any], metric: str = "dev_ac
         summary["uncertainty_labels_to_reach_random_final"] = need
         text = (f"<p>random reaches {final_random:.3f} at {curves['random'][-1][0]} labels; uncertainty "
                 + (f"reaches it at {need} labels.</p>" if need else "does not reach it within these stages.</p>"))
-    _write_json(out / "curves.json", summary)
-    path = html_report(out / "report.html", "alignloop loop: learning curves",
+    _write_json(out / ("curves.json" if name == "report.html" else f"curves_{metric}.json"), summary)
+    path = html_report(out / name, "alignloop loop: learning curves",
                        [("Learning curve", image(png) + text), ("Per stage", table_html(rows))])
     return path
 
@@ -401,6 +406,8 @@ def run(cfg: LoopConfig) -> Path:
     if cfg.simulated:
         results = run_simulated(cfg)
         path = write_report(cfg, results, "dev_accuracy")
+        if cfg.test_data:
+            write_report(cfg, results, "test_accuracy", name="report_test.html")
     else:
         results = run_training(cfg)
         metric = "test_correct_rate" if cfg.test_data else "labels"
