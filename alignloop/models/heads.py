@@ -343,6 +343,11 @@ class RewardModel(nn.Module):
         h = self.hidden(groups, autocast)
         return h @ self.head.weight.float().T
 
+    def forward(self, groups: Sequence[Group], autocast: Any = None) -> torch.Tensor:
+        """``raw``, as the module's forward: a DDP/FSDP-wrapped reward model must be called, not ``.raw``-ed,
+        for its gradients to be reduced across processes."""
+        return self.raw(groups, autocast)
+
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
         offset = torch.as_tensor(self.info.offset, dtype=raw.dtype, device=raw.device)  # a float, or one per head
         scale = torch.as_tensor(self.info.scale, dtype=raw.dtype, device=raw.device)

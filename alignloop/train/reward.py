@@ -438,7 +438,9 @@ def run_train(cfg: RewardTrainConfig) -> Path:
             peft_model = add_score_lora(rm, cfg)
         if cfg.gradient_checkpointing:
             rm.backbone.gradient_checkpointing_enable()
-        make_epoch = lambda e: batches(len(units), cfg.batch_size, cfg.seed, e)  # noqa: E731
+        # each global micro-batch (batch_size x processes units) is split across the processes
+        make_epoch = lambda e: [b[r.rank::r.world] for b in batches(len(units), cfg.batch_size * r.world,  # noqa: E731
+                                                                     cfg.seed, e)]
         total = engine.total_steps(len(make_epoch(0)), cfg.grad_accum, cfg.num_epochs, cfg.max_steps)
         optimizer = engine.build_optimizer(rm, cfg.learning_rate, cfg.weight_decay)
         scheduler = engine.build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps, total)
@@ -452,16 +454,25 @@ def run_train(cfg: RewardTrainConfig) -> Path:
         for step in range(start + 1, total + 1):
             micro = [next(stream) for _ in range(cfg.grad_accum)]
             step_units = [units[i] for _, b in micro for i in b]
-            _, _, w_all, _, _ = pair_tensors(step_units, boot[[i for _, b in micro for i in b]],
-                                             _offsets(step_units), cfg.ties)
-            denom = w_all.sum(0).to(r.device)
+            denom = torch.zeros(cfg.ensemble, device=r.device)
+            if step_units:
+                _, _, w_all, _, _ = pair_tensors(step_units, boot[[i for _, b in micro for i in b]],
+                                                 _offsets(step_units), cfg.ties)
+                denom = w_all.sum(0).to(r.device)
+            if r.world > 1:  # the step's total weight over all processes
+                denom = r.accelerator.reduce(denom, reduction="sum")
             loss_sum = torch.zeros(cfg.ensemble)
             correct, n_pairs, seen_tokens, margin_sum = 0.0, 0, 0, 0.0
-            for epoch, idx in micro:
+            for k, (epoch, idx) in enumerate(micro):
                 batch = [units[i] for i in idx]
-                raw = rm.raw([u.group for u in batch], autocast)
-                loss, sums = unit_loss(raw, batch, boot[idx], cfg.ties, denom)
-                r.accelerator.backward(loss)
+                with engine.micro_step(r, rm, sync=k == len(micro) - 1):
+                    if not batch:  # this rank's share of a short last batch: a zero-weight step
+                        r.accelerator.backward(rm([units[0].group], autocast).sum() * 0.0)
+                        continue
+                    raw = rm([u.group for u in batch], autocast)
+                    loss, sums = unit_loss(raw, batch, boot[idx], cfg.ties, denom)
+                    # DDP averages gradients over processes; the loss is already over the global weight
+                    r.accelerator.backward(loss * r.world)
                 loss_sum += sums.cpu()
                 with torch.no_grad():
                     b_i, w_i, _, _, t = pair_tensors(batch, boot[idx], _offsets(batch), cfg.ties)
@@ -470,6 +481,10 @@ def run_train(cfg: RewardTrainConfig) -> Path:
                     margin_sum += float(d.sum())
                     n_pairs += int((~t).sum())
                 seen_tokens += sum(len(u.group) for u in batch)
+            if r.world > 1:  # sums over all processes: loss and metrics of the global batch
+                loss_sum = r.accelerator.reduce(loss_sum.to(r.device), reduction="sum").cpu()
+                correct, margin_sum = r.reduce_sum(correct), r.reduce_sum(margin_sum)
+                n_pairs, seen_tokens = int(r.reduce_sum(n_pairs)), int(r.reduce_sum(seen_tokens))
             loss_value = float((loss_sum / denom.cpu().clamp(min=1e-12)).mean())
             engine.check_finite(r, loss_value, step)
             grad_norm = engine.clip_and_step(r, rm, optimizer, scheduler, cfg.max_grad_norm)
@@ -479,7 +494,7 @@ def run_train(cfg: RewardTrainConfig) -> Path:
                       "learning_rate": scheduler.get_last_lr()[0], "epoch": micro[-1][0],
                       "pairs_per_s": n_pairs / max(dt, 1e-9), "tokens_per_s": seen_tokens / max(dt, 1e-9)}
             if dev is not None and cfg.eval_every and step % cfg.eval_every == 0:
-                values.update({f"eval/{k}": v for k, v in _eval_units(rm, dev, cfg.batch_size, autocast).items()
+                values.update({f"eval/{k}": v for k, v in _eval_units(r.accelerator.unwrap_model(rm), dev, cfg.batch_size, autocast).items()
                                if k in ("accuracy", "mean_margin")})
             if step % cfg.log_every == 0 or step == total:
                 r.metrics.write(step, values)

@@ -182,6 +182,7 @@ def evaluate(policy: Any, ref: Any, tok: Any, rewards: Any, items: Sequence[Prom
     from alignloop.rollout import pad_responses
 
     _, mask = pad_responses(ro.response_ids, 0)
+    mask = mask.to(lp.device)
     kl = sequence_kl(lp, ref_lp, mask)
     out = {"eval/reward": float(scores.mean()), "eval/reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
            "eval/kl": float(kl.mean()), "eval/response_length": float(mask.sum(1).mean()),
