@@ -108,6 +108,7 @@ def run(cfg: PPOConfig) -> Path:
     r = engine.setup(cfg)
     policy, ref, tok = rl.build_policy(cfg, r)
     rewards = Rewards.from_specs(reward_specs(cfg.reward, cfg.reward_model))
+    rl.place_frozen_models(cfg, r, ref, rewards)
     critic = build_critic(cfg, rewards, r)
     items, cut = rl.load_prompts(cfg.prompts, tok, cfg.max_prompt_length, cfg.chat_template, cfg.limit)
     r.log(f"prompts: {cfg.prompts}: {len(items)} ({cut} longer than max_prompt_length={cfg.max_prompt_length} "
