@@ -286,6 +286,9 @@ def main() -> int:
                 proc.wait(30)
             else:
                 acked_before = len(res.acked)
+                if proc.poll() is None:  # the load ended before the kill was due: kill now, still under load
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait()
                 proc = start_server(url, port)  # restart on the same database
                 wait_healthy(port, proc)
                 retried = retry_unanswered(port, tokens, res)

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "data"
+from testutil import DATA, REPO, python_cmd, write_jsonl  # noqa: F401  (re-exported for older imports)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,18 +34,7 @@ def tiny_path(_alignloop_home):
     return resolve_model("tiny")
 
 
-def write_jsonl(path: Path, rows) -> Path:
-    import json
-
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 @pytest.fixture
 def sft_file(tmp_path):
     rows = [{"prompt": f"What is {i} plus {i}?", "completion": f"{i} plus {i} is {2 * i}."} for i in range(12)]
     return write_jsonl(tmp_path / "sft.jsonl", rows)
-
-
-def python_cmd() -> list[str]:
-    return [sys.executable, "-m", "alignloop"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from alignloop.launch import LaunchConfig, accelerate_command, accelerate_config_problems
-from conftest import python_cmd, write_jsonl
+from testutil import python_cmd, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 ACCEL = REPO / "configs" / "accelerate"

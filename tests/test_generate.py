@@ -1,13 +1,12 @@
 import json
 import subprocess
-import time
 
 import torch
 
 from alignloop.rollout import SamplingParams, left_pad, sample_texts, truncate_after_stop
 from alignloop.data.records import Prompt
 
-from conftest import python_cmd, write_jsonl
+from testutil import python_cmd, write_jsonl
 
 
 def test_truncate_after_stop_keeps_the_stop_token_and_drops_padding():
@@ -26,12 +25,10 @@ def test_generate_cli_writes_k_completions_per_prompt(tmp_path):
                                                  {"id": "b", "prompt": [{"role": "user", "content": "Why?"}]},
                                                  {"id": "c", "question": "What?", "context": "Nothing."}])
     out = tmp_path / "gen.jsonl"
-    t0 = time.perf_counter()
     proc = subprocess.run(python_cmd() + ["generate", "--model", "tiny", "--prompts", str(prompts),
                                           "--num-completions", "3", "--output", str(out), "--max-new-tokens", "8",
                                           "--seed", "1"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert time.perf_counter() - t0 < 60
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["a", "b", "c"]
     assert all(len(r["completions"]) == 3 for r in rows)

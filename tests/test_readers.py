@@ -7,7 +7,7 @@ from alignloop.data.readers import detect_kind, parse_hh, qa_prompt, read_prefer
 from alignloop.data.records import Preference, PromptCompletion, PromptRecord, Ranking, TextRecord, Unpaired
 from alignloop.errors import DataError
 
-from conftest import DATA, write_jsonl
+from testutil import DATA, write_jsonl
 
 
 def test_hh_parser_on_a_real_line():

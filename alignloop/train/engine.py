@@ -105,15 +105,25 @@ def setup(cfg: StageConfig, output: str | os.PathLike | None = None) -> Run:
     _enable_cpu_fsdp(accelerator)
     _fill_deepspeed_config(accelerator, cfg)
     out = Path(output or cfg.output)
+    resume = bool(getattr(cfg, "resume", False))
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
+        old = out / CHECKPOINTS
+        if not resume and old.exists() and any(old.iterdir()):
+            # a fresh run into a used folder: keep the earlier run's checkpoints (nothing is lost) but out of the
+            # way, so a later --resume can never pick up a step of the earlier run
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            aside, n = out / f"{CHECKPOINTS}.previous-{stamp}", 1
+            while aside.exists():
+                n += 1
+                aside = out / f"{CHECKPOINTS}.previous-{stamp}-{n}"
+            os.replace(old, aside)
+            print(f"note: {out} held checkpoints of an earlier run; moved them to {aside}", file=sys.stderr)
         cfg.save(out)
     accelerator.wait_for_everyone()
     # the same seed on every rank for the model; ranks differ only where sampling needs it (see rank_seed)
     seed_everything(getattr(cfg, "seed", 0))
-    resume = bool(getattr(cfg, "resume", False))
     metrics = Metrics(out / "metrics.jsonl", enabled=accelerator.is_main_process, append=resume)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     return Run(cfg, out, accelerator, precision, metrics)
 
 
@@ -334,7 +344,14 @@ def save_checkpoint(run: Run, step: int, model: Any, optimizer: Any, scheduler: 
         torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, **(state or {})}, indent=1))
         run.cfg.save(tmp)
-        os.replace(tmp, folder)
+        if folder.exists():  # the same step saved again (e.g. the final step after a resume): swap it out
+            stale = folder.with_name(folder.name + ".old")
+            shutil.rmtree(stale, ignore_errors=True)
+            os.replace(folder, stale)
+            os.replace(tmp, folder)
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
         old = sorted(p for p in folder.parent.glob("step-*") if not p.name.endswith(".tmp"))
         for p in old[:-keep]:
             shutil.rmtree(p, ignore_errors=True)

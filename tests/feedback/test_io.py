@@ -144,3 +144,26 @@ def test_generate_k4_in_pairwise_project_makes_every_pair(db, tmp_path):
     assert import_file(db, "k4r", path2)["task_type"] == "ranking"  # inferred from K > 2
     assert json.loads(json.dumps(import_file(db, "k4r", write_jsonl(tmp_path / "g3.jsonl",
                                                                      generate_records(1, 4, start=9)))))["tasks"] == 1
+
+
+def test_stats_gold_accuracy_and_judge_vs_human(db):
+    from alignloop.feedback.stats import project_stats
+
+    with db.write() as s:
+        p = create_project(s, "st", overlap=2)
+        recs = generate_records(3)
+        recs[2]["gold"] = {"choice": "A"}
+        import_records(s, p, numbered(recs))
+        t1, t2, gold = list(s.scalars(select(Task).order_by(Task.id)))
+        for who, kind, answers in [("h1", "human", "AAA"), ("h2", "human", "ABB"), ("judge", "ai", "AAA")]:
+            for t, c in zip((t1, t2, gold), answers):
+                add_judgment(s, t.id, who, c, kind=kind)
+        stats = project_stats(s, get_project(s, "st"))
+    by_name = {row["name"]: row for row in stats["labelers"]}
+    assert by_name["h1"]["gold"] == {"answered": 1, "correct": 1, "accuracy": 1.0}
+    assert by_name["h2"]["gold"]["accuracy"] == 0.0
+    assert stats["agreement"]["items"] == 3 and stats["agreement"]["percent_agreement"] == pytest.approx(1 / 3)
+    jvh = stats["judge_vs_human"]
+    assert jvh["items"] == 1 and jvh["human_ties_left_out"] == 2 and jvh["percent_agreement"] == 1.0
+    assert stats["progress"]["complete"] == 2 and stats["progress"]["gold_tasks"] == 1
+    json.dumps(stats)  # plain JSON all the way down

@@ -21,10 +21,16 @@ def run() -> None:
         _migrate(conn)
 
 
+def _include(obj, name, type_, reflected, compare_to) -> bool:  # noqa: ANN001
+    # other parts of alignloop (the model registry) keep their own tables and migration chain in the same
+    # database; autogenerate must not offer to drop tables it does not own
+    return not (type_ == "table" and reflected and compare_to is None)
+
+
 def _migrate(connection) -> None:  # noqa: ANN001
     # batch mode lets later revisions ALTER tables on SQLite (which cannot drop or change columns in place)
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
-                      compare_type=True)
+                      compare_type=True, include_object=_include)
     with context.begin_transaction():
         context.run_migrations()
 
