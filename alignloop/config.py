@@ -541,6 +541,10 @@ class RLOptions(TrainOptions):
     kl_budget: Optional[float] = opt(None, "Stop the run when the mean sequence KL (nats) exceeds this.")
     generation_batch_size: int = opt(32, "Sequences sampled together.")
     backend: Literal["transformers", "vllm"] = opt("transformers", "Sampling backend (vllm: GPU, when installed).")
+    reference_device: Optional[str] = opt(None, "Put the frozen reference model on this device (e.g. cuda:1, cpu) so "
+                                          "it does not share the policy's GPU memory; default: the policy's device.")
+    reward_device: Optional[str] = opt(None, "Put the reward model(s) (rm: sources) on this device (e.g. cuda:1, "
+                                       "cpu); default: the policy's device.")
     sample_every: int = opt(10, "Log a table of a few sample answers every N steps (samples.jsonl).")
     eval_samples: int = opt(1, "Answers sampled per dev prompt when evaluating (dev_data).")
     max_minutes: Optional[float] = opt(None, "Stop training after this many minutes of wall time (then the final "
@@ -560,6 +564,10 @@ class RLOptions(TrainOptions):
         if self.batch_size * self.num_generations % (self.num_mini_batches * self.grad_accum):
             p.append(f"num_mini_batches x grad_accum ({self.num_mini_batches} x {self.grad_accum}) must divide the "
                      f"rollout size batch_size x num_generations ({self.batch_size * self.num_generations})")
+        for name in ("reference_device", "reward_device"):
+            value = getattr(self, name)
+            if value is not None and value.split(":")[0] not in ("cpu", "cuda", "xpu", "mps", "npu"):
+                p.append(f"{name}: '{value}' is not a device (cpu, cuda, cuda:N, ...)")
         if self.max_prompt_length <= 48:
             p.append("max_prompt_length: must be > 48")
         if self.backend == "vllm":

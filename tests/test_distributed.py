@@ -247,3 +247,25 @@ def test_ppo_two_processes_complete_with_metrics_reduced_across_ranks(tmp_path, 
     assert [r["step"] for r in rows] == [1, 2]
     assert [r["objective/reward"] for r in rows] == [0.5, 0.5]
     assert proc.stderr.count(f"saved {out / 'final'}") == 1 and (out / "final" / "model.safetensors").exists()
+
+
+def test_rl_reference_and_reward_device_placement(tmp_path):
+    _stage_module("alignloop.train.ppo")
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from alignloop.config import PPOConfig
+    from alignloop.train import rl
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi"}])
+    base = dict(prompts=str(prompts), output="x", reward_model="rm")
+    assert PPOConfig(**base, reference_device="cuda:1", reward_device="cpu").check() == []
+    assert any("reward_device: 'gpu1' is not a device" in p for p in PPOConfig(**base, reward_device="gpu1").check())
+    ref, rm_model = mock.Mock(), mock.Mock()
+    rewards = SimpleNamespace(reward_models=lambda: [SimpleNamespace(model=rm_model)])
+    run = SimpleNamespace(log=lambda *_: None)
+    rl.place_frozen_models(SimpleNamespace(reference_device="cuda:1", reward_device="cpu"), run, ref, rewards)
+    ref.to.assert_called_once_with("cuda:1")
+    rm_model.to.assert_called_once_with("cpu")
+    rl.place_frozen_models(SimpleNamespace(reference_device=None, reward_device=None), run, mock.Mock(), rewards)
+    assert rm_model.to.call_count == 1  # unset: nothing moves

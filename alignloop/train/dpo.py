@@ -387,6 +387,9 @@ def micro_step(cfg: DPOConfig, run: engine.Run, model: Any, segments: list[Segme
                idx: list[int], denom: float, budget: int, pad_id: int, stats: StepStats,
                kl_ref: torch.Tensor | None = None, kl_segs: list[Segment] | None = None) -> torch.Tensor:
     """Forward one micro-batch of pairs (or KTO examples); returns the loss scaled for backward."""
+    if not idx:  # this rank's share of a short last batch: a zero-weight forward keeps the gradient all-reduce
+        return micro_step(cfg, run, model, segments, ref, [0], denom, budget, pad_id, StepStats(), kl_ref,
+                          kl_segs) * 0.0
     subset = [segments[i] for i in idx]
     rows = pack_rows(subset, budget)
     build = build_batch if cfg.prefix_sharing else build_flat_batch
@@ -586,7 +589,7 @@ def run(cfg: DPOConfig) -> Path:
 
     def make_epoch(epoch: int) -> list[list[int]]:
         glob = batches(len(segs), cfg.batch_size * r.world, cfg.seed, epoch, shuffle=cfg.shuffle)
-        return [b[r.rank::r.world] or b[:1] for b in glob]
+        return [b[r.rank::r.world] for b in glob]  # an empty share runs a zero-weight step (micro_step)
 
     total = engine.total_steps(len(make_epoch(0)), cfg.grad_accum, cfg.num_epochs, cfg.max_steps)
     optimizer = engine.build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
@@ -608,12 +611,13 @@ def run(cfg: DPOConfig) -> Path:
         denom = r.reduce_sum(sum(segs[i].weight for _, b in micro for i in b))
         stats = StepStats()
         for k, (epoch, idx) in enumerate(micro):
-            sync = k == len(micro) - 1
-            ctx = r.accelerator.no_sync(model) if (not sync and r.world > 1) else nullcontext()
-            with ctx:
+            with engine.micro_step(r, model, sync=k == len(micro) - 1):
                 loss = micro_step(cfg, r, model, segs, ref, idx, denom, budget, pad, stats, kl_ref, kl_segs)
                 r.accelerator.backward(loss)
         loss_value = r.reduce_sum(stats.loss) / max(denom, 1e-12)
+        for name in ("chosen", "rejected", "correct", "logp_c", "logp_r", "n", "tokens", "n_desirable"):
+            if hasattr(stats, name):  # sums over all processes: the metrics are those of the global batch
+                setattr(stats, name, r.reduce_sum(getattr(stats, name)))
         engine.check_finite(r, loss_value, step)
         grad_norm = engine.clip_and_step(r, model, optimizer, scheduler, cfg.max_grad_norm)
         dt = timer.lap()
@@ -631,9 +635,9 @@ def run(cfg: DPOConfig) -> Path:
                            "rewards/margins": (stats.chosen - stats.rejected) / n, "rewards/accuracies": stats.correct / n,
                            "logps/chosen": stats.logp_c / n, "logps/rejected": stats.logp_r / n})
         values = r.reduce_mean(values)
-        tokens = r.reduce_sum(stats.tokens)
+        tokens = stats.tokens
         values.update({"tokens": tokens, "tokens_per_s": tokens / max(dt, 1e-9),
-                       "pairs_per_s": r.reduce_sum(stats.n) / max(dt, 1e-9)})
+                       "pairs_per_s": stats.n / max(dt, 1e-9)})
         if dev is not None and cfg.eval_every and step % cfg.eval_every == 0 and step != total:
             ev = dev_eval()
             values.update({"eval/accuracy": ev["accuracy"], "eval/mean_margin": ev["mean_margin"]})
@@ -661,11 +665,10 @@ def run(cfg: DPOConfig) -> Path:
               f"length baseline {results['test']['length_baseline']:.3f})")
     engine.save_checkpoint(r, total, model, optimizer, scheduler)
     final = r.output / engine.FINAL
-    r.accelerator.wait_for_everyone()
+    engine.save_final(r, model, tok, final, merge_lora=cfg.merge_lora, base_name=cfg.model)
     if r.is_main:
         if results:
             (r.output / "eval.json").write_text(json.dumps(results, indent=1))
-        save_model(r.accelerator.unwrap_model(model), tok, final, merge_lora=cfg.merge_lora, base_name=cfg.model)
         cfg.save(final)
         r.log(f"saved {final}")
     r.metrics.close()

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from alignloop.config import GRPOConfig, RLOOConfig
+from alignloop.errors import TrainingError
 from alignloop.losses import group_advantages, kl_estimate, leave_one_out_advantages, policy_clip_loss
 from alignloop.rewards import Rewards, reward_specs
 from alignloop.rollout import pad_responses, sequence_logprobs
@@ -46,12 +47,13 @@ def _run(cfg: Any, kind: str) -> Path:
     r = engine.setup(cfg)
     policy, ref, tok = rl.build_policy(cfg, r)
     rewards = Rewards.from_specs(reward_specs(cfg.reward, cfg.reward_model))
+    rl.place_frozen_models(cfg, r, ref, rewards)
     items, cut = rl.load_prompts(cfg.prompts, tok, cfg.max_prompt_length, cfg.chat_template, cfg.limit)
     r.log(f"prompts: {cfg.prompts}: {len(items)} ({cut} longer than max_prompt_length={cfg.max_prompt_length} "
           "kept their head and tail)")
     dev = rl.load_prompts(cfg.dev_data, tok, cfg.max_prompt_length, cfg.chat_template)[0] if cfg.dev_data else None
 
-    total = rl.total_rl_steps(cfg, len(items))
+    total = rl.total_rl_steps(cfg, len(items) // r.world)  # each step takes batch_size prompts per process
     updates_per_step = cfg.ppo_epochs * cfg.num_mini_batches
     optimizer = engine.build_optimizer(policy, cfg.learning_rate, cfg.weight_decay)
     scheduler = engine.build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps * updates_per_step,
@@ -59,20 +61,26 @@ def _run(cfg: Any, kind: str) -> Path:
     start = engine.load_checkpoint(r, policy, optimizer, scheduler)["step"] if cfg.resume else 0
     r.metrics.truncate_after(start)
     if dev is not None and start == 0:
-        r.metrics.write(0, rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, 0))
+        r.metrics.write(0, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, 0)))
 
     k = cfg.num_generations
     reuse_old = cfg.ppo_epochs == 1 and cfg.num_mini_batches == 1  # on-policy: ratio ≡ 1
-    stream = rl.prompt_batches(len(items), cfg.batch_size, cfg.seed, start)
+    stream = rl.prompt_batches(len(items), cfg.batch_size * r.world, cfg.seed, start)
+    if r.world > 1:  # each process samples its own share of the global prompt batch, with its own seed
+        if len(items) < cfg.batch_size * r.world:
+            raise TrainingError(f"{len(items)} prompts cannot fill batch_size x processes = "
+                                f"{cfg.batch_size} x {r.world}; lower --batch-size")
+        engine.seed_everything(engine.rank_seed(r, cfg.seed + start))
     bar = engine.progress(r, total, initial=start, desc=kind)
     step = start
     for step in range(start + 1, total + 1):
         t_step = time.perf_counter()
-        batch = [items[i] for i in next(stream)]
+        batch = [items[i] for i in next(stream)][r.rank::r.world]
         ro = rl.sample(policy, tok, batch, cfg, k)
         t0 = time.perf_counter()
         scores, parts = rl.score(rewards, batch, ro, k, cfg.missing_eos_penalty)
         _, mask = pad_responses(ro.response_ids, tok.pad_token_id)
+        mask, scores = mask.to(r.device), scores.to(r.device)  # beside the log-probs (GPU runs)
         old_lp, entropy = (None, None) if reuse_old else rl.logprobs_of(policy, ro, cfg, r, with_entropy=True)
         with rl.reference(policy, ref) as m:
             ref_lp, _ = rl.logprobs_of(m, ro, cfg, r)
@@ -98,7 +106,7 @@ def _run(cfg: Any, kind: str) -> Path:
             perm = torch.randperm(n, generator=gen).tolist() if not reuse_old else list(range(n))
             for s in range(0, n, mb):
                 mb_idx = perm[s:s + mb]
-                denom = float(mask[mb_idx].sum().clamp(min=1))
+                denom = max(r.reduce_sum(float(mask[mb_idx].sum())), 1.0)  # the mini-batch's tokens, all processes
                 for m0 in range(0, len(mb_idx), micro):
                     idx = mb_idx[m0:m0 + micro]
                     answers = [ro.response_ids[i] for i in idx]
@@ -120,6 +128,7 @@ def _run(cfg: Any, kind: str) -> Path:
                         st_sum[key] += float(st[key])
                     st_sum["tokens"] += float(m_.sum())
                 engine.check_finite(r, st_sum["pg"], step)
+                engine.reduce_gradients(r, policy)  # the policy/critic are not DDP-wrapped: sum here
                 grad_norms.append(engine.clip_and_step(r, policy, optimizer, scheduler, cfg.max_grad_norm))
         t_train = time.perf_counter() - t0
         if reuse_old:
@@ -139,15 +148,16 @@ def _run(cfg: Any, kind: str) -> Path:
             "time/generate": ro.seconds, "time/score": t_score, "time/train": t_train,
             "time/step": time.perf_counter() - t_step, "tokens/generated_per_s": ro.num_tokens / max(ro.seconds, 1e-9),
         })
+        values = r.reduce_mean(values)  # every process logs/uses the means over all processes
         if dev is not None and cfg.eval_every and step % cfg.eval_every == 0 and step != total:
-            values.update(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, step))
+            values.update(r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, step)))
         if step % cfg.log_every == 0 or step == total:
             r.metrics.write(step, values)
         if step == 1 or step % cfg.sample_every == 0:
             rl.write_samples(r, step, batch, ro, scores, k)
         bar.set_postfix(reward=f"{values['objective/reward']:.3f}", kl=f"{values['objective/kl']:.2f}")
         bar.update(1)
-        if cfg.max_minutes is not None and time.time() - r.started > 60 * cfg.max_minutes:
+        if cfg.max_minutes is not None and r.reduce_sum(time.time() - r.started > 60 * cfg.max_minutes):
             r.log(f"step {step}: --max-minutes {cfg.max_minutes} reached; stopping")
             break
         if cfg.kl_budget is not None and values["objective/kl"] > cfg.kl_budget:
@@ -157,6 +167,6 @@ def _run(cfg: Any, kind: str) -> Path:
             engine.save_checkpoint(r, step, policy, optimizer, scheduler)
     bar.close()
     if dev is not None:
-        r.metrics.write(step, rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, step))
+        r.metrics.write(step, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, step)))
     engine.save_checkpoint(r, step, policy, optimizer, scheduler)
     return finish(r, cfg, policy, tok)

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from alignloop.config import PPOConfig
+from alignloop.errors import TrainingError
 from alignloop.losses import (
     explained_variance,
     gae,
@@ -107,6 +108,7 @@ def run(cfg: PPOConfig) -> Path:
     r = engine.setup(cfg)
     policy, ref, tok = rl.build_policy(cfg, r)
     rewards = Rewards.from_specs(reward_specs(cfg.reward, cfg.reward_model))
+    rl.place_frozen_models(cfg, r, ref, rewards)
     critic = build_critic(cfg, rewards, r)
     items, cut = rl.load_prompts(cfg.prompts, tok, cfg.max_prompt_length, cfg.chat_template, cfg.limit)
     r.log(f"prompts: {cfg.prompts}: {len(items)} ({cut} longer than max_prompt_length={cfg.max_prompt_length} "
@@ -118,7 +120,7 @@ def run(cfg: PPOConfig) -> Path:
               {"params": [p for p in critic.parameters() if p.requires_grad],
                "lr": cfg.critic_learning_rate or cfg.learning_rate}]
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
-    total = rl.total_rl_steps(cfg, len(items))
+    total = rl.total_rl_steps(cfg, len(items) // r.world)  # each step takes batch_size prompts per process
     updates_per_step = cfg.ppo_epochs * cfg.num_mini_batches
     scheduler = engine.build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps * updates_per_step,
                                        total * updates_per_step)
@@ -129,15 +131,20 @@ def run(cfg: PPOConfig) -> Path:
         start, kl_ctl.value = state["step"], state.get("kl_coef", kl_ctl.value)
     r.metrics.truncate_after(start)
     if dev is not None and start == 0:
-        r.metrics.write(0, rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, 0))
+        r.metrics.write(0, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, 0)))
 
     k = cfg.num_generations
-    stream = rl.prompt_batches(len(items), cfg.batch_size, cfg.seed, start)
+    stream = rl.prompt_batches(len(items), cfg.batch_size * r.world, cfg.seed, start)
+    if r.world > 1:  # each process samples its own share of the global prompt batch, with its own seed
+        if len(items) < cfg.batch_size * r.world:
+            raise TrainingError(f"{len(items)} prompts cannot fill batch_size x processes = "
+                                f"{cfg.batch_size} x {r.world}; lower --batch-size")
+        engine.seed_everything(engine.rank_seed(r, cfg.seed + start))
     bar = engine.progress(r, total, initial=start, desc="ppo")
     step = start
     for step in range(start + 1, total + 1):
         t_step = time.perf_counter()
-        batch = [items[i] for i in next(stream)]
+        batch = [items[i] for i in next(stream)][r.rank::r.world]
         # ---- 1. rollout ----------------------------------------------------------------------------
         ro = rl.sample(policy, tok, batch, cfg, k)
         # ---- 2. score ------------------------------------------------------------------------------
@@ -151,6 +158,7 @@ def run(cfg: PPOConfig) -> Path:
             old_values = sequence_values(critic, ro.prompt_ids, ro.response_ids, r.autocast())
         critic.train()
         _, mask = pad_responses(ro.response_ids, tok.pad_token_id)
+        mask, scores = mask.to(r.device), scores.to(r.device)  # beside the log-probs (GPU runs)
         t_score = time.perf_counter() - t0
         # ---- 3. rewards, advantages ----------------------------------------------------------------
         kl = kl_estimate(old_lp, ref_lp, cfg.kl_estimator) * mask
@@ -173,7 +181,7 @@ def run(cfg: PPOConfig) -> Path:
             perm = torch.randperm(n, generator=gen).tolist()
             for s in range(0, n, mb):
                 mb_idx = perm[s:s + mb]
-                denom = float(mask[mb_idx].sum().clamp(min=1))
+                denom = max(r.reduce_sum(float(mask[mb_idx].sum())), 1.0)  # the mini-batch's tokens, all processes
                 for m0 in range(0, len(mb_idx), micro):
                     idx = mb_idx[m0:m0 + micro]
                     prompts_i = [ro.prompt_ids[i] for i in idx]
@@ -195,6 +203,7 @@ def run(cfg: PPOConfig) -> Path:
                     stats["vf_clipfrac"] += float(vclip)
                     stats["tokens"] += float(m_.sum())
                 engine.check_finite(r, stats["pg"] + stats["vf"], step)
+                engine.reduce_gradients(r, both)  # the policy/critic are not DDP-wrapped: sum here
                 grad_norms.append(engine.clip_and_step(r, both, optimizer, scheduler, cfg.max_grad_norm))
         t_train = time.perf_counter() - t0
         # ---- 5. metrics, KL control, checkpoints ---------------------------------------------------
@@ -215,16 +224,17 @@ def run(cfg: PPOConfig) -> Path:
             "time/generate": ro.seconds, "time/score": t_score, "time/train": t_train,
             "time/step": time.perf_counter() - t_step, "tokens/generated_per_s": ro.num_tokens / max(ro.seconds, 1e-9),
         })
-        kl_ctl.update(values["objective/kl"], len(ro.response_ids))
+        values = r.reduce_mean(values)  # every process logs/uses the means over all processes
+        kl_ctl.update(values["objective/kl"], len(ro.response_ids) * r.world)
         if dev is not None and cfg.eval_every and step % cfg.eval_every == 0 and step != total:
-            values.update(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, step))
+            values.update(r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, step)))
         if step % cfg.log_every == 0 or step == total:
             r.metrics.write(step, values)
         if step == 1 or step % cfg.sample_every == 0:
             rl.write_samples(r, step, batch, ro, scores, k)
         bar.set_postfix(reward=f"{values['objective/reward']:.3f}", kl=f"{values['objective/kl']:.2f}")
         bar.update(1)
-        if cfg.max_minutes is not None and time.time() - r.started > 60 * cfg.max_minutes:
+        if cfg.max_minutes is not None and r.reduce_sum(time.time() - r.started > 60 * cfg.max_minutes):
             r.log(f"step {step}: --max-minutes {cfg.max_minutes} reached; stopping")
             break
         over_budget = cfg.kl_budget is not None and values["objective/kl"] > cfg.kl_budget
@@ -235,7 +245,7 @@ def run(cfg: PPOConfig) -> Path:
             engine.save_checkpoint(r, step, both, optimizer, scheduler, {"kl_coef": kl_ctl.value})
     bar.close()
     if dev is not None:
-        r.metrics.write(step, rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, step))
+        r.metrics.write(step, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, step)))
     engine.save_checkpoint(r, step, both, optimizer, scheduler, {"kl_coef": kl_ctl.value})
     return finish(r, cfg, policy, tok)
 
@@ -243,9 +253,8 @@ def run(cfg: PPOConfig) -> Path:
 def finish(r: engine.Run, cfg: Any, policy: Any, tok: Any) -> Path:
     """Save the policy as a plain Hugging Face folder and the reward-vs-KL plot."""
     final = r.output / engine.FINAL
-    r.accelerator.wait_for_everyone()
+    engine.save_final(r, policy, tok, final, merge_lora=cfg.merge_lora, base_name=cfg.model)
     if r.is_main:
-        save_model(policy, tok, final, merge_lora=cfg.merge_lora, base_name=cfg.model)
         cfg.save(final)
         plot = rl.plot_reward_vs_kl(r.output / "metrics.jsonl", r.output / "reward_vs_kl.png")
         r.log(f"saved {final}" + (f"; plot {plot}" if plot else ""))

@@ -79,6 +79,19 @@ def build_policy(cfg: Any, run: engine.Run) -> tuple[Any, Any, Any]:
     return policy, ref, tok
 
 
+def place_frozen_models(cfg: Any, run: engine.Run, ref: Any, rewards: Any) -> None:
+    """``--reference-device`` / ``--reward-device``: move the models that only run forward passes off the policy's
+    device (another GPU, or the CPU), so they do not share its memory. Inputs follow each model's own device and
+    the results come back to the run's device."""
+    if ref is not None and getattr(cfg, "reference_device", None):
+        ref.to(cfg.reference_device)
+        run.log(f"reference model on {cfg.reference_device}")
+    if getattr(cfg, "reward_device", None):
+        for rm in rewards.reward_models():
+            rm.model.to(cfg.reward_device)
+        run.log(f"reward model(s) on {cfg.reward_device}")
+
+
 @contextmanager
 def reference(policy: Any, ref: Any) -> Iterator[Any]:
     """The reference model: the frozen copy, or the LoRA policy with its adapter disabled."""
@@ -108,7 +121,8 @@ def logprobs_of(model: Any, rollout: Rollout, cfg: Any, run: engine.Run, idx: Se
             ents.append(torch.nn.functional.pad(ent, (0, width - ent.shape[1])))
     if was:
         model.train()
-    return torch.cat(lps), (torch.cat(ents) if ents else None)
+    # back on the run's device: the reference may sit elsewhere (--reference-device)
+    return torch.cat(lps).to(run.device), (torch.cat(ents).to(run.device) if ents else None)
 
 
 def sample(policy: Any, tok: Any, items: Sequence[PromptItem], cfg: Any, k: int) -> Rollout:
@@ -182,6 +196,7 @@ def evaluate(policy: Any, ref: Any, tok: Any, rewards: Any, items: Sequence[Prom
     from alignloop.rollout import pad_responses
 
     _, mask = pad_responses(ro.response_ids, 0)
+    mask = mask.to(lp.device)
     kl = sequence_kl(lp, ref_lp, mask)
     out = {"eval/reward": float(scores.mean()), "eval/reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
            "eval/kl": float(kl.mean()), "eval/response_length": float(mask.sum(1).mean()),
