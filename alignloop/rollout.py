@@ -6,7 +6,7 @@ the attention mask so left padding does not shift positions); this module batche
 returns token ids with the answer cut right after the stop token.
 
 The RL half (``generate_rollout``, ``sequence_logprobs``, ``sequence_values``): answers are sampled, then
-scored by one padding-free forward pass per model (policy, reference, critic) over prompt + answer, which gives
+scored by one forward pass per model (policy, reference, critic) over prompt + answer, which gives
 the log-probs of the sampled tokens under ``softmax(logits / T)``, the distribution they were sampled from
 (RL stages sample with top-p = 1 and top-k = 0 so the two agree exactly). Re-scoring in a plain forward rather
 than keeping generate's scores is what PPO needs anyway: the old log-probs must come from the same computation
@@ -170,7 +170,7 @@ def run_generate(cfg: Any) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
-# RL rollouts: sample, then score the sampled tokens with padding-free forwards
+# RL rollouts: sample, then score the sampled tokens with one forward per model
 # --------------------------------------------------------------------------------------------------
 
 
@@ -287,13 +287,30 @@ def _push_weights(model: Any, engine: Any) -> None:
             model.unmerge_adapter()
 
 
-def _gather_positions(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], device: Any):
-    """Flattened sequences plus, for every answer token, the flat position whose output predicts it."""
-    from alignloop.data.batching import flatten
+def _answer_index(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int,
+                  device: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompt + answer right-padded into ``[B, T]`` ids, and for every answer token (in order) its row, the
+    position whose output predicts it, and its id.
 
-    seqs = [(list(p) + list(r), [0] * len(p) + [1] * len(r)) for p, r in zip(prompt_ids, response_ids)]
-    fb = flatten(seqs, device=device)
-    return fb, fb.logit_positions(), fb.targets()
+    Right padding needs no attention mask: under the causal mask a real token only sees earlier tokens, which are
+    all real, and positions count from 0 as usual. (A padded batch, not the flattened one SFT uses: with long
+    prompts and similar lengths, one flattened row pays attention over the whole row, many times the padding.)
+    """
+    seqs = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    rows, pos = [], []
+    for i, (s, p, r) in enumerate(zip(seqs, prompt_ids, response_ids)):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        rows += [i] * len(r)
+        pos += range(len(p) - 1, len(p) - 1 + len(r))
+    rows_t, pos_t = torch.tensor(rows, dtype=torch.long), torch.tensor(pos, dtype=torch.long)
+    return ids.to(device), rows_t.to(device), pos_t.to(device), ids[rows_t, pos_t + 1].to(device)
+
+
+def _backbone_and_lm_head(model: Any) -> tuple[Any, Any]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, base.base_model_prefix), base.get_output_embeddings()
 
 
 def _unflatten(values: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
@@ -311,23 +328,30 @@ def sequence_logprobs(model: Any, prompt_ids: Sequence[Sequence[int]], response_
                       temperature: float, autocast: Any = None, with_entropy: bool = False
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs ``[B, T]`` of each answer token under ``softmax(logits / temperature)`` (right-padded with 0),
-    from one padding-free forward; optionally the per-token entropy (no gradient). Gradients flow when enabled."""
+    from one forward; optionally the per-token entropy (no gradient). Gradients flow when enabled."""
     from contextlib import nullcontext
 
     from alignloop.losses import entropy_from_logits, token_logprobs
 
     device = next(model.parameters()).device
-    fb, positions, targets = _gather_positions(prompt_ids, response_ids, device)
+    ids, rows, pos, targets = _answer_index(prompt_ids, response_ids, _pad_id(model), device)
+    backbone, lm_head = _backbone_and_lm_head(model)
     with (autocast or nullcontext()):
-        # logits only where an answer token is predicted: the LM head over SmolLM2's 49k vocab is costly
-        out = model(input_ids=fb.input_ids, position_ids=fb.position_ids, use_cache=False, logits_to_keep=positions)
-    logits = out.logits[0].float() / temperature
+        hidden = backbone(input_ids=ids, use_cache=False).last_hidden_state
+        # the LM head only where an answer token is predicted: over SmolLM2's 49k vocab it is costly
+        logits = lm_head(hidden[rows, pos])
+    logits = logits.float() / temperature
     lp = token_logprobs(logits, targets)
     ent = None
     if with_entropy:
         with torch.no_grad():
             ent = _unflatten(entropy_from_logits(logits.detach()), [len(r) for r in response_ids])
     return _unflatten(lp, [len(r) for r in response_ids]), ent
+
+
+def _pad_id(model: Any) -> int:
+    pad = getattr(model.config, "pad_token_id", None)
+    return int(pad) if pad is not None else 0
 
 
 def critic_parts(critic: Any) -> tuple[Any, Any]:
@@ -347,9 +371,9 @@ def sequence_values(critic: Any, prompt_ids: Sequence[Sequence[int]], response_i
     from contextlib import nullcontext
 
     device = next(critic.parameters()).device
-    fb, positions, _ = _gather_positions(prompt_ids, response_ids, device)
+    ids, rows, pos, _ = _answer_index(prompt_ids, response_ids, _pad_id(critic), device)
     backbone, head = critic_parts(critic)
     with (autocast or nullcontext()):
-        hidden = backbone(input_ids=fb.input_ids, position_ids=fb.position_ids, use_cache=False).last_hidden_state
-        v = head(hidden[0, positions]).squeeze(-1)
+        hidden = backbone(input_ids=ids, use_cache=False).last_hidden_state
+        v = head(hidden[rows, pos]).squeeze(-1)
     return _unflatten(v.float(), [len(r) for r in response_ids])

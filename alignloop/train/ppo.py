@@ -5,7 +5,7 @@ Each step, top to bottom:
 1. rollout: sample answers for ``batch_size`` prompts from the current policy (KV-cached, length-bucketed);
 2. score: reward sources → one score per answer (minus a penalty when it never emitted EOS); log-probs of the
    sampled tokens under the policy and the reference (the LoRA policy with its adapter off, or a frozen copy),
-   and the critic's values, all from padding-free forwards;
+   and the critic's values, each from one forward over right-padded prompt + answer;
 3. per-token rewards ``−β·KL_t`` with the score added at the last token (optionally whitened); GAE (γ=1, λ=0.95);
    advantages whitened;
 4. ``ppo_epochs`` passes over the rollout in ``num_mini_batches`` optimizer steps: clipped policy objective +
