@@ -16,7 +16,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["load_model", "train", "Client", "__version__"]
+__all__ = ["load_model", "train", "run_stage", "Client", "__version__"]
 
 
 def load_model(name_or_path: str, **kwargs: Any):
@@ -26,7 +26,7 @@ def load_model(name_or_path: str, **kwargs: Any):
     return _load_model(name_or_path, **kwargs)
 
 
-def train(stage: str, config: Any = None, **fields: Any):
+def run_stage(stage: str, config: Any = None, **fields: Any):
     """Run a stage (``"sft"``, ``"dpo"``, ``"reward train"``, ...) from a config object, a YAML path or fields.
 
     Returns what the stage returns (the output folder for trainers).
@@ -47,6 +47,11 @@ def train(stage: str, config: Any = None, **fields: Any):
     else:
         cfg = cls.from_dict(fields, source="train()").validate()
     return run(cfg)
+
+
+def train(stage: str, config: Any = None, **fields: Any):
+    """Run a stage (``"sft"``, ``"dpo"``, ``"reward train"``, ...) from a config object, a YAML path or fields."""
+    return run_stage(stage, config, **fields)
 
 
 def __getattr__(name: str) -> Any:

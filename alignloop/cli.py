@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import os
 import sys
 import typing
 from typing import Any, Literal, Sequence
@@ -124,9 +125,27 @@ def parse(argv: Sequence[str]) -> tuple[type[StageConfig], StageConfig]:
 
 
 def run(cfg: StageConfig) -> Any:
-    """Run a stage from its config (the library's ``alignloop.train`` goes through here too)."""
+    """Run a stage from its config (the library's ``alignloop.train`` goes through here too).
+
+    Trainers (every ``TrainOptions`` stage) are recorded in the model registry here, in one place: config,
+    data hashes, labels, parent, metrics and the final model (see ``alignloop/registry.py``). The registry
+    never makes a run fail; ``ALIGNLOOP_REGISTRY=off`` skips it."""
+    from alignloop.config import TrainOptions
+
     runner = _load(type(cfg).runner)
-    return runner(cfg)
+    main_process = os.environ.get("RANK", "0") == "0"  # under `launch`, only rank 0 records
+    if not isinstance(cfg, TrainOptions) or not main_process or os.environ.get("ALIGNLOOP_REGISTRY") == "off":
+        return runner(cfg)
+    from alignloop import registry
+
+    cfg, run_id = registry.start_run(cfg)
+    try:
+        result = runner(cfg)
+    except BaseException as exc:
+        registry.finish_run(run_id, cfg, error=exc)
+        raise
+    registry.finish_run(run_id, cfg, result)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         cls, cfg = parse(argv)
-        if getattr(cls, "print_config", True):
+        # once per launch: under `alignloop launch` / `accelerate launch` every rank runs this same command
+        if getattr(cls, "print_config", True) and os.environ.get("RANK", "0") == "0":
             print(f"# alignloop {' '.join(cls.command)} — resolved config", file=sys.stderr)
             print(cfg.to_yaml().rstrip(), file=sys.stderr)
         result = run(cfg)

@@ -177,7 +177,9 @@ def _coerce(value: Any, tp: Any) -> Any:
         except ValueError:
             raise ValueError(f"expected a number, got '{value}'") from None
     if origin is list and isinstance(value, str):
-        return [v for v in value.split(",") if v] if "," in value else [value]
+        value = [v for v in value.split(",") if v] if "," in value else [value]
+    if origin is list and isinstance(value, list) and args and args[0] in (int, float):
+        return [_coerce(v, args[0]) for v in value]  # list[int] flags (e.g. --stages 100 200) arrive as strings
     return value
 
 
@@ -362,6 +364,44 @@ class RewardTrainConfig(TrainOptions):
     command: ClassVar[tuple[str, ...]] = ("reward", "train")
     runner: ClassVar[str] = "alignloop.train.reward:run_train"
 
+    backbone: Literal["auto", "causal", "encoder"] = opt(
+        "auto", "causal: a causal LM with a scalar head read at the last token; encoder: a sentence encoder "
+        "(e.g. --model all-minilm-l6-v2) with mean pooling; auto: encoder for encoder aliases/folders, else causal.")
+    ensemble: int = opt(1, "Number of reward heads on one backbone, each trained on its own bootstrap resample "
+                        "of the pairs; score returns their mean and spread (reward_std / uncertainty).")
+    ties: Literal["skip", "equal"] = opt("skip", "Tied / both-bad pairs: leave them out of the loss, or train "
+                                         "toward equal reward.")
+    use_margin: bool = opt(True, "Use a margin / strength column when the data has one: loss -log σ(r_w - r_l - m).")
+    margin_scale: float = opt(1.0, "Multiplier on the margin column.")
+    freeze_backbone: bool = opt(False, "Train only the head, on last-token features of the frozen backbone computed "
+                                "once (and cached): minutes instead of hours on a CPU.")
+    warm_start: bool = opt(False, "Fit the head on frozen-backbone features first, then fine-tune (full or --lora) "
+                           "from there.")
+    head_epochs: int = opt(200, "Full-batch epochs of head training on frozen features (freeze_backbone / "
+                           "warm_start).")
+    head_learning_rate: float = opt(3e-3, "Learning rate of head training on frozen features.")
+    head_weight_decay: float = opt(0.0, "L2 penalty on the head (frozen-feature training), in loss units: "
+                                   "loss + wd/2 |w|^2.")
+    backbone_layers: Optional[int] = opt(None, "Keep only the first N transformer layers of a causal backbone. "
+                                         "Default: all, except with --freeze-backbone and --dev-data, where the "
+                                         "head is fit on every layer from a third of the depth up and the best on "
+                                         "dev is kept (the backbone is cut there: faster to score, too).")
+    reference_data: Optional[str] = opt(None, "Completions whose scores are normalised to mean 0 / std 1 after "
+                                        "training; default: the training data's chosen and rejected answers.")
+    norm_samples: int = opt(512, "Completions of the reference data used for normalisation.")
+    batch_size: int = opt(8, "Preference pairs (or ranked groups) per micro-batch.")
+    max_length: int = opt(384, "Longest prompt + answer in tokens; longer prompts are cut from the left.")
+    learning_rate: float = opt(1e-5, "Peak learning rate (AdamW) for fine-tuning the backbone and head.")
+
+    def check(self) -> list[str]:
+        p = super().check()
+        p += positive(self, "ensemble", "head_epochs", "backbone_layers", "head_learning_rate", "norm_samples", "margin_scale")
+        p += positive(self, "head_weight_decay", allow_zero=True)
+        p += existing_file(self, "reference_data")
+        if self.freeze_backbone and self.lora:
+            p.append("freeze_backbone and lora exclude each other (use --warm-start --lora to fit the head first)")
+        return p
+
 
 @dataclass
 class RewardEvalConfig(StageConfig):
@@ -371,7 +411,25 @@ class RewardEvalConfig(StageConfig):
     runner: ClassVar[str] = "alignloop.train.reward:run_eval"
 
     model: str = opt("", "Reward model folder (an alignloop reward train --output).")
-    data: str = opt("", "Preference data to evaluate on.")
+    data: str = opt("", "Preference data to evaluate on (pairs, rankings, or HH chosen/rejected transcripts).")
+    output: Optional[str] = opt(None, "Also write the JSON object (and per-pair scores beside it) to this file.")
+    batch_size: int = opt(16, "Groups per forward pass.")
+    max_length: Optional[int] = opt(None, "Longest prompt + answer; default: the model's training max_length. "
+                                    "Longer prompts are cut from the left; no pair is dropped.")
+    bootstrap: int = opt(1000, "Bootstrap resamples for the accuracy confidence interval.")
+    seed: int = opt(0, "Bootstrap seed.")
+    limit: Optional[int] = opt(None, "Evaluate only the first N records.")
+    precision: Literal["auto", "bf16", "fp32"] = opt("fp32", "Compute precision (fp32: exact, bf16: faster).")
+
+    def check(self) -> list[str]:
+        p = []
+        if not self.model:
+            p.append("model: a reward model folder is required (--model DIR)")
+        if not self.data:
+            p.append("data: a preference file is required (--data FILE)")
+        p += existing_file(self, "data")
+        p += positive(self, "batch_size", "max_length", "bootstrap", "limit")
+        return p
 
 
 @dataclass
@@ -382,8 +440,23 @@ class RewardScoreConfig(StageConfig):
     runner: ClassVar[str] = "alignloop.train.reward:run_score"
 
     model: str = opt("", "Reward model folder.")
-    data: str = opt("", "Records to score.")
-    output: str = opt("", "Output JSONL.")
+    data: str = opt("", "Records to score: prompt+completion, prompt+completions (generate output; adds a "
+                    "rewards list), or preferences (adds chosen_reward / rejected_reward).")
+    output: str = opt("", "Output JSONL: every input row with reward (and reward_std, uncertainty for ensembles).")
+    batch_size: int = opt(16, "Records per forward pass.")
+    max_length: Optional[int] = opt(None, "Longest prompt + answer; default: the model's training max_length.")
+    limit: Optional[int] = opt(None, "Score only the first N records.")
+    precision: Literal["auto", "bf16", "fp32"] = opt("fp32", "Compute precision (fp32: exact, bf16: faster).")
+
+    def check(self) -> list[str]:
+        p = []
+        for name, what in (("model", "a reward model folder (--model DIR)"), ("data", "a data file (--data FILE)"),
+                           ("output", "an output file (--output FILE)")):
+            if not getattr(self, name):
+                p.append(f"{name}: {what} is required")
+        p += existing_file(self, "data")
+        p += positive(self, "batch_size", "max_length", "limit")
+        return p
 
 
 # ---- dpo (issue 4) ------------------------------------------------------------------------------
@@ -442,16 +515,59 @@ class DPOConfig(TrainOptions):
 
 @dataclass
 class RLOptions(TrainOptions):
-    prompts: str = opt("", "Prompts to sample answers for.")
-    reward: list[str] = opt([], "Reward source SPEC[:weight], repeatable: rm:DIR, python:module:function.", repeat=True)
+    """Shared by ppo, grpo and rloo. One *step* = one rollout (batch_size prompts × num_generations answers)
+    followed by ppo_epochs passes over it in num_mini_batches optimizer steps, each of grad_accum micro-batches."""
+
+    prompts: str = opt("", "Prompts to sample answers for (any file with a prompt, messages or question column).")
+    reward: list[str] = opt([], "Reward source SPEC[:weight], repeatable: rm:DIR, python:module:function, "
+                            "python:file.py:function.", repeat=True)
     reward_model: Optional[str] = opt(None, "Short for --reward rm:DIR.")
     data: str = opt("", "Unused by RL stages (they read --prompts).")
+    batch_size: int = opt(8, "Prompts per rollout (each gets num_generations answers).")
+    learning_rate: float = opt(1e-5, "Peak learning rate (AdamW); LoRA runs want ~1e-4.")
+    lr_schedule: Literal["cosine", "linear", "constant"] = opt("constant", "Learning-rate schedule after warm-up.")
+    num_generations: int = opt(1, "Answers sampled per prompt (K).")
+    max_new_tokens: int = opt(64, "Longest answer in tokens; answers cut here never emitted EOS.")
+    max_prompt_length: int = opt(512, "Longer prompts keep their first 48 and last tokens (the instruction and "
+                                 "the question; the middle of a long context goes).")
+    temperature: float = opt(0.7, "Sampling temperature; log-probs are computed under the same temperature.")
+    ppo_epochs: int = opt(1, "Passes over each rollout.")
+    num_mini_batches: int = opt(1, "Optimizer steps per pass over a rollout.")
+    cliprange: float = opt(0.2, "PPO ratio clip ε.")
+    kl_coef: float = opt(0.05, "β of the KL penalty to the reference model.")
+    kl_estimator: Literal["k1", "k3"] = opt("k1", "Per-token KL estimator: k1 = log π − log π_ref, k3 = "
+                                            "(π_ref/π − 1) − log(π_ref/π) (always ≥ 0).")
+    missing_eos_penalty: float = opt(0.0, "Subtracted from the score of answers that never emit EOS.")
+    kl_budget: Optional[float] = opt(None, "Stop the run when the mean sequence KL (nats) exceeds this.")
+    generation_batch_size: int = opt(32, "Sequences sampled together.")
+    backend: Literal["transformers", "vllm"] = opt("transformers", "Sampling backend (vllm: GPU, when installed).")
+    sample_every: int = opt(10, "Log a table of a few sample answers every N steps (samples.jsonl).")
+    eval_samples: int = opt(1, "Answers sampled per dev prompt when evaluating (dev_data).")
+    max_minutes: Optional[float] = opt(None, "Stop training after this many minutes of wall time (then the final "
+                                       "evaluation and save run as usual).")
 
     def check(self) -> list[str]:
         p = [m for m in super().check() if not m.startswith("data:")]
         if not self.prompts:
             p.append("prompts: a prompts file is required (--prompts FILE)")
+        if not self.reward and not self.reward_model:
+            p.append("reward: give a reward source (--reward SPEC or --reward-model DIR)")
         p += existing_file(self, "prompts")
+        p += positive(self, "num_generations", "max_new_tokens", "max_prompt_length", "temperature", "ppo_epochs",
+                      "num_mini_batches", "generation_batch_size", "sample_every", "eval_samples", "kl_budget",
+                      "max_minutes")
+        p += positive(self, "cliprange", "kl_coef", "missing_eos_penalty", allow_zero=True)
+        if self.batch_size * self.num_generations % (self.num_mini_batches * self.grad_accum):
+            p.append(f"num_mini_batches x grad_accum ({self.num_mini_batches} x {self.grad_accum}) must divide the "
+                     f"rollout size batch_size x num_generations ({self.batch_size * self.num_generations})")
+        if self.max_prompt_length <= 48:
+            p.append("max_prompt_length: must be > 48")
+        if self.backend == "vllm":
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                p.append("backend: 'vllm' needs the vllm package and a CUDA GPU (pip install vllm); the default "
+                         "'transformers' backend works everywhere")
         return p
 
 
@@ -462,6 +578,18 @@ class PPOConfig(RLOptions):
     command: ClassVar[tuple[str, ...]] = ("ppo",)
     runner: ClassVar[str] = "alignloop.train.ppo:run"
 
+    ppo_epochs: int = opt(4, "Passes over each rollout.")
+    num_mini_batches: int = opt(2, "Optimizer steps per pass over a rollout.")
+    gamma: float = opt(1.0, "GAE discount γ.")
+    lam: float = opt(0.95, "GAE λ.")
+    cliprange_value: float = opt(0.2, "Value clip ε (around the rollout's values).")
+    vf_coef: float = opt(0.1, "Weight of the value loss.")
+    target_kl: Optional[float] = opt(None, "Adaptive KL controller: move β so the sequence KL approaches this "
+                                     "target (nats); off when unset (fixed β).")
+    kl_horizon: int = opt(10000, "Adaptive KL controller horizon (samples).")
+    whiten_rewards: bool = opt(False, "Whiten the per-token rewards (mean kept) before GAE.")
+    critic_learning_rate: Optional[float] = opt(None, "Critic learning rate; default: learning_rate.")
+
 
 @dataclass
 class GRPOConfig(RLOptions):
@@ -470,6 +598,18 @@ class GRPOConfig(RLOptions):
     command: ClassVar[tuple[str, ...]] = ("grpo",)
     runner: ClassVar[str] = "alignloop.train.grpo:run_grpo"
 
+    num_generations: int = opt(4, "Answers sampled per prompt (K, the group).")
+    kl_coef: float = opt(0.04, "β of the KL term.")
+    kl_estimator: Literal["k1", "k3"] = opt("k3", "Per-token KL estimator (k3 as a loss term: ≥ 0, low variance).")
+    kl_in: Literal["loss", "reward"] = opt("loss", "KL as a loss term (GRPO) or subtracted from the reward.")
+    scale_rewards: bool = opt(True, "Divide group-centred rewards by the group's std (false: Dr. GRPO).")
+
+    def check(self) -> list[str]:
+        p = super().check()
+        if self.num_generations < 2:
+            p.append("num_generations: GRPO needs at least 2 answers per prompt")
+        return p
+
 
 @dataclass
 class RLOOConfig(RLOptions):
@@ -477,6 +617,16 @@ class RLOOConfig(RLOptions):
 
     command: ClassVar[tuple[str, ...]] = ("rloo",)
     runner: ClassVar[str] = "alignloop.train.grpo:run_rloo"
+
+    num_generations: int = opt(4, "Answers sampled per prompt (K).")
+    kl_in: Literal["loss", "reward"] = opt("reward", "KL subtracted from the reward (RLOO) or as a loss term.")
+    scale_rewards: bool = opt(False, "Divide the advantages by the batch std.")
+
+    def check(self) -> list[str]:
+        p = super().check()
+        if self.num_generations < 2:
+            p.append("num_generations: RLOO needs at least 2 answers per prompt")
+        return p
 
 
 # ---- feedback studio (issue 6): its configs live in alignloop/feedback/commands.py ---------------

@@ -66,6 +66,56 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
 # --------------------------------------------------------------------------------------------------
 
 
+def bradley_terry_losses(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None,
+                         tie: torch.Tensor | None = None, tie_mode: str = "skip") -> torch.Tensor:
+    """Per-pair Bradley-Terry loss ``-log σ(r_w - r_l - m)`` (same shape as ``chosen``).
+
+    ``margin`` m (optional, per pair) asks the chosen answer to win by at least m ("much better" > "slightly
+    better", the Llama-2 recipe). Ties (``tie`` true): ``tie_mode="skip"`` gives them a loss of 0 (the caller also
+    leaves them out of the normaliser, see ``bradley_terry_loss``); ``"equal"`` trains toward equal rewards with
+    the BT cross-entropy against a target of ½: ``-½ log σ(d) - ½ log σ(-d)`` with ``d = r_w - r_l``, whose
+    minimum is at d = 0.
+    """
+    chosen, rejected = chosen.float(), rejected.float()
+    diff = chosen - rejected
+    loss = -F.logsigmoid(diff - margin.float() if margin is not None else diff)
+    if tie is not None:
+        tie = tie.bool()
+        if tie_mode == "equal":
+            tied = -0.5 * (F.logsigmoid(diff) + F.logsigmoid(-diff))
+        elif tie_mode == "skip":
+            tied = torch.zeros_like(loss)
+        else:
+            raise ValueError(f"tie_mode must be 'skip' or 'equal', got {tie_mode!r}")
+        loss = torch.where(tie, tied, loss)
+    return loss
+
+
+def pair_weights(weight: torch.Tensor | None, tie: torch.Tensor | None, tie_mode: str, n: int,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """Weight of each pair in the loss: the given weight (1/C(K,2) for pairs from a K-way ranking, else 1), and 0
+    for ties that are skipped."""
+    w = torch.ones(n, device=device) if weight is None else weight.float()
+    if tie is not None and tie_mode == "skip":
+        w = w * (~tie.bool()).float()
+    return w
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, weight: torch.Tensor | None = None,
+                       margin: torch.Tensor | None = None, tie: torch.Tensor | None = None,
+                       tie_mode: str = "skip") -> torch.Tensor:
+    """Weighted mean Bradley-Terry loss ``Σ_i w_i ℓ_i / Σ_i w_i`` with ``ℓ_i`` from ``bradley_terry_losses``.
+
+    Pairs expanded from a ranking of K completions carry ``w = 1/C(K,2)``, so one ranking weighs as much as one
+    labelled pair (InstructGPT); skipped ties carry ``w = 0``. Trainers that accumulate gradients divide the
+    weighted sum by the step's total weight instead (see ``train/reward.py``).
+    """
+    losses = bradley_terry_losses(chosen, rejected, margin, tie, tie_mode)
+    w = pair_weights(weight, tie, tie_mode, losses.numel(), losses.device)
+    return (w * losses).sum() / w.sum().clamp(min=1e-12)
+
+
+
 # --------------------------------------------------------------------------------------------------
 # DPO family (issue 4)
 # --------------------------------------------------------------------------------------------------
@@ -152,3 +202,117 @@ def kto_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, desirabl
 # --------------------------------------------------------------------------------------------------
 # PPO / GRPO / RLOO (issue 5)
 # --------------------------------------------------------------------------------------------------
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(π‖π_ref) from samples of π, with ``r = log π_ref − log π`` (Schulman's notes):
+
+    * ``k1 = −r = log π − log π_ref``: unbiased, can be negative per token; its sum over an answer is the
+      sequence log-ratio, the KL the InstructGPT recipe penalises.
+    * ``k3 = (e^r − 1) − r``: unbiased, always ≥ 0, lower variance; the usual choice as a loss term (GRPO).
+    """
+    log_ratio = ref_logprobs.float() - logprobs.float()
+    if kind == "k1":
+        return -log_ratio
+    if kind == "k3":
+        return torch.expm1(log_ratio) - log_ratio
+    raise ValueError(f"unknown KL estimator '{kind}' (k1 or k3)")
+
+
+def kl_penalized_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-token rewards ``r_t = −β·KL_t``, plus the sequence score at the last answer token (InstructGPT).
+
+    ``scores`` [B], ``kl`` and ``mask`` [B, T] (answers right-padded). Returns [B, T], zero on padding.
+    """
+    mask = mask.to(kl.dtype)
+    rewards = -beta * kl * mask
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    rewards[torch.arange(len(scores)), last] += scores.to(rewards.dtype)
+    return rewards * mask
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over right-padded answers ([B, T]); returns (advantages, returns).
+
+    ``δ_t = r_t + γ·V_{t+1} − V_t`` (``V`` after the last token is 0: the episode ends), ``A_t = δ_t + γλ·A_{t+1}``,
+    ``returns = A + V``. Padding positions get 0 and do not leak into the answer.
+    """
+    mask = mask.to(values.dtype)
+    values = values * mask
+    rewards = rewards * mask
+    T = rewards.shape[1]
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        next_v = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_v - values[:, t]
+        last = (delta + gamma * lam * last) * mask[:, t]
+        adv[:, t] = last
+    return adv, (adv + values) * mask
+
+
+def policy_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                     mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate, summed over masked tokens (the caller divides by the step's token count):
+
+    ``ρ = exp(log π − log π_old)``, ``L = Σ max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε))``.
+    Also returns per-token sums for ``policy/clipfrac``, ``policy/approx_kl`` (k3 of old vs new, Schulman)
+    and ``policy/ratio_mean``, each summed over the mask.
+    """
+    mask = mask.to(logprobs.dtype)
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    loss = (torch.maximum(unclipped, clipped) * mask).sum()
+    with torch.no_grad():
+        stats = {"clipfrac": ((clipped > unclipped).to(mask.dtype) * mask).sum(),
+                 "approx_kl": ((torch.expm1(-log_ratio) + log_ratio) * mask).sum(),
+                 "ratio": (ratio * mask).sum()}
+    return loss, stats
+
+
+def value_clip_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                    clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss, summed over masked tokens: ``½ Σ max((V − R)², (clip(V, V_old ± ε) − R)²)``.
+
+    Returns (loss sum, count of tokens where the clipped branch was taken).
+    """
+    mask = mask.to(values.dtype)
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    a, b = (values - returns) ** 2, (clipped - returns) ** 2
+    loss = 0.5 * (torch.maximum(a, b) * mask).sum()
+    return loss, ((b > a).to(mask.dtype) * mask).sum().detach()
+
+
+def group_advantages(rewards: torch.Tensor, k: int, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO: ``A_i = (r_i − mean_group) / (std_group + ε)`` over groups of ``k`` consecutive samples of one
+    prompt (``scale=False``: Dr. GRPO, no division by the std). ``rewards`` [B·k] → [B·k]."""
+    g = rewards.float().view(-1, k)
+    adv = g - g.mean(1, keepdim=True)
+    if scale:
+        adv = adv / (g.std(1, keepdim=True, unbiased=True if k > 1 else False) + eps)
+    return adv.view(-1)
+
+
+def leave_one_out_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """RLOO: ``A_i = r_i − (Σ_{j≠i} r_j)/(k−1)`` over groups of ``k`` samples of one prompt (k ≥ 2)."""
+    if k < 2:
+        raise ValueError("RLOO needs at least 2 samples per prompt")
+    g = rewards.float().view(-1, k)
+    baseline = (g.sum(1, keepdim=True) - g) / (k - 1)
+    return (g - baseline).view(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of ``softmax(logits)`` per position: ``logsumexp(z) − Σ p·z``."""
+    logits = logits.float()
+    p = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``1 − Var(target − pred) / Var(target)`` over masked positions (1: perfect critic, ≤0: useless)."""
+    var_t = masked_var(target, mask, unbiased=False)
+    return 1 - masked_var(target - pred, mask, unbiased=False) / var_t.clamp(min=1e-8)

@@ -271,23 +271,31 @@ def is_peft(model: Any) -> bool:
 
 
 def save_model(model: Any, tokenizer: Any, folder: str | os.PathLike, merge_lora: bool = True,
-               base_name: str | None = None) -> Path:
+               base_name: str | None = None, state_dict: dict[str, Any] | None = None) -> Path:
     """Save a normal Hugging Face folder that plain transformers loads (LoRA merged unless asked otherwise).
 
     Written to a temp folder and renamed, so an interrupted save never leaves a half model behind.
+    ``state_dict``: the whole weights gathered from a sharded (FSDP/ZeRO-3) model, saved in place of the
+    model's own (sharded) ones; a LoRA adapter is then saved unmerged (merging needs the whole weights in memory).
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         to_save = model
+        if state_dict is not None and is_peft(model) and merge_lora:
+            import warnings
+
+            warnings.warn("sharded run: the LoRA adapter is saved unmerged; merge it with peft's merge_and_unload")
+            merge_lora = False
         if is_peft(model) and merge_lora:
             import copy
 
             to_save = copy.deepcopy(model).merge_and_unload()
         elif is_peft(model) and base_name:
             model.peft_config["default"].base_model_name_or_path = base_name
-        to_save.save_pretrained(tmp, safe_serialization=True)
+        extra = {"state_dict": state_dict} if state_dict is not None else {}
+        to_save.save_pretrained(tmp, safe_serialization=True, **extra)
         tokenizer.save_pretrained(tmp)
         if folder.exists():
             old = folder.with_name(folder.name + ".old")

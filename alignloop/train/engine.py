@@ -15,7 +15,7 @@ import random
 import shutil
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -102,17 +102,111 @@ def setup(cfg: StageConfig, output: str | os.PathLike | None = None) -> Run:
 
     precision = pick_precision(getattr(cfg, "precision", "fp32"))
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    _enable_cpu_fsdp(accelerator)
+    _fill_deepspeed_config(accelerator, cfg)
     out = Path(output or cfg.output)
+    resume = bool(getattr(cfg, "resume", False))
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
+        old = out / CHECKPOINTS
+        if not resume and old.exists() and any(old.iterdir()):
+            # a fresh run into a used folder: keep the earlier run's checkpoints (nothing is lost) but out of the
+            # way, so a later --resume can never pick up a step of the earlier run
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            aside, n = out / f"{CHECKPOINTS}.previous-{stamp}", 1
+            while aside.exists():
+                n += 1
+                aside = out / f"{CHECKPOINTS}.previous-{stamp}-{n}"
+            os.replace(old, aside)
+            print(f"note: {out} held checkpoints of an earlier run; moved them to {aside}", file=sys.stderr)
         cfg.save(out)
     accelerator.wait_for_everyone()
     # the same seed on every rank for the model; ranks differ only where sampling needs it (see rank_seed)
     seed_everything(getattr(cfg, "seed", 0))
-    resume = bool(getattr(cfg, "resume", False))
     metrics = Metrics(out / "metrics.jsonl", enabled=accelerator.is_main_process, append=resume)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     return Run(cfg, out, accelerator, precision, metrics)
+
+
+def _enable_cpu_fsdp(accelerator: Any) -> None:
+    """Run FSDP2 on CPU processes (gloo) when an FSDP accelerate config is launched on a machine without CUDA.
+
+    Accelerate (<= 1.15) switches FSDP on only for accelerator devices and silently falls back to DDP on CPU,
+    although torch's FSDP2 (``fully_shard``) runs on CPU with gloo. Turning it on here lets the same FSDP
+    config be tried, and tested, without a GPU. Nothing changes on GPUs or in single-process runs.
+    """
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if (os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true"
+            or accelerator.distributed_type != DistributedType.MULTI_CPU):
+        return
+    plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables `accelerate launch` sets
+    if plugin.fsdp_version != 2:
+        raise TrainingError("FSDP on CPU needs fsdp_version: 2 in the accelerate config (FSDP1 needs a GPU)")
+    from accelerate.state import PartialState
+
+    accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
+    # as accelerate does itself: AcceleratorState() re-reads the type from PartialState whenever it is created
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def _fill_deepspeed_config(accelerator: Any, cfg: Any) -> None:
+    """DeepSpeed needs the micro-batch size up front; alignloop's loops accumulate gradients themselves
+    (``micro_step(..., sync=False)`` on all but the last micro-batch), so DeepSpeed's own accumulation stays 1."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    ds = plugin.deepspeed_config
+    for key, value in (("train_micro_batch_size_per_gpu", int(getattr(cfg, "batch_size", 1))),
+                       ("gradient_accumulation_steps", 1),
+                       ("gradient_clipping", float(getattr(cfg, "max_grad_norm", 0.0) or 0.0))):
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
+    if ds.get("train_batch_size", "auto") == "auto":
+        ds["train_batch_size"] = ds["train_micro_batch_size_per_gpu"] * accelerator.num_processes
+
+
+def is_sharded(run: Run) -> bool:
+    """Whether the weights are split across processes (FSDP, DeepSpeed ZeRO-3): then gathering them for a
+    checkpoint is a collective every rank must join."""
+    from accelerate.utils import DistributedType
+
+    if run.accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    if run.accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return run.accelerator.state.deepspeed_plugin.zero_stage == 3
+    return False
+
+
+@contextmanager
+def micro_step(run: Run, model: Any, sync: bool = True) -> Iterator[None]:
+    """Wrap the forward and backward of one micro-batch of a gradient-accumulated step. ``sync=False`` on all but
+    the last micro-batch skips the cross-process gradient reduction until the last (DDP/FSDP ``no_sync``, which
+    must enclose the forward too; DeepSpeed's accumulation boundary, where it also steps)."""
+    acc = run.accelerator
+    acc.gradient_state._set_sync_gradients(sync)
+    try:
+        with acc.no_sync(model) if (not sync and run.world > 1) else nullcontext():
+            yield
+    finally:
+        acc.gradient_state._set_sync_gradients(True)
+
+
+def reduce_gradients(run: Run, model: Any) -> None:
+    """Sum gradients over processes, for loops whose model is not DDP-wrapped (the RL stages call the policy and
+    the critic separately, so there is no single ``forward`` for DDP to hook). Their losses are normalised over
+    the global batch, so the sum is the gradient of the global loss. One flat all-reduce; no-op on one process."""
+    if run.world == 1:
+        return
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    if not grads:
+        return
+    flat = _flatten_dense_tensors(grads)
+    torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+    for g, reduced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        g.copy_(reduced)
 
 
 def rank_seed(run: Run, seed: int) -> int:
@@ -162,10 +256,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup: int
 def clip_and_step(run: Run, model: Any, optimizer: Any, scheduler: Any, max_grad_norm: float) -> float:
     """Clip gradients (when set), step, and return the pre-clip gradient norm."""
     params = trainable_parameters(model)
-    if max_grad_norm and max_grad_norm > 0:
-        norm = run.accelerator.clip_grad_norm_(params, max_grad_norm)
-    else:
-        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+    # an infinite max norm measures without clipping; accelerate computes the norm over all ranks' shards
+    norm = run.accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm and max_grad_norm > 0 else math.inf)
+    if norm is None:  # DeepSpeed clips inside its own step; its norm is read after the step
+        norm = getattr(model, "get_global_grad_norm", lambda: float("nan"))() or float("nan")
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
+        norm = norm.full_tensor()
     norm = float(norm)
     if not math.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
@@ -190,27 +286,99 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def gathered_trainable_state(run: Run, model: Any) -> dict[str, torch.Tensor]:
+    """``trainable_state`` of a prepared model, whole on the main process even when the weights are sharded.
+    A collective under FSDP/ZeRO-3 (call it on every rank); other ranks may get an empty dict."""
+    if not is_sharded(run):
+        return trainable_state(_unwrap(run, model)) if run.is_main else {}
+    names = {n for n, p in _unwrap(run, model).named_parameters() if p.requires_grad}
+    full = full_state_dict(run, model)
+    return {n: t.detach().cpu().clone().contiguous() for n, t in full.items() if n in names} if run.is_main else {}
+
+
+def _full_options(run: Run) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # on GPUs the gathered tensors go to CPU memory on rank 0 only; torch's CPU offload path returns un-gathered
+    # DTensors when the shards already live on the CPU, so CPU runs gather on every rank instead
+    return StateDictOptions(full_state_dict=True, cpu_offload=run.device.type != "cpu")
+
+
+def full_state_dict(run: Run, model: Any) -> dict[str, torch.Tensor]:
+    """The whole model weights on the main process (a collective under FSDP/ZeRO-3; call it on every rank)."""
+    if run.accelerator.is_fsdp2:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(_unwrap(run, model), options=_full_options(run))
+    return run.accelerator.get_state_dict(model)
+
+
+def _optimizer_state(run: Run, model: Any, optimizer: Any) -> dict[str, Any]:
+    """The optimiser state to checkpoint: the whole state on the main process, also when FSDP shards it
+    (torch's distributed-checkpoint helpers gather it; a collective)."""
+    if run.accelerator.is_fsdp2:
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return {"fsdp_full": get_optimizer_state_dict(_unwrap(run, model), optimizer.optimizer,
+                                                      options=_full_options(run))}
+    return {"optimizer": optimizer.state_dict()} if run.is_main else {}
+
+
 def save_checkpoint(run: Run, step: int, model: Any, optimizer: Any, scheduler: Any,
                     state: dict[str, Any] | None = None, keep: int = 2) -> Path | None:
-    """Write ``checkpoints/step-N`` atomically; keep the newest ``keep``. Only the main process writes."""
+    """Write ``checkpoints/step-N`` atomically; keep the newest ``keep``. Only the main process writes
+    (under FSDP/ZeRO-3 every rank first joins in gathering the weights)."""
     from safetensors.torch import save_file
 
     run.accelerator.wait_for_everyone()
     folder = run.output / CHECKPOINTS / f"step-{step:07d}"
+    weights = gathered_trainable_state(run, model)
+    optim = _optimizer_state(run, model, optimizer)
     if run.is_main:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_file(trainable_state(_unwrap(run, model)), str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        save_file(weights, str(tmp / "trainable.safetensors"))
+        torch.save({**optim, "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
         torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, **(state or {})}, indent=1))
         run.cfg.save(tmp)
-        os.replace(tmp, folder)
+        if folder.exists():  # the same step saved again (e.g. the final step after a resume): swap it out
+            stale = folder.with_name(folder.name + ".old")
+            shutil.rmtree(stale, ignore_errors=True)
+            os.replace(folder, stale)
+            os.replace(tmp, folder)
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
         old = sorted(p for p in folder.parent.glob("step-*") if not p.name.endswith(".tmp"))
         for p in old[:-keep]:
             shutil.rmtree(p, ignore_errors=True)
+    run.accelerator.wait_for_everyone()
+    return folder
+
+
+def save_final(run: Run, model: Any, tokenizer: Any, folder: Path, merge_lora: bool = True,
+               base_name: str | None = None) -> Path:
+    """Save the final model as a plain Hugging Face folder, written once by the main process.
+
+    Call it on every rank: under FSDP/ZeRO-3 the weights are gathered first (a collective)."""
+    from alignloop.models.load import save_model
+
+    run.accelerator.wait_for_everyone()
+    state_dict = None
+    if is_sharded(run):
+        state_dict = full_state_dict(run, model)
+        # tied weights (embeddings = LM head) come back once per name; save them once, as transformers does
+        seen: dict[int, str] = {}
+        for name, p in _unwrap(run, model).named_parameters(remove_duplicate=False):
+            if id(p) in seen:
+                state_dict.pop(name, None)
+            seen.setdefault(id(p), name)
+    if run.is_main:
+        save_model(_unwrap(run, model), tokenizer, folder, merge_lora=merge_lora, base_name=base_name,
+                   state_dict=state_dict)
     run.accelerator.wait_for_everyone()
     return folder
 
@@ -235,11 +403,22 @@ def load_checkpoint(run: Run, model: Any, optimizer: Any, scheduler: Any) -> dic
     missing = [n for n in weights if n not in params]
     if missing:
         raise TrainingError(f"{ckpt} does not match this model (e.g. {missing[0]}); was it made with other flags?")
-    with torch.no_grad():
-        for n, w in weights.items():
-            params[n].copy_(w.to(params[n].device, params[n].dtype))
     opt = torch.load(ckpt / "optim.pt", weights_only=False)
-    optimizer.load_state_dict(opt["optimizer"])
+    if run.accelerator.is_fsdp2:
+        # every rank read the whole files; torch's helpers keep each rank's shard of weights and optimiser
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        if "fsdp_full" not in opt:
+            raise TrainingError(f"{ckpt} was not written by an FSDP run; resume it with the launch it was made with")
+        set_state_dict(target, optimizer.optimizer, model_state_dict=weights, optim_state_dict=opt["fsdp_full"],
+                       options=StateDictOptions(full_state_dict=True, strict=False))
+    else:
+        if "optimizer" not in opt:
+            raise TrainingError(f"{ckpt} was written by an FSDP run; resume it under the same FSDP launch")
+        with torch.no_grad():
+            for n, w in weights.items():
+                params[n].copy_(w.to(params[n].device, params[n].dtype))
+        optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
     rng = torch.load(ckpt / "rng.pt", weights_only=False)
     random.setstate(rng["python"])

@@ -11,7 +11,6 @@ big batch.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from alignloop.data.records import PromptCompletion, TextRecord
 from alignloop.data.templates import encode_answer, encode_prompt
 from alignloop.errors import DataError
 from alignloop.losses import masked_token_nll
-from alignloop.models.load import add_lora, disable_dropout, load_causal_lm, save_model
+from alignloop.models.load import add_lora, disable_dropout, load_causal_lm
 from alignloop.train import engine
 
 
@@ -88,14 +87,21 @@ def micro_batches(cfg: SFTConfig, examples: list[Example], run: engine.Run):
             glob = packed_batches([len(e) for e in examples], cfg.batch_size * cfg.max_length * world, cfg.seed, epoch)
         else:
             glob = batches(len(examples), cfg.batch_size * world, cfg.seed, epoch)
-        return [b[rank::world] or b[:1] for b in glob]
+        # a rank whose share is empty (the last, short batch) still runs a zero-weight step: see step_loss
+        return [b[rank::world] for b in glob]
 
     return make_epoch
 
 
 def step_loss(model: Any, run: engine.Run, examples: list[Example], idx: list[int], completion_only: bool,
               denom: float) -> tuple[torch.Tensor, float, int]:
-    """Forward one flattened micro-batch; returns (loss scaled for backward, summed NLL, answer tokens)."""
+    """Forward one flattened micro-batch; returns (loss scaled for backward, summed NLL, answer tokens).
+
+    An empty ``idx`` (this rank's share of a short last batch) forwards one example with weight 0: every rank
+    must join the backward's gradient all-reduce, and a duplicated real example would be counted twice."""
+    if not idx:
+        loss, _, _ = step_loss(model, run, examples, [0], completion_only, denom)
+        return loss * 0.0, 0.0, 0
     seqs = [(examples[i].input_ids, answer_mask(examples[i], completion_only)) for i in idx]
     fb = flatten(seqs, device=run.device)
     positions = fb.logit_positions()
@@ -112,7 +118,11 @@ def step_loss(model: Any, run: engine.Run, examples: list[Example], idx: list[in
 def evaluate(model: Any, run: engine.Run, examples: list[Example], completion_only: bool, batch_size: int) -> float:
     model.eval()
     total, count = 0.0, 0
-    for s in range(run.rank * batch_size, len(examples), batch_size * run.world):
+    # the same number of forwards on every rank (an empty share runs a zero-weight one): sharded models
+    # (FSDP) gather weights collectively in each forward, so a rank that stopped early would hang the others
+    rounds = -(-len(examples) // (batch_size * run.world))
+    for k in range(rounds):
+        s = (k * run.world + run.rank) * batch_size
         idx = list(range(s, min(s + batch_size, len(examples))))
         _, nll, n = step_loss(model, run, examples, idx, completion_only, 1.0)
         total, count = total + nll, count + n
@@ -159,9 +169,7 @@ def run(cfg: SFTConfig) -> Path:
         denom = r.reduce_sum(local_tokens)
         nll_sum, seen = 0.0, 0
         for k, (epoch, idx) in enumerate(micro):
-            sync = k == len(micro) - 1
-            ctx = r.accelerator.no_sync(model) if (not sync and r.world > 1) else nullcontext()
-            with ctx:
+            with engine.micro_step(r, model, sync=k == len(micro) - 1):
                 loss, nll, n = step_loss(model, r, examples, idx, cfg.completion_only, denom)
                 r.accelerator.backward(loss)
             nll_sum += nll
@@ -186,9 +194,8 @@ def run(cfg: SFTConfig) -> Path:
         r.metrics.write(total, {"eval/loss": evaluate(model, r, dev, cfg.completion_only, cfg.batch_size)})
     engine.save_checkpoint(r, total, model, optimizer, scheduler)
     final = r.output / engine.FINAL
-    r.accelerator.wait_for_everyone()
+    engine.save_final(r, model, tok, final, merge_lora=cfg.merge_lora, base_name=cfg.model)
     if r.is_main:
-        save_model(r.accelerator.unwrap_model(model), tok, final, merge_lora=cfg.merge_lora, base_name=cfg.model)
         cfg.save(final)
         r.log(f"saved {final}")
     r.metrics.close()

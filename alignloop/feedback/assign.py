@@ -1,0 +1,155 @@
+"""Who labels what next.
+
+Each task has ``overlap`` places (slots 0..overlap-1). Taking a place inserts an assignment row; the unique
+constraints ``(task_id, slot)`` and ``(task_id, labeler_id)`` make the database refuse a second labeler in
+the same place or the same labeler twice, so racing requests (PostgreSQL runs them truly in parallel) can
+never double-book: the loser of a race simply tries the next place. Gold tasks are mixed in at the project's
+``gold_rate`` and hold no slot (everyone may get them, once).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import random
+
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from alignloop.feedback.store import Assignment, Judgment, Labeler, Project, Task, utcnow
+
+CANDIDATES = 20  # tasks looked at per attempt; more only matters under heavy contention
+
+
+def release_expired(s: Session, project: Project) -> int:
+    """Open assignments older than the lease give their place back (the labeler walked away)."""
+    cutoff = utcnow() - dt.timedelta(minutes=project.lease_minutes)
+    task_ids = select(Task.id).where(Task.project_id == project.id).scalar_subquery()
+    res = s.execute(update(Assignment).where(Assignment.status == "open", Assignment.created_at < cutoff,
+                                             Assignment.task_id.in_(task_ids))
+                    .values(status="expired", slot=None).execution_options(synchronize_session="fetch"))
+    return res.rowcount or 0
+
+
+def open_assignment(s: Session, project: Project, labeler: Labeler) -> Assignment | None:
+    return s.scalar(select(Assignment).join(Task, Task.id == Assignment.task_id)
+                    .where(Task.project_id == project.id, Assignment.labeler_id == labeler.id,
+                           Assignment.status == "open").order_by(Assignment.id).limit(1))
+
+
+def _gold_turn(s: Session, project: Project, labeler: Labeler) -> bool:
+    """Deterministic mixing: the n-th assignment is gold when floor(n * rate) steps up, so a labeler sees
+    exactly ``rate`` gold over any long stretch, without random streaks."""
+    if project.gold_rate <= 0:
+        return False
+    n = s.scalar(select(func.count(Assignment.id)).join(Task, Task.id == Assignment.task_id)
+                 .where(Task.project_id == project.id, Assignment.labeler_id == labeler.id)) or 0
+    return math.floor((n + 1) * project.gold_rate) > math.floor(n * project.gold_rate)
+
+
+def _not_seen_by(labeler: Labeler):
+    return ~exists().where(Assignment.task_id == Task.id, Assignment.labeler_id == labeler.id)
+
+
+def _candidates(s: Session, project: Project, labeler: Labeler, gold: bool) -> list[Task]:
+    q = select(Task).where(Task.project_id == project.id, Task.is_gold.is_(gold), _not_seen_by(labeler),
+                           # judges write judgments without assignments; don't hand a human their own task twice
+                           ~exists().where(Judgment.task_id == Task.id, Judgment.labeler_id == labeler.id))
+    if not gold:
+        taken = (select(func.count(Assignment.id))
+                 .where(Assignment.task_id == Task.id, Assignment.slot.is_not(None)).scalar_subquery())
+        q = q.where(taken < project.overlap)
+        # finish tasks that others started first (complete items become usable data sooner), then the
+        # project's order: least certain first for active learning, else import order
+        order = [taken.desc()]
+        if project.order == "uncertainty":
+            order += [Task.uncertainty.is_(None), Task.uncertainty.desc()]
+        q = q.order_by(*order, Task.seq, Task.id)
+    else:
+        q = q.order_by(Task.seq, Task.id)
+    return list(s.scalars(q.limit(CANDIDATES)))
+
+
+def _take(s: Session, task: Task, labeler: Labeler, project: Project, wait: bool = False) -> Assignment | None:
+    if s.get_bind().dialect.name == "postgresql":
+        # the classic queue pattern: while another labeler's transaction is taking a place in this task, move
+        # on to the next one instead of racing for the same place (a lost unique-key race on PostgreSQL waits
+        # for the winner's commit, which piles up under load). SQLite runs one writer at a time anyway.
+        locked = s.scalar(select(Task.id).where(Task.id == task.id).with_for_update(skip_locked=not wait))
+        if locked is None:
+            return None
+    order = list(task.completion_ids)
+    random.shuffle(order)  # left/right (and list) order randomised per task and stored with the assignment
+    if task.is_gold:
+        slots: list[int | None] = [None]
+    else:
+        used = set(s.scalars(select(Assignment.slot).where(Assignment.task_id == task.id,
+                                                           Assignment.slot.is_not(None))))
+        slots = [i for i in range(project.overlap) if i not in used]
+    for slot in slots:
+        a = Assignment(task_id=task.id, labeler_id=labeler.id, slot=slot, display_order=order)
+        try:
+            with s.begin_nested():
+                s.add(a)
+                s.flush()
+            return a
+        except IntegrityError:
+            # another labeler took this place a moment ago, or this labeler already has the task
+            if s.scalar(select(Assignment.id).where(Assignment.task_id == task.id,
+                                                    Assignment.labeler_id == labeler.id)):
+                return None
+    return None
+
+
+def next_assignment(s: Session, project: Project, labeler: Labeler) -> Assignment | None:
+    """The labeler's open assignment, or a new one; None when nothing is left for them."""
+    release_expired(s, project)
+    current = open_assignment(s, project, labeler)
+    if current is not None:
+        return current
+    kinds = [True, False] if _gold_turn(s, project, labeler) else [False, True]
+    for gold in kinds:
+        if gold and project.gold_rate <= 0:
+            continue
+        for attempt in range(5):  # lost races re-read the candidates
+            tasks = _candidates(s, project, labeler, gold)
+            if not tasks:
+                break
+            for task in tasks:
+                # the last tries wait for busy tasks rather than skip them, so a labeler is never told
+                # "nothing left" only because every remaining task was being handed out at that moment
+                a = _take(s, task, labeler, project, wait=attempt >= 3)
+                if a is not None:
+                    return a
+    return None
+
+
+def queue(s: Session, project: Project, limit: int = 50) -> list[dict]:
+    """The next tasks in assignment order with how many places are taken: the lead's view of the queue."""
+    taken = (select(func.count(Assignment.id))
+             .where(Assignment.task_id == Task.id, Assignment.slot.is_not(None)).scalar_subquery())
+    done = (select(func.count(Assignment.id))
+            .where(Assignment.task_id == Task.id, Assignment.status == "done").scalar_subquery())
+    order = [taken.desc()]
+    if project.order == "uncertainty":
+        order += [Task.uncertainty.is_(None), Task.uncertainty.desc()]
+    q = (select(Task.id, Task.seq, Task.uncertainty, taken.label("taken"), done.label("done"))
+         .where(Task.project_id == project.id, Task.is_gold.is_(False), taken < project.overlap)
+         .order_by(*order, Task.seq, Task.id).limit(limit))
+    return [{"task_id": r.id, "seq": r.seq, "uncertainty": r.uncertainty, "places_taken": r.taken,
+             "judged": r.done, "overlap": project.overlap} for r in s.execute(q)]
+
+
+def labeler_progress(s: Session, project: Project, labeler: Labeler) -> dict:
+    """What a labeler sees: how many they did and roughly how many are still open to them."""
+    done = s.scalar(select(func.count(Judgment.id)).join(Task, Task.id == Judgment.task_id)
+                    .where(Task.project_id == project.id, Judgment.labeler_id == labeler.id)) or 0
+    taken = (select(func.count(Assignment.id))
+             .where(Assignment.task_id == Task.id, Assignment.slot.is_not(None)).scalar_subquery())
+    left = s.scalar(select(func.count(Task.id)).where(
+        Task.project_id == project.id, Task.is_gold.is_(False), _not_seen_by(labeler),
+        taken < project.overlap)) or 0
+    current = s.scalar(select(func.count(Assignment.id)).join(Task, Task.id == Assignment.task_id).where(
+        Task.project_id == project.id, Assignment.labeler_id == labeler.id, Assignment.status == "open")) or 0
+    return {"done": done, "available": left + current}

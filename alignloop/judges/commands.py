@@ -1,0 +1,178 @@
+"""``alignloop judge``: label pairs of completions with an AI judge.
+
+Input: a file of ``prompt`` + ``completions`` rows (``alignloop generate`` writes them; an ``answer`` column is the
+gold for the reference judge), and/or the pairwise tasks of a feedback-studio project (``--db``, ``--project``).
+Every pair (all K(K-1)/2 of a row) is judged; decisive verdicts become ``prompt/chosen/rejected`` preferences
+(``--output``), and every verdict, ties and order-inconsistent ones included, is kept in ``judgments.jsonl``
+beside it. With ``--project`` the verdicts are stored as judgments of a labeler of kind ``ai`` whose identity is
+the judge's model, so ``alignloop label stats`` can report judge-vs-human agreement on items both labelled.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Optional
+
+from alignloop.config import StageConfig, alignloop_home, existing_file, opt, positive
+
+
+@dataclass
+class JudgeConfig(StageConfig):
+    """Label preferences with an AI judge (local model, HTTP endpoint, reward model, or gold answers)."""
+
+    command: ClassVar[tuple[str, ...]] = ("judge",)
+    runner: ClassVar[str] = "alignloop.judges.commands:run"
+
+    data: Optional[str] = opt(None, "Rows with prompt + completions (and 'answer' for the reference judge).")
+    output: Optional[str] = opt(None, "Preferences JSONL (decisive verdicts); judgments.jsonl is written beside it.")
+    judge: Literal["local", "http", "reward", "reference"] = opt("local", "Which judge.")
+    model: Optional[str] = opt(None, "local: the judge model (default smollm2-135m-instruct); http: the model name; "
+                               "reward: the reward-model folder.")
+    base_url: Optional[str] = opt(None, "http: the OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
+    api_key_env: str = opt("OPENAI_API_KEY", "http: the environment variable that holds the API key.")
+    principles: Optional[str] = opt(None, "The judge's constitution: text, or a path to a text file; default HHH "
+                                    "(helpful, honest, harmless).")
+    timeout: float = opt(60.0, "http: seconds per request.")
+    retries: int = opt(4, "http: retries on timeouts, 429 and 5xx (exponential backoff).")
+    concurrency: int = opt(4, "http: requests in flight at once.")
+    cache_dir: Optional[str] = opt(None, "http: response cache (default: the alignloop home's cache/judge).")
+    margin: float = opt(0.0, "reward: score differences within this margin are ties.")
+    db: Optional[str] = opt(None, "Feedback-studio database URL: store the verdicts as 'ai' judgments.")
+    project: Optional[str] = opt(None, "Feedback-studio project whose pairwise tasks to judge (needs --db).")
+    limit: Optional[int] = opt(None, "Judge only the first N rows / tasks.")
+
+    def check(self) -> list[str]:
+        p = []
+        if not self.data and not self.project:
+            p.append("data: give rows to judge (--data FILE) or a feedback project (--db URL --project NAME)")
+        if self.data and not self.output:
+            p.append("output: a preferences file is required with --data (--output FILE)")
+        if self.project and not self.db:
+            p.append("db: --project needs --db URL")
+        if self.judge == "http" and not (self.base_url and self.model):
+            p.append("base_url/model: the http judge needs --base-url and --model")
+        if self.judge == "reward" and not self.model:
+            p.append("model: the reward judge needs --model REWARD_DIR")
+        p += existing_file(self, "data")
+        p += positive(self, "timeout", "concurrency", "limit") + positive(self, "retries", "margin", allow_zero=True)
+        return p
+
+
+def principles_text(value: str | None) -> str | None:
+    if value and len(value) < 4096 and Path(value).is_file():
+        return Path(value).read_text()
+    return value
+
+
+def build_judge(cfg: JudgeConfig) -> Any:
+    if cfg.judge == "reference":
+        from alignloop.judges.reference import ReferenceJudge
+
+        return ReferenceJudge()
+    if cfg.judge == "reward":
+        from alignloop.judges.reward import RewardModelJudge
+
+        return RewardModelJudge.from_dir(cfg.model or "", cfg.margin)
+    if cfg.judge == "http":
+        from alignloop.judges.http import HTTPJudge
+
+        return HTTPJudge(cfg.base_url or "", cfg.model or "", cfg.api_key_env, principles_text(cfg.principles),
+                         cfg.timeout, cfg.retries, concurrency=cfg.concurrency,
+                         cache_dir=cfg.cache_dir or alignloop_home() / "cache" / "judge")
+    from alignloop.judges.local import LocalJudge
+
+    return LocalJudge(cfg.model or "smollm2-135m-instruct", principles_text(cfg.principles))
+
+
+def judge_rows(judge: Any, rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+    """(preferences, judgments) for rows of ``prompt``, ``completions`` and optional ``answer``."""
+    items, keys = [], []
+    for n, row in enumerate(rows):
+        comps = row["completions"]
+        for i, j in combinations(range(len(comps)), 2):
+            items.append((row["prompt"], [comps[i], comps[j]], row.get("answer")))
+            keys.append((n, i, j))
+    verdicts = judge.judge_many(items)
+    prefs, judgments = [], []
+    for (n, i, j), (prompt, pair, _), v in zip(keys, items, verdicts):
+        rid = rows[n].get("id", n)
+        judgments.append({"id": rid, "a": i, "b": j, "judge": judge.name, "identity": judge.identity, **v.to_json()})
+        if v.decisive:
+            prefs.append({"id": rid, "prompt": prompt, "chosen": pair[v.winner], "rejected": pair[1 - v.winner],
+                          "judge": judge.name, "prob": v.prob})
+    return prefs, judgments
+
+
+def judge_project(judge: Any, db_url: str, project_name: str, limit: int | None = None) -> dict[str, int]:
+    """Judge a feedback project's pairwise tasks and store the verdicts as an 'ai' labeler's judgments."""
+    try:
+        from alignloop.feedback import store
+    except ImportError:  # issue 6's module is not in this build
+        from alignloop.errors import ConfigError
+
+        raise ConfigError(["project: the feedback studio (alignloop.feedback) is not installed in this version"]) \
+            from None
+    from sqlalchemy import select
+
+    db = store.open_db(db_url)
+    counts = {"judged": 0, "already": 0}
+    with db.write() as s:
+        project = store.get_project(s, project_name)
+        labeler = store.get_or_create_labeler(s, judge.name, kind="ai", identity=judge.identity)
+        done = {j.task_id for j in store.judgments_for(s, project, include_skipped=True) if j.labeler_id == labeler.id}
+        tasks = [t for t in s.scalars(select(store.Task).where(store.Task.project_id == project.id,
+                                                               store.Task.task_type == "pairwise")
+                                      .order_by(store.Task.seq))]
+        todo = [t for t in tasks if t.id not in done][: limit or None]
+        counts["already"] = len(tasks) - len([t for t in tasks if t.id not in done])
+        items = []
+        for t in todo:
+            prompt = s.get(store.Prompt, t.prompt_id)
+            comps = [s.get(store.Completion, int(c)).text for c in t.completion_ids]
+            texts = [c if isinstance(c, str) else c[-1]["content"] for c in comps]
+            items.append((prompt.prompt, texts, (prompt.extra or {}).get("answer")))
+        for t, v in zip(todo, judge.judge_many(items)):
+            choice = v.label if v.label in ("A", "B") else "tie"
+            store.add_judgment(s, t.id, labeler, choice, kind="ai", identity=judge.identity)
+            counts["judged"] += 1
+    return counts
+
+
+def run(cfg: JudgeConfig) -> Path | None:
+    from alignloop.data.readers import write_jsonl
+
+    judge = build_judge(cfg)
+    summary: dict[str, Any] = {"judge": judge.name, "identity": judge.identity}
+    out = None
+    if cfg.data:
+        rows = []
+        with open(cfg.data) as fh:
+            for line_no, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if not isinstance(row.get("completions"), list) or len(row["completions"]) < 2:
+                    from alignloop.errors import DataError
+
+                    raise DataError("needs a 'completions' list of at least 2", path=f"{cfg.data}:{line_no}",
+                                    field="completions")
+                row.setdefault("answer", row.get("gold"))
+                rows.append(row)
+        rows = rows[: cfg.limit] if cfg.limit else rows
+        prefs, judgments = judge_rows(judge, rows)
+        out = Path(cfg.output or "")
+        write_jsonl(out, prefs)
+        write_jsonl(out.with_name(out.stem.replace(".jsonl", "") + ".judgments.jsonl"), judgments)
+        labels = [j["label"] for j in judgments]
+        summary.update({"pairs": len(judgments), "preferences": len(prefs),
+                        **{k: labels.count(k) for k in ("A", "B", "tie", "inconsistent")}})
+    if cfg.project:
+        summary["project"] = judge_project(judge, cfg.db or "", cfg.project, cfg.limit)
+    if hasattr(judge, "stats"):
+        summary["http"] = judge.stats
+    print(json.dumps(summary), file=sys.stdout)
+    return out

@@ -1,0 +1,40 @@
+"""Fixed FinanceBench split for the RL benchmarks: a question is held out when sha256(financebench_id) % 100 < 30.
+
+Only questions whose gold answer holds a number (``alignloop.evaluate.qa.target_numbers``) are kept: the numeric
+reward cannot judge the others. Writes ``train.jsonl`` and ``heldout.jsonl`` (the original rows) to a folder.
+
+    python benchmarks/rl_financebench_split.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from alignloop.evaluate.qa import target_numbers
+
+SOURCE = Path(__file__).resolve().parents[1] / "data" / "financebench" / "questions.jsonl"
+
+
+def held_out(financebench_id: str) -> bool:
+    return int(hashlib.sha256(financebench_id.encode()).hexdigest(), 16) % 100 < 30
+
+
+def main(out: str) -> dict[str, int]:
+    rows = [json.loads(ln) for ln in SOURCE.read_text().splitlines() if ln.strip()]
+    rows = [r for r in rows if target_numbers(r["answer"])]
+    parts = {"train": [r for r in rows if not held_out(r["financebench_id"])],
+             "heldout": [r for r in rows if held_out(r["financebench_id"])]}
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, part in parts.items():
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    counts = {k: len(v) for k, v in parts.items()}
+    print(json.dumps(counts))
+    return counts
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "fb-split")

@@ -1,0 +1,214 @@
+"""The web app through FastAPI's TestClient: roles, sessions and CSRF, labeling, bad input."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from alignloop.feedback import auth
+from alignloop.feedback.api import create_app
+from alignloop.feedback.io import import_records
+from alignloop.feedback.store import Assignment, Judgment, Task, create_labeler, create_project
+from feedback_helpers import generate_records, numbered
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def studio(db):
+    """An app with a pairwise project, an admin and two labelers (tokens in .tokens)."""
+    with db.write() as s:
+        p = create_project(s, "proj", overlap=2, guidelines="# Be fair\n<script>alert(1)</script>")
+        recs = generate_records(4)
+        recs[0]["completions"][1] = "<script>window.pwned=1</script><img src=x onerror=alert(1)>"
+        import_records(s, p, numbered(recs))
+        tokens = {}
+        for name, role in [("admin", "admin"), ("ann", "labeler"), ("bob", "labeler")]:
+            lab = create_labeler(s, name, role=role, password=PASSWORD if name == "ann" else None)
+            tokens[name] = auth.new_token(s, lab)
+    client = TestClient(create_app(db))
+    client.tokens = tokens
+    client.db = db
+    return client
+
+
+def bearer(client, who):
+    return {"Authorization": f"Bearer {client.tokens[who]}"}
+
+
+def login(client, name="ann", password=PASSWORD):
+    page = client.get("/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    r = client.post("/login", data={"name": name, "password": password, "csrf_token": token, "next": "/"},
+                    follow_redirects=False)
+    return r
+
+
+# every route of the app, with a request that exercises it: (method, path, json body, who may use it)
+ROUTES = [
+    ("GET", "/health", None, "public"),
+    ("GET", "/login", None, "public"),
+    ("POST", "/login", "form", "public"),
+    ("GET", "/", None, "user"),
+    ("GET", "/p/{name}", None, "user"),
+    ("GET", "/p/{name}/guidelines", None, "user"),
+    ("GET", "/lead/{name}", None, "admin"),
+    ("POST", "/logout", None, "user"),
+    ("GET", "/api/me", None, "user"),
+    ("GET", "/api/me/judgments", None, "user"),
+    ("GET", "/api/projects", None, "user"),
+    ("POST", "/api/projects", {"name": "new-{who}"}, "admin"),
+    ("GET", "/api/projects/{name}", None, "user"),
+    ("PATCH", "/api/projects/{name}", {"overlap": 2}, "admin"),
+    ("PUT", "/api/projects/{name}/guidelines", {"text": "v2"}, "admin"),
+    ("POST", "/api/projects/{name}/import", "jsonl", "admin"),
+    ("GET", "/api/projects/{name}/stats", None, "admin"),
+    ("GET", "/api/projects/{name}/export", None, "admin"),
+    ("GET", "/api/projects/{name}/judgments", None, "user"),
+    ("GET", "/api/projects/{name}/next", None, "user"),
+    ("GET", "/api/assignments/{assignment_id}", None, "user"),
+    ("POST", "/api/assignments/{assignment_id}/judgment", {"choice": "A"}, "user"),
+    ("GET", "/api/users", None, "admin"),
+    ("POST", "/api/users", {"name": "u-{who}", "role": "labeler"}, "admin"),
+]
+
+
+def test_route_by_role_matrix(studio):
+    app = studio.app.app  # unwrap the size-limit middleware
+    paths = {(m, r.path) for r in app.routes if hasattr(r, "methods") for m in r.methods if m != "HEAD"}
+    assert paths == {(m, p) for m, p, _, _ in ROUTES}, "every route must be in the matrix"
+
+    for who in ("anonymous", "ann", "admin"):
+        headers = bearer(studio, who) if who != "anonymous" else {}
+        aid = 1
+        if who != "anonymous":
+            aid = studio.get("/api/projects/proj/next", headers=headers).json()["assignment_id"]
+        for method, template, body, access in ROUTES:
+            path = template.format(name="proj", assignment_id=aid)
+            if body == "form":
+                kwargs = {"data": {"name": "ann", "password": "x", "csrf_token": "x"}}
+            elif body == "jsonl":
+                kwargs = {"content": '{"prompt": "p-%s", "completions": ["a", "b"]}' % who}
+            elif body is not None:
+                kwargs = {"json": {k: (v.format(who=who) if isinstance(v, str) else v) for k, v in body.items()}}
+            else:
+                kwargs = {}
+            r = studio.request(method, path, headers=headers, follow_redirects=False, **kwargs)
+            allowed = access == "public" or (who != "anonymous" and (access == "user" or who == "admin"))
+            if allowed:
+                assert r.status_code in (200, 201, 303), (who, method, path, r.status_code, r.text)
+            elif who == "anonymous":
+                assert r.status_code == 401, (who, method, path, r.status_code)
+            else:
+                assert r.status_code == 403, (who, method, path, r.status_code)
+
+
+def test_html_pages_redirect_to_login(studio):
+    r = studio.get("/lead/proj", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login?next=/lead/proj"
+
+
+def test_login_session_and_csrf(studio):
+    assert login(studio, password="wrong").headers["location"].startswith("/login?error=wrong")
+    r = login(studio)
+    assert r.status_code == 303 and "alignloop_session" in r.cookies
+    me = studio.get("/api/me").json()
+    assert me["name"] == "ann" and me["csrf_token"]
+    aid = studio.get("/api/projects/proj/next").json()["assignment_id"]
+    # a cookie-authenticated write without the CSRF token is refused and changes nothing
+    r = studio.post(f"/api/assignments/{aid}/judgment", json={"choice": "A"})
+    assert r.status_code == 403 and "CSRF" in r.json()["detail"]
+    r = studio.post(f"/api/assignments/{aid}/judgment", json={"choice": "A"},
+                    headers={"X-CSRF-Token": me["csrf_token"]})
+    assert r.status_code == 201
+    # a login form posted without the login CSRF cookie (a cross-site form) does not sign in
+    fresh = TestClient(studio.app)
+    r = fresh.post("/login", data={"name": "ann", "password": PASSWORD, "csrf_token": "guess"},
+                   follow_redirects=False)
+    assert r.headers["location"] == "/login?error=expired" and "alignloop_session" not in r.cookies
+    assert studio.get("/api/me", headers={"Authorization": "Bearer nope"}).status_code == 401
+    # signing out needs the session's token too (the form field), then the cookie no longer works
+    assert studio.post("/logout", data={"csrf_token": "forged"}).status_code == 403
+    old_cookie = studio.cookies.get("alignloop_session")
+    r = studio.post("/logout", data={"csrf_token": me["csrf_token"]}, follow_redirects=False)
+    assert r.status_code == 303
+    studio.cookies.clear()  # replaying the old cookie fails: the session is gone on the server
+    assert studio.get("/api/me", headers={"Cookie": f"alignloop_session={old_cookie}"}).status_code == 401
+
+
+def test_labeling_flow_idempotency_and_privacy(studio):
+    ann, bob = bearer(studio, "ann"), bearer(studio, "bob")
+    task = studio.get("/api/projects/proj/next", headers=ann).json()
+    assert [c["label"] for c in task["completions"]] == ["A", "B"]
+    assert all("model" not in c for c in task["completions"])  # model names never reach labelers
+    aid = task["assignment_id"]
+    url = f"/api/assignments/{aid}/judgment"
+    # bad input: 4xx naming the field, nothing stored
+    for body, field in [({"choice": "C"}, "choice"), ({"choice": "A", "strength": "huge"}, "strength"),
+                        ({"ranking": [1, 2]}, "ranking"), ({"choice": "A", "rewrite": "x" * 20_001}, "rewrite"),
+                        ({"skip_reason": "x" * 20_001}, "skip_reason")]:
+        r = studio.post(url, json=body, headers=ann)
+        assert r.status_code == 422 and field in r.text, (body, r.text)
+    assert studio.post(url, content=b"{" + b" " * (1 << 20) + b"}", headers={**ann, "Content-Type":
+                       "application/json"}).status_code == 413
+    assert studio.post("/api/assignments/999999/judgment", json={"choice": "A"}, headers=ann).status_code == 404
+    # bob cannot see or answer ann's assignment, nor read her judgments
+    assert studio.get(f"/api/assignments/{aid}", headers=bob).status_code == 404
+    assert studio.post(url, json={"choice": "A"}, headers=bob).status_code == 404
+    with studio.db.read() as s:
+        assert s.scalar(select(func.count(Judgment.id))) == 0
+    # the same submission twice (a client retry) is stored once
+    first = studio.post(url, json={"choice": "A", "strength": "much_better"}, headers={**ann, "Idempotency-Key": "k-1"})
+    again = studio.post(url, json={"choice": "A", "strength": "much_better"}, headers={**ann, "Idempotency-Key": "k-1"})
+    assert first.status_code == 201 and again.status_code == 200
+    assert first.json()["judgment_id"] == again.json()["judgment_id"]
+    # a different submission for a finished assignment is stale
+    stale = studio.post(url, json={"choice": "B"}, headers={**ann, "Idempotency-Key": "k-2"})
+    assert stale.status_code == 409
+    # displayed A maps to the canonical completion the labeler saw first
+    with studio.db.read() as s:
+        j = s.scalar(select(Judgment))
+        a = s.get(Assignment, aid)
+        t = s.get(Task, a.task_id)
+        assert (j.choice == "A") == (a.display_order[0] == t.completion_ids[0])
+        assert j.display_order == a.display_order
+    mine = studio.get("/api/projects/proj/judgments", headers=ann).json()
+    theirs = studio.get("/api/projects/proj/judgments", headers=bob).json()
+    assert len(mine) == 1 and theirs == []
+
+
+def test_skip_and_progress(studio):
+    ann = bearer(studio, "ann")
+    task = studio.get("/api/projects/proj/next", headers=ann).json()
+    assert task["progress"] == {"done": 0, "available": 4}
+    r = studio.post(f"/api/assignments/{task['assignment_id']}/judgment", json={"skip_reason": "unclear"},
+                    headers=ann)
+    assert r.status_code == 201 and r.json()["skipped"]
+    nxt = studio.get("/api/projects/proj/next", headers=ann).json()
+    assert nxt["task_id"] != task["task_id"] and nxt["progress"]["done"] == 1
+
+
+def test_security_headers_and_guidelines_inert(studio):
+    r = studio.get("/p/proj/guidelines", headers=bearer(studio, "ann"))
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    assert "<script>alert(1)</script>" not in r.text and "&lt;script&gt;" in r.text
+    assert "<h1>Be fair</h1>" in r.text
+
+
+def test_admin_api_users_import_and_export(studio):
+    adm = bearer(studio, "admin")
+    r = studio.post("/api/users", json={"name": "judge", "role": "labeler", "kind": "ai"}, headers=adm)
+    assert r.status_code == 201 and r.json()["token"].startswith("al_") and len(r.json()["password"]) >= 12
+    assert studio.post("/api/users", json={"name": "judge"}, headers=adm).status_code == 409
+    assert studio.post("/api/users", json={"name": "x", "role": "root"}, headers=adm).status_code == 422
+    bad = '{"prompt": "a", "completions": ["x", "y"]}\n{"prompt": "b", "completions": 3}\n'
+    r = studio.post("/api/projects/proj/import", content=bad, headers=adm)
+    assert r.status_code == 422 and r.json()["line"] == 2 and r.json()["field"] == "completions"
+    with studio.db.read() as s:
+        assert s.scalar(select(func.count(Task.id))) == 4  # the good first line did not stay either
+    r = studio.get("/api/projects/proj/export?format=nope", headers=adm)
+    assert r.status_code == 422
+    assert studio.get("/api/projects/nope/stats", headers=adm).status_code == 404

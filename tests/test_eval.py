@@ -1,0 +1,113 @@
+"""alignloop eval / judge / demo on tiny: per-item CSVs, side-by-side comparison, judge command output, and the
+demo's second run reusing finished stages."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from alignloop.data.records import Prompt, PromptRecord
+from alignloop.evaluate.commands import EvalConfig, heldout_ids, qa_items, score_qa, win_rate
+from alignloop.judges.base import Verdict
+
+
+def _rec(i, answer):
+    return PromptRecord(Prompt([{"role": "user", "content": f"Context: revenue 1,577\nQuestion {i}"}]),
+                        meta={"id": str(i), "answer": answer, "question": f"q{i}"})
+
+
+def test_score_qa_rows_and_summary():
+    recs = [_rec(0, "$1577.00"), _rec(1, "$1577.00"), _rec(2, "$1577.00")]
+    rows, s = score_qa(recs, ["It was 1,577.", "Not found.", "It was 9,999."])
+    assert [r["grade"] for r in rows] == ["correct", "refusal", "incorrect"]
+    assert [r["fine_grade"] for r in rows] == ["correct", "refusal", "hallucination"]   # 9,999 is not in the context
+    assert [r["points"] for r in rows] == [1.0, 0.5, -1.0]
+    assert (s["n"], s["correct"], s["refusal"], s["incorrect"], s["llmware_points"]) == (3, 1, 1, 1, 0.5)
+
+
+def test_win_rate_counts_ties_half():
+    vs = [Verdict(0, "A"), Verdict(1, "B"), Verdict(None, "inconsistent"), Verdict(0, "A")]
+    assert win_rate(vs) == {"n": 4, "wins": 2, "losses": 1, "ties": 1, "win_rate": 0.625}
+
+
+def test_financebench_split_is_fixed():
+    items = qa_items("data/financebench/questions.jsonl")
+    test = heldout_ids([r.meta["id"] for r in items])
+    assert len(items) == 100 and len(test) == 30 and heldout_ids([r.meta["id"] for r in items][::-1]) == test
+    assert len(qa_items("data/financebench/questions.jsonl", "test")) == 30
+
+
+def test_judge_command_reference(tmp_path):
+    from alignloop.judges.commands import JudgeConfig, run
+
+    rows = [{"id": "q1", "prompt": "What was revenue?", "answer": "$1577.00",
+             "completions": ["1,577", "Not found", "2,000"]}]
+    data = tmp_path / "cands.jsonl"
+    data.write_text(json.dumps(rows[0]) + "\n")
+    out = tmp_path / "prefs.jsonl"
+    run(JudgeConfig(data=str(data), output=str(out), judge="reference").validate())
+    prefs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(p["chosen"], p["rejected"]) for p in prefs] == [("1,577", "Not found"), ("1,577", "2,000"),
+                                                              ("Not found", "2,000")]
+    judgments = [json.loads(line) for line in (tmp_path / "prefs.judgments.jsonl").read_text().splitlines()]
+    assert [j["label"] for j in judgments] == ["A", "A", "A"] and judgments[0]["judge"] == "reference"
+
+
+def test_judge_config_problems():
+    from alignloop.config import ConfigError
+    from alignloop.judges.commands import JudgeConfig
+
+    with pytest.raises(ConfigError) as e:
+        JudgeConfig(judge="http", project="p").validate()
+    assert "base_url/model" in str(e.value) and "db:" in str(e.value)
+
+
+def test_eval_command_side_by_side_on_tiny(tiny_path, tmp_path):
+    from alignloop.evaluate.commands import run
+
+    out = tmp_path / "eval"
+    run(EvalConfig(model=str(tiny_path), compare=str(tiny_path), tasks=["qa"], split="test", limit=2,
+                   max_new_tokens=3, output=str(out)).validate())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["qa"]["model"]["n"] == 2 and summary["qa"]["model"] == summary["qa"]["compare"]
+    with open(out / "qa_items.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 and {"id", "gold", "model_answer", "model_grade", "compare_grade"} <= set(rows[0])
+    with open(out / "predictions_model.csv") as fh:
+        assert next(csv.reader(fh)) == ["id", "answer"]
+
+
+def test_demo_on_tiny_reuses_finished_stages(tiny_path, tmp_path, capsys):
+    from alignloop.demo import DemoConfig, run
+
+    cfg = DemoConfig(model=str(tiny_path), output=str(tmp_path / "demo"), limit=8, sft_steps=1, num_candidates=2,
+                     max_new_tokens=3, context_chars=100, dpo_steps=0, reward_steps=0).validate()
+    report = run(cfg)
+    html = report.read_text()
+    assert "base grade" in html and "final grade" in html and "data:image/png;base64" in html
+    first = {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "demo").glob("*/done")}
+    assert set(first) == {"data", "base_eval", "sft", "judge", "final_eval"}
+    capsys.readouterr()
+    run(cfg)
+    err = capsys.readouterr().err
+    assert err.count("done before, reusing") == 5
+    assert {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "demo").glob("*/done")} == first
+
+
+def test_sequence_logprobs_hand_computed(tiny_path):
+    import torch
+
+    from alignloop.data.records import Prompt
+    from alignloop.data.templates import encode_answer, encode_prompt
+    from alignloop.evaluate.commands import sequence_logprobs
+    from alignloop.models.load import load_causal_lm
+
+    model, tok = load_causal_lm(str(tiny_path))
+    p = Prompt([{"role": "user", "content": "hi"}])
+    pi, ai = encode_prompt(tok, p), encode_answer(tok, "yo")
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([pi + ai])).logits[0].float(), -1)
+    expected = sum(float(logp[len(pi) - 1 + k, t]) for k, t in enumerate(ai))
+    assert sequence_logprobs(model, tok, [p], ["yo"])[0] == pytest.approx(expected, abs=1e-4)
