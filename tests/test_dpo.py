@@ -180,3 +180,13 @@ def test_wrong_data_kind_is_a_clear_error(tmp_path, monkeypatch):
     data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "a", "completion": "b"}])
     with pytest.raises(DataError, match="needs preference pairs"):
         _train(tmp_path, monkeypatch, "bad", data=str(data))
+
+
+def test_preference_accuracy_of_a_model_against_itself_is_one_half(tmp_path):
+    from alignloop.train.dpo import preference_accuracy
+
+    data = _pairs(tmp_path)
+    res = preference_accuracy("tiny", str(data), reference="tiny", max_length=64, precision="fp32")
+    # identical policy and reference: every margin is 0, a tie, which counts half
+    assert res["n"] == 8 and res["accuracy"] == 0.5 and list(res["ci95"]) == [0.5, 0.5]
+    assert res["length_baseline"] == 1.0 and res["mean_margin"] == 0.0
