@@ -181,7 +181,7 @@ def test_reward_spec_parsing():
 def test_numeric_match():
     from alignloop.evaluate.qa import is_numeric_answer, numeric_match
 
-    assert numeric_match("Revenue was $11.6 billion.", "$11588.00")
+    assert numeric_match("Revenue was $11,588 (in millions).", "$11588.00")
     assert numeric_match("The quick ratio is 0.96.", "0.96")
     assert numeric_match("It fell by 1.9 percent", "1.9%")
     assert numeric_match("a loss of (2,724)", "-2724")

@@ -162,6 +162,12 @@ def numeric_match(answer: str, gold: str) -> bool:
     return any(numbers_match(a, target) for a in extract_numbers(answer))
 
 
+def is_numeric_answer(gold: str, max_words: int = 4) -> bool:
+    """Whether a gold answer *is* a number (``"$1616.00"``, ``"1.9%"``, ``"24.26"``), not a sentence holding one:
+    the FinanceBench questions a rule-based numeric reward can judge."""
+    return bool(extract_numbers(gold)) and len(gold.split()) <= max_words
+
+
 def is_refusal(answer: str) -> bool:
     return not (answer or "").strip() or bool(_REFUSAL.search(answer))
 
