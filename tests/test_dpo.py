@@ -85,7 +85,8 @@ def test_bootstrap_and_length_baseline():
     assert 0.4 <= lo < 0.8 < hi <= 1.0
     assert bootstrap_ci([1.0, 1.0], seed=3) == (1.0, 1.0)
     assert bootstrap_ci([0.0, 1.0] * 50, seed=1) == bootstrap_ci([0.0, 1.0] * 50, seed=1)
-    assert length_baseline([5, 3, 4], [2, 7, 4]) == pytest.approx((1 + 0 + 0.5) / 3)
+    assert length_baseline([5, 3, 4], [2, 7, 4]) == pytest.approx((1 + 0 + 0.5) / 3)  # longer wins 0.5
+    assert length_baseline([5, 3, 3], [2, 7, 4]) == pytest.approx(2 / 3)  # shorter wins 2 of 3: the better rule
 
 
 def test_config_defaults_and_checks():

@@ -26,9 +26,11 @@ def bootstrap_ci(values: Sequence[float], seed: int = 0, n_resamples: int = 2000
 
 
 def length_baseline(chosen_lengths: Sequence[float], rejected_lengths: Sequence[float]) -> float:
-    """Accuracy of the rule "the longer answer is the chosen one" (equal lengths count half): the bar a
-    preference model must clear to show it learnt more than length."""
+    """The better of the rules "the longer answer wins" and "the shorter answer wins" (equal lengths count half)
+    on the same pairs: the bar a preference model must clear to show it learnt more than length. On the HH
+    harmless data the shorter answer wins about 55% of the time."""
     if not chosen_lengths:
         return float("nan")
-    score = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen_lengths, rejected_lengths))
-    return score / len(chosen_lengths)
+    longer = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen_lengths, rejected_lengths))
+    longer /= len(chosen_lengths)
+    return max(longer, 1.0 - longer)
