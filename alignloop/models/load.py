@@ -48,6 +48,7 @@ def _atomic_dir(target: Path, build: Any) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the model folder it becomes should be readable like any other
     try:
         build(tmp)
         try:
@@ -281,6 +282,7 @@ def save_model(model: Any, tokenizer: Any, folder: str | os.PathLike, merge_lora
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a saved model folder should be readable like any other
     try:
         to_save = model
         if state_dict is not None and is_peft(model) and merge_lora:
