@@ -200,12 +200,16 @@ def report(cfg: DemoConfig, out: Path, results: dict[str, Any]) -> Path:
             both["only base correct"] += 1
     d_correct = final["correct"] - base["correct"]
     d_points = final["llmware_points"] - base["llmware_points"]
+    def ci(row: dict) -> str:
+        lo_hi = row.get("correct_rate_ci95")
+        return f"[{lo_hi[0]:.2f}, {lo_hi[1]:.2f}]" if lo_hi else "n/a"
+
     verdict = (f"The final model ({results['final_model']}) answers {int(final['correct'])}/{int(final['n'])} held-out "
                f"questions correctly against the base model's {int(base['correct'])}/{int(base['n'])} "
                f"({d_correct:+.0f}); llmware points {final['llmware_points']:+.1f} vs {base['llmware_points']:+.1f} "
                f"({d_points:+.1f}). With {int(base['n'])} items a difference of a few answers is within noise: "
-               f"95% intervals of the correct rate: base {base.get('correct_rate_ci95')}, "
-               f"final {final.get('correct_rate_ci95')}. Paired on the same items: {both['only final correct']} "
+               f"95% intervals of the correct rate: base {ci(base)}, "
+               f"final {ci(final)}. Paired on the same items: {both['only final correct']} "
                f"questions only the final model gets right, {both['only base correct']} only the base model.")
     summary_rows = [{"model": "base", **{c: int(base[c]) for c in cats}, "llmware points": base["llmware_points"]},
                     {"model": "final", **{c: int(final[c]) for c in cats}, "llmware points": final["llmware_points"]}]
