@@ -226,20 +226,8 @@ def run(cfg: PPOConfig) -> Path:
         })
         values = r.reduce_mean(values)  # every process logs/uses the means over all processes
         kl_ctl.update(values["objective/kl"], len(ro.response_ids) * r.world)
-        if dev is not None and cfg.eval_every and step % cfg.eval_every == 0 and step != total:
-            values.update(r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, step)))
-        if step % cfg.log_every == 0 or step == total:
-            r.metrics.write(step, values)
-        if step == 1 or step % cfg.sample_every == 0:
-            rl.write_samples(r, step, batch, ro, scores, k)
-        bar.set_postfix(reward=f"{values['objective/reward']:.3f}", kl=f"{values['objective/kl']:.2f}")
-        bar.update(1)
-        if cfg.max_minutes is not None and r.reduce_sum(time.time() - r.started > 60 * cfg.max_minutes):
-            r.log(f"step {step}: --max-minutes {cfg.max_minutes} reached; stopping")
-            break
-        over_budget = cfg.kl_budget is not None and values["objective/kl"] > cfg.kl_budget
-        if over_budget:
-            r.log(f"step {step}: sequence KL {values['objective/kl']:.2f} > kl_budget {cfg.kl_budget}; stopping")
+        if rl.finish_step(r, cfg, step, total, values, bar, policy=policy, ref=ref, tok=tok, rewards=rewards,
+                          dev=dev, batch=batch, rollout=ro, scores=scores, k=k):
             break
         if cfg.save_every and step % cfg.save_every == 0 and step != total:
             engine.save_checkpoint(r, step, both, optimizer, scheduler, {"kl_coef": kl_ctl.value})

@@ -214,6 +214,29 @@ def evaluate(policy: Any, ref: Any, tok: Any, rewards: Any, items: Sequence[Prom
     return out
 
 
+def finish_step(r: engine.Run, cfg: Any, step: int, total: int, values: dict[str, float], bar: Any, *,
+                policy: Any, ref: Any, tok: Any, rewards: Any, dev: Any, batch: Sequence[PromptItem],
+                rollout: Rollout, scores: torch.Tensor, k: int) -> bool:
+    """The end of one step, the same for PPO, GRPO and RLOO: held-out evaluation every ``eval_every`` steps,
+    metrics, sample answers every ``sample_every`` steps, the progress bar, and the two early stops
+    (``--max-minutes`` and ``--kl-budget``). Returns True when the run must stop."""
+    if dev is not None and cfg.eval_every and step % cfg.eval_every == 0 and step != total:
+        values.update(r.reduce_mean(evaluate(policy, ref, tok, rewards, dev, cfg, r, step)))
+    if step % cfg.log_every == 0 or step == total:
+        r.metrics.write(step, values)
+    if step == 1 or step % cfg.sample_every == 0:
+        write_samples(r, step, batch, rollout, scores, k)
+    bar.set_postfix(reward=f"{values['objective/reward']:.3f}", kl=f"{values['objective/kl']:.2f}")
+    bar.update(1)
+    if cfg.max_minutes is not None and r.reduce_sum(time.time() - r.started > 60 * cfg.max_minutes):
+        r.log(f"step {step}: --max-minutes {cfg.max_minutes} reached; stopping")
+        return True
+    if cfg.kl_budget is not None and values["objective/kl"] > cfg.kl_budget:
+        r.log(f"step {step}: sequence KL {values['objective/kl']:.2f} > kl_budget {cfg.kl_budget}; stopping")
+        return True
+    return False
+
+
 def plot_reward_vs_kl(metrics_path: Path, out: Path) -> Path | None:
     """The run's reward against its KL to the reference (training rollouts, and eval points when present)."""
     try:
