@@ -45,7 +45,8 @@ def utcnow() -> dt.datetime:
 
 
 class Base(DeclarativeBase):
-    """Shared by every table in the alignloop database (the registry's tables add themselves here too)."""
+    """Every feedback-studio table. (The registry's tables share the database but keep their own metadata and
+    Alembic chain, so these migrations never see them.)"""
 
     # named constraints, so later migrations can drop or alter them (SQLite batch mode needs the names)
     metadata = MetaData(naming_convention={
