@@ -133,36 +133,14 @@ def qa_eval(cfg: DemoConfig, model: str, data: Path, folder: Path, label: str) -
 
 
 def sample_and_judge(cfg: DemoConfig, model: str, data: Path, folder: Path) -> dict[str, Any]:
-    """Sample candidates for the training questions and label every pair with the reference judge."""
-    from itertools import combinations
-
-    from alignloop.data.readers import write_jsonl
-    from alignloop.evaluate.commands import answer, qa_items
+    """Sample candidates for the training questions and label every pair with the reference judge (the gold
+    answer is one of the candidates); shared with the loop's on-policy rounds."""
+    from alignloop.evaluate.commands import qa_items
+    from alignloop.judges.commands import sample_and_judge as sample_and_label
     from alignloop.judges.reference import ReferenceJudge
 
-    records = qa_items(str(data))
-    samples = answer(model, [r.prompt for r in records], cfg.max_new_tokens, 10_000, 1.0, 8,
-                     num=cfg.num_candidates, seed=cfg.seed, desc="sample candidates")
-    write_jsonl(folder / "candidates.jsonl", [{"id": r.meta["id"], "prompt": r.prompt.to_json(), "completions": s,
-                                               "answer": r.meta["answer"]} for r, s in zip(records, samples)])
-    judge = ReferenceJudge()
-    prefs, judgments = [], []
-    for rec, cands in zip(records, samples):
-        # the gold answer is always a candidate too: the judge then always has a correct answer to prefer,
-        # as a human labeller writing a better answer would (cf. "rewrite" labels)
-        pool = list(dict.fromkeys(cands + [rec.meta["answer"]]))
-        for i, j in combinations(range(len(pool)), 2):
-            v = judge.judge(rec.prompt, [pool[i], pool[j]], rec.meta["answer"], context=rec.prompt.last_user)
-            judgments.append({"id": rec.meta["id"], "a": pool[i], "b": pool[j], **v.to_json()})
-            if v.decisive:
-                win, lose = (pool[i], pool[j]) if v.winner == 0 else (pool[j], pool[i])
-                prefs.append({"prompt": rec.prompt.to_json(), "chosen": win, "rejected": lose, "id": rec.meta["id"],
-                              "judge": judge.name})
-    write_jsonl(folder / "judgments.jsonl", judgments)
-    write_jsonl(folder / "preferences.jsonl", prefs)
-    grades = [g for j in judgments for g in j["grades"]]
-    return {"candidates": sum(len(s) for s in samples), "pairs": len(judgments), "preferences": len(prefs),
-            "candidate_correct_rate": grades.count("correct") / max(len(grades), 1)}
+    return sample_and_label(model, qa_items(str(data)), folder, ReferenceJudge(), num_candidates=cfg.num_candidates,
+                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
 
 
 def report(cfg: DemoConfig, out: Path, results: dict[str, Any]) -> Path:

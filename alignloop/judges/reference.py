@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from alignloop.evaluate.qa import LLMWARE_POINTS, grade
-from alignloop.judges.base import Verdict
+from alignloop.judges.base import Verdict, prompt_text
 
 
 class ReferenceJudge:
@@ -23,6 +23,10 @@ class ReferenceJudge:
             raise ValueError("the reference judge needs the gold answer of each item (an 'answer' field)")
         if len(completions) != 2:
             raise ValueError(f"a pairwise judge compares 2 completions, got {len(completions)}")
+        if context is None:
+            # the source text an answer's numbers may come from: the prompt, where qa_prompt puts the context
+            # (as score_qa does), so an unsupported number grades as a hallucination, a copied one as incorrect
+            context = prompt_text(prompt)
         grades = [grade(c, reference, context=context)[0] for c in completions]
         pts = [LLMWARE_POINTS[g] for g in grades]
         detail = {"grades": grades}
