@@ -20,11 +20,23 @@ features (all-MiniLM-L6-v2, cached on disk once): each member is a logistic regr
 φ(prompt, chosen) - φ(prompt, rejected), trained on its own bootstrap resample. Cheap enough to run 8 stages x
 2 strategies x several seeds on a CPU in minutes.
 
-**Training mode** (``simulated: false``) trains the real stages per label count on a preference file:
-``methods`` among ``reward`` (``alignloop reward train``) and ``dpo`` (``alignloop dpo``), each evaluated on
-``test_data`` (reward accuracy, or QA scores when the test rows have gold answers). With ``online: true`` each
-stage samples fresh candidates from the current policy for the next round of labels (on-policy RLHF), labelled by
-the reference judge.
+**Training mode** (``simulated: false``) trains the real stages per label count on a preference pool (``data``):
+``methods`` among ``reward`` (``alignloop reward train``) and ``dpo`` (``alignloop dpo``, LoRA), each stage
+from ``model`` on all of its n labels. Each stage writes ``labels.jsonl`` (the label rows it trained on, with
+``id`` and ``source``) and is evaluated: the policy (the stage's DPO output, else ``model``) answers ``test_data``
+(QA rows with gold answers; ``predictions.csv``, graded in ``items.csv``) and the reward model is scored on
+``dev_data`` pairs (``reward_eval.json``).
+
+**Online** (``online: true``, training mode; iterative / on-policy RLHF): stage n's labels are the previous
+stage's plus n - n_prev new ones, and the new ones come first from an *on-policy round*: the latest policy
+(the previous stage's DPO output, else ``model``) samples ``num_candidates`` answers to this round's prompts
+(``prompts``, else the pool's prompts; ``prompts_per_round`` of a seeded shuffle, moving on each round), the
+judge (``reference`` by default: gold answers, the gold itself joins the candidates) labels every pair, and the
+decisive pairs, interleaved across prompts, are taken as needed; the pool's next picks fill any shortfall. The
+pool seeds the first stage (the same start as an offline run, so the curves are comparable); with ``data: ""``
+the first stage is a round answered by ``model`` too. Each round is persisted in ``stage_<n>/online/``
+(candidates, judgments, preferences, then ``round.json`` as its done-marker), so a resumed run never samples a
+finished round again; the demo's labelling stage is the same function (``judges.commands.sample_and_judge``).
 
 At the end: learning curves (metric vs labels, per strategy/method) as PNG and one HTML report.
 """
@@ -38,7 +50,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, ClassVar, Literal, Optional, Sequence
 
 import numpy as np
 
@@ -55,7 +67,8 @@ class LoopConfig(StageConfig):
     runner: ClassVar[str] = "alignloop.loop:run"
 
     output: str = opt("", "Output folder: stage_<n>/ per strategy, curves and report.html.")
-    data: str = opt(str(HH / "train.jsonl.gz"), "Pool of preference pairs (labels known in simulated mode).")
+    data: str = opt(str(HH / "train.jsonl.gz"), "Pool of preference pairs (labels known in simulated mode); with "
+                    "online, \"\" for none: every stage's labels are then on-policy.")
     dev_data: str = opt(str(HH / "dev.jsonl.gz"), "Fixed evaluation set (dev accuracy in simulated mode).")
     test_data: Optional[str] = opt(None, "Test set: pairs (simulated mode: test accuracy beside dev accuracy) or, "
                                    "in training mode, QA rows with gold answers.")
@@ -68,8 +81,30 @@ class LoopConfig(StageConfig):
     ensemble: int = opt(3, "Reward-model ensemble members (disagreement = uncertainty).")
     l2: float = opt(1.0, "Simulated mode: inverse L2 strength C of each logistic-regression head.")
     max_length: int = opt(256, "Tokens of prompt + response fed to the encoder / trainers.")
-    online: bool = opt(False, "Training mode: sample fresh candidates from the current policy for the next stage.")
+    online: bool = opt(False, "Training mode: before each stage after the first (and the first too, without a "
+                       "pool), the latest policy answers fresh prompts, the judge labels the pairs, and those "
+                       "on-policy pairs are that stage's new labels (the pool fills any shortfall).")
+    prompts: Optional[str] = opt(None, "Online: the questions the policy answers each round (QA rows: question, "
+                                 "context, 'answer' gold for the reference judge); default: the pool's prompts.")
+    prompts_split: Literal["all", "train", "test"] = opt("all", "Online: prompts rows to use: all, or the demo's "
+                                                         "fixed FinanceBench train/test split (train for prompts).")
+    test_split: Literal["all", "train", "test"] = opt("all", "Training mode: test_data rows to use: all, or the "
+                                                      "demo's fixed FinanceBench train/test split (test).")
+    prompts_per_round: Optional[int] = opt(None, "Online: prompts answered per round (default: all), taken in a "
+                                           "seeded shuffle that moves on each round.")
+    num_candidates: int = opt(2, "Online: answers sampled per prompt (K); every pair of them is judged.")
+    temperature: float = opt(1.0, "Online: sampling temperature of the candidates.")
+    add_gold: bool = opt(True, "Online: the gold answer joins each prompt's candidates (as in the demo), so the "
+                         "judge always has a correct answer to prefer.")
+    judge: Literal["reference", "local", "http"] = opt(
+        "reference", "Online: the AI judge: reference (gold answers, no model), local (a HF model), http.")
+    judge_model: Optional[str] = opt(None, "Online: the local judge's model, or the http judge's model name.")
+    judge_base_url: Optional[str] = opt(None, "Online: the http judge's OpenAI-compatible base URL.")
+    max_new_tokens: int = opt(48, "Training mode: longest answer in tokens (test answers, online candidates).")
     max_steps: int = opt(50, "Training mode: optimizer steps per stage and method.")
+    batch_size: int = opt(4, "Training mode: pairs per micro-batch of the reward and DPO trainers.")
+    learning_rate: Optional[float] = opt(None, "Training mode: peak learning rate of the reward and DPO trainers "
+                                         "(default: each trainer's own; the demo's LoRA DPO uses 5e-4).")
     seeds: list[int] = opt([0], "Seeds: each strategy runs once per seed; curves show the mean (and a 95% band).")
     limit: Optional[int] = opt(None, "Use only the first N pool rows and N dev rows (quick runs, tests).")
 
@@ -88,9 +123,9 @@ class LoopConfig(StageConfig):
         if "uncertainty" in self.strategies and self.ensemble < 2:
             p.append("ensemble: uncertainty needs at least 2 members")
         if self.online:
-            # said plainly rather than ignored: on-policy rounds need the DPO trainer of issue 4 in this build
-            p.append("online: on-policy rounds are not available in this version yet (use the demo's "
-                     "sample -> judge -> dpo stages, or simulated: true)")
+            p += self._online_problems()
+        elif not self.data:
+            p.append("data: a pool of preference pairs is required (only online training runs without one)")
         if not self.simulated:
             import importlib.util
 
@@ -98,8 +133,41 @@ class LoopConfig(StageConfig):
             for m in self.methods:
                 if m in need and importlib.util.find_spec(need[m]) is None:
                     p.append(f"methods: '{m}' needs {need[m]}, which is not in this build")
-        p += existing_file(self, "data", "dev_data", "test_data")
-        p += positive(self, "ensemble", "l2", "max_length", "max_steps", "limit")
+        p += existing_file(self, "data", "dev_data", "test_data", "prompts")
+        p += positive(self, "ensemble", "l2", "max_length", "max_steps", "limit", "batch_size", "max_new_tokens",
+                      "num_candidates", "prompts_per_round", "learning_rate")
+        p += positive(self, "temperature", allow_zero=True)
+        return p
+
+    def _online_problems(self) -> list[str]:
+        p = []
+        if self.simulated:
+            p.append("online: on-policy rounds train and sample a policy; they need simulated: false (simulated "
+                     "mode only reveals labels the pool already has)")
+        if len(self.stages) < 2:
+            p.append("online: the on-policy rounds feed the stages after the first; give at least 2 stages")
+        if self.num_candidates < 2 and not (self.add_gold and self.judge == "reference"):
+            p.append("num_candidates: the judge compares pairs; sample at least 2 per prompt (or 1 with add_gold "
+                     "and the reference judge)")
+        if self.judge == "http" and not (self.judge_base_url and self.judge_model):
+            p.append("judge_base_url/judge_model: the http judge needs both")
+        if not (self.prompts or self.data):
+            p.append("prompts: online rounds need prompts to answer: a 'prompts' file, or a pool ('data') whose "
+                     "prompts are used")
+        source, name = (self.prompts, "prompts") if self.prompts else (self.data, "data")
+        if self.judge == "reference" and source and Path(source).exists():
+            # the first row says whether this is a judge-able prompt set; qa_items checks every row later
+            from alignloop.data.readers import read_rows
+            from alignloop.errors import DataError
+
+            try:
+                line, row = next(iter(read_rows(source)), (1, {}))
+            except DataError as exc:
+                return p + [f"{name}: {exc}"]
+            if not isinstance(row.get("answer"), str):
+                p.append(f"{source}:{line}: answer: the reference judge needs a gold 'answer' for every prompt it "
+                         f"labels; give 'prompts:' a QA file (question, context, answer; e.g. FinanceBench rows), "
+                         f"or use judge: local / http")
         return p
 
 
@@ -345,57 +413,234 @@ def write_report(cfg: LoopConfig, results: dict[str, Any], metric: str = "dev_ac
     return path
 
 
-def run_training(cfg: LoopConfig) -> dict[str, Any]:
-    """Training mode: per stage, the first n labels (strategy order) → reward model and/or DPO → test metrics."""
+# --------------------------------------------------------------------------------------------------
+# Training mode (and its on-policy rounds)
+# --------------------------------------------------------------------------------------------------
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_pool(cfg: LoopConfig) -> list[dict[str, Any]]:
+    """The pool's pairs as label rows: ``id``, ``source`` ("pool"), prompt, chosen, rejected (and ``uncertainty``
+    when the pool has that column). Ids are the rows' ``id``, or ``pool:<row>`` where those are missing or repeat."""
+    from alignloop.data.readers import read_preferences
+
+    prefs = read_preferences(cfg.data)[: cfg.limit or None]
+    ties = sum(p.tie for p in prefs)
+    ids = [str(p.meta.get("id", f"pool:{n}")) for n, p in enumerate(prefs)]
+    if len(set(ids)) != len(ids):  # e.g. a ranking expanded to pairs: its pairs share the row's id
+        ids = [f"pool:{n}" for n in range(len(prefs))]
+    rows = []
+    for i, p in zip(ids, prefs):
+        if p.tie:
+            continue
+        row: dict[str, Any] = {"id": i, "source": "pool", "prompt": p.prompt.to_json(), "chosen": p.chosen,
+                               "rejected": p.rejected}
+        if isinstance(p.meta.get("uncertainty"), (int, float)):
+            row["uncertainty"] = float(p.meta["uncertainty"])
+        rows.append(row)
+    if ties:
+        log(f"pool: {ties} tied pairs left out (they prefer neither answer)")
+    return rows
+
+
+def pool_order(strategy: str, pool: list[dict[str, Any]], seed: int) -> list[int]:
+    """Pool indices in pick order: a seeded shuffle, or (uncertainty) the pool's ``uncertainty`` column, highest
+    first (``alignloop reward score`` with an ensemble writes it); training mode has no ensemble of its own."""
+    if strategy == "uncertainty":
+        if pool and all("uncertainty" in r for r in pool):
+            return sorted(range(len(pool)), key=lambda i: -pool[i]["uncertainty"])
+        log("uncertainty: the pool has no 'uncertainty' column (alignloop reward score --model ENSEMBLE); "
+            "picking in random order")
+    return [int(i) for i in np.random.default_rng(seed).permutation(len(pool))]
+
+
+def online_prompts(cfg: LoopConfig) -> list[Any]:
+    """The prompt records the policy answers in on-policy rounds: ``prompts``, else the pool's distinct prompts."""
+    from alignloop.data.readers import read_records
+    from alignloop.evaluate.commands import heldout_ids, qa_items
+
+    source = cfg.prompts or cfg.data
+    split = cfg.prompts_split if cfg.prompts else "all"
+    if cfg.judge == "reference":
+        recs = qa_items(source, split)  # every row needs its gold answer: a clear file:line error otherwise
+    else:
+        recs = read_records(source, kind="prompt")
+        ids = [str(r.meta.get("financebench_id", r.meta.get("id", n))) for n, r in enumerate(recs)]
+        test = heldout_ids(ids)
+        kept = [(fid, r) for fid, r in zip(ids, recs) if split == "all" or (fid in test) == (split == "test")]
+        for fid, r in kept:
+            r.meta["id"] = fid
+        recs = [r for _, r in kept]
+    if not cfg.prompts:
+        recs = recs[: cfg.limit or None]
+    distinct: dict[str, Any] = {}
+    for r in recs:  # a pool repeats a prompt once per pair
+        distinct.setdefault(json.dumps(r.prompt.to_json()), r)
+    return list(distinct.values())
+
+
+def make_judge(cfg: LoopConfig) -> Any:
+    from alignloop.judges.commands import JudgeConfig, build_judge
+
+    return build_judge(JudgeConfig(judge=cfg.judge, model=cfg.judge_model, base_url=cfg.judge_base_url))
+
+
+def online_round(cfg: LoopConfig, folder: Path, policy: str, prompts: list[Any], judge: Any, seed: int,
+                 round_no: int, n: int) -> list[dict[str, Any]]:
+    """On-policy round ``round_no`` (1, 2, ... in stage order), the one that feeds stage ``n``: ``policy`` answers
+    this round's prompts, the judge labels every pair, and the decisive pairs come back as label rows, interleaved
+    across prompts (each prompt's first pair, then each prompt's second, ...) so that a prefix of them spreads over
+    as many prompts as possible.
+
+    Persisted in ``folder`` (``candidates.jsonl``, ``judgments.jsonl``, ``preferences.jsonl``, each written
+    atomically, then ``round.json``, whose presence marks the round done): a resumed run never samples it again."""
+    from itertools import zip_longest
+
+    from alignloop.judges.commands import sample_and_judge
+
+    marker = folder / "round.json"
+    if marker.exists():
+        info = json.loads(marker.read_text())
+        log(f"stage {n}: on-policy round {round_no} done before ({info['preferences']} labelled pairs), reusing it")
+    else:
+        per_round = min(cfg.prompts_per_round or len(prompts), len(prompts))
+        # one seeded shuffle of the prompt set; each round takes the next per_round of it (wrapping around)
+        order = np.random.default_rng(seed).permutation(len(prompts))
+        take = [prompts[int(order[((round_no - 1) * per_round + t) % len(prompts)])] for t in range(per_round)]
+        sample_seed = seed * 1_000_003 + n
+        log(f"stage {n}: on-policy round {round_no}: {policy} answers {len(take)} prompts x {cfg.num_candidates}, "
+            f"the {judge.name} judge labels every pair")
+        summary = sample_and_judge(policy, take, folder, judge, cfg.num_candidates, cfg.max_new_tokens,
+                                   cfg.temperature, seed=sample_seed, add_gold=cfg.add_gold,
+                                   desc=f"stage {n}: on-policy candidates")
+        info = {"round": round_no, "policy": policy, "seed": sample_seed, "judge": judge.name,
+                "prompt_ids": [str(r.meta["id"]) for r in take], **summary}
+        _write_json(marker, info)  # last: the round is done
+        log(f"stage {n}: on-policy round {round_no}: {summary['preferences']} decisive of {summary['pairs']} pairs")
+    prefs = _read_jsonl(folder / "preferences.jsonl")
+    by_prompt: dict[str, list[tuple[int, dict]]] = {}
+    for j, p in enumerate(prefs):
+        by_prompt.setdefault(str(p["id"]), []).append((j, p))
+    interleaved = [x for tier in zip_longest(*by_prompt.values()) for x in tier if x is not None]
+    return [{"id": f"online:stage_{n}:{j}", "source": "online", "prompt": p["prompt"], "chosen": p["chosen"],
+             "rejected": p["rejected"], "prompt_id": str(p["id"]), "judge": p.get("judge"), "policy": info["policy"]}
+            for j, p in interleaved]
+
+
+def evaluate_stage(cfg: LoopConfig, folder: Path, n: int, policy: str, reward_model: str | None,
+                   test: list[Any] | None, seed: int) -> dict[str, Any]:
+    """Test answers of ``policy`` graded by the QA scorer (``predictions.csv``, ``items.csv``) and the reward
+    model's accuracy on ``dev_data`` pairs (``reward_eval.json``)."""
     import alignloop
-    from alignloop.data.readers import read_preferences, write_jsonl
-    from alignloop.evaluate.commands import write_csv
+    from alignloop.evaluate.commands import answer, score_qa, write_csv
+
+    m: dict[str, Any] = {}
+    if test is not None:
+        ans = [a[0] for a in answer(policy, [r.prompt for r in test], cfg.max_new_tokens, 10_000, 0.0, 8, seed=seed,
+                                    desc=f"stage {n}: test answers")]
+        rows, summ = score_qa(test, ans)
+        write_csv(folder / "items.csv", rows)
+        write_csv(folder / "predictions.csv", [{"id": r["id"], "answer": r["answer"]} for r in rows])
+        m.update({f"test_{k}": v for k, v in summ.items() if isinstance(v, (int, float))})
+    if reward_model and cfg.dev_data:
+        r = alignloop.run_stage("reward eval", model=reward_model, data=cfg.dev_data, limit=cfg.limit,
+                                output=str(folder / "reward_eval.json"))
+        m.update({"dev_reward_accuracy": r["accuracy"], "dev_pairs": r["n_pairs"]})
+    return m
+
+
+def run_training(cfg: LoopConfig) -> dict[str, Any]:
+    """Training mode: per stage, its n labels → reward model and/or DPO (each from ``model``) → test metrics.
+
+    Stage n's labels are the previous stage's plus n - n_prev new ones: with ``online``, the pairs of the on-policy
+    round that the previous stage's policy answered (as many as fit), then the pool's next picks in strategy order
+    for the rest (all of them without ``online``, and at the first stage)."""
+    import alignloop
+    from alignloop.config import ConfigError
+    from alignloop.data.readers import write_jsonl
+    from alignloop.evaluate.commands import qa_items
 
     out = Path(cfg.output)
-    prefs_path = cfg.data
+    pool = read_pool(cfg) if cfg.data else []
+    need = 0 if cfg.online and not pool else cfg.stages[0] if cfg.online else cfg.stages[-1]
+    if need > len(pool):
+        raise ConfigError([f"stages: {'the first' if cfg.online else 'the last'} stage needs {need} labels from the "
+                           f"pool; {cfg.data} has {len(pool)} untied pairs"])
+    test = qa_items(cfg.test_data, cfg.test_split) if cfg.test_data else None
+    prompts, judge = None, None
+    if cfg.online:
+        prompts = online_prompts(cfg)
+        leaked = {json.dumps(r.prompt.to_json()) for r in prompts} & \
+            {json.dumps(r.prompt.to_json()) for r in (test or [])}
+        if leaked:
+            raise ConfigError([f"prompts: {len(leaked)} of the prompts the policy would answer and learn from are "
+                               f"test_data prompts; give a prompt set disjoint from the test set"])
+        judge = make_judge(cfg)
+        log(f"online: {len(prompts)} prompts, {cfg.prompts_per_round or len(prompts)} per round, "
+            f"{cfg.num_candidates} candidates each, {judge.name} judge")
+    log(f"training mode: pool {len(pool)} pairs, stages {cfg.stages}, methods {', '.join(cfg.methods)}"
+        + (f", test {len(test)} questions" if test is not None else ""))
     results: dict[str, Any] = {}
     for strategy in cfg.strategies:
         for seed in cfg.seeds:
-            picked: list[int] = []
+            order = pool_order(strategy, pool, seed)
+            labels: list[dict[str, Any]] = []
             policy = cfg.model
-            for n in cfg.stages:
+            for k, n in enumerate(cfg.stages):
                 folder = stage_dir(out, strategy, seed, n, len(cfg.seeds))
-                if (folder / "metrics.json").exists():
+                if (folder / "metrics.json").exists():  # finished before: its labels and policy carry on
                     m = json.loads((folder / "metrics.json").read_text())
-                    picked = json.loads((folder / "labels.json").read_text())
-                    policy = m.get("policy", policy)
+                    labels = _read_jsonl(folder / "labels.jsonl")
+                    policy = m.get("policy", cfg.model)
                     results.setdefault(strategy, {}).setdefault(seed, []).append(m)
+                    log(f"{strategy} seed {seed} stage {n}: done before, reusing {folder}")
                     continue
-                prefs = read_preferences(prefs_path)
-                rows = [{"prompt": p.prompt.to_json(), "chosen": p.chosen, "rejected": p.rejected} for p in prefs]
-                # training mode picks in random order; ensemble-uncertainty picks need a reward ensemble from
-                # alignloop reward train (its `uncertainty` column), used when present in the pool's rows
-                order = list(np.random.default_rng(seed).permutation(len(rows)))
-                if strategy == "uncertainty" and all("uncertainty" in p.meta for p in prefs):
-                    order = sorted(range(len(rows)), key=lambda i: -float(prefs[i].meta["uncertainty"]))
-                picked = [int(i) for i in order[:n]]
-                write_jsonl(folder / "labels.jsonl", [rows[i] for i in picked])
-                m: dict[str, Any] = {"strategy": strategy, "seed": seed, "labels": n}
+                t0 = time.perf_counter()
+                new: list[dict[str, Any]] = []
+                # the pool seeds the first stage (the same start as an offline run); without a pool, `model`
+                # answers a first round too
+                round_no = k + (0 if pool else 1)
+                if cfg.online and round_no > 0:
+                    assert prompts is not None
+                    new = online_round(cfg, folder / "online", policy, prompts, judge, seed, round_no, n)
+                    new = new[: n - len(labels)]
+                used = {r["id"] for r in labels}
+                fill = [pool[i] for i in order if pool[i]["id"] not in used][: n - len(labels) - len(new)]
+                if len(labels) + len(new) + len(fill) < n:
+                    raise ConfigError([f"stages: stage {n} needs {n - len(labels)} new labels; the on-policy round "
+                                       f"gave {len(new)} and the pool has {len(fill)} left (more prompts per "
+                                       f"round, more candidates, or a larger pool; delete {folder / 'online'} "
+                                       f"to sample that round again)"])
+                labels = labels + new + fill
+                write_jsonl(folder / "labels.jsonl", labels)
+                sources = [r["source"] for r in labels]
+                m: dict[str, Any] = {"strategy": strategy, "seed": seed, "labels": n,
+                                     "labels_pool": sources.count("pool"), "labels_online": sources.count("online"),
+                                     "new_online": len(new), "new_pool": len(fill)}
+                log(f"{strategy} seed {seed} stage {n}: {n} labels ({m['labels_pool']} pool, "
+                    f"{m['labels_online']} on-policy; new: {len(new)} on-policy, {len(fill)} pool)")
+                common = dict(model=cfg.model, data=str(folder / "labels.jsonl"), max_steps=cfg.max_steps,
+                              batch_size=cfg.batch_size, max_length=cfg.max_length, seed=seed)
+                if cfg.learning_rate:
+                    common["learning_rate"] = cfg.learning_rate
+                reward_model = None
                 if "reward" in cfg.methods:
-                    rm = alignloop.train("reward train", model=cfg.model, data=str(folder / "labels.jsonl"),
-                                         output=str(folder / "reward"), max_steps=cfg.max_steps, seed=seed)
-                    m["reward_model"] = str(rm)
+                    reward_model = str(alignloop.run_stage("reward train", output=str(folder / "reward"), **common))
+                    m["reward_model"] = reward_model
                 if "dpo" in cfg.methods:
-                    policy = str(alignloop.train("dpo", model=cfg.model, data=str(folder / "labels.jsonl"),
-                                                 output=str(folder / "dpo"), max_steps=cfg.max_steps, seed=seed,
-                                                 lora=True))
+                    # each stage trains from `model` on all its labels (aggregate and retrain), so the curve
+                    # stays metric vs number of labels; online changes where the labels come from
+                    policy = str(alignloop.run_stage("dpo", output=str(folder / "dpo"), lora=True, **common))
                     m["policy"] = policy
-                if cfg.test_data:
-                    from alignloop.evaluate.commands import answer, qa_items, score_qa
-
-                    recs = qa_items(cfg.test_data)
-                    ans = [a[0] for a in answer(policy, [r.prompt for r in recs], desc=f"stage {n}")]
-                    qrows, summ = score_qa(recs, ans)
-                    write_csv(folder / "predictions.csv", [{"id": r["id"], "answer": r["answer"]} for r in qrows])
-                    m.update({f"test_{k}": v for k, v in summ.items() if isinstance(v, (int, float))})
-                _write_json(folder / "labels.json", picked)
-                _write_json(folder / "metrics.json", m)
+                m.update(evaluate_stage(cfg, folder, n, policy, reward_model, test, seed))
+                m["seconds"] = round(time.perf_counter() - t0, 1)
+                _write_json(folder / "labels.json", [r["id"] for r in labels])
+                _write_json(folder / "metrics.json", m)  # last: its presence marks the stage finished
                 results.setdefault(strategy, {}).setdefault(seed, []).append(m)
+                shown = {k2: m[k2] for k2 in ("test_correct", "test_n", "dev_reward_accuracy") if k2 in m}
+                log(f"{strategy} seed {seed} stage {n}: finished in {m['seconds']} s {json.dumps(shown)}")
     return results
 
 
@@ -410,8 +655,11 @@ def run(cfg: LoopConfig) -> Path:
             write_report(cfg, results, "test_accuracy", name="report_test.html")
     else:
         results = run_training(cfg)
-        metric = "test_correct_rate" if cfg.test_data else "labels"
-        path = write_report(cfg, results, metric)
+        policy_metric = "test_correct_rate" if cfg.test_data else None
+        reward_metric = "dev_reward_accuracy" if "reward" in cfg.methods and cfg.dev_data else None
+        path = write_report(cfg, results, policy_metric or reward_metric or "labels")
+        if policy_metric and reward_metric:
+            write_report(cfg, results, reward_metric, name="report_reward.html")
     print(json.dumps(json.loads((out / "curves.json").read_text())))
     print(f"report: {path.resolve()}")
     return path

@@ -1,10 +1,12 @@
-"""The staged loop in simulated mode: strategies, per-stage outputs, resume without redoing finished stages."""
+"""The staged loop: simulated mode (strategies, per-stage outputs, resume without redoing finished stages) and
+training mode on tiny (reward + DPO stages, resume, on-policy rounds)."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,3 +99,208 @@ def test_loop_config_problems():
         LoopConfig(output="", stages=[200, 100], strategies=["magic", "uncertainty"], ensemble=1).validate()
     msg = str(e.value)
     assert "output" in msg and "increasing" in msg and "magic" in msg and "ensemble" in msg
+
+
+# ---- training mode on tiny: real stages, resume, and on-policy rounds ---------------------------------------
+
+def _qa(i):
+    return {"id": f"q{i}", "question": f"What was revenue in {2000 + i}?",
+            "context": f"Revenue was ${100 + i} million in {2000 + i}.", "answer": f"${100 + i} million"}
+
+
+def _training_cfg(tiny_path, tmp_path, **kw):
+    from testutil import write_jsonl
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", [
+        {"id": f"p{i}", "prompt": f"What is {i} plus {i}?", "chosen": f"{i} plus {i} is {2 * i}.",
+         "rejected": "No idea."} for i in range(10)])
+    test = write_jsonl(tmp_path / "test.jsonl", [_qa(i) for i in range(3)])
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [_qa(i) for i in range(10, 14)])
+    fields = dict(output=str(tmp_path / "run"), data=str(pool), dev_data=str(pool), test_data=str(test),
+                  prompts=str(prompts), simulated=False, strategies=["random"], model=str(tiny_path), max_steps=1,
+                  batch_size=2, max_length=64, max_new_tokens=4)
+    fields.update(kw)
+    return LoopConfig(**fields).validate()
+
+
+class Killed(Exception):
+    pass
+
+
+def _spy_stages(monkeypatch, kill_when=None):
+    """Record every trainer/evaluator the loop starts (stage, output); raise Killed for the first one
+    ``kill_when(stage, output)`` names, as if the run were killed there."""
+    import alignloop
+
+    real, calls = alignloop.__dict__.get("_unspied_run_stage", alignloop.run_stage), []
+    monkeypatch.setattr(alignloop, "_unspied_run_stage", real, raising=False)
+
+    def run_stage(stage, config=None, **fields):
+        calls.append((stage, str(fields.get("output", ""))))
+        if kill_when and kill_when(stage, str(fields.get("output", ""))):
+            raise Killed(stage)
+        return real(stage, config, **fields)
+
+    monkeypatch.setattr(alignloop, "run_stage", run_stage)
+    return calls
+
+
+def _read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_training_mode_reward_and_dpo_on_tiny_writes_stages_and_resumes(tiny_path, tmp_path, monkeypatch):
+    cfg = _training_cfg(tiny_path, tmp_path, stages=[3, 6], methods=["reward", "dpo"])
+    run = tmp_path / "run" / "random"
+    _spy_stages(monkeypatch, kill_when=lambda stage, out: "stage_6" in out)
+    with pytest.raises(Killed):
+        loop.run(cfg)  # killed as stage 6 starts training: stage 3 is finished, stage 6 is not
+    assert (run / "stage_3" / "metrics.json").exists() and not (run / "stage_6" / "metrics.json").exists()
+    mtime = (run / "stage_3" / "metrics.json").stat().st_mtime_ns
+
+    calls = _spy_stages(monkeypatch)
+    loop.run(cfg)
+    assert [(s, o.split("/random/")[1]) for s, o in calls] == [
+        ("reward train", "stage_6/reward"), ("dpo", "stage_6/dpo"), ("reward eval", "stage_6/reward_eval.json")]
+    assert (run / "stage_3" / "metrics.json").stat().st_mtime_ns == mtime  # not redone
+
+    order = [f"p{i}" for i in np.random.default_rng(0).permutation(10)]
+    l3 = json.loads((run / "stage_3" / "labels.json").read_text())
+    l6 = json.loads((run / "stage_6" / "labels.json").read_text())
+    assert l3 == order[:3] and l6 == order[:6]  # the seeded shuffle's prefix, continued exactly after the kill
+    rows6 = _read_jsonl(run / "stage_6" / "labels.jsonl")
+    assert [r["id"] for r in rows6] == l6 and {r["source"] for r in rows6} == {"pool"}
+    assert rows6[0]["chosen"] == f"{l6[0][1:]} plus {l6[0][1:]} is {2 * int(l6[0][1:])}."
+    for n in (3, 6):
+        m = json.loads((run / f"stage_{n}" / "metrics.json").read_text())
+        assert (m["labels"], m["labels_pool"], m["labels_online"], m["test_n"], m["dev_pairs"]) == (n, n, 0, 3, 10)
+        assert m["policy"] == str(run / f"stage_{n}" / "dpo" / "final")
+        assert (Path(m["reward_model"]) / "config.json").exists() and 0 <= m["dev_reward_accuracy"] <= 1
+        assert m["test_correct"] + m["test_incorrect"] + m["test_refusal"] == 3
+        with open(run / f"stage_{n}" / "predictions.csv") as fh:
+            preds = list(csv.DictReader(fh))
+        assert list(preds[0]) == ["id", "answer"] and [p["id"] for p in preds] == ["q0", "q1", "q2"]
+    curves = json.loads((tmp_path / "run" / "curves.json").read_text())
+    assert curves["metric"] == "test_correct_rate" and [n for n, _ in curves["curves"]["random"]] == [3, 6]
+    assert (tmp_path / "run" / "report_reward.html").exists()
+
+
+def test_online_round_samples_the_latest_policy_and_feeds_the_next_stage(tiny_path, tmp_path, monkeypatch):
+    from alignloop.evaluate.commands import answer, qa_items
+    from alignloop.judges import commands as judge_commands
+
+    cfg = _training_cfg(tiny_path, tmp_path, stages=[3, 5], methods=["dpo"], online=True, prompts_per_round=2,
+                        learning_rate=1e-2)
+    run = tmp_path / "run" / "random"
+    _spy_stages(monkeypatch, kill_when=lambda stage, out: "stage_5" in out)
+    with pytest.raises(Killed):
+        loop.run(cfg)  # killed after stage 5's round was sampled and labelled, before its DPO
+    rnd = run / "stage_5" / "online"
+    info = json.loads((rnd / "round.json").read_text())
+    m3 = json.loads((run / "stage_3" / "metrics.json").read_text())
+    # the round is answered by stage 3's DPO output (the latest policy), not by the base model
+    assert info["policy"] == m3["policy"] == str(run / "stage_3" / "dpo" / "final")
+    assert info["prompt_ids"] == [f"q{10 + i}" for i in np.random.default_rng(0).permutation(4)[:2]]
+
+    records = {r.meta["id"]: r for r in qa_items(cfg.prompts)}
+    take = [records[i] for i in info["prompt_ids"]]
+    again = answer(info["policy"], [r.prompt for r in take], 4, 10_000, 1.0, 8, num=2, seed=info["seed"])
+    cands = _read_jsonl(rnd / "candidates.jsonl")
+    assert [c["id"] for c in cands] == info["prompt_ids"] and [c["sampled"] for c in cands] == again
+    base = answer(str(tiny_path), [r.prompt for r in take], 4, 10_000, 1.0, 8, num=2, seed=info["seed"])
+    assert base != again  # (the same seed on the base model gives other answers: the policy really moved)
+    for c, r in zip(cands, take):
+        assert c["completions"] == list(dict.fromkeys(c["sampled"] + [r.meta["answer"]]))  # the gold joins
+    prefs = _read_jsonl(rnd / "preferences.jsonl")
+    judgments = _read_jsonl(rnd / "judgments.jsonl")
+    assert len(judgments) == sum(len(c["completions"]) * (len(c["completions"]) - 1) // 2 for c in cands)
+    assert len(prefs) == info["preferences"] == sum(j["winner"] is not None for j in judgments) >= 2
+    golds = {r.meta["answer"] for r in take}
+    for p in prefs:  # the gold (graded correct) wins every pair it is in; no pair is made up
+        c = next(c for c in cands if c["id"] == p["id"])
+        assert {p["chosen"], p["rejected"]} <= set(c["completions"]) and p["rejected"] not in golds
+
+    mtime = (rnd / "round.json").stat().st_mtime_ns
+
+    def no_resampling(*a, **k):
+        raise AssertionError("a finished round was sampled again")
+
+    monkeypatch.setattr(judge_commands, "sample_and_judge", no_resampling)
+    calls = _spy_stages(monkeypatch)
+    loop.run(cfg)
+    assert [s for s, o in calls] == ["dpo"] and "stage_5" in calls[0][1]
+    assert (rnd / "round.json").stat().st_mtime_ns == mtime
+
+    l3 = _read_jsonl(run / "stage_3" / "labels.jsonl")
+    l5 = _read_jsonl(run / "stage_5" / "labels.jsonl")
+    assert l5[:3] == l3 and [r["source"] for r in l5] == ["pool"] * 3 + ["online"] * 2
+    # interleaved across prompts: the two new labels are the first pair of each of the round's two prompts
+    firsts = [next(j for j, p in enumerate(prefs) if p["id"] == pid) for pid in info["prompt_ids"]]
+    assert [r["id"] for r in l5[3:]] == [f"online:stage_5:{j}" for j in sorted(firsts)]
+    for r in l5[3:]:
+        p = prefs[int(r["id"].rsplit(":", 1)[1])]
+        assert (r["prompt"], r["chosen"], r["rejected"], r["prompt_id"], r["policy"]) == \
+            (p["prompt"], p["chosen"], p["rejected"], p["id"], info["policy"])
+    m5 = json.loads((run / "stage_5" / "metrics.json").read_text())
+    assert (m5["labels"], m5["labels_pool"], m5["labels_online"], m5["new_online"], m5["new_pool"]) == (5, 3, 2, 2, 0)
+    # stage 5's DPO trained on exactly those labels
+    import yaml
+
+    dpo_cfg = yaml.safe_load((run / "stage_5" / "dpo" / "config.yaml").read_text())
+    assert dpo_cfg["data"] == str(run / "stage_5" / "labels.jsonl") and dpo_cfg["model"] == str(tiny_path)
+
+
+def test_online_without_a_pool_every_label_is_on_policy(tiny_path, tmp_path, monkeypatch):
+    """No pool: the first round is answered by `model`; the rounds move through the shuffled prompts. Trainers
+    are stubbed (reward only, so the policy stays `model`): this checks the label bookkeeping."""
+    import alignloop
+
+    def fake_stage(stage, config=None, **fields):
+        Path(fields["output"]).parent.mkdir(parents=True, exist_ok=True)
+        return {"accuracy": 0.5, "n_pairs": 10} if stage == "reward eval" else fields["output"]
+
+    monkeypatch.setattr(alignloop, "run_stage", fake_stage)
+    cfg = _training_cfg(tiny_path, tmp_path, data="", stages=[2, 4], methods=["reward"], online=True,
+                        prompts_per_round=2, test_data=None)
+    loop.run(cfg)
+    run = tmp_path / "run" / "random"
+    shuffled = [f"q{10 + i}" for i in np.random.default_rng(0).permutation(4)]
+    r1 = json.loads((run / "stage_2" / "online" / "round.json").read_text())
+    r2 = json.loads((run / "stage_4" / "online" / "round.json").read_text())
+    assert (r1["round"], r1["policy"], r1["prompt_ids"]) == (1, str(tiny_path), shuffled[:2])
+    assert (r2["round"], r2["policy"], r2["prompt_ids"]) == (2, str(tiny_path), shuffled[2:])
+    l4 = _read_jsonl(run / "stage_4" / "labels.jsonl")
+    assert [r["source"] for r in l4] == ["online"] * 4
+    assert [r["id"].rsplit(":", 1)[0] for r in l4] == ["online:stage_2"] * 2 + ["online:stage_4"] * 2
+    assert {r["prompt_id"] for r in l4[:2]} == set(shuffled[:2]) and {r["prompt_id"] for r in l4[2:]} == set(shuffled[2:])
+    assert json.loads((run / "stage_4" / "metrics.json").read_text())["dev_reward_accuracy"] == 0.5
+
+
+def test_online_config_problems(tmp_path):
+    from alignloop.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        LoopConfig(output=str(tmp_path), online=True, stages=[10]).validate()
+    msg = str(e.value)
+    assert "simulated: false" in msg and "at least 2 stages" in msg
+    # the HH pool has no gold answers: the reference judge cannot label its prompts (file:line:field)
+    assert "train.jsonl.gz:1: answer:" in msg
+    with pytest.raises(ConfigError) as e:  # an http judge needs no gold answers, but an endpoint
+        LoopConfig(output=str(tmp_path), simulated=False, online=True, stages=[1, 2], judge="http").validate()
+    assert "judge_base_url" in str(e.value) and "answer" not in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        LoopConfig(output=str(tmp_path), simulated=False, online=True, data="", stages=[1, 2]).validate()
+    assert "prompts: online rounds need prompts" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        LoopConfig(output=str(tmp_path), simulated=False, data="").validate()
+    assert "data: a pool" in str(e.value)
+
+
+def test_online_refuses_test_prompts_before_any_work(tiny_path, tmp_path):
+    from alignloop.config import ConfigError
+
+    cfg = _training_cfg(tiny_path, tmp_path, stages=[3, 5], methods=["dpo"], online=True)
+    cfg = cfg.replace(prompts=cfg.test_data).validate()
+    with pytest.raises(ConfigError) as e:
+        loop.run(cfg)
+    assert "3 of the prompts" in str(e.value) and not (tmp_path / "run" / "random").exists()
