@@ -373,15 +373,18 @@ class RewardTrainConfig(TrainOptions):
                                          "toward equal reward.")
     use_margin: bool = opt(True, "Use a margin / strength column when the data has one: loss -log σ(r_w - r_l - m).")
     margin_scale: float = opt(1.0, "Multiplier on the margin column.")
-    freeze_backbone: bool = opt(False, "Train only the head, on last-token features of the frozen backbone computed "
-                                "once (and cached): minutes instead of hours on a CPU.")
+    freeze_backbone: bool = opt(False, "Train only the head, on features of the frozen backbone computed once (and "
+                                "cached): minutes instead of hours on a CPU.")
+    pooling: Literal["last", "mean"] = opt("last", "Causal backbones: the head reads the answer's last token (as "
+                                           "transformers' ForSequenceClassification does) or the mean of the "
+                                           "answer's tokens (better with --freeze-backbone on HH, see docs/reward.md).")
     warm_start: bool = opt(False, "Fit the head on frozen-backbone features first, then fine-tune (full or --lora) "
                            "from there.")
-    head_epochs: int = opt(200, "Full-batch epochs of head training on frozen features (freeze_backbone / "
+    head_epochs: int = opt(200, "Most L-BFGS iterations of head training on frozen features (freeze_backbone / "
                            "warm_start).")
-    head_learning_rate: float = opt(3e-3, "Learning rate of head training on frozen features.")
-    head_weight_decay: float = opt(0.0, "L2 penalty on the head (frozen-feature training), in loss units: "
-                                   "loss + wd/2 |w|^2.")
+    head_learning_rate: float = opt(1.0, "First step size of the L-BFGS head fit on frozen features.")
+    head_weight_decay: float = opt(0.03, "L2 penalty on the head (frozen-feature training) on standardised "
+                                   "features, in loss units: loss + wd/2 |w|^2.")
     backbone_layers: Optional[int] = opt(None, "Keep only the first N transformer layers of a causal backbone. "
                                          "Default: all, except with --freeze-backbone and --dev-data, where the "
                                          "head is fit on every layer from a third of the depth up and the best on "

@@ -146,6 +146,65 @@ def test_shared_prefix_scores_equal_separate_forwards(tiny_rm):
     assert b.input_ids[1, len(g2):].eq(0).all()
 
 
+def test_mean_pooling_equals_mean_of_per_token_scores(tiny_rm):
+    """pooling="mean": raw = mean over the answer's tokens of score(last_hidden_state), from a plain forward of
+    prompt + answer; the per-layer features agree with the final layer's at the last layer."""
+    from alignloop.data.records import Prompt
+
+    g1 = tiny_rm.encode(Prompt([{"role": "user", "content": "How do I bake bread?"}]),
+                        ["Mix flour, water and yeast.", "No."], 0)
+    g2 = tiny_rm.encode(Prompt([{"role": "user", "content": "Hi"}]), ["Hello! How can I help?"], 1)
+    tiny_rm.info.pooling = "mean"
+    try:
+        with torch.no_grad():
+            want = []
+            for g in (g1, g2):
+                for a in g.answers:
+                    h = tiny_rm.model.model(input_ids=torch.tensor([g.prompt_ids + a])).last_hidden_state[0]
+                    want.append(tiny_rm.model.score(h[len(g.prompt_ids):]).mean(0))
+            want = torch.stack(want)
+            for rows in (None, len(g1)):
+                tiny_rm.row_tokens = rows
+                torch.testing.assert_close(tiny_rm.raw([g1, g2]), want, atol=1e-5, rtol=1e-5)
+            per_layer = tiny_rm.hidden([g1, g2], all_layers=True)
+            assert per_layer.shape[:2] == (3, len(tiny_rm.backbone.layers))
+            torch.testing.assert_close(per_layer[:, -1] @ tiny_rm.head.weight.T, want, atol=1e-5, rtol=1e-5)
+    finally:
+        tiny_rm.info.pooling = "last"
+
+
+def test_head_fit_matches_scikit_learn_logistic_regression():
+    """The frozen-feature head fit is an L2 logistic regression on standardised feature differences: the same
+    weights as scikit-learn's LogisticRegression(C, no intercept) on the pairs in both orientations, with
+    weight_decay = 1 / (2 C n_pairs)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from alignloop.models.heads import Group
+    from alignloop.train.reward import Unit, bootstrap_weights, fit_head
+
+    g = torch.Generator().manual_seed(0)
+    n, d, C = 40, 5, 0.5
+    true_w = torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0])
+    feats, units = [], []
+    for i in range(n):
+        a, b = torch.randn(2, d, generator=g) * torch.tensor([1.0, 10.0, 0.1, 1.0, 2.0])
+        win = float((a - b) @ true_w + torch.randn(1, generator=g)) > 0  # noisy labels
+        feats.append(torch.stack([a, b]))
+        units.append(Unit(Group([1], [[2], [3]], i), [0 if win else 1], [1 if win else 0], [1.0], [0.0], [False],
+                          [1, 1], 1))
+    head = torch.nn.Linear(d, 1, bias=False)
+    torch.nn.init.zeros_(head.weight)
+    m = fit_head(head, feats, units, bootstrap_weights(n, 1, 0), "skip", 500, 1.0, 1 / (2 * C * n), 0)
+    diff = np.stack([(f[u.better[0]] - f[u.worse[0]]).numpy() for f, u in zip(feats, units)]).astype(np.float64)
+    scale = np.sqrt((diff ** 2).mean(0))
+    x = np.concatenate([diff, -diff]) / scale
+    y = np.r_[np.ones(n), np.zeros(n)]
+    clf = LogisticRegression(C=C, fit_intercept=False, tol=1e-10, max_iter=10_000).fit(x, y)
+    np.testing.assert_allclose(head.weight.detach().numpy()[0], clf.coef_[0] / scale, rtol=2e-3, atol=1e-5)
+    assert 0 < m["head/train_loss"] < math.log(2)
+
+
 def test_head_init_scale():
     from alignloop.models.heads import init_scalar_head
 

