@@ -11,8 +11,11 @@ Stages (each writes a ``done`` marker; a second run skips finished stages and re
                  (and into "ai" labeler judgments in the feedback store, when that module is installed);
 6. ``reward``    a reward model on those preferences (when ``alignloop.train.reward`` is present);
 7. ``dpo``       a short DPO from the SFT model (when ``alignloop.train.dpo`` is present);
-8. ``final_eval`` the final model answers the same held-out questions;
-9. ``report``    the HTML report: base vs final side by side, correct / incorrect / refusal counts.
+8. ``grpo``      a short GRPO from the DPO model on the training questions, rewarded by the rule-based
+                 numeric-answer check (``alignloop.rewards:financebench_numeric``: does the answer contain the gold
+                 figure?), K answers per question, LoRA;
+9. ``final_eval`` the final model answers the same held-out questions;
+10. ``report``   the HTML report: base vs final side by side, correct / incorrect / refusal counts.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class DemoConfig(StageConfig):
     num_candidates: int = opt(2, "Answers sampled per training question for the judge.")
     dpo_steps: int = opt(20, "DPO optimizer steps (0 skips DPO).")
     reward_steps: int = opt(20, "Reward-model optimizer steps (0 skips the reward model).")
+    rl_steps: int = opt(4, "GRPO steps after DPO with the numeric-answer reward (0 skips GRPO).")
+    rl_generations: int = opt(4, "GRPO answers per question (the group its baseline is taken over).")
     max_new_tokens: int = opt(48, "Longest answer in tokens.")
     max_length: int = opt(512, "Longest training sequence in tokens.")
     batch_size: int = opt(4, "Training micro-batch.")
@@ -55,7 +60,8 @@ class DemoConfig(StageConfig):
 
     def check(self) -> list[str]:
         return positive(self, "context_chars", "sft_steps", "num_candidates", "max_new_tokens", "max_length",
-                        "batch_size", "limit") + positive(self, "dpo_steps", "reward_steps", allow_zero=True)
+                        "batch_size", "limit", "rl_generations") + \
+            positive(self, "dpo_steps", "reward_steps", "rl_steps", allow_zero=True)
 
 
 def log(msg: str) -> None:
@@ -242,6 +248,15 @@ def run(cfg: DemoConfig) -> Path:
         policy = dpo["result"]
     elif cfg.dpo_steps:
         log("dpo: skipped (alignloop.train.dpo is not installed in this version)")
+    if cfg.rl_steps:
+        start = policy
+        grpo = stage(out, "grpo", cfg, lambda f: str(alignloop.train(
+            "grpo", model=start, prompts=str(data_dir / "train.jsonl"), output=str(f), lora=True,
+            reward=["python:alignloop.rewards:financebench_numeric"], max_steps=cfg.rl_steps, batch_size=2,
+            num_generations=cfg.rl_generations, max_new_tokens=cfg.max_new_tokens, temperature=0.8,
+            learning_rate=2e-4, seed=cfg.seed)), key=start)
+        results["grpo"] = grpo
+        policy = grpo["result"]
     results["final_model"] = policy
     results["final_eval"] = stage(out, "final_eval", cfg,
                                   lambda f: qa_eval(cfg, policy, data_dir / "test.jsonl", f, "final"), key=policy)

@@ -83,16 +83,21 @@ def test_demo_on_tiny_reuses_finished_stages(tiny_path, tmp_path, capsys):
     from alignloop.demo import DemoConfig, run
 
     cfg = DemoConfig(model=str(tiny_path), output=str(tmp_path / "demo"), limit=8, sft_steps=1, num_candidates=2,
-                     max_new_tokens=3, context_chars=100, dpo_steps=0, reward_steps=0).validate()
+                     max_new_tokens=3, context_chars=100, dpo_steps=0, reward_steps=0, rl_steps=1,
+                     rl_generations=2).validate()
     report = run(cfg)
     html = report.read_text()
     assert "base grade" in html and "final grade" in html and "data:image/png;base64" in html
     first = {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "demo").glob("*/done")}
-    assert set(first) == {"data", "base_eval", "sft", "judge", "final_eval"}
+    assert set(first) == {"data", "base_eval", "sft", "judge", "grpo", "final_eval"}
+    grpo = json.loads((tmp_path / "demo" / "grpo" / "done").read_text())
+    assert grpo["key"] == json.loads((tmp_path / "demo" / "sft" / "done").read_text())["result"]  # GRPO from SFT
+    steps = [json.loads(ln) for ln in (tmp_path / "demo" / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if "objective/reward" in r] == [1]  # one GRPO step, numeric reward logged
     capsys.readouterr()
     run(cfg)
     err = capsys.readouterr().err
-    assert err.count("done before, reusing") == 5
+    assert err.count("done before, reusing") == 6
     assert {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "demo").glob("*/done")} == first
 
 

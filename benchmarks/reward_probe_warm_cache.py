@@ -1,0 +1,25 @@
+"""Put the probe's answer-mean features into alignloop's feature cache (the same forward, same model, data and
+settings, so `alignloop reward train --freeze-backbone --pooling mean --max-length 512` on train (and on dev)
+skips its ~17-minute forward). Units are matched by their token ids; a unit missing from the probe fails loudly.
+
+    PYTHONPATH=. python benchmarks/reward_probe_warm_cache.py
+"""
+
+import torch
+from alignloop.config import alignloop_home
+from alignloop.data.batching import cache_key, file_fingerprint, save_cached
+from alignloop.models.heads import build_reward_model
+from alignloop.train.reward import load_units
+rm = build_reward_model("smollm2-135m-instruct", max_length=512, pooling="mean")
+for split, policy in (("train", "left"), ("dev", "score"), ("dev", "left")):
+    path = f"data/hh-harmless/{split}.jsonl.gz"
+    units, _, _ = load_units(path, rm, 512, policy, None)
+    exp_units, _, _ = load_units(path, rm, 512, "score", None)
+    d = torch.load(f"/tmp/rw/{split}-512.pt")
+    key = lambda u: (tuple(u.group.prompt_ids), tuple(map(tuple, u.group.answers)))  # noqa: E731
+    by = {key(u): f for u, f in zip(exp_units, d["feats"])}
+    feats = [by[key(u)][:, :, 1].contiguous() for u in units]  # [n_ans, L, d] answer-mean states; KeyError if not same
+    parts = (["smollm2-135m-instruct", file_fingerprint(path), 512, "left", None, "fp32", True] if policy == "left"
+             else ["smollm2-135m-instruct", file_fingerprint(path), 512, "score", "fp32", True])
+    save_cached(cache_key("reward-features-3", True, "mean", *parts), alignloop_home() / "cache" / "features", feats)
+    print(split, len(feats), feats[0].shape)
