@@ -9,7 +9,7 @@ Stages (each writes a ``done`` marker; a second run skips finished stages and re
 4. ``sample``    the SFT model samples ``num_candidates`` answers per training question;
 5. ``judge``     the reference-guided judge (standing in for human labellers) turns them into preferences
                  (and into "ai" labeler judgments in the feedback store, when that module is installed);
-6. ``reward``    a reward model on those preferences (when ``alignloop.train.reward`` is present);
+6. ``reward``    a reward model on those preferences (frozen backbone, answer-mean pooling);
 7. ``dpo``       a short DPO from the SFT model (when ``alignloop.train.dpo`` is present);
 8. ``grpo``      a short GRPO from the DPO model on the training questions, rewarded by the rule-based
                  numeric-answer check (``alignloop.rewards:financebench_numeric``: does the answer contain the gold
@@ -44,12 +44,13 @@ class DemoConfig(StageConfig):
     output: str = opt("runs/demo", "Folder for every stage's output and the report.")
     data: str = opt(str(FINANCEBENCH), "FinanceBench-style questions (question, evidence/context, answer).")
     context_chars: int = opt(800, "Keep this many characters of each question's context (CPU time).")
-    sft_steps: int = opt(40, "SFT optimizer steps (LoRA).")
+    sft_steps: int = opt(20, "SFT optimizer steps (LoRA).")
     sft_learning_rate: float = opt(1e-3, "SFT learning rate (LoRA).")
     num_candidates: int = opt(2, "Answers sampled per training question for the judge.")
-    dpo_steps: int = opt(20, "DPO optimizer steps (0 skips DPO).")
-    reward_steps: int = opt(20, "Reward-model optimizer steps (0 skips the reward model).")
-    rl_steps: int = opt(4, "GRPO steps after DPO with the numeric-answer reward (0 skips GRPO).")
+    dpo_steps: int = opt(10, "DPO optimizer steps (0 skips DPO).")
+    reward_model: bool = opt(True, "Train a reward model on the judge's preferences: frozen backbone, answer-mean "
+                             "pooling (one forward pass, then an L2 logistic-regression head; minutes on a CPU).")
+    rl_steps: int = opt(3, "GRPO steps after DPO with the numeric-answer reward (0 skips GRPO).")
     rl_generations: int = opt(4, "GRPO answers per question (the group its baseline is taken over).")
     max_new_tokens: int = opt(48, "Longest answer in tokens.")
     max_length: int = opt(512, "Longest training sequence in tokens.")
@@ -61,7 +62,7 @@ class DemoConfig(StageConfig):
     def check(self) -> list[str]:
         return positive(self, "context_chars", "sft_steps", "num_candidates", "max_new_tokens", "max_length",
                         "batch_size", "limit", "rl_generations") + \
-            positive(self, "dpo_steps", "reward_steps", "rl_steps", allow_zero=True)
+            positive(self, "dpo_steps", "rl_steps", allow_zero=True)
 
 
 def log(msg: str) -> None:
@@ -127,7 +128,7 @@ def qa_eval(cfg: DemoConfig, model: str, data: Path, folder: Path, label: str) -
     from alignloop.evaluate.commands import answer, qa_items, score_qa, write_csv, write_json
 
     records = qa_items(str(data))
-    answers = [a[0] for a in answer(model, [r.prompt for r in records], cfg.max_new_tokens, 10_000, 0.0, 8,
+    answers = [a[0] for a in answer(model, [r.prompt for r in records], cfg.max_new_tokens, 10_000, 0.0, 16,
                                     seed=cfg.seed, desc=f"eval {label}")]
     rows, summary = score_qa(records, answers)
     write_csv(folder / "items.csv", rows)
@@ -146,7 +147,7 @@ def sample_and_judge(cfg: DemoConfig, model: str, data: Path, folder: Path) -> d
     from alignloop.judges.reference import ReferenceJudge
 
     return sample_and_label(model, qa_items(str(data)), folder, ReferenceJudge(), num_candidates=cfg.num_candidates,
-                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+                            max_new_tokens=cfg.max_new_tokens, batch_size=16, seed=cfg.seed)
 
 
 def report(cfg: DemoConfig, out: Path, results: dict[str, Any]) -> Path:
@@ -234,12 +235,11 @@ def run(cfg: DemoConfig) -> Path:
     results["judge"] = stage(out, "judge", cfg, lambda f: sample_and_judge(cfg, policy, data_dir / "train.jsonl", f))
     prefs = str(out / "judge" / "preferences.jsonl")
 
-    if cfg.reward_steps and has("alignloop.train.reward"):
+    if cfg.reward_model:
+        # the recipe that ranked best per CPU minute on HH (benchmarks/README.md): frozen features, mean pooling
         results["reward"] = stage(out, "reward", cfg, lambda f: str(alignloop.train(
-            "reward train", model=cfg.model, data=prefs, output=str(f), max_steps=cfg.reward_steps,
+            "reward train", model=cfg.model, data=prefs, output=str(f), freeze_backbone=True, pooling="mean",
             batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed)))
-    elif cfg.reward_steps:
-        log("reward: skipped (alignloop.train.reward is not installed in this version)")
     if cfg.dpo_steps and has("alignloop.train.dpo"):
         dpo = stage(out, "dpo", cfg, lambda f: str(alignloop.train(
             "dpo", model=policy, data=prefs, output=str(f), lora=True, max_steps=cfg.dpo_steps,

@@ -83,7 +83,7 @@ def test_demo_on_tiny_reuses_finished_stages(tiny_path, tmp_path, capsys):
     from alignloop.demo import DemoConfig, run
 
     cfg = DemoConfig(model=str(tiny_path), output=str(tmp_path / "demo"), limit=8, sft_steps=1, num_candidates=2,
-                     max_new_tokens=3, context_chars=100, dpo_steps=0, reward_steps=0, rl_steps=1,
+                     max_new_tokens=3, context_chars=100, dpo_steps=0, reward_model=False, rl_steps=1,
                      rl_generations=2).validate()
     report = run(cfg)
     html = report.read_text()
