@@ -20,8 +20,8 @@ Stages (each writes a ``done`` marker; a second run skips finished stages and re
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -50,7 +50,7 @@ class DemoConfig(StageConfig):
     dpo_steps: int = opt(10, "DPO optimizer steps (0 skips DPO).")
     reward_model: bool = opt(True, "Train a reward model on the judge's preferences: frozen backbone, answer-mean "
                              "pooling (one forward pass, then an L2 logistic-regression head; minutes on a CPU).")
-    rl_steps: int = opt(3, "GRPO steps after DPO with the numeric-answer reward (0 skips GRPO).")
+    rl_steps: int = opt(2, "GRPO steps after DPO with the numeric-answer reward (0 skips GRPO).")
     rl_generations: int = opt(4, "GRPO answers per question (the group its baseline is taken over).")
     max_new_tokens: int = opt(48, "Longest answer in tokens.")
     max_length: int = opt(512, "Longest training sequence in tokens.")
@@ -90,13 +90,6 @@ def stage(out: Path, name: str, cfg: DemoConfig, fn: Callable[[Path], Any], key:
     tmp.replace(marker)
     log(f"{name}: finished in {result['seconds']} s")
     return result
-
-
-def has(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def split_data(cfg: DemoConfig, folder: Path) -> dict[str, Any]:
@@ -147,7 +140,7 @@ def sample_and_judge(cfg: DemoConfig, model: str, data: Path, folder: Path) -> d
     from alignloop.judges.reference import ReferenceJudge
 
     return sample_and_label(model, qa_items(str(data)), folder, ReferenceJudge(), num_candidates=cfg.num_candidates,
-                            max_new_tokens=cfg.max_new_tokens, batch_size=16, seed=cfg.seed)
+                            max_new_tokens=cfg.max_new_tokens, batch_size=32, seed=cfg.seed)
 
 
 def report(cfg: DemoConfig, out: Path, results: dict[str, Any]) -> Path:
@@ -239,15 +232,23 @@ def run(cfg: DemoConfig) -> Path:
         # the recipe that ranked best per CPU minute on HH (benchmarks/README.md): frozen features, mean pooling
         results["reward"] = stage(out, "reward", cfg, lambda f: str(alignloop.train(
             "reward train", model=cfg.model, data=prefs, output=str(f), freeze_backbone=True, pooling="mean",
+            backbone_layers=15,
             batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed)))
-    if cfg.dpo_steps and has("alignloop.train.dpo"):
-        dpo = stage(out, "dpo", cfg, lambda f: str(alignloop.train(
-            "dpo", model=policy, data=prefs, output=str(f), lora=True, max_steps=cfg.dpo_steps,
-            batch_size=cfg.batch_size, learning_rate=5e-4, max_length=cfg.max_length, seed=cfg.seed)))
+    if cfg.dpo_steps:
+        def dpo_run(folder: Path) -> str:
+            # the pairs the short run will see, drawn at random (seeded) from all of them: DPO first scores every
+            # pair of its data with the reference model, so pairs it would never reach cost time for nothing
+            rows = [json.loads(line) for line in Path(prefs).read_text().splitlines() if line.strip()]
+            pick = sorted(random.Random(cfg.seed).sample(range(len(rows)), min(len(rows), cfg.dpo_steps * cfg.batch_size)))
+            from alignloop.data.readers import write_jsonl
+
+            data = write_jsonl(folder / "pairs.jsonl", [rows[i] for i in pick])
+            return str(alignloop.train("dpo", model=policy, data=str(data), output=str(folder), lora=True,
+                                       max_steps=cfg.dpo_steps, batch_size=cfg.batch_size, learning_rate=5e-4,
+                                       max_length=cfg.max_length, seed=cfg.seed))
+        dpo = stage(out, "dpo", cfg, dpo_run)
         results["dpo"] = dpo
         policy = dpo["result"]
-    elif cfg.dpo_steps:
-        log("dpo: skipped (alignloop.train.dpo is not installed in this version)")
     if cfg.rl_steps:
         start = policy
         grpo = stage(out, "grpo", cfg, lambda f: str(alignloop.train(

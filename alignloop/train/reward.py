@@ -401,13 +401,17 @@ def run_train(cfg: RewardTrainConfig) -> Path:
 
     # ---- 1. the head on frozen features (freeze_backbone, warm_start) -------------------------------
     if cfg.freeze_backbone or cfg.warm_start:
+        if cfg.backbone_layers and rm.info.backbone == "causal" and cfg.backbone_layers < len(rm.backbone.layers):
+            # the layer is given: cut the backbone first, so the feature forward runs through those layers only
+            rm.truncate_layers(cfg.backbone_layers)
+        cut = [len(rm.backbone.layers)] if rm.info.backbone == "causal" else []
         key = [str(cfg.model), file_fingerprint(cfg.data), cfg.max_length, cfg.truncation, cfg.limit, r.precision,
-               cfg.chat_template]
+               cfg.chat_template, *cut]
         feats_all = features(rm, units, key, autocast, cfg.batch_size, r.log)
         dev_all = None
         if dev is not None:
             dkey = [str(cfg.model), file_fingerprint(cfg.dev_data), cfg.max_length, "score", r.precision,
-                    cfg.chat_template]
+                    cfg.chat_template, *cut]
             dev_all = features(rm, dev, dkey, autocast, cfg.batch_size, r.log)
         train_feats, dev_feats = feats_all, dev_all
         if feats_all[0].dim() == 3:  # causal: choose how many layers to keep
