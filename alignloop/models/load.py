@@ -270,6 +270,20 @@ def add_lora(model: Any, r: int, alpha: int, dropout: float, targets: list[str])
     return get_peft_model(model, cfg)
 
 
+def load_trainable(cfg: Any) -> tuple[Any, Any]:
+    """(model, tokenizer) a trainer starts from: ``cfg.model`` loaded, dropout off, LoRA adapters with
+    ``cfg.lora``, gradient checkpointing with ``cfg.gradient_checkpointing`` (LoRA then needs input grads)."""
+    model, tok = load_causal_lm(cfg.model)
+    disable_dropout(model)
+    if cfg.lora:
+        model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        if cfg.lora:
+            model.enable_input_require_grads()
+    return model, tok
+
+
 def is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config")
 

@@ -538,21 +538,14 @@ def read_preferences_any(path: str, limit: int | None = None) -> list[Preference
 
 
 def run(cfg: DPOConfig) -> Path:
-    from alignloop.models.load import add_lora, disable_dropout, load_causal_lm, save_model
+    from alignloop.models.load import load_causal_lm, load_trainable, save_model
 
     r = engine.setup(cfg)
     if cfg.reference and not cfg.lora and cfg.reference != cfg.model:
         ref_model, _ = load_causal_lm(cfg.reference)
     else:
         ref_model = None
-    model, tok = load_causal_lm(cfg.model)
-    disable_dropout(model)
-    if cfg.lora:
-        model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        if cfg.lora:
-            model.enable_input_require_grads()
+    model, tok = load_trainable(cfg)
     model.to(r.device)
     pad = tok.pad_token_id
     budget = cfg.row_tokens or 2 * cfg.max_length

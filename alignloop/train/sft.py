@@ -35,7 +35,7 @@ from alignloop.data.records import PromptCompletion, TextRecord
 from alignloop.data.templates import encode_answer, encode_prompt
 from alignloop.errors import DataError
 from alignloop.losses import masked_token_nll
-from alignloop.models.load import add_lora, disable_dropout, load_causal_lm
+from alignloop.models.load import load_trainable
 from alignloop.train import engine
 
 
@@ -133,14 +133,7 @@ def evaluate(model: Any, run: engine.Run, examples: list[Example], completion_on
 
 def run(cfg: SFTConfig) -> Path:
     r = engine.setup(cfg)
-    model, tok = load_causal_lm(cfg.model)
-    disable_dropout(model)
-    if cfg.lora:
-        model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        if cfg.lora:
-            model.enable_input_require_grads()
+    model, tok = load_trainable(cfg)
 
     examples, report, n_rows = load_examples(cfg, tok, cfg.data, cfg.limit, r)
     r.log(f"data: {cfg.data}: {report.summary(n_rows)}")
