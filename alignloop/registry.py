@@ -480,18 +480,23 @@ def finish_run(run_id: str | None, cfg: Any, result: Any = None, error: BaseExce
             final = _final_folder(result, output)
             if final is None:
                 return None
-            model = ModelRow(id=new_id("m"), name=name or os.environ.get("ALIGNLOOP_MODEL_NAME") or
-                             f"{run.stage.replace(' ', '-')}-{output.resolve().name}",
-                             path=str(final.resolve()), stage=run.stage, run_id=run.id, parent_id=run.parent_model_id,
-                             base_model=run.base_model, metrics=metrics, created_at=utcnow())
-            s.add(model)
-            run.model_id = model.id
-            run_view, model_view = run_dict(run), model_dict(model)
+            run_view, model_view = _add_model(s, run, final, name or os.environ.get("ALIGNLOOP_MODEL_NAME"), output)
         write_model_card(final, model_view, run_view, reg)
         return model_view["id"]
     except Exception as exc:
         _warn(f"cannot finish the run record {run_id}: {exc.__class__.__name__}: {exc}")
         return None
+
+
+def _add_model(s: Any, run: RunRow, final: Path, name: str | None, output: Path) -> tuple[dict, dict]:
+    """The model row of a finished run (its metrics and parent are the run's; default name
+    ``<stage>-<output folder>``), linked to the run; returns the (run, model) views for the model card."""
+    model = ModelRow(id=new_id("m"), name=name or f"{run.stage.replace(' ', '-')}-{output.resolve().name}",
+                     path=str(final.resolve()), stage=run.stage, run_id=run.id, parent_id=run.parent_model_id,
+                     base_model=run.base_model, metrics=run.metrics, created_at=utcnow())
+    s.add(model)
+    run.model_id = model.id
+    return run_dict(run), model_dict(model)
 
 
 def record_run(cfg: Any, output: str | os.PathLike, metrics: dict | None = None, parent: str | None = None,
@@ -513,12 +518,7 @@ def record_run(cfg: Any, output: str | os.PathLike, metrics: dict | None = None,
             s.add(run)
             if final is None:
                 return None
-            model = ModelRow(id=new_id("m"), name=name or f"{run.stage.replace(' ', '-')}-{out.resolve().name}",
-                             path=str(final.resolve()), stage=run.stage, run_id=run.id, parent_id=parent,
-                             base_model=run.base_model, metrics=run.metrics, created_at=utcnow())
-            s.add(model)
-            run.model_id = model.id
-            run_view, model_view = run_dict(run), model_dict(model)
+            run_view, model_view = _add_model(s, run, final, name, out)
         write_model_card(final, model_view, run_view, reg)
         return model_view["id"]
     except Exception as exc:
