@@ -238,10 +238,10 @@ def run(cfg: DemoConfig) -> Path:
         def dpo_run(folder: Path) -> str:
             # the pairs the short run will see, drawn at random (seeded) from all of them: DPO first scores every
             # pair of its data with the reference model, so pairs it would never reach cost time for nothing
-            rows = [json.loads(line) for line in Path(prefs).read_text().splitlines() if line.strip()]
-            pick = sorted(random.Random(cfg.seed).sample(range(len(rows)), min(len(rows), cfg.dpo_steps * cfg.batch_size)))
-            from alignloop.data.readers import write_jsonl
+            from alignloop.data.readers import read_rows, write_jsonl
 
+            rows = [row for _, row in read_rows(prefs)]
+            pick = sorted(random.Random(cfg.seed).sample(range(len(rows)), min(len(rows), cfg.dpo_steps * cfg.batch_size)))
             data = write_jsonl(folder / "pairs.jsonl", [rows[i] for i in pick])
             return str(alignloop.train("dpo", model=policy, data=str(data), output=str(folder), lora=True,
                                        max_steps=cfg.dpo_steps, batch_size=cfg.batch_size, learning_rate=5e-4,
