@@ -4,8 +4,8 @@
 SPEC                       reward
 =========================  ===============================================================================
 ``rm:DIR``                 a reward model from ``alignloop reward train`` (any folder that
-                           ``AutoModelForSequenceClassification`` loads with one label; score at the last
-                           token), normalised with the offset/scale in ``DIR/alignloop_reward.json`` (an ensemble:
+                           ``AutoModelForSequenceClassification`` loads; score at the last token, or averaged
+                           over the answer's tokens when the folder says ``"pooling": "mean"``), normalised with the offset/scale in ``DIR/alignloop_reward.json`` (an ensemble:
                            the mean over heads)
 ``python:module:function`` ``function(prompt, completion, **row) -> float`` from an importable module
 ``python:path.py:function`` the same from a file
@@ -105,6 +105,17 @@ def reward_specs(reward: Sequence[str], reward_model: str | None = None) -> list
 # --------------------------------------------------------------------------------------------------
 
 
+def rm_pooling(folder: str | Path) -> str:
+    """Where the folder's reward is read: ``"last"`` (the last token, as ``AutoModelForSequenceClassification``
+    reads it) or ``"mean"`` (the score head averaged over the answer's tokens: ``alignloop reward train --pooling
+    mean``), from ``alignloop_reward.json``; ``"last"`` when the file or the key is absent."""
+    p = Path(folder) / RM_NORMALISATION
+    pooling = json.loads(p.read_text()).get("pooling", "last") if p.exists() else "last"
+    if pooling not in ("last", "mean"):
+        raise ValueError(f"{p}: pooling: '{pooling}' is not one of last, mean")
+    return str(pooling)
+
+
 def rm_normalisation(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-head (offset, scale) from ``alignloop_reward.json``: reward = mean over heads of (raw − offset) / scale
     (the reward-model stage's contract); (0, 1) if the file is absent. ``mean``/``std`` keys are accepted too."""
@@ -142,6 +153,7 @@ class RewardModelSource:
         self.model.eval().requires_grad_(False)
         self.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.offset, self.scale = rm_normalisation(where)
+        self.pooling = rm_pooling(where)
         self.folder = str(where)
         self.name = f"rm:{Path(folder).name}"
         self.batch_size = batch_size
@@ -152,23 +164,39 @@ class RewardModelSource:
         return encode_prompt(self.tokenizer, prompt) + encode_answer(self.tokenizer, completion, add_eos=ended)
 
     @torch.no_grad()
-    def raw_scores(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Unnormalised scores ``[n, heads]`` of token sequences, right-padded (transformers reads the last
-        non-pad token)."""
-        from alignloop.rollout import pad_responses
+    def raw_scores(self, seqs: Sequence[Sequence[int]], answer_lengths: Sequence[int] | None = None) -> torch.Tensor:
+        """Unnormalised scores ``[n, heads]`` of token sequences, right-padded: the score head at the last token
+        (as transformers reads it), or, for a ``pooling: mean`` folder, the head averaged over each sequence's
+        last ``answer_lengths[i]`` tokens (the answer, as the reward model was trained)."""
+        from alignloop.rollout import critic_parts, pad_responses
 
+        if self.pooling == "mean" and answer_lengths is None:
+            raise ValueError(f"{self.name}: a mean-pooled reward model needs the answers' lengths")
         device = next(self.model.parameters()).device
         out = []
         for s in range(0, len(seqs), self.batch_size):
             chunk = seqs[s:s + self.batch_size]
             ids, mask = pad_responses(chunk, self.tokenizer.pad_token_id, device)
-            logits = self.model(input_ids=ids, attention_mask=mask.long()).logits
-            out.append(logits.float().cpu())
+            if self.pooling == "last":
+                out.append(self.model(input_ids=ids, attention_mask=mask.long()).logits.float().cpu())
+                continue
+            backbone, head = critic_parts(self.model)
+            per_token = head(backbone(input_ids=ids, attention_mask=mask.long()).last_hidden_state).float()
+            ends = mask.sum(1)
+            starts = ends - torch.tensor(answer_lengths[s:s + self.batch_size], device=device)  # type: ignore[index]
+            cols = torch.arange(ids.shape[1], device=device)
+            answer = ((cols >= starts[:, None]) & (cols < ends[:, None])).float()
+            out.append(((per_token * answer[..., None]).sum(1) / answer.sum(1, keepdim=True)).cpu())
         return torch.cat(out)
 
     def score(self, prompts: Sequence[Prompt], completions: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[float]:
-        seqs = [self.encode(p, c, bool(r.get("ended", True))) for p, c, r in zip(prompts, completions, rows)]
-        return ((self.raw_scores(seqs) - self.offset) / self.scale).mean(-1).tolist()
+        from alignloop.data.templates import encode_answer, encode_prompt
+
+        prompt_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
+        answer_ids = [encode_answer(self.tokenizer, c, add_eos=bool(r.get("ended", True)))
+                      for c, r in zip(completions, rows)]
+        raw = self.raw_scores([p + a for p, a in zip(prompt_ids, answer_ids)], [len(a) for a in answer_ids])
+        return ((raw - self.offset) / self.scale).mean(-1).tolist()
 
 
 # --------------------------------------------------------------------------------------------------

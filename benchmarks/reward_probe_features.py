@@ -1,7 +1,7 @@
 """Reward-model probe, step 1: per-layer features of the frozen default backbone for the HH train/dev/test splits.
 
 For every answer: each layer's output through the final norm, at the answer's last token and meaned over the
-answer's tokens ([n_answers, 30 layers, 2, 576], float16), one fp32 forward pass (prefix-shared packed rows, as
+answer's tokens ([n_answers, 30 layers, 2, 576], float16), and the answer's own log-likelihood (sum, mean), one fp32 forward pass (prefix-shared packed rows, as
 alignloop scores). Written to /tmp/rw/{split}-{max_length}.pt for reward_probe_fit.py.
 
     PYTHONPATH=. python benchmarks/reward_probe_features.py 512      # ~18 min on the 2-core AVX2 CPU
@@ -20,6 +20,7 @@ for split in ["dev", "test", "train"]:
     print(split, len(units), rep.summary(n), flush=True)
     order = token_budget_batches([len(u.group) for u in units], 16, 4096)
     out = [None] * len(units)
+    lp = [None] * len(units)
     t0 = time.time(); ntok = 0
     with torch.no_grad():
         for bi, idx in enumerate(order):
@@ -33,6 +34,18 @@ for split in ["dev", "test", "train"]:
             lens = [len(a) for g in groups for a in g.answers]
             last = b.last.tolist()
             per = []
+            # answer log-likelihood under the model itself (tokens 2..n of each answer, predicted from inside the
+            # answer: in the prefix-shared layout the token before answer 2's first token is answer 1's last)
+            ids = b.input_ids.reshape(-1)
+            hf = bb.norm(taken[-1]).float().reshape(-1, taken[-1].shape[-1])
+            lps = []
+            for l, n in zip(last, lens):
+                if n < 2:
+                    lps.append(torch.zeros(2)); continue
+                logits = hf[l - n + 1:l] @ bb.embed_tokens.weight.float().T
+                tok = torch.log_softmax(logits, -1).gather(1, ids[l - n + 2:l + 1, None])[:, 0]
+                lps.append(torch.stack([tok.sum(), tok.mean()]))
+            lps = torch.stack(lps)
             for h in taken:
                 h = bb.norm(h).float().reshape(-1, h.shape[-1])
                 lt = h[b.last]
@@ -42,9 +55,9 @@ for split in ["dev", "test", "train"]:
             k = 0
             for i in idx:
                 na = len(units[i].group.answers)
-                out[i] = feats[k:k + na]; k += na
+                out[i] = feats[k:k + na]; lp[i] = lps[k:k + na]; k += na
             ntok += b.input_ids.numel()
             if bi % 20 == 0: print(split, bi, len(order), f"{time.time()-t0:.0f}s", f"{ntok/(time.time()-t0):.0f} tok/s", flush=True)
     meta = [(u.better, u.worse, u.answer_chars, u.tie) for u in units]
-    torch.save({"feats": out, "meta": meta}, f"/tmp/rw/{split}-{ML}.pt")
+    torch.save({"feats": out, "logp": lp, "meta": meta}, f"/tmp/rw/{split}-{ML}.pt")
     print(split, "done", time.time() - t0, flush=True)

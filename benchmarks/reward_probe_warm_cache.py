@@ -19,7 +19,8 @@ for split, policy in (("train", "left"), ("dev", "score"), ("dev", "left")):
     key = lambda u: (tuple(u.group.prompt_ids), tuple(map(tuple, u.group.answers)))  # noqa: E731
     by = {key(u): f for u, f in zip(exp_units, d["feats"])}
     feats = [by[key(u)][:, :, 1].contiguous() for u in units]  # [n_ans, L, d] answer-mean states; KeyError if not same
-    parts = (["smollm2-135m-instruct", file_fingerprint(path), 512, "left", None, "fp32", True] if policy == "left"
-             else ["smollm2-135m-instruct", file_fingerprint(path), 512, "score", "fp32", True])
+    # the same key parts as alignloop.train.reward.run (..., precision, chat_template, layers the backbone keeps)
+    parts = (["smollm2-135m-instruct", file_fingerprint(path), 512, "left", None, "fp32", True, 30] if policy == "left"
+             else ["smollm2-135m-instruct", file_fingerprint(path), 512, "score", "fp32", True, 30])
     save_cached(cache_key("reward-features-3", True, "mean", *parts), alignloop_home() / "cache" / "features", feats)
     print(split, len(feats), feats[0].shape)

@@ -1,6 +1,6 @@
 """Fixed FinanceBench split for the RL benchmarks: a question is held out when sha256(financebench_id) % 100 < 30.
 
-Only questions whose gold answer holds a number (``alignloop.evaluate.qa.target_numbers``) are kept: the numeric
+Only questions whose gold answer holds a number (``alignloop.evaluate.qa.extract_numbers``) are kept: the numeric
 reward cannot judge the others. Writes ``train.jsonl`` and ``heldout.jsonl`` (the original rows) to a folder.
 
     python benchmarks/rl_financebench_split.py OUT_DIR
@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from alignloop.evaluate.qa import target_numbers
+from alignloop.evaluate.qa import extract_numbers
 
 SOURCE = Path(__file__).resolve().parents[1] / "data" / "financebench" / "questions.jsonl"
 
@@ -24,7 +24,7 @@ def held_out(financebench_id: str) -> bool:
 
 def main(out: str) -> dict[str, int]:
     rows = [json.loads(ln) for ln in SOURCE.read_text().splitlines() if ln.strip()]
-    rows = [r for r in rows if target_numbers(r["answer"])]
+    rows = [r for r in rows if extract_numbers(r["answer"])]
     parts = {"train": [r for r in rows if not held_out(r["financebench_id"])],
              "heldout": [r for r in rows if held_out(r["financebench_id"])]}
     folder = Path(out)

@@ -410,4 +410,37 @@ def test_critic_starts_from_the_reward_model(tiny_rm):
     critic = build_critic(cfg, Rewards.from_specs(reward_specs([], str(tiny_rm))), SimpleNamespace(device="cpu"))
     rm = AutoModelForSequenceClassification.from_pretrained(str(tiny_rm))
     assert torch.allclose(critic.score.weight, rm.score.weight / 2.0)  # scale 2.0 in alignloop_reward.json
+    assert critic.score.bias.tolist() == [-0.25]  # −offset / scale = −0.5 / 2.0: V is on the reward's scale
     assert torch.equal(critic.model.layers[0].mlp.up_proj.weight, rm.model.layers[0].mlp.up_proj.weight)
+    # V at the last answer token's output (what the critic reads there) is the normalised reward of the answer
+    from alignloop.data.records import Prompt
+    from alignloop.rewards import RewardModelSource
+    from alignloop.rollout import sequence_values
+
+    src = RewardModelSource(str(tiny_rm))
+    p = Prompt([{"role": "user", "content": "Hi there"}])
+    ids = src.encode(p, "Hello!")
+    with torch.no_grad():
+        v = sequence_values(critic, [ids[:-1]], [ids[-1:] + [src.tokenizer.pad_token_id]])  # V after the last token
+    assert v[0, 1].item() == pytest.approx(src.score([p], ["Hello!"], [{}])[0], abs=1e-5)
+
+
+def test_rm_source_reads_a_mean_pooled_reward_model_as_reward_score_does(tmp_path):
+    """A ``--pooling mean`` folder: the RL reward is the answer-token mean of the head, normalised, exactly what
+    ``alignloop reward score`` gives for the same text, not the last token that transformers reads."""
+    from alignloop.data.records import Prompt
+    from alignloop.models.heads import build_reward_model, load_reward_model, save_reward_model
+    from alignloop.rewards import RewardModelSource
+
+    rm = build_reward_model("tiny", seed=3, max_length=128, pooling="mean")
+    rm.info.offset, rm.info.scale = 0.3, 1.7
+    save_reward_model(rm, tmp_path / "rm")
+    src = RewardModelSource(str(tmp_path / "rm"))
+    assert src.pooling == "mean"
+    prompts = [Prompt([{"role": "user", "content": "How do I bake bread?"}]), Prompt([{"role": "user", "content": "Hi"}])]
+    answers = ["Mix flour, water and yeast, then wait.", "Hello!"]
+    got = src.score(prompts, answers, [{}, {}])
+    want = load_reward_model(tmp_path / "rm").score(prompts, answers)
+    assert got == pytest.approx(want, abs=1e-5)
+    last = ((src.model(torch.tensor([src.encode(prompts[0], answers[0])])).logits[0, 0] - 0.3) / 1.7).item()
+    assert abs(got[0] - last) > 1e-3  # the last token alone gives another number

@@ -78,12 +78,16 @@ def build_critic(cfg: PPOConfig, rewards: Rewards, run: engine.Run) -> Any:
                                                                 **({} if rms else {"num_labels": 1}))
     head = rl_head(critic)
     if rms:
-        # V starts as the reward model's *normalised* score (mean over ensemble heads of W_h / scale_h; the
-        # offset is a constant the critic learns away), so value and reward are on one scale from step 1
+        # V starts as the reward model's *normalised* score, offset included: the mean over ensemble heads of
+        # (W_h·h − offset_h) / scale_h, so value and reward are on one scale from step 1. (Without the offset the
+        # values sat offset/scale above the rewards, and the last token of every answer, the stop token of the
+        # ended ones, got a large negative advantage: PPO learned to stop ending its answers.)
         w = (head.weight.detach().float() / rms[0].scale.view(-1, 1)).mean(0, keepdim=True)
+        bias = -(rms[0].offset / rms[0].scale).mean().reshape(1)
         name = "score" if hasattr(critic, "score") else "classifier"
-        setattr(critic, name, torch.nn.Linear(w.shape[1], 1, bias=False))
+        setattr(critic, name, torch.nn.Linear(w.shape[1], 1, bias=True))
         getattr(critic, name).weight.data.copy_(w)
+        getattr(critic, name).bias.data.copy_(bias)
         critic.config.num_labels = 1
     else:
         torch.nn.init.zeros_(head.weight)
