@@ -5,8 +5,8 @@ SPEC                       reward
 =========================  ===============================================================================
 ``rm:DIR``                 a reward model from ``alignloop reward train`` (any folder that
                            ``AutoModelForSequenceClassification`` loads; score at the last token, or averaged
-                           over the answer's tokens when the folder says ``"pooling": "mean"``), normalised with the offset/scale in ``DIR/alignloop_reward.json`` (an ensemble:
-                           the mean over heads)
+                           over the answer's tokens when the folder says ``"pooling": "mean"``), normalised with
+                           the offset/scale in ``DIR/alignloop_reward.json`` (an ensemble: the mean over heads)
 ``python:module:function`` ``function(prompt, completion, **row) -> float`` from an importable module
 ``python:path.py:function`` the same from a file
 =========================  ===============================================================================
