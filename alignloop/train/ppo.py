@@ -81,7 +81,7 @@ def build_critic(cfg: PPOConfig, rewards: Rewards, run: engine.Run) -> Any:
         # V starts as the reward model's *normalised* score, offset included: the mean over ensemble heads of
         # (W_h·h − offset_h) / scale_h, so value and reward are on one scale from step 1. (Without the offset the
         # values sat offset/scale above the rewards, and the last token of every answer, the stop token of the
-        # ended ones, got a large negative advantage: PPO learned to stop ending its answers.)
+        # ended ones, got a large negative advantage: a push against ending answers.)
         w = (head.weight.detach().float() / rms[0].scale.view(-1, 1)).mean(0, keepdim=True)
         bias = -(rms[0].offset / rms[0].scale).mean().reshape(1)
         name = "score" if hasattr(critic, "score") else "classifier"
