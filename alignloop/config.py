@@ -285,6 +285,8 @@ class TrainOptions(ModelOptions):
         "(counted and reported), or stop with an error.")
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward (saves memory, costs ~1/3 more compute).")
     save_every: int = opt(0, "Save a resumable checkpoint every N steps (0: only at the end).")
+    keep_checkpoints: int = opt(2, "How many of the newest checkpoints to keep in OUTPUT/checkpoints (0: all, "
+                                "e.g. to evaluate every saved step afterwards).")
     eval_every: int = opt(0, "Evaluate on dev_data every N steps (0: only at the end).")
     log_every: int = opt(1, "Write metrics every N steps.")
     resume: bool = opt(False, "Continue from the last checkpoint in --output.")
@@ -301,7 +303,7 @@ class TrainOptions(ModelOptions):
         p += existing_file(self, "data", "dev_data")
         p += positive(self, "batch_size", "grad_accum", "max_length", "max_steps", "num_epochs", "limit")
         p += positive(self, "learning_rate")
-        p += positive(self, "warmup_steps", "save_every", "eval_every", "max_grad_norm", "weight_decay", allow_zero=True)
+        p += positive(self, "warmup_steps", "save_every", "keep_checkpoints", "eval_every", "max_grad_norm", "weight_decay", allow_zero=True)
         p += positive(self, "log_every")
         return p
 
@@ -541,7 +543,9 @@ class RLOptions(TrainOptions):
     kl_estimator: Literal["k1", "k3"] = opt("k1", "Per-token KL estimator: k1 = log π − log π_ref, k3 = "
                                             "(π_ref/π − 1) − log(π_ref/π) (always ≥ 0).")
     missing_eos_penalty: float = opt(0.0, "Subtracted from the score of answers that never emit EOS.")
-    kl_budget: Optional[float] = opt(None, "Stop the run when the mean sequence KL (nats) exceeds this.")
+    kl_budget: Optional[float] = opt(None, "Stop the run when the mean sequence KL (nats) exceeds this: the held-out "
+                                     "KL on a step that evaluates dev_data, otherwise the mean over the last "
+                                     "4 training batches (one batch's KL is too noisy to stop on).")
     generation_batch_size: int = opt(32, "Sequences sampled together.")
     backend: Literal["transformers", "vllm"] = opt("transformers", "Sampling backend (vllm: GPU, when installed).")
     reference_device: Optional[str] = opt(None, "Put the frozen reference model on this device (e.g. cuda:1, cpu) so "

@@ -397,6 +397,20 @@ def test_ppo_function_reward_adaptive_kl_and_kl_budget_stop(tmp_path, prompts_fi
     assert rows[0]["value/mean"] == 0.0  # a function reward only: the critic starts from a zero head
 
 
+def test_kl_budget_stops_on_the_mean_of_recent_batches_or_the_held_out_kl():
+    from alignloop.train.rl import kl_over_budget
+
+    assert kl_over_budget(None, [50.0], None) is None
+    # one noisy batch over the budget does not stop the run: (1 + 2 + 3 + 10.9) / 4 = 4.225
+    assert kl_over_budget(8.0, [0.5, 1.0, 2.0, 3.0, 10.9], None) is None
+    # only the last 4 count: (9 + 9 + 9 + 9) / 4 = 9 > 8
+    assert kl_over_budget(8.0, [0.0, 9.0, 9.0, 9.0, 9.0], None) == \
+        "sequence KL (mean of the last 4 batches) 9.00 > kl_budget 8.0"
+    # a step that evaluated stops on the held-out KL, whatever the batches say
+    assert kl_over_budget(8.0, [20.0], 5.7) is None
+    assert kl_over_budget(8.0, [0.0], 8.5) == "held-out sequence KL 8.50 > kl_budget 8.0"
+
+
 def test_critic_starts_from_the_reward_model(tiny_rm):
     from types import SimpleNamespace
 

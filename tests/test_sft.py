@@ -138,3 +138,12 @@ def test_a_fresh_run_into_a_used_folder_keeps_the_old_checkpoints_aside(tmp_path
     assert engine.latest_checkpoint(out).name == "step-0000002"
     assert len(list(out.glob("checkpoints.previous-*"))) == 1
     assert len(_losses(out / "metrics.jsonl")) == 2  # the metrics log starts over too
+
+
+@pytest.mark.parametrize("keep, expected", [(None, ["step-0000003", "step-0000004"]),
+                                            (1, ["step-0000004"]),
+                                            (0, ["step-0000001", "step-0000002", "step-0000003", "step-0000004"])])
+def test_keep_checkpoints_rotates_old_ones_or_keeps_all(tmp_path, sft_file, keep, expected):
+    extra = {} if keep is None else {"keep_checkpoints": keep}
+    sft.run(_cfg(tmp_path, sft_file, max_steps=4, save_every=1, **extra))
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == expected

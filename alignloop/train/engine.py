@@ -325,8 +325,9 @@ def _optimizer_state(run: Run, model: Any, optimizer: Any) -> dict[str, Any]:
 
 
 def save_checkpoint(run: Run, step: int, model: Any, optimizer: Any, scheduler: Any,
-                    state: dict[str, Any] | None = None, keep: int = 2) -> Path | None:
-    """Write ``checkpoints/step-N`` atomically; keep the newest ``keep``. Only the main process writes
+                    state: dict[str, Any] | None = None, keep: int | None = None) -> Path | None:
+    """Write ``checkpoints/step-N`` atomically; keep the newest ``keep`` (default: the run's
+    ``keep_checkpoints``, 2 when it has none; 0 keeps all). Only the main process writes
     (under FSDP/ZeRO-3 every rank first joins in gathering the weights)."""
     from safetensors.torch import save_file
 
@@ -352,8 +353,9 @@ def save_checkpoint(run: Run, step: int, model: Any, optimizer: Any, scheduler: 
             shutil.rmtree(stale, ignore_errors=True)
         else:
             os.replace(tmp, folder)
+        keep = getattr(run.cfg, "keep_checkpoints", 2) if keep is None else keep
         old = sorted(p for p in folder.parent.glob("step-*") if not p.name.endswith(".tmp"))
-        for p in old[:-keep]:
+        for p in old[:-keep] if keep else []:
             shutil.rmtree(p, ignore_errors=True)
     run.accelerator.wait_for_everyone()
     return folder

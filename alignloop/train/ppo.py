@@ -144,6 +144,7 @@ def run(cfg: PPOConfig) -> Path:
             raise TrainingError(f"{len(items)} prompts cannot fill batch_size x processes = "
                                 f"{cfg.batch_size} x {r.world}; lower --batch-size")
         engine.seed_everything(engine.rank_seed(r, cfg.seed + start))
+    recent_kl: list[float] = []  # training-batch KLs, for the --kl-budget stop
     bar = engine.progress(r, total, initial=start, desc="ppo")
     step = start
     for step in range(start + 1, total + 1):
@@ -231,7 +232,7 @@ def run(cfg: PPOConfig) -> Path:
         values = r.reduce_mean(values)  # every process logs/uses the means over all processes
         kl_ctl.update(values["objective/kl"], len(ro.response_ids) * r.world)
         if rl.finish_step(r, cfg, step, total, values, bar, policy=policy, ref=ref, tok=tok, rewards=rewards,
-                          dev=dev, batch=batch, rollout=ro, scores=scores, k=k):
+                          dev=dev, batch=batch, rollout=ro, scores=scores, k=k, recent_kl=recent_kl):
             break
         if cfg.save_every and step % cfg.save_every == 0 and step != total:
             engine.save_checkpoint(r, step, both, optimizer, scheduler, {"kl_coef": kl_ctl.value})
