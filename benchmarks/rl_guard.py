@@ -10,6 +10,9 @@ Reports, before → after, with 95% bootstrap intervals (2,000 resamples of the 
   the starting model and the run's final model, counted by a refusal-phrase regex.
 
     python benchmarks/rl_guard.py runs/ppo --second-rm runs/rm-dev --refusal-prompts data/financebench/questions.jsonl
+
+``--after-step N --after-model DIR`` compare step 0 with an earlier evaluation than the last one (e.g. the last
+checkpoint under a KL budget, exported to DIR by resuming a copy of the run with ``--max-steps N``).
 """
 
 from __future__ import annotations
@@ -46,13 +49,16 @@ def main() -> None:
     ap.add_argument("--refusal-prompts")
     ap.add_argument("--refusal-n", type=int, default=40)
     ap.add_argument("--base-model", default="smollm2-135m-instruct")
+    ap.add_argument("--after-step", type=int, help="compare with eval/step-N.jsonl (default: the last evaluation)")
+    ap.add_argument("--after-model", help="the model whose refusals count as 'after' (default: RUN/final)")
     args = ap.parse_args()
 
     from alignloop.data.records import Prompt
 
     evals = sorted((Path(args.run) / "eval").glob("step-*.jsonl"))
-    before, after = ([json.loads(ln) for ln in p.read_text().splitlines()] for p in (evals[0], evals[-1]))
-    out: dict = {"before_file": str(evals[0]), "after_file": str(evals[-1])}
+    last = evals[-1] if args.after_step is None else Path(args.run) / "eval" / f"step-{args.after_step:07d}.jsonl"
+    before, after = ([json.loads(ln) for ln in p.read_text().splitlines()] for p in (evals[0], last))
+    out: dict = {"before_file": str(evals[0]), "after_file": str(last)}
     rb, ra = [r["reward"] for r in before], [r["reward"] for r in after]
     std0 = (sum((v - sum(rb) / len(rb)) ** 2 for v in rb) / (len(rb) - 1)) ** 0.5
     out["reward_before"], out["reward_after"] = bootstrap(rb), bootstrap(ra)
@@ -84,7 +90,7 @@ def main() -> None:
         from alignloop.models.load import load_model
 
         prompts = [r.prompt for r in read_records(args.refusal_prompts, kind="prompt", limit=args.refusal_n)]
-        for name, model in (("before", args.base_model), ("after", str(Path(args.run) / "final"))):
+        for name, model in (("before", args.base_model), ("after", args.after_model or str(Path(args.run) / "final"))):
             m = load_model(model)
             answers = [a[0] for a in m.generate(prompts, 1, max_new_tokens=64, temperature=0.0)]
             out[f"refusal_rate_{name}"] = sum(bool(REFUSAL.search(a)) for a in answers) / len(answers)
