@@ -272,11 +272,15 @@ def plot_reward_vs_kl(metrics_path: Path, out: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(5, 4))
     if train:
-        ax.plot([t[0] for t in train], [t[1] for t in train], ".-", alpha=0.6, label="rollouts")
+        # one batch is noisy: its points, and a running mean over 5 steps as the curve
+        ax.plot([t[0] for t in train], [t[1] for t in train], ".", alpha=0.35, color="C0", label="rollout batches")
+        w = min(5, len(train))
+        smooth = [[sum(v) / w for v in zip(*train[i:i + w])] for i in range(len(train) - w + 1)]
+        ax.plot([t[0] for t in smooth], [t[1] for t in smooth], "-", color="C0", label=f"rollouts, mean of {w} steps")
     if ev:
         ax.plot([t[0] for t in ev], [t[1] for t in ev], "o-", color="C3", label="held-out prompts")
     ax.set_xlabel("sequence KL to the reference (nats)")
-    ax.set_ylabel("reward")
+    ax.set_ylabel("reward (rollouts: minus any missing-EOS penalty)")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
