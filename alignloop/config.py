@@ -303,7 +303,8 @@ class TrainOptions(ModelOptions):
         p += existing_file(self, "data", "dev_data")
         p += positive(self, "batch_size", "grad_accum", "max_length", "max_steps", "num_epochs", "limit")
         p += positive(self, "learning_rate")
-        p += positive(self, "warmup_steps", "save_every", "keep_checkpoints", "eval_every", "max_grad_norm", "weight_decay", allow_zero=True)
+        p += positive(self, "warmup_steps", "save_every", "keep_checkpoints", "eval_every", "max_grad_norm",
+                      "weight_decay", allow_zero=True)
         p += positive(self, "log_every")
         return p
 
