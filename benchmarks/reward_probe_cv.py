@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
+from reward_probe_common import boot, fit
 from sklearn.model_selection import GroupKFold
 
 ML = sys.argv[1] if len(sys.argv) > 1 else "512"
@@ -31,21 +31,6 @@ def load(split):
             L.append(np.log1p(ch[b]) - np.log1p(ch[w]))
             G.append(g)
     return np.stack(X), np.stack(LP), np.array(L)[:, None], np.array(G)
-
-
-def boot(h, seed=0):
-    rng = np.random.default_rng(seed)
-    h = np.asarray(h, float)
-    m = h[rng.integers(0, len(h), (1000, len(h)))].mean(1)
-    return np.quantile(m, [.025, .975]).round(3)
-
-
-def fit(X, C):
-    Xs = np.concatenate([X, -X])
-    y = np.r_[np.ones(len(X)), np.zeros(len(X))]
-    sd = Xs.std(0) + 1e-6
-    clf = LogisticRegression(C=C, fit_intercept=False, max_iter=3000).fit(Xs / sd, y)
-    return clf.coef_[0] / sd
 
 
 tr, trlp, trl, trg = load("train")

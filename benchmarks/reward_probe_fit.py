@@ -6,6 +6,7 @@ interval (1,000 resamples, seed 0). Choose on dev only.
 """
 import sys, torch, numpy as np
 from sklearn.linear_model import LogisticRegression
+from reward_probe_common import boot
 ML = sys.argv[1] if len(sys.argv) > 1 else "512"
 def load(split):
     d = torch.load(f"/tmp/rw/{split}-{ML}.pt")
@@ -17,9 +18,6 @@ def load(split):
     return np.stack(X), np.array(L)
 tr, trl = load("train"); dv, dvl = load("dev"); te, tel = load("test")
 print(tr.shape, dv.shape, te.shape)
-def boot(h, seed=0):
-    rng = np.random.default_rng(seed); h = np.asarray(h, float)
-    m = h[rng.integers(0, len(h), (1000, len(h)))].mean(1); return np.quantile(m, [.025, .975]).round(3)
 def run(sel, C, name):
     Xtr = sel(tr); Xtr = np.concatenate([Xtr, -Xtr]); y = np.r_[np.ones(len(tr)), np.zeros(len(tr))]
     sd = Xtr.std(0) + 1e-6

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
+from reward_probe_common import boot, fit
 from sklearn.model_selection import GroupKFold
 
 ML = sys.argv[1] if len(sys.argv) > 1 else "512"
@@ -28,20 +28,6 @@ def load(split):
                 X.append((f[b, LAYERS].float() - f[w, LAYERS].float()).numpy())  # [layers, 2, d]
                 G.append(g)
     return np.stack(X), np.array(G)
-
-
-def boot(h, seed=0):
-    rng = np.random.default_rng(seed)
-    h = np.asarray(h, float)
-    return np.quantile(h[rng.integers(0, len(h), (1000, len(h)))].mean(1), [.025, .975]).round(3)
-
-
-def fit(X, C):
-    Xs = np.concatenate([X, -X])
-    sd = Xs.std(0) + 1e-6
-    clf = LogisticRegression(C=C, fit_intercept=False, max_iter=3000)
-    clf.fit(Xs / sd, np.r_[np.ones(len(X)), np.zeros(len(X))])
-    return clf.coef_[0] / sd
 
 
 def avg_head(X, C, kinds):

@@ -1,0 +1,22 @@
+"""What the reward-model probe scripts (reward_probe_fit.py, reward_probe_cv.py, reward_probe_layers.py) share:
+the test-accuracy bootstrap and the L2 logistic regression on standardised feature differences."""
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+
+def boot(hits, seed=0):
+    """95% bootstrap interval of the mean of 0/1 ``hits`` (1,000 resamples)."""
+    rng = np.random.default_rng(seed)
+    h = np.asarray(hits, float)
+    return np.quantile(h[rng.integers(0, len(h), (1000, len(h)))].mean(1), [.025, .975]).round(3)
+
+
+def fit(X, C):
+    """Head weights from feature differences ``X`` (better − worse): scikit-learn's L2 logistic regression without
+    intercept on the standardised, sign-symmetrised differences (the model alignloop's --freeze-backbone head
+    fits), mapped back to unstandardised features."""
+    Xs = np.concatenate([X, -X])
+    sd = Xs.std(0) + 1e-6
+    clf = LogisticRegression(C=C, fit_intercept=False, max_iter=3000)
+    clf.fit(Xs / sd, np.r_[np.ones(len(X)), np.zeros(len(X))])
+    return clf.coef_[0] / sd
