@@ -158,10 +158,15 @@ class RewardModelSource:
         self.name = f"rm:{Path(folder).name}"
         self.batch_size = batch_size
 
-    def encode(self, prompt: Prompt, completion: str, ended: bool = True) -> list[int]:
+    def encode_parts(self, prompt: Prompt, completion: str, ended: bool = True) -> tuple[list[int], list[int]]:
+        """(prompt ids, answer ids); the answer ends in EOS only when it ``ended``."""
         from alignloop.data.templates import encode_answer, encode_prompt
 
-        return encode_prompt(self.tokenizer, prompt) + encode_answer(self.tokenizer, completion, add_eos=ended)
+        return encode_prompt(self.tokenizer, prompt), encode_answer(self.tokenizer, completion, add_eos=ended)
+
+    def encode(self, prompt: Prompt, completion: str, ended: bool = True) -> list[int]:
+        prompt_ids, answer_ids = self.encode_parts(prompt, completion, ended)
+        return prompt_ids + answer_ids
 
     @torch.no_grad()
     def raw_scores(self, seqs: Sequence[Sequence[int]], answer_lengths: Sequence[int] | None = None) -> torch.Tensor:
@@ -190,12 +195,8 @@ class RewardModelSource:
         return torch.cat(out)
 
     def score(self, prompts: Sequence[Prompt], completions: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[float]:
-        from alignloop.data.templates import encode_answer, encode_prompt
-
-        prompt_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
-        answer_ids = [encode_answer(self.tokenizer, c, add_eos=bool(r.get("ended", True)))
-                      for c, r in zip(completions, rows)]
-        raw = self.raw_scores([p + a for p, a in zip(prompt_ids, answer_ids)], [len(a) for a in answer_ids])
+        parts = [self.encode_parts(p, c, bool(r.get("ended", True))) for p, c, r in zip(prompts, completions, rows)]
+        raw = self.raw_scores([p + a for p, a in parts], [len(a) for _, a in parts])
         return ((raw - self.offset) / self.scale).mean(-1).tolist()
 
 
