@@ -2,10 +2,10 @@
 
 Only questions whose gold answer holds a number (``alignloop.evaluate.qa.extract_numbers``) are kept: the numeric
 reward cannot judge the others. Writes ``train.jsonl`` and ``heldout.jsonl`` (the original rows) to a folder, and
-``train-extractive.jsonl``: the train questions whose gold number appears in their own question or evidence text
-(``numeric_match``), the ones a small model can answer by quoting its context rather than computing a ratio. GRPO
-learns only from groups whose answers differ in reward, so training on these wastes fewer samples; the held-out
-set is never filtered.
+``train-extractive.jsonl``: the train questions whose gold number appears in their own prompt (question and
+evidence, as ``read_records`` builds it; ``numeric_match``), the ones a small model can answer by quoting its
+context rather than computing a ratio. GRPO learns only from groups whose answers differ in reward, so training on
+these wastes fewer samples; the held-out set is never filtered.
 
     python benchmarks/rl_financebench_split.py OUT_DIR
 """
@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from alignloop.data.readers import read_records
 from alignloop.evaluate.qa import extract_numbers, numeric_match
 
 SOURCE = Path(__file__).resolve().parents[1] / "data" / "financebench" / "questions.jsonl"
@@ -26,19 +27,14 @@ def held_out(financebench_id: str) -> bool:
     return int(hashlib.sha256(financebench_id.encode()).hexdigest(), 16) % 100 < 30
 
 
-def context(row: dict) -> str:
-    evidence = row.get("evidence") or []
-    texts = [e.get("evidence_text", "") if isinstance(e, dict) else str(e) for e in evidence] if isinstance(evidence, list) \
-        else [str(evidence)]
-    return "\n".join([row["question"], *texts])
-
-
 def main(out: str) -> dict[str, int]:
     rows = [json.loads(ln) for ln in SOURCE.read_text().splitlines() if ln.strip()]
+    # each row's prompt as the RL trainers build it (question + evidence): "in its context" means what they see
+    texts = {id(r): rec.prompt.text for r, rec in zip(rows, read_records(SOURCE, kind="prompt"))}
     rows = [r for r in rows if extract_numbers(r["answer"])]
     parts = {"train": [r for r in rows if not held_out(r["financebench_id"])],
              "heldout": [r for r in rows if held_out(r["financebench_id"])]}
-    parts["train-extractive"] = [r for r in parts["train"] if numeric_match(context(r), r["answer"])]
+    parts["train-extractive"] = [r for r in parts["train"] if numeric_match(texts[id(r)], r["answer"])]
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     for name, part in parts.items():
