@@ -72,13 +72,26 @@ def _candidates(s: Session, project: Project, labeler: Labeler, gold: bool) -> l
 
 
 def _take(s: Session, task: Task, labeler: Labeler, project: Project, wait: bool = False) -> Assignment | None:
-    if s.get_bind().dialect.name == "postgresql":
-        # the classic queue pattern: while another labeler's transaction is taking a place in this task, move
-        # on to the next one instead of racing for the same place (a lost unique-key race on PostgreSQL waits
-        # for the winner's commit, which piles up under load). SQLite runs one writer at a time anyway.
-        locked = s.scalar(select(Task.id).where(Task.id == task.id).with_for_update(skip_locked=not wait))
-        if locked is None:
-            return None
+    if s.get_bind().dialect.name != "postgresql":
+        return _take_place(s, task, labeler, project)  # SQLite runs one writer at a time anyway
+    # the classic queue pattern: while another labeler's transaction is taking a place in this task, move on to
+    # the next one instead of racing for the same place (a lost unique-key race on PostgreSQL waits for the
+    # winner's commit, which piles up under load). The row lock is taken inside a savepoint that is rolled back
+    # when no place was taken: PostgreSQL then releases the lock at once. Without that, a transaction kept the
+    # locks of every full task it had looked at, and two labelers whose last tries wait for busy tasks could
+    # each wait for a lock the other kept: a deadlock (seen in test_concurrent_labelers_never_share_a_place).
+    savepoint = s.begin_nested()
+    locked = s.scalar(select(Task.id).where(Task.id == task.id).with_for_update(skip_locked=not wait))
+    a = _take_place(s, task, labeler, project) if locked is not None else None
+    if a is None:
+        savepoint.rollback()
+    else:
+        savepoint.commit()
+    return a
+
+
+def _take_place(s: Session, task: Task, labeler: Labeler, project: Project) -> Assignment | None:
+    """Insert the labeler's assignment in the first free place of ``task`` (None when none is left)."""
     order = list(task.completion_ids)
     random.shuffle(order)  # left/right (and list) order randomised per task and stored with the assignment
     if task.is_gold:
