@@ -378,7 +378,10 @@ def test_grpo_resume_continues_from_checkpoint(tmp_path, prompts_file):
     train("grpo", max_steps=2, resume=True, **common)
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
-    assert json.loads((out / "checkpoints" / "step-0000002" / "state.json").read_text())["step"] == 2
+    state = json.loads((out / "checkpoints" / "step-0000002" / "state.json").read_text())
+    assert state["step"] == 2
+    # the --kl-budget window survives the resume: step 1's KL (from before it) is still in it after step 2
+    assert state["recent_kl"] == pytest.approx([rows[0]["objective/kl"], rows[1]["objective/kl"]])
 
 
 def test_ppo_function_reward_adaptive_kl_and_kl_budget_stop(tmp_path, prompts_file):

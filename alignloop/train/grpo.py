@@ -58,7 +58,9 @@ def _run(cfg: Any, kind: str) -> Path:
     optimizer = engine.build_optimizer(policy, cfg.learning_rate, cfg.weight_decay)
     scheduler = engine.build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps * updates_per_step,
                                        total * updates_per_step)
-    start = engine.load_checkpoint(r, policy, optimizer, scheduler)["step"] if cfg.resume else 0
+    state = engine.load_checkpoint(r, policy, optimizer, scheduler) if cfg.resume else {"step": 0}
+    start = state["step"]
+    recent_kl: list[float] = list(state.get("recent_kl", []))  # training-batch KLs, for --kl-budget (checkpointed)
     r.metrics.truncate_after(start)
     if dev is not None and start == 0:
         r.metrics.write(0, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, 0)))
@@ -71,7 +73,6 @@ def _run(cfg: Any, kind: str) -> Path:
             raise TrainingError(f"{len(items)} prompts cannot fill batch_size x processes = "
                                 f"{cfg.batch_size} x {r.world}; lower --batch-size")
         engine.seed_everything(engine.rank_seed(r, cfg.seed + start))
-    recent_kl: list[float] = []  # training-batch KLs, for the --kl-budget stop
     bar = engine.progress(r, total, initial=start, desc=kind)
     step = start
     for step in range(start + 1, total + 1):
@@ -154,9 +155,9 @@ def _run(cfg: Any, kind: str) -> Path:
                           dev=dev, batch=batch, rollout=ro, scores=scores, k=k, recent_kl=recent_kl):
             break
         if cfg.save_every and step % cfg.save_every == 0 and step != total:
-            engine.save_checkpoint(r, step, policy, optimizer, scheduler)
+            engine.save_checkpoint(r, step, policy, optimizer, scheduler, {"recent_kl": recent_kl[-rl.KL_WINDOW:]})
     bar.close()
     if dev is not None:
         r.metrics.write(step, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, step)))
-    engine.save_checkpoint(r, step, policy, optimizer, scheduler)
+    engine.save_checkpoint(r, step, policy, optimizer, scheduler, {"recent_kl": recent_kl[-rl.KL_WINDOW:]})
     return finish(r, cfg, policy, tok)

@@ -129,10 +129,11 @@ def run(cfg: PPOConfig) -> Path:
     scheduler = engine.build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps * updates_per_step,
                                        total * updates_per_step)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
-    start = 0
+    start, recent_kl = 0, []  # recent_kl: training-batch KLs, for the --kl-budget stop (kept in checkpoints)
     if cfg.resume:
         state = engine.load_checkpoint(r, both, optimizer, scheduler)
         start, kl_ctl.value = state["step"], state.get("kl_coef", kl_ctl.value)
+        recent_kl = list(state.get("recent_kl", []))
     r.metrics.truncate_after(start)
     if dev is not None and start == 0:
         r.metrics.write(0, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, 0)))
@@ -144,7 +145,6 @@ def run(cfg: PPOConfig) -> Path:
             raise TrainingError(f"{len(items)} prompts cannot fill batch_size x processes = "
                                 f"{cfg.batch_size} x {r.world}; lower --batch-size")
         engine.seed_everything(engine.rank_seed(r, cfg.seed + start))
-    recent_kl: list[float] = []  # training-batch KLs, for the --kl-budget stop
     bar = engine.progress(r, total, initial=start, desc="ppo")
     step = start
     for step in range(start + 1, total + 1):
@@ -235,11 +235,13 @@ def run(cfg: PPOConfig) -> Path:
                           dev=dev, batch=batch, rollout=ro, scores=scores, k=k, recent_kl=recent_kl):
             break
         if cfg.save_every and step % cfg.save_every == 0 and step != total:
-            engine.save_checkpoint(r, step, both, optimizer, scheduler, {"kl_coef": kl_ctl.value})
+            engine.save_checkpoint(r, step, both, optimizer, scheduler,
+                                   {"kl_coef": kl_ctl.value, "recent_kl": recent_kl[-rl.KL_WINDOW:]})
     bar.close()
     if dev is not None:
         r.metrics.write(step, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, step)))
-    engine.save_checkpoint(r, step, both, optimizer, scheduler, {"kl_coef": kl_ctl.value})
+    engine.save_checkpoint(r, step, both, optimizer, scheduler,
+                           {"kl_coef": kl_ctl.value, "recent_kl": recent_kl[-rl.KL_WINDOW:]})
     return finish(r, cfg, policy, tok)
 
 
