@@ -129,7 +129,8 @@ def run(cfg: PPOConfig) -> Path:
     scheduler = engine.build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps * updates_per_step,
                                        total * updates_per_step)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
-    start, recent_kl = 0, []  # recent_kl: training-batch KLs, for the --kl-budget stop (kept in checkpoints)
+    start = 0
+    recent_kl: list[float] = []  # training-batch KLs, for the --kl-budget stop (kept in checkpoints)
     if cfg.resume:
         state = engine.load_checkpoint(r, both, optimizer, scheduler)
         start, kl_ctl.value = state["step"], state.get("kl_coef", kl_ctl.value)
