@@ -5,7 +5,8 @@
 # the table shows how much dev and test disagree, but test chooses nothing.
 #   bash benchmarks/reward_sweep.sh OUTDIR [NAME ...]      # no NAME: every candidate
 # MODEL (default smollm2-135m-instruct), PRECISION (default fp32: faster than bf16 autocast for this 135M model on
-# a GPU, see "One GPU" below) and PYTHON may be set in the environment. Prints one JSON line per candidate.
+# a GPU: benchmarks/README.md, "One GPU"), EXTRA (more flags for every run) and PYTHON may be set in the
+# environment. Prints one JSON line per candidate.
 set -euo pipefail
 out=${1:?OUTDIR}; shift
 PY=${PYTHON:-python3}
