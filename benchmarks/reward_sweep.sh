@@ -8,7 +8,7 @@
 # a GPU: benchmarks/README.md, "One GPU"), EXTRA (more flags for every run) and PYTHON may be set in the
 # environment. Prints one JSON line per candidate.
 set -euo pipefail
-out=${1:?OUTDIR}; shift
+out=${1:?OUTDIR}; shift; mkdir -p "$out"
 PY=${PYTHON:-python3}
 model=${MODEL:-smollm2-135m-instruct}
 common=(--model "$model" --data data/hh-harmless/train.jsonl.gz --dev-data data/hh-harmless/dev.jsonl.gz
