@@ -10,12 +10,15 @@ Selection rule, fixed before the run: within each family (answer mean; each suff
 (0.003, 0.01, 0.03) gets a head (L2 logistic regression on standardised differences, reward_probe_common.fit);
 the candidate with the best mean of grouped 5-fold cross-validation accuracy on train and dev accuracy is that
 family's choice, and the family whose choice scores best on that same mean is the probe's answer. Test is printed
-for every family's choice and chooses nothing. Writes OUT/prompted.json.
+for every family's choice and chooses nothing. Writes OUT/prompted.json, and each family's features as
+OUT/{family}-{split}.pt (a rerun reads them back instead of running the forward again).
 
-    PYTHONPATH=. python benchmarks/reward_probe_prompted.py OUT [--model tiny] [--limit N]
+    PYTHONPATH=. python benchmarks/reward_probe_prompted.py OUT [--families harmless ...] [--mean-features /tmp/rw]
+                                                               [--model tiny] [--limit N]
 """
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -23,8 +26,6 @@ import numpy as np
 import torch
 from joblib import Parallel, delayed
 from sklearn.model_selection import GroupKFold
-
-import sys
 
 sys.path.insert(0, str(Path(__file__).parent))
 from reward_probe_common import boot, fit  # noqa: E402
