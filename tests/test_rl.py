@@ -313,6 +313,22 @@ def test_ppo_two_steps_on_tiny_changes_weights_and_logs_every_metric(tmp_path, t
     assert (out / "checkpoints").exists()
 
 
+def test_ppo_with_the_same_seed_repeats_itself_exactly(tmp_path, tiny_rm, prompts_file):
+    # Same machine, same precision: every logged number but the timings is the same. (Across machines it need not
+    # be: --precision auto picks bf16 only where the CPU has avx512_bf16 / AMX, and kernels differ by CPU.)
+    def run(name):
+        out = tmp_path / name
+        train("ppo", model="tiny", reward_model=str(tiny_rm), prompts=str(prompts_file), output=str(out),
+              max_steps=2, batch_size=2, max_new_tokens=6, ppo_epochs=2, num_mini_batches=2, learning_rate=1e-3,
+              precision="fp32", seed=3)
+        rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+        samples = (out / "samples.jsonl").read_text()
+        return [{k: v for k, v in r.items() if not k.startswith(("time/", "tokens/"))} for r in rows], samples
+
+    first, again = run("a"), run("b")
+    assert first[0] and first == again
+
+
 @pytest.mark.parametrize("stage", ["grpo", "rloo"])
 def test_grpo_rloo_on_tiny_with_lora(tmp_path, prompts_file, stage):
     out = tmp_path / stage
