@@ -15,26 +15,20 @@ import json
 import sys
 
 import numpy as np
-import torch
 
 sys.path.insert(0, "benchmarks")
-from reward_probe_common import fit  # noqa: E402
+from reward_probe_common import fit, pair_diffs  # noqa: E402
 
 LAYER, POOL, C, DRAWS, BAG = 18, 1, 0.01, 20, 8  # layer 19 of 30 (0-based 18), answer-mean pooling
 
 
 def diffs(split):
-    d = torch.load(f"/tmp/rw/{split}-512.pt")
-    out = []
-    for f, (better, worse, _, tie) in zip(d["feats"], d["meta"]):
-        out += [(f[b, LAYER, POOL].float() - f[w, LAYER, POOL].float()).numpy()
-                for b, w, t in zip(better, worse, tie) if not t]
-    return np.stack(out)
+    return pair_diffs(split, "512", lambda f: f[:, LAYER, POOL])[0]
 
 
-train = diffs("train")
-n_dev = len(diffs("dev"))
-held = np.concatenate([diffs("dev"), diffs("test")])  # the first n_dev rows are dev, the rest test
+train, dev = diffs("train"), diffs("dev")
+n_dev = len(dev)
+held = np.concatenate([dev, diffs("test")])  # the first n_dev rows are dev, the rest test
 rng = np.random.default_rng(0)
 sizes = [180, 360, 720, len(train)]
 hits = {}  # (size, kind) -> [draws, n_held] 0/1 correct

@@ -1,7 +1,24 @@
-"""What the reward-model probe scripts (reward_probe_fit.py, reward_probe_cv.py, reward_probe_layers.py) share:
-the test-accuracy bootstrap and the L2 logistic regression on standardised feature differences."""
+"""What the reward-model probe scripts (reward_probe_fit.py, reward_probe_cv.py, reward_probe_layers.py,
+reward_learning_curve.py) share: the pair differences of the cached features, the test-accuracy bootstrap and the
+L2 logistic regression on standardised feature differences."""
 import numpy as np
+import torch
 from sklearn.linear_model import LogisticRegression
+
+
+def pair_diffs(split, ml="512", select=lambda f: f):
+    """(better − worse feature differences, the prompt index of each pair) of reward_probe_features.py's
+    ``/tmp/rw/{split}-{ml}.pt``, tied pairs left out; ``select`` picks from each prompt's ``[n_answers, layers, 2, d]``
+    features (e.g. one layer and pooling) before the difference."""
+    d = torch.load(f"/tmp/rw/{split}-{ml}.pt")
+    X, G = [], []
+    for g, (f, (better, worse, _, tie)) in enumerate(zip(d["feats"], d["meta"])):
+        f = select(f)
+        for b, w, t in zip(better, worse, tie):
+            if not t:
+                X.append((f[b].float() - f[w].float()).numpy())
+                G.append(g)
+    return np.stack(X), np.array(G)
 
 
 def boot(hits, seed=0):

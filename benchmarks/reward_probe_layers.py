@@ -11,8 +11,7 @@ bootstrap as reward_probe_cv.py):
 import sys
 
 import numpy as np
-import torch
-from reward_probe_common import boot, fit
+from reward_probe_common import boot, fit, pair_diffs
 from sklearn.model_selection import GroupKFold
 
 ML = sys.argv[1] if len(sys.argv) > 1 else "512"
@@ -20,14 +19,7 @@ LAYERS = list(range(5, 30, 2))  # layers 6, 8, ..., 30 (1-based)
 
 
 def load(split):
-    d = torch.load(f"/tmp/rw/{split}-{ML}.pt")
-    X, G = [], []
-    for g, (f, (bt, wr, ch, tie)) in enumerate(zip(d["feats"], d["meta"])):
-        for b, w, t in zip(bt, wr, tie):
-            if not t:
-                X.append((f[b, LAYERS].float() - f[w, LAYERS].float()).numpy())  # [layers, 2, d]
-                G.append(g)
-    return np.stack(X), np.array(G)
+    return pair_diffs(split, ML, lambda f: f[:, LAYERS])  # X: [pairs, layers, 2, d]
 
 
 def avg_head(X, C, kinds):
