@@ -155,9 +155,9 @@ def _run(cfg: Any, kind: str) -> Path:
                           dev=dev, batch=batch, rollout=ro, scores=scores, k=k, recent_kl=recent_kl):
             break
         if cfg.save_every and step % cfg.save_every == 0 and step != total:
-            engine.save_checkpoint(r, step, policy, optimizer, scheduler, {"recent_kl": recent_kl[-rl.KL_WINDOW:]})
+            engine.save_checkpoint(r, step, policy, optimizer, scheduler, {"recent_kl": recent_kl})
     bar.close()
     if dev is not None:
         r.metrics.write(step, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, step)))
-    engine.save_checkpoint(r, step, policy, optimizer, scheduler, {"recent_kl": recent_kl[-rl.KL_WINDOW:]})
+    engine.save_checkpoint(r, step, policy, optimizer, scheduler, {"recent_kl": recent_kl})
     return finish(r, cfg, policy, tok)

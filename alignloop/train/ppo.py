@@ -237,12 +237,12 @@ def run(cfg: PPOConfig) -> Path:
             break
         if cfg.save_every and step % cfg.save_every == 0 and step != total:
             engine.save_checkpoint(r, step, both, optimizer, scheduler,
-                                   {"kl_coef": kl_ctl.value, "recent_kl": recent_kl[-rl.KL_WINDOW:]})
+                                   {"kl_coef": kl_ctl.value, "recent_kl": recent_kl})
     bar.close()
     if dev is not None:
         r.metrics.write(step, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, step)))
     engine.save_checkpoint(r, step, both, optimizer, scheduler,
-                           {"kl_coef": kl_ctl.value, "recent_kl": recent_kl[-rl.KL_WINDOW:]})
+                           {"kl_coef": kl_ctl.value, "recent_kl": recent_kl})
     return finish(r, cfg, policy, tok)
 
 

@@ -222,8 +222,8 @@ def finish_step(r: engine.Run, cfg: Any, step: int, total: int, values: dict[str
                 rollout: Rollout, scores: torch.Tensor, k: int, recent_kl: list[float]) -> bool:
     """The end of one step, the same for PPO, GRPO and RLOO: held-out evaluation every ``eval_every`` steps,
     metrics, sample answers every ``sample_every`` steps, the progress bar, and the two early stops
-    (``--max-minutes`` and ``--kl-budget``). ``recent_kl`` is the caller's list of training-batch KLs, which this
-    appends to. Returns True when the run must stop."""
+    (``--max-minutes`` and ``--kl-budget``). ``recent_kl`` is the caller's list of the last ``KL_WINDOW``
+    training-batch KLs, which this updates in place. Returns True when the run must stop."""
     evaluated = dev is not None and cfg.eval_every and step % cfg.eval_every == 0 and step != total
     if evaluated:
         values.update(r.reduce_mean(evaluate(policy, ref, tok, rewards, dev, cfg, r, step)))
@@ -237,6 +237,7 @@ def finish_step(r: engine.Run, cfg: Any, step: int, total: int, values: dict[str
         r.log(f"step {step}: --max-minutes {cfg.max_minutes} reached; stopping")
         return True
     recent_kl.append(values["objective/kl"])
+    del recent_kl[:-KL_WINDOW]  # only the window is used, and checkpointed as it is
     over = kl_over_budget(cfg.kl_budget, recent_kl, values.get("eval/kl") if evaluated else None)
     if over:
         r.log(f"step {step}: {over}; stopping")
