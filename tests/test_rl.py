@@ -400,6 +400,18 @@ def test_grpo_resume_continues_from_checkpoint(tmp_path, prompts_file):
     assert state["recent_kl"] == pytest.approx([rows[0]["objective/kl"], rows[1]["objective/kl"]])
 
 
+def test_max_minutes_stop_keeps_the_last_step_in_the_checkpointed_kl_window(tmp_path, prompts_file):
+    out = tmp_path / "mm"
+    # a --max-minutes of 60 ns is reached when step 1 ends: the run stops there, and its checkpoint is step 1's
+    train("grpo", model="tiny", reward=["python:alignloop.rewards:financebench_numeric"], prompts=str(prompts_file),
+          output=str(out), batch_size=2, num_generations=2, max_new_tokens=3, precision="fp32", max_steps=3,
+          max_minutes=1e-9)
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1]
+    state = json.loads((out / "checkpoints" / "step-0000001" / "state.json").read_text())
+    assert state["recent_kl"] == pytest.approx([rows[0]["objective/kl"]])
+
+
 def test_ppo_function_reward_adaptive_kl_and_kl_budget_stop(tmp_path, prompts_file):
     out = tmp_path / "ppo-fn"
     f = tmp_path / "lengthreward.py"

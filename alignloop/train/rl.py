@@ -233,11 +233,11 @@ def finish_step(r: engine.Run, cfg: Any, step: int, total: int, values: dict[str
         write_samples(r, step, batch, rollout, scores, k)
     bar.set_postfix(reward=f"{values['objective/reward']:.3f}", kl=f"{values['objective/kl']:.2f}")
     bar.update(1)
+    recent_kl.append(values["objective/kl"])  # before any stop: the final checkpoint keeps this step's KL
+    del recent_kl[:-KL_WINDOW]  # only the window is used, and checkpointed as it is
     if cfg.max_minutes is not None and r.reduce_sum(time.time() - r.started > 60 * cfg.max_minutes):
         r.log(f"step {step}: --max-minutes {cfg.max_minutes} reached; stopping")
         return True
-    recent_kl.append(values["objective/kl"])
-    del recent_kl[:-KL_WINDOW]  # only the window is used, and checkpointed as it is
     over = kl_over_budget(cfg.kl_budget, recent_kl, values.get("eval/kl") if evaluated else None)
     if over:
         r.log(f"step {step}: {over}; stopping")
