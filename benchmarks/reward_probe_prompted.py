@@ -3,8 +3,8 @@
 The default recipe reads the mean of the answer tokens' hidden states. Here each dialogue is continued with one
 more user turn that asks about the assistant's last reply (SUFFIXES below), and the features are the hidden states
 of the last token, where the instruct model is about to answer that question, at every layer. Also printed: the
-zero-shot score logit("Yes") − logit("No") at that position, and the answer-mean features of the same forward as
-the baseline (the suffix comes after the answer, so those are the default recipe's features).
+zero-shot score logit("Yes") − logit("No") at that position; the baseline family is the default recipe's
+answer-mean features (a forward without a suffix, or reward_probe_features.py's files with --mean-features).
 
 Selection rule, fixed before the run: within each family (answer mean; each suffix), every layer × C in
 (0.003, 0.01, 0.03) gets a head (L2 logistic regression on standardised differences, reward_probe_common.fit);
@@ -68,9 +68,10 @@ suffix_ids = {k: tok(v, add_special_tokens=False)["input_ids"] for k, v in SUFFI
 
 
 @torch.no_grad()
-def forward(rows, n_answer, n_suffix):
-    """rows: token lists (prompt + answer + suffix). Returns [n, L, d] answer means (half), [n, L, d] last-token
-    states (half), [n] zero-shot yes-no logit difference."""
+def forward(rows, spans):
+    """rows: token lists (prompt + answer + suffix); spans: the (start, end) of the tokens to average in each row
+    (the answer, or the suffix's last token). Returns their per-layer means [n, L, d] (half) and the zero-shot
+    logit(Yes) − logit(No) at each row's last token [n]."""
     T = max(len(r) for r in rows)
     ids = torch.full((len(rows), T), tok.pad_token_id)
     att = torch.zeros(len(rows), T, dtype=torch.long)
@@ -79,13 +80,9 @@ def forward(rows, n_answer, n_suffix):
         att[i, :len(r)] = 1
     o = bb(input_ids=ids.to(dev_), attention_mask=att.to(dev_), output_hidden_states=True, use_cache=False)
     hs = [bb.norm(h).float() for h in o.hidden_states[1:]]  # each layer's output through the final norm
-    means, lasts = [], []
-    for i, r in enumerate(rows):
-        end = len(r) - n_suffix[i]  # one past the answer's last token
-        means.append(torch.stack([h[i, end - n_answer[i]:end].mean(0) for h in hs]))
-        lasts.append(torch.stack([h[i, len(r) - 1] for h in hs]))
+    pooled = torch.stack([torch.stack([h[i, a:b].mean(0) for h in hs]) for i, (a, b) in enumerate(spans)])
     z = hs[-1][torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])] @ emb.float().T
-    return torch.stack(means).half().cpu(), torch.stack(lasts).half().cpu(), (z[:, yes] - z[:, no]).cpu()
+    return pooled.half().cpu(), (z[:, yes] - z[:, no]).cpu()
 
 
 def split_features(split):
@@ -105,15 +102,17 @@ def split_features(split):
             continue
         t1 = time.time()
         rows = [units[ui].group.prompt_ids + units[ui].group.answers[ai] + suf for ui, ai in answers]
-        na = [len(units[ui].group.answers[ai]) for ui, ai in answers]
+        # the answer's tokens for the mean family; the suffix's last token otherwise
+        spans = [(len(units[ui].group.prompt_ids), len(r) - len(suf)) if name == "mean" else (len(r) - 1, len(r))
+                 for (ui, _), r in zip(answers, rows)]
         order = np.argsort([len(r) for r in rows])
-        M, Lt, Z = [None] * len(rows), [None] * len(rows), [None] * len(rows)
+        P, Z = [None] * len(rows), [None] * len(rows)
         for s in range(0, len(rows), 32):
             idx = order[s:s + 32]
-            m, lt, z = forward([rows[i] for i in idx], [na[i] for i in idx], [len(suf)] * len(idx))
+            p, z = forward([rows[i] for i in idx], [spans[i] for i in idx])
             for k, i in enumerate(idx):
-                M[i], Lt[i], Z[i] = m[k], lt[k], z[k]
-        feats[name] = (torch.stack(M) if name == "mean" else torch.stack(Lt)), torch.stack(Z)
+                P[i], Z[i] = p[k], z[k]
+        feats[name] = torch.stack(P), torch.stack(Z)
         torch.save(feats[name], cache)
         print(f"{split} {name}: {len(rows)} answers, {sum(map(len, rows))} tokens, {time.time() - t1:.0f} s",
               flush=True)
@@ -143,9 +142,9 @@ def candidate(fam, layer, C):
     Xtr, Xdv = diffs("train", fam, layer), diffs("dev", fam, layer)
     g = data["train"][3]
     cv = np.mean([acc(Xtr[te], fit(Xtr[tr], C)) for tr, te in GroupKFold(5).split(Xtr, groups=g)])
-    w = fit(Xtr, C)
-    return {"family": fam, "layer": layer + 1, "C": C, "cv": round(cv, 4), "dev": round(acc(Xdv, w), 4),
-            "select": round((cv + acc(Xdv, w)) / 2, 4)}
+    dev = acc(Xdv, fit(Xtr, C))
+    return {"family": fam, "layer": layer + 1, "C": C, "cv": round(cv, 4), "dev": round(dev, 4),
+            "select": round((cv + dev) / 2, 4)}
 
 
 n_layers = data["train"][0]["mean"][0].shape[1]
