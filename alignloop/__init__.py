@@ -31,8 +31,8 @@ def run_stage(stage: str, config: Any = None, **fields: Any):
 
     Returns what the stage returns (the output folder for trainers).
     """
-    from alignloop.cli import _load, run
-    from alignloop.config import COMMANDS, StageConfig
+    from alignloop.cli.main import _load, run
+    from alignloop.core.config import COMMANDS, StageConfig
 
     words = tuple(stage.split())
     if words == ("reward",):

@@ -1,3 +1,3 @@
-from alignloop.cli import main
+from alignloop.cli.main import main
 
 raise SystemExit(main())

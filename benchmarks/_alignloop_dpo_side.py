@@ -1,6 +1,6 @@
 """alignloop's side of benchmarks/dpo_vs_trl.py (the shared venv). Prints one JSON line.
 
-Runs the real ``alignloop dpo`` trainer (``alignloop.train.dpo.run``); only its tokenisation step is replaced by the
+Runs the real ``alignloop dpo`` trainer (``alignloop.trainers.dpo.run``); only its tokenisation step is replaced by the
 benchmark's pre-tokenised pairs, so both trainers see exactly the same tokens.
 """
 
@@ -15,9 +15,9 @@ import torch
 
 def main() -> None:
     a = json.loads(sys.argv[1])
-    from alignloop.config import DPOConfig
+    from alignloop.core.config import DPOConfig
     from alignloop.data.batching import SkipReport
-    from alignloop.train import dpo
+    from alignloop.trainers import dpo
 
     rows = [json.loads(x) for x in open(a["tokens"])]
     segs = [dpo.Segment(r["prompt_ids"], [r["chosen_ids"], r["rejected_ids"]], index=i) for i, r in enumerate(rows)]

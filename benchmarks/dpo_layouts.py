@@ -17,7 +17,7 @@ from alignloop.data.batching import flatten
 from alignloop.data.readers import read_preferences
 from alignloop.losses import token_logprobs
 from alignloop.models.load import load_causal_lm
-from alignloop.train.dpo import answer_logps, build_batch, build_flat_batch, pack_rows, tokenize_pairs
+from alignloop.trainers.dpo import answer_logps, build_batch, build_flat_batch, pack_rows, tokenize_pairs
 
 
 def main() -> None:

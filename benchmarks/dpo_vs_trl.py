@@ -63,7 +63,7 @@ def main() -> None:
 
     from alignloop.data.readers import read_preferences
     from alignloop.models.load import load_causal_lm, resolve_model
-    from alignloop.train.dpo import tokenize_pairs
+    from alignloop.trainers.dpo import tokenize_pairs
 
     model_dir = str(resolve_model(a.model))
     model, tok = load_causal_lm(model_dir)

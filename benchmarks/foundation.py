@@ -22,9 +22,9 @@ from alignloop.data.readers import read_records
 from alignloop.data.records import Prompt
 from alignloop.losses import masked_token_nll
 from alignloop.models.load import add_lora, disable_dropout, load_causal_lm
-from alignloop.rollout import SamplingParams, sample_ids
+from alignloop.generation.rollout import SamplingParams, sample_ids
 from alignloop.data.templates import encode_prompt
-from alignloop.train.sft import tokenize_examples
+from alignloop.trainers.sft import tokenize_examples
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "financebench" / "questions.jsonl"
 

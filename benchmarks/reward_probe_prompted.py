@@ -30,8 +30,8 @@ from sklearn.model_selection import GroupKFold
 sys.path.insert(0, str(Path(__file__).parent))
 from reward_probe_common import boot, fit  # noqa: E402
 
-from alignloop.models.heads import build_reward_model  # noqa: E402
-from alignloop.train.reward import load_units  # noqa: E402
+from alignloop.models.reward_model import build_reward_model  # noqa: E402
+from alignloop.trainers.reward import load_units  # noqa: E402
 
 SUFFIXES = {
     "harmless": "\n<|im_start|>user\nWas your last reply harmless and appropriate? Answer Yes or No.<|im_end|>\n"

@@ -49,9 +49,9 @@ def pick_pairs(rm, n: int, max_length: int) -> list[dict]:
 
 
 def run_alignloop(args, pairs, folder: Path, precision: str) -> dict:
-    from alignloop.config import RewardTrainConfig
-    from alignloop.train.engine import read_metrics
-    from alignloop.train.reward import run_train
+    from alignloop.core.config import RewardTrainConfig
+    from alignloop.trainers.engine import read_metrics
+    from alignloop.trainers.reward import run_train
 
     data = folder / "pairs.jsonl"
     data.write_text("".join(json.dumps(p["row"]) + "\n" for p in pairs))
@@ -72,7 +72,7 @@ def run_trl(args, pairs, order: list[int], folder: Path) -> dict:
     from transformers import TrainerCallback
     from trl import RewardConfig, RewardTrainer
 
-    from alignloop.models.heads import build_reward_model
+    from alignloop.models.reward_model import build_reward_model
 
     rm = build_reward_model(args.model, num_heads=1, seed=args.seed, max_length=args.max_length)
     ds = Dataset.from_list([{"chosen_ids": pairs[i]["chosen_ids"], "rejected_ids": pairs[i]["rejected_ids"]}
@@ -122,7 +122,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     from alignloop.data.batching import batches
-    from alignloop.models.heads import build_reward_model
+    from alignloop.models.reward_model import build_reward_model
 
     rm = build_reward_model(args.model, num_heads=1, seed=args.seed, max_length=args.max_length)
     pairs = pick_pairs(rm, args.pairs, args.max_length)

@@ -77,7 +77,7 @@ def main() -> None:
     out["corr_reward_length_before"] = pearson(rb, [r["length"] for r in before])
     out["corr_reward_length_after"] = pearson(ra, [r["length"] for r in after])
     if args.second_rm:
-        from alignloop.rewards import RewardModelSource
+        from alignloop.trainers.reward_sources import RewardModelSource
 
         rm2 = RewardModelSource(args.second_rm)
         for name, rows in (("before", before), ("after", after)):

@@ -1,7 +1,7 @@
 """Rollout speed: alignloop's rollout engine against plain ``model.generate`` on the same model and prompts, at
 batch sizes 1, 8 and 32, and the time breakdown of one PPO iteration.
 
-* engine: ``alignloop.rollout.generate_rollout`` (prompts bucketed by length, left-padded, KV-cached, stop at EOS,
+* engine: ``alignloop.generation.rollout.generate_rollout`` (prompts bucketed by length, left-padded, KV-cached, stop at EOS,
   answers cut after the stop token) followed by the padding-free log-prob forward the trainer needs;
 * plain: ``model.generate`` on the prompts in their file order, left-padded in chunks of the batch size, no
   log-probs (what a user would write by hand).
@@ -33,8 +33,8 @@ def main() -> None:
 
     from alignloop.data.templates import stop_token_ids
     from alignloop.models.load import load_causal_lm
-    from alignloop.rollout import generate_rollout, left_pad, sequence_logprobs, truncate_after_stop
-    from alignloop.train.rl import load_prompts
+    from alignloop.generation.rollout import generate_rollout, left_pad, sequence_logprobs, truncate_after_stop
+    from alignloop.trainers.rl_common import load_prompts
 
     model, tok = load_causal_lm(args.model)
     model.eval()

@@ -26,8 +26,8 @@ QUESTIONS = ["What is a balance sheet?", "Explain operating margin.", "What does
 def serve(model: str, max_batch_size: int, wait_ms: float):
     import uvicorn
 
-    from alignloop.serve import build
-    from alignloop.serve_config import ServeConfig
+    from alignloop.serve.app import build
+    from alignloop.serve.config import ServeConfig
 
     import tempfile
 

@@ -3,7 +3,7 @@ import torch
 from alignloop.data.batching import Example, SkipReport, answer_mask, batches, fit_length, flatten
 from alignloop.data.records import Prompt
 from alignloop.data.templates import encode_answer, encode_prompt
-from alignloop.errors import DataError
+from alignloop.core.errors import DataError
 from alignloop.models.load import tiny_tokenizer
 
 import pytest

@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from alignloop.cli import build_parser, main, parse
-from alignloop.config import COMMANDS, ConfigError, GenerateConfig, SFTConfig
+from alignloop.cli.main import build_parser, main, parse
+from alignloop.core.config import COMMANDS, ConfigError, GenerateConfig, SFTConfig
 
 
 def test_every_invalid_value_is_reported_at_once(tmp_path):
@@ -52,7 +52,7 @@ def test_resolved_config_round_trips_through_yaml(tmp_path, sft_file):
 
 
 def test_help_lists_every_stage_without_importing_torch():
-    code = ("import sys; from alignloop.cli import main; main(['--help']); "
+    code = ("import sys; from alignloop.cli.main import main; main(['--help']); "
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("NO-TORCH")

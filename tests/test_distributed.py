@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from alignloop.launch import LaunchConfig, accelerate_command, accelerate_config_problems
+from alignloop.cli.launch import LaunchConfig, accelerate_command, accelerate_config_problems
 from testutil import python_cmd, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def test_accelerate_config_problems_names_unknown_keys(tmp_path):
 
 
 def test_launch_builds_the_accelerate_command():
-    from alignloop.cli import parse
+    from alignloop.cli.main import parse
 
     cls, cfg = parse(["launch", "--num-processes", "2", "--", "sft", "--model", "tiny", "--config", "s.yaml"])
     assert cls is LaunchConfig and cfg.stage_args == ["sft", "--model", "tiny", "--config", "s.yaml"]
@@ -73,8 +73,8 @@ def test_launch_builds_the_accelerate_command():
 
 
 def test_launch_rejects_a_missing_or_non_training_stage():
-    from alignloop.cli import parse
-    from alignloop.config import ConfigError
+    from alignloop.cli.main import parse
+    from alignloop.core.config import ConfigError
 
     for argv, needle in ((["launch", "--num-processes", "2"], "name the stage"),
                          (["launch", "--", "generate", "--prompts", "p"], "does not train"),
@@ -94,8 +94,8 @@ def sft_runs(tmp_path_factory, tiny_path):
     13 rows in global batches of 4 with grad_accum 2: the 4th micro-batch holds one row, so rank 1's share of
     it is empty (the zero-weight step); 3 steps cross the epoch boundary; a checkpoint at step 2 and at the end;
     dev-set evaluation at the end (7 of 13 rows on rank 0, 6 on rank 1)."""
-    from alignloop.config import SFTConfig
-    from alignloop.train import sft
+    from alignloop.core.config import SFTConfig
+    from alignloop.trainers import sft
 
     tmp = tmp_path_factory.mktemp("sft-dist")
     rows = [{"prompt": f"What is {i} plus {i % 5}?", "completion": f"It is {i + i % 5}." + " ok" * (i % 4)}
@@ -212,8 +212,8 @@ def _compare(one: Path, two: Path, keys: tuple[str, ...]) -> None:
 
 @pytest.mark.parametrize("stage", ["reward", "dpo"])
 def test_reward_and_dpo_two_processes_match_one_process(stage, tmp_path, pairs_file, tiny_path):
-    module = _stage_module({"reward": "alignloop.train.reward", "dpo": "alignloop.train.dpo"}[stage])
-    from alignloop.config import DPOConfig, RewardTrainConfig
+    module = _stage_module({"reward": "alignloop.trainers.reward", "dpo": "alignloop.trainers.dpo"}[stage])
+    from alignloop.core.config import DPOConfig, RewardTrainConfig
 
     cls, runner = (RewardTrainConfig, module.run_train) if stage == "reward" else (DPOConfig, module.run)
     common = dict(model="tiny", data=str(pairs_file), max_steps=3, grad_accum=2, precision="fp32",
@@ -231,7 +231,7 @@ def test_reward_and_dpo_two_processes_match_one_process(stage, tmp_path, pairs_f
 
 
 def test_ppo_two_processes_complete_with_metrics_reduced_across_ranks(tmp_path, tiny_path):
-    _stage_module("alignloop.train.ppo")
+    _stage_module("alignloop.trainers.ppo")
     # a reward that is the process's rank: rank 0's answers score 0, rank 1's score 1, so the logged mean
     # reward is exactly 0.5 only when the metric is reduced over both processes
     (tmp_path / "rank_reward.py").write_text(
@@ -250,12 +250,12 @@ def test_ppo_two_processes_complete_with_metrics_reduced_across_ranks(tmp_path, 
 
 
 def test_rl_reference_and_reward_device_placement(tmp_path):
-    _stage_module("alignloop.train.ppo")
+    _stage_module("alignloop.trainers.ppo")
     from types import SimpleNamespace
     from unittest import mock
 
-    from alignloop.config import PPOConfig
-    from alignloop.train import rl
+    from alignloop.core.config import PPOConfig
+    from alignloop.trainers import rl_common as rl
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi"}])
     base = dict(prompts=str(prompts), output="x", reward_model="rm")

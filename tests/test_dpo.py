@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignloop.config import DPOConfig
+from alignloop.core.config import DPOConfig
 from alignloop.data.readers import write_jsonl
 from alignloop.evaluate.metrics import bootstrap_ci, length_baseline
 from alignloop.models.load import load_causal_lm
-from alignloop.train.dpo import (
+from alignloop.trainers.dpo import (
     Segment,
     answer_logps,
     build_batch,
@@ -121,7 +121,7 @@ def _train(tmp_path, monkeypatch, name, **kw):
                   learning_rate=1e-3, lr_schedule="constant", max_length=64, precision="fp32")
     fields.update(kw)
     # (not alignloop.train(): once alignloop.train the package is imported, it shadows that function)
-    from alignloop.train.dpo import run
+    from alignloop.trainers.dpo import run
 
     run(DPOConfig.from_dict(fields).validate())
     rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
@@ -176,7 +176,7 @@ def test_dev_and_test_accuracy_written(tmp_path, monkeypatch):
 
 
 def test_wrong_data_kind_is_a_clear_error(tmp_path, monkeypatch):
-    from alignloop.errors import DataError
+    from alignloop.core.errors import DataError
 
     data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "a", "completion": "b"}])
     with pytest.raises(DataError, match="needs preference pairs"):
@@ -184,7 +184,7 @@ def test_wrong_data_kind_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_preference_accuracy_of_a_model_against_itself_is_one_half(tmp_path):
-    from alignloop.train.dpo import preference_accuracy
+    from alignloop.trainers.dpo import preference_accuracy
 
     data = _pairs(tmp_path)
     res = preference_accuracy("tiny", str(data), reference="tiny", max_length=64, precision="fp32")

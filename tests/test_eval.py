@@ -56,7 +56,7 @@ def test_judge_command_reference(tmp_path):
 
 
 def test_judge_config_problems():
-    from alignloop.config import ConfigError
+    from alignloop.core.config import ConfigError
     from alignloop.judges.commands import JudgeConfig
 
     with pytest.raises(ConfigError) as e:
@@ -80,7 +80,7 @@ def test_eval_command_side_by_side_on_tiny(tiny_path, tmp_path):
 
 
 def test_demo_on_tiny_reuses_finished_stages(tiny_path, tmp_path, capsys):
-    from alignloop.demo import DemoConfig, run
+    from alignloop.pipelines.demo import DemoConfig, run
 
     cfg = DemoConfig(model=str(tiny_path), output=str(tmp_path / "demo"), limit=8, sft_steps=1, num_candidates=2,
                      max_new_tokens=3, context_chars=100, dpo_steps=0, reward_model=False, rl_steps=1,

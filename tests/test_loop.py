@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from alignloop import loop
-from alignloop.loop import HeadEnsemble, LoopConfig, labels_to_reach, next_picks
+from alignloop.pipelines.loop import HeadEnsemble, LoopConfig, labels_to_reach, next_picks
 
 
 def _pairs(path, n, offset=0):
@@ -93,7 +93,7 @@ def test_simulated_loop_writes_stages_and_resumes(tmp_path, fake_encoder):
 
 
 def test_loop_config_problems():
-    from alignloop.config import ConfigError
+    from alignloop.core.config import ConfigError
 
     with pytest.raises(ConfigError) as e:
         LoopConfig(output="", stages=[200, 100], strategies=["magic", "uncertainty"], ensemble=1).validate()
@@ -277,7 +277,7 @@ def test_online_without_a_pool_every_label_is_on_policy(tiny_path, tmp_path, mon
 
 
 def test_online_config_problems(tmp_path):
-    from alignloop.config import ConfigError
+    from alignloop.core.config import ConfigError
 
     with pytest.raises(ConfigError) as e:
         LoopConfig(output=str(tmp_path), online=True, stages=[10]).validate()
@@ -297,7 +297,7 @@ def test_online_config_problems(tmp_path):
 
 
 def test_online_refuses_test_prompts_before_any_work(tiny_path, tmp_path):
-    from alignloop.config import ConfigError
+    from alignloop.core.config import ConfigError
 
     cfg = _training_cfg(tiny_path, tmp_path, stages=[3, 5], methods=["dpo"], online=True)
     cfg = cfg.replace(prompts=cfg.test_data).validate()

@@ -3,7 +3,7 @@ import importlib.util
 import pytest
 import torch
 
-from alignloop.errors import ModelError
+from alignloop.core.errors import ModelError
 from alignloop.models import load
 
 

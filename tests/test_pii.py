@@ -2,7 +2,7 @@
 
 import pytest
 
-from alignloop.pii import PersonalDataFilter, luhn_ok, mask
+from alignloop.serve.pii import PersonalDataFilter, luhn_ok, mask
 
 
 @pytest.mark.parametrize("text, expected", [

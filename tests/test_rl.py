@@ -125,7 +125,7 @@ def test_explained_variance():
 
 
 def test_truncation_and_masks_literal_ids():
-    from alignloop.rollout import left_pad, pad_responses, position_ids_from_mask, truncate_after_stop
+    from alignloop.generation.rollout import left_pad, pad_responses, position_ids_from_mask, truncate_after_stop
 
     # stop ids 2 (<|im_end|>) ; pad 0
     assert truncate_after_stop([17, 5, 2, 0, 0], [2], None) == ([17, 5, 2], True)
@@ -141,7 +141,7 @@ def test_truncation_and_masks_literal_ids():
 
 def test_sequence_logprobs_match_padded_forward_and_temperature():
     from alignloop.models.load import load_causal_lm
-    from alignloop.rollout import sequence_logprobs
+    from alignloop.generation.rollout import sequence_logprobs
 
     model, tok = load_causal_lm("tiny")
     model.eval()
@@ -163,8 +163,8 @@ def test_sequence_logprobs_match_padded_forward_and_temperature():
 
 
 def test_reward_spec_parsing():
-    from alignloop.config import ConfigError
-    from alignloop.rewards import parse_spec, reward_specs
+    from alignloop.core.config import ConfigError
+    from alignloop.trainers.reward_sources import parse_spec, reward_specs
 
     s = parse_spec("python:alignloop.rewards:financebench_numeric:0.5")
     assert (s.kind, s.arg, s.weight) == ("python", "alignloop.rewards:financebench_numeric", 0.5)
@@ -195,7 +195,7 @@ def test_numeric_match():
 
 def test_python_source_and_weights(tmp_path):
     from alignloop.data.records import Prompt
-    from alignloop.rewards import Rewards, reward_specs
+    from alignloop.trainers.reward_sources import Rewards, reward_specs
 
     f = tmp_path / "myreward.py"
     f.write_text("def longer(prompt, completion, **row):\n    return len(completion) + (100 if row['ended'] else 0)\n")
@@ -211,7 +211,7 @@ def test_rm_source_averages_normalised_ensemble_heads(tmp_path):
 
     from alignloop.data.records import Prompt
     from alignloop.models.load import TINY_SHAPE, tiny_tokenizer
-    from alignloop.rewards import RewardModelSource
+    from alignloop.trainers.reward_sources import RewardModelSource
 
     tok = tiny_tokenizer()
     torch.manual_seed(2)
@@ -252,7 +252,7 @@ def test_rm_source_scores_last_token_and_normalises(tiny_rm):
 
     from alignloop.data.records import Prompt
     from alignloop.data.templates import encode_answer, encode_prompt
-    from alignloop.rewards import RewardModelSource
+    from alignloop.trainers.reward_sources import RewardModelSource
 
     src = RewardModelSource(str(tiny_rm))
     p = Prompt([{"role": "user", "content": "Hi there"}])
@@ -271,8 +271,8 @@ def test_rm_source_scores_last_token_and_normalises(tiny_rm):
 def train(stage: str, **fields):
     """Run a stage from fields. (``alignloop.train(...)`` is shadowed by the ``alignloop.train`` subpackage once
     any trainer module is imported, so the tests go through the config classes.)"""
-    from alignloop.cli import run
-    from alignloop.config import GRPOConfig, PPOConfig, RLOOConfig
+    from alignloop.cli.main import run
+    from alignloop.core.config import GRPOConfig, PPOConfig, RLOOConfig
 
     cls = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}[stage]
     return run(cls.from_dict(fields).validate())
@@ -344,7 +344,7 @@ def test_grpo_rloo_on_tiny_with_lora(tmp_path, prompts_file, stage):
 
 
 def test_rl_config_checks(prompts_file):
-    from alignloop.config import ConfigError, GRPOConfig, PPOConfig
+    from alignloop.core.config import ConfigError, GRPOConfig, PPOConfig
 
     with pytest.raises(ConfigError) as e:
         GRPOConfig(prompts=str(prompts_file), output="x", num_generations=1, batch_size=3, grad_accum=2).validate()
@@ -354,7 +354,7 @@ def test_rl_config_checks(prompts_file):
 
 
 def test_adaptive_kl_controller_by_hand():
-    from alignloop.train.ppo import AdaptiveKLController
+    from alignloop.trainers.ppo import AdaptiveKLController
 
     c = AdaptiveKLController(0.1, target=6.0, horizon=100)
     c.update(kl=9.0, n=10)  # error = clip(9/6 − 1, ±0.2) = 0.2 → β·(1 + 0.2·10/100)
@@ -367,7 +367,7 @@ def test_adaptive_kl_controller_by_hand():
 
 
 def test_fit_prompt_keeps_head_and_tail():
-    from alignloop.train.rl import fit_prompt
+    from alignloop.trainers.rl_common import fit_prompt
 
     ids = list(range(100))
     assert fit_prompt(ids, 100) == ids
@@ -377,7 +377,7 @@ def test_fit_prompt_keeps_head_and_tail():
 def test_vllm_backend_without_vllm_is_a_clear_config_error(prompts_file):
     import importlib.util
 
-    from alignloop.config import ConfigError, GRPOConfig
+    from alignloop.core.config import ConfigError, GRPOConfig
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed")
@@ -429,7 +429,7 @@ def test_ppo_function_reward_adaptive_kl_and_kl_budget_stop(tmp_path, prompts_fi
 
 
 def test_kl_budget_stops_on_the_mean_of_recent_batches_or_the_held_out_kl():
-    from alignloop.train.rl import kl_over_budget
+    from alignloop.trainers.rl_common import kl_over_budget
 
     assert kl_over_budget(None, [50.0], None) is None
     # one noisy batch over the budget does not stop the run: (1 + 2 + 3 + 10.9) / 4 = 4.225
@@ -447,9 +447,9 @@ def test_critic_starts_from_the_reward_model(tiny_rm):
 
     from transformers import AutoModelForSequenceClassification
 
-    from alignloop.config import PPOConfig
-    from alignloop.rewards import Rewards, reward_specs
-    from alignloop.train.ppo import build_critic
+    from alignloop.core.config import PPOConfig
+    from alignloop.trainers.reward_sources import Rewards, reward_specs
+    from alignloop.trainers.ppo import build_critic
 
     cfg = PPOConfig(model="tiny", reward_model=str(tiny_rm))
     critic = build_critic(cfg, Rewards.from_specs(reward_specs([], str(tiny_rm))), SimpleNamespace(device="cpu"))
@@ -459,8 +459,8 @@ def test_critic_starts_from_the_reward_model(tiny_rm):
     assert torch.equal(critic.model.layers[0].mlp.up_proj.weight, rm.model.layers[0].mlp.up_proj.weight)
     # V at the last answer token's output (what the critic reads there) is the normalised reward of the answer
     from alignloop.data.records import Prompt
-    from alignloop.rewards import RewardModelSource
-    from alignloop.rollout import sequence_values
+    from alignloop.trainers.reward_sources import RewardModelSource
+    from alignloop.generation.rollout import sequence_values
 
     src = RewardModelSource(str(tiny_rm))
     p = Prompt([{"role": "user", "content": "Hi there"}])
@@ -474,8 +474,8 @@ def test_rm_source_reads_a_mean_pooled_reward_model_as_reward_score_does(tmp_pat
     """A ``--pooling mean`` folder: the RL reward is the answer-token mean of the head, normalised, exactly what
     ``alignloop reward score`` gives for the same text, not the last token that transformers reads."""
     from alignloop.data.records import Prompt
-    from alignloop.models.heads import build_reward_model, load_reward_model, save_reward_model
-    from alignloop.rewards import RewardModelSource
+    from alignloop.models.reward_model import build_reward_model, load_reward_model, save_reward_model
+    from alignloop.trainers.reward_sources import RewardModelSource
 
     rm = build_reward_model("tiny", seed=3, max_length=128, pooling="mean")
     rm.info.offset, rm.info.scale = 0.3, 1.7

@@ -27,8 +27,8 @@ def free_port() -> int:
 def server(tmp_path_factory):
     import uvicorn
 
-    from alignloop.serve import build
-    from alignloop.serve_config import ServeConfig
+    from alignloop.serve.app import build
+    from alignloop.serve.config import ServeConfig
 
     tmp = tmp_path_factory.mktemp("serve")
     old = os.environ.get("ALIGNLOOP_HOME")
@@ -128,7 +128,7 @@ def test_limits_give_clear_4xx(server):
 
 def test_served_answers_are_stored_masked(server):
     url, srv = server
-    from alignloop.registry import ServedAnswer
+    from alignloop.registry.store import ServedAnswer
 
     r = _client(url).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "mail a@b.io"}],
                                              max_tokens=2, temperature=0, user="alice")
@@ -143,7 +143,7 @@ def test_batcher_runs_concurrent_requests_in_one_generate(server):
     _, srv = server
     from alignloop.data.records import Prompt
     from alignloop.data.templates import encode_prompt
-    from alignloop.serve import Batcher, GenRequest
+    from alignloop.serve.app import Batcher, GenRequest
 
     lm = srv.pool.default
     b = Batcher(lm.model, lm.tokenizer, max_batch_size=8, wait_ms=0, start=False)

@@ -160,7 +160,7 @@ def test_killed_server_leaves_the_job_failed_with_a_reason(server_state):
     for _ in range(600):
         st = job.status()
         if st["status"] == "running":
-            from alignloop.registry import JobRow, Registry
+            from alignloop.registry.store import JobRow, Registry
 
             with Registry(db).read() as s:
                 pid = s.get(JobRow, job.id).pid
@@ -186,7 +186,7 @@ def test_killed_server_leaves_the_job_failed_with_a_reason(server_state):
     st = alignloop.Client(url2, api_key=KEY).job(job.id).status()
     assert st["status"] == "failed" and st["model_id"] is None
     assert st["error"].startswith("server restarted during the job")
-    from alignloop.registry import Registry, RunRow
+    from alignloop.registry.store import Registry, RunRow
 
     with Registry(db).read() as s:  # the run the job had started is closed too
         runs = s.query(RunRow).filter(RunRow.job_id == job.id).all()

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import alignloop
-from alignloop.config import SFTConfig
-from alignloop.errors import TrainingError
-from alignloop.train import engine, sft
+from alignloop.core.config import SFTConfig
+from alignloop.core.errors import TrainingError
+from alignloop.trainers import engine, sft
 
 from testutil import python_cmd
 

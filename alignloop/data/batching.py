@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from alignloop.errors import DataError
+from alignloop.core.errors import DataError
 
 
 @dataclass

@@ -28,7 +28,7 @@ from alignloop.data.records import (
     TextRecord,
     Unpaired,
 )
-from alignloop.errors import DataError
+from alignloop.core.errors import DataError
 
 KINDS = ("text", "prompt_completion", "prompt", "preference", "unpaired", "ranking")
 ROLES = ("system", "user", "assistant")

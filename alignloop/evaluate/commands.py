@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Sequence
 
-from alignloop.config import StageConfig, existing_file, opt, positive
+from alignloop.core.config import StageConfig, existing_file, opt, positive
 
 FINANCEBENCH = Path(__file__).resolve().parents[2] / "data" / "financebench" / "questions.jsonl"
 HH_TEST = Path(__file__).resolve().parents[2] / "data" / "hh-harmless" / "test.jsonl.gz"
@@ -84,7 +84,7 @@ def heldout_ids(ids: list[str], share: float = 0.3) -> set[str]:
 def qa_items(path: str, split: str = "all", limit: int | None = None) -> list[Any]:
     """Prompt records with ``meta['answer']`` (gold) and ``meta['id']``; ``split`` filters FinanceBench rows."""
     from alignloop.data.readers import read_records
-    from alignloop.errors import DataError
+    from alignloop.core.errors import DataError
 
     records = read_records(path, kind="prompt")
     ids = [str(r.meta.get("financebench_id", r.meta.get("id", n))) for n, r in enumerate(records)]
@@ -123,7 +123,7 @@ def answer(model: str | tuple, prompts: Sequence[Any], max_new_tokens: int = 64,
     from tqdm.auto import tqdm
 
     from alignloop.models.load import load_causal_lm
-    from alignloop.rollout import SamplingParams, sample_texts
+    from alignloop.generation.rollout import SamplingParams, sample_texts
 
     lm, tok = model if isinstance(model, tuple) else load_causal_lm(model)
     if torch.cuda.is_available():
@@ -321,7 +321,7 @@ def run_winrate(cfg: EvalConfig, out: Path) -> dict[str, Any]:
 
 def run_best_of_n(cfg: EvalConfig, out: Path) -> dict[str, Any]:
     """Best-of-N: sample N answers, keep the reward model's favourite, score it: the cheapest alternative to RL."""
-    from alignloop.train.reward import load_reward_model  # issue 3
+    from alignloop.trainers.reward import load_reward_model  # issue 3
 
     records = qa_items(cfg.data, cfg.split, cfg.limit)
     prompts = [r.prompt for r in records]
@@ -360,7 +360,7 @@ def run_reward_accuracy(cfg: EvalConfig, out: Path) -> dict[str, Any]:
     """Share of preference pairs where the reward model scores chosen above rejected, and the mean reward of the
     model's own answers on the QA items."""
     from alignloop.data.readers import read_preferences
-    from alignloop.train.reward import load_reward_model  # issue 3
+    from alignloop.trainers.reward import load_reward_model  # issue 3
 
     rm = load_reward_model(cfg.reward_model)
     result: dict[str, Any] = {}

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from alignloop.errors import DataError
+from alignloop.core.errors import DataError
 from alignloop.feedback import assign, auth
 from alignloop.feedback.store import (PROJECT_FIELDS, Assignment, Completion, Database, Judgment, Labeler,
                                       LoginSession, Project, Prompt, StoreError, Task, add_judgment,

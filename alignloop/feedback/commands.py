@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Optional
 
-from alignloop.config import StageConfig, alignloop_home, existing_file, in_range, opt, positive
-from alignloop.errors import AlignloopError, DataError
+from alignloop.core.config import StageConfig, alignloop_home, existing_file, in_range, opt, positive
+from alignloop.core.errors import AlignloopError, DataError
 
 DB_HELP = "Database URL: sqlite:///FILE.db or postgresql+psycopg://USER@HOST:PORT/DB; default: alignloop.db in the alignloop home."
 TaskType = Literal["pairwise", "ranking", "rating", "rewrite", "binary"]

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Iterator
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from alignloop.errors import DataError
+from alignloop.core.errors import DataError
 from alignloop.feedback import consensus as cons
 from alignloop.feedback.store import (MAX_COMPLETIONS, Completion, Database, Export, ExportJudgment, GoldAnswer,
                                       Judgment, Labeler, Project, Prompt, StoreError, Task, add_judgment,

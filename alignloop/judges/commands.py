@@ -17,7 +17,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
-from alignloop.config import StageConfig, alignloop_home, existing_file, opt, positive
+from alignloop.core.config import StageConfig, alignloop_home, existing_file, opt, positive
 
 
 @dataclass
@@ -148,7 +148,7 @@ def judge_project(judge: Any, db_url: str, project_name: str, limit: int | None 
     try:
         from alignloop.feedback import store
     except ImportError:  # issue 6's module is not in this build
-        from alignloop.errors import ConfigError
+        from alignloop.core.errors import ConfigError
 
         raise ConfigError(["project: the feedback studio (alignloop.feedback) is not installed in this version"]) \
             from None
@@ -192,7 +192,7 @@ def run(cfg: JudgeConfig) -> Path | None:
                     continue
                 row = json.loads(line)
                 if not isinstance(row.get("completions"), list) or len(row["completions"]) < 2:
-                    from alignloop.errors import DataError
+                    from alignloop.core.errors import DataError
 
                     raise DataError("needs a 'completions' list of at least 2", path=f"{cfg.data}:{line_no}",
                                     field="completions")

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import httpx
 
-from alignloop.errors import AlignloopError
+from alignloop.core.errors import AlignloopError
 from alignloop.judges.base import PairwiseLetterJudge
 
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alignloop.config import alignloop_home
-from alignloop.errors import ModelError
+from alignloop.core.config import alignloop_home
+from alignloop.core.errors import ModelError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -356,7 +356,7 @@ class AlignModel:
     def generate(self, prompts: list[Any], num_completions: int = 1, **sampling: Any) -> list[list[str]]:
         """Completions for each prompt (strings, message lists or ``Prompt`` records)."""
         from alignloop.data.records import Prompt
-        from alignloop.rollout import SamplingParams, sample_texts
+        from alignloop.generation.rollout import SamplingParams, sample_texts
 
         ps = [p if isinstance(p, Prompt) else Prompt(p) if isinstance(p, list) else
               Prompt([{"role": "user", "content": str(p)}]) for p in prompts]

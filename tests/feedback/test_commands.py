@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from alignloop.cli import build_parser, main
+from alignloop.cli.main import build_parser, main
 from alignloop.feedback import commands
 from feedback_helpers import generate_records, write_jsonl
 
@@ -24,7 +24,7 @@ def test_every_field_is_documented_and_flags_exist(cls):
 
 
 def test_required_flags_parse():
-    from alignloop.cli import parse
+    from alignloop.cli.main import parse
 
     _, cfg = parse(["label", "serve", "--db", "sqlite:///x.db", "--host", "0.0.0.0", "--port", "9000"])
     assert (cfg.db, cfg.host, cfg.port) == ("sqlite:///x.db", "0.0.0.0", 9000)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from alignloop.errors import DataError
+from alignloop.core.errors import DataError
 from alignloop.feedback.io import export_file, export_preferences, import_file, import_records, iter_jsonl
 from alignloop.feedback.store import (Export, ExportJudgment, Judgment, Labeler, Task, add_judgment,
                                       create_project, get_project)

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import func, select
 
-from alignloop.errors import DataError
+from alignloop.core.errors import DataError
 from alignloop.feedback import assign
 from alignloop.feedback.io import import_file, import_records
 from alignloop.feedback.store import (Assignment, Conflict, Invalid, Judgment, NotFound, Prompt, Task,

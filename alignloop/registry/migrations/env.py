@@ -3,8 +3,8 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from alignloop.registry import RegistryBase
-from alignloop.registry_migrations import VERSION_TABLE
+from alignloop.registry.store import RegistryBase
+from alignloop.registry.migrations import VERSION_TABLE
 
 config = context.config
 target_metadata = RegistryBase.metadata

@@ -41,9 +41,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from alignloop.errors import AlignloopError
-from alignloop.rollout import SamplingParams, sample_ids
-from alignloop.serve_config import ServeConfig
+from alignloop.core.errors import AlignloopError
+from alignloop.generation.rollout import SamplingParams, sample_ids
+from alignloop.serve.config import ServeConfig
 
 # --------------------------------------------------------------------------------------------------
 # Batched generation
@@ -240,7 +240,7 @@ class ModelPool:
 
     def _load(self, ref: str) -> LoadedModel:
         from alignloop.models.load import load_causal_lm
-        from alignloop.registry import resolve_model_ref
+        from alignloop.registry.store import resolve_model_ref
 
         path, model_id = resolve_model_ref(ref, self.cfg.db) if self.reg is not None else (ref, None)
         dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float32
@@ -394,8 +394,8 @@ class Server:
     """Everything the routes share: config, registry, model pool, jobs, feedback settings."""
 
     def __init__(self, cfg: ServeConfig, pool: ModelPool | None = None, registry: Any = None, jobs: Any = None):
-        from alignloop.pii import PersonalDataFilter
-        from alignloop.registry import default_db_url
+        from alignloop.serve.pii import PersonalDataFilter
+        from alignloop.registry.store import default_db_url
 
         self.cfg = cfg
         self.db_url = cfg.db or default_db_url()
@@ -430,7 +430,7 @@ class Server:
     def store_answer(self, answer_id: str, model_id: str, prompt: Any, answers: list[str], user: str) -> None:
         if not self.cfg.store_answers or self.reg is None:
             return
-        from alignloop.registry import ServedAnswer, utcnow
+        from alignloop.registry.store import ServedAnswer, utcnow
 
         try:
             with self.reg.write() as s:
@@ -771,7 +771,7 @@ def create_app(cfg: ServeConfig, pool: ModelPool | None = None, registry: Any = 
 
     # ---- feedback from use ------------------------------------------------------------------------
     def _served(ref: str) -> tuple[Any, str, int]:
-        from alignloop.registry import ServedAnswer
+        from alignloop.registry.store import ServedAnswer
 
         rid, _, idx = ref.partition("#")
         with srv.reg.read() as s:
@@ -783,7 +783,7 @@ def create_app(cfg: ServeConfig, pool: ModelPool | None = None, registry: Any = 
         return row, rid, int(idx) if idx.isdigit() else 0
 
     def _feedback(req: FeedbackRequest, user: str) -> dict:
-        from alignloop import feedback_bridge as fb
+        from alignloop.serve.app import capture as fb
 
         mask = srv.pii.mask
         comment = mask(req.comment) if req.comment else None
@@ -816,7 +816,7 @@ def create_app(cfg: ServeConfig, pool: ModelPool | None = None, registry: Any = 
 
     @app.post("/v1/feedback", status_code=201)
     async def feedback(req: FeedbackRequest, request: Request):
-        from alignloop import feedback_bridge as fb
+        from alignloop.serve.app import capture as fb
 
         if srv.reg is None:
             raise ApiError(503, "feedback needs the database", type="server_error")
@@ -839,11 +839,11 @@ def create_app(cfg: ServeConfig, pool: ModelPool | None = None, registry: Any = 
 
     @app.post("/v1/jobs", status_code=201)
     async def submit_job(req: JobRequest):
-        from alignloop.jobs import JobError
+        from alignloop.serve.jobs import JobError
 
         config = dict(req.config)
         if "model" in config and srv.reg is not None:  # a registry id or name → its folder
-            from alignloop.registry import resolve_model_ref
+            from alignloop.registry.store import resolve_model_ref
 
             config["model"] = (await run_in_threadpool(resolve_model_ref, str(config["model"]), srv.db_url))[0]
         try:
@@ -881,9 +881,9 @@ def create_app(cfg: ServeConfig, pool: ModelPool | None = None, registry: Any = 
 
 def build(cfg: ServeConfig, load_model: bool = True) -> tuple[FastAPI, Server]:
     """Registry, model pool, job manager and app for a config."""
-    from alignloop.config import alignloop_home
-    from alignloop.jobs import JobManager
-    from alignloop.registry import open_registry
+    from alignloop.core.config import alignloop_home
+    from alignloop.serve.jobs import JobManager
+    from alignloop.registry.store import open_registry
 
     reg = open_registry(cfg.db)
     pool = ModelPool(cfg, reg) if load_model else None
@@ -898,7 +898,7 @@ def build(cfg: ServeConfig, load_model: bool = True) -> tuple[FastAPI, Server]:
 def run_serve(cfg: ServeConfig) -> int:
     import uvicorn
 
-    from alignloop.errors import AlignloopError
+    from alignloop.core.errors import AlignloopError
 
     try:
         app, srv = build(cfg)

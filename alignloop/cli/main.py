@@ -15,8 +15,8 @@ import sys
 import typing
 from typing import Any, Literal, Sequence
 
-from alignloop.config import COMMANDS, ConfigError, StageConfig, _is_optional
-from alignloop.errors import AlignloopError
+from alignloop.core.config import COMMANDS, ConfigError, StageConfig, _is_optional
+from alignloop.core.errors import AlignloopError
 
 GROUPS = [
     ("train", ["sft", "reward", "dpo", "ppo", "grpo", "rloo", "launch"]),
@@ -130,13 +130,13 @@ def run(cfg: StageConfig) -> Any:
     Trainers (every ``TrainOptions`` stage) are recorded in the model registry here, in one place: config,
     data hashes, labels, parent, metrics and the final model (see ``alignloop/registry.py``). The registry
     never makes a run fail; ``ALIGNLOOP_REGISTRY=off`` skips it."""
-    from alignloop.config import TrainOptions
+    from alignloop.core.config import TrainOptions
 
     runner = _load(type(cfg).runner)
     main_process = os.environ.get("RANK", "0") == "0"  # under `launch`, only rank 0 records
     if not isinstance(cfg, TrainOptions) or not main_process or os.environ.get("ALIGNLOOP_REGISTRY") == "off":
         return runner(cfg)
-    from alignloop import registry
+    from alignloop.registry.store import store as registry
 
     cfg, run_id = registry.start_run(cfg)
     try:

@@ -10,7 +10,7 @@ home) but have their own Alembic chain and version table, see ``registry_migrati
 
 Recording never makes a training run fail: if the database cannot be reached the run warns and goes on.
 
-    from alignloop import registry
+    from alignloop.registry.store import store as registry
     reg = registry.open_registry()                 # default SQLite file, migrated on first use
     registry.record_run(cfg, output, metrics, parent, data_hashes, judgment_ids)
     reg.list_models(); reg.lineage("m-1a2b3c4d")
@@ -45,7 +45,7 @@ def utcnow() -> dt.datetime:
 
 def default_db_url() -> str:
     """The same default database as the feedback studio: ``alignloop.db`` under the alignloop home."""
-    from alignloop.config import alignloop_home
+    from alignloop.core.config import alignloop_home
 
     home = alignloop_home()
     home.mkdir(parents=True, exist_ok=True)
@@ -174,7 +174,7 @@ class Registry:
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = sessionmaker(self.engine.execution_options(writer=True), expire_on_commit=False)
         if migrate:
-            from alignloop.registry_migrations import upgrade
+            from alignloop.registry.migrations import upgrade
 
             upgrade(self.engine)
 
@@ -213,7 +213,7 @@ class Registry:
     def model(self, ref: str) -> ModelRow:
         m = self.find_model(ref)
         if m is None:
-            from alignloop.errors import AlignloopError
+            from alignloop.core.errors import AlignloopError
 
             raise AlignloopError(f"no model '{ref}' in the registry {self.url} (see `alignloop models list`)")
         return m

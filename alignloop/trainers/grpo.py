@@ -1,0 +1,163 @@
+"""GRPO and RLOO (``alignloop grpo``, ``alignloop rloo``): K answers per prompt, a baseline from the other answers
+to the same prompt, no critic. Same rollout engine and reward sources as PPO.
+
+Each step: sample K answers for each of ``batch_size`` prompts → score them → (KL in the reward: subtract
+``β·Σ_t KL_t`` from each answer's score) → advantages per answer: group-relative ``(r − mean)/std`` (GRPO) or
+leave-one-out ``r − mean(others)`` (RLOO), the same for every token of the answer → ``ppo_epochs`` passes of the
+clipped surrogate (plus ``β·KL_t`` per token when the KL is a loss term), normalised over the step's answer
+tokens. With one epoch and one mini-batch the ratio is exactly 1 and the old log-probs are simply the detached
+current ones, which saves a forward pass.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignloop.core.config import GRPOConfig, RLOOConfig
+from alignloop.core.errors import TrainingError
+from alignloop.losses import group_advantages, kl_estimate, leave_one_out_advantages, policy_clip_loss
+from alignloop.trainers.reward_sources import Rewards, reward_specs
+from alignloop.generation.rollout import pad_responses, sequence_logprobs
+from alignloop.trainers import engine, rl_common as rl
+from alignloop.trainers.ppo import finish
+
+
+def run_grpo(cfg: GRPOConfig) -> Path:
+    return _run(cfg, "grpo")
+
+
+def run_rloo(cfg: RLOOConfig) -> Path:
+    return _run(cfg, "rloo")
+
+
+def advantages_for(kind: str, rewards: torch.Tensor, k: int, scale: bool) -> torch.Tensor:
+    if kind == "grpo":
+        return group_advantages(rewards, k, scale=scale)
+    adv = leave_one_out_advantages(rewards, k)
+    if scale and len(adv) > 1:
+        adv = adv / (adv.std() + 1e-4)
+    return adv
+
+
+def _run(cfg: Any, kind: str) -> Path:
+    r = engine.setup(cfg)
+    policy, ref, tok = rl.build_policy(cfg, r)
+    rewards = Rewards.from_specs(reward_specs(cfg.reward, cfg.reward_model))
+    rl.place_frozen_models(cfg, r, ref, rewards)
+    items, cut = rl.load_prompts(cfg.prompts, tok, cfg.max_prompt_length, cfg.chat_template, cfg.limit)
+    r.log(f"prompts: {cfg.prompts}: {len(items)} ({cut} longer than max_prompt_length={cfg.max_prompt_length} "
+          "kept their head and tail)")
+    dev = rl.load_prompts(cfg.dev_data, tok, cfg.max_prompt_length, cfg.chat_template)[0] if cfg.dev_data else None
+
+    total = rl.total_rl_steps(cfg, len(items) // r.world)  # each step takes batch_size prompts per process
+    updates_per_step = cfg.ppo_epochs * cfg.num_mini_batches
+    optimizer = engine.build_optimizer(policy, cfg.learning_rate, cfg.weight_decay)
+    scheduler = engine.build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps * updates_per_step,
+                                       total * updates_per_step)
+    state = engine.load_checkpoint(r, policy, optimizer, scheduler) if cfg.resume else {"step": 0}
+    start = state["step"]
+    recent_kl: list[float] = list(state.get("recent_kl", []))  # training-batch KLs, for --kl-budget (checkpointed)
+    r.metrics.truncate_after(start)
+    if dev is not None and start == 0:
+        r.metrics.write(0, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, 0)))
+
+    k = cfg.num_generations
+    reuse_old = cfg.ppo_epochs == 1 and cfg.num_mini_batches == 1  # on-policy: ratio ≡ 1
+    stream = rl.prompt_batches(len(items), cfg.batch_size * r.world, cfg.seed, start)
+    if r.world > 1:  # each process samples its own share of the global prompt batch, with its own seed
+        if len(items) < cfg.batch_size * r.world:
+            raise TrainingError(f"{len(items)} prompts cannot fill batch_size x processes = "
+                                f"{cfg.batch_size} x {r.world}; lower --batch-size")
+        engine.seed_everything(engine.rank_seed(r, cfg.seed + start))
+    bar = engine.progress(r, total, initial=start, desc=kind)
+    step = start
+    for step in range(start + 1, total + 1):
+        t_step = time.perf_counter()
+        batch = [items[i] for i in next(stream)][r.rank::r.world]
+        ro = rl.sample(policy, tok, batch, cfg, k)
+        t0 = time.perf_counter()
+        scores, parts = rl.score(rewards, batch, ro, k, cfg.missing_eos_penalty)
+        _, mask = pad_responses(ro.response_ids, tok.pad_token_id)
+        mask, scores = mask.to(r.device), scores.to(r.device)  # beside the log-probs (GPU runs)
+        old_lp, entropy = (None, None) if reuse_old else rl.logprobs_of(policy, ro, cfg, r, with_entropy=True)
+        with rl.reference(policy, ref) as m:
+            ref_lp, _ = rl.logprobs_of(m, ro, cfg, r)
+        t_score = time.perf_counter() - t0
+        seq_reward = scores
+        if cfg.kl_in == "reward":
+            if old_lp is None:
+                old_lp, entropy = rl.logprobs_of(policy, ro, cfg, r, with_entropy=True)
+            seq_reward = scores - cfg.kl_coef * (kl_estimate(old_lp, ref_lp, "k1") * mask).sum(1)
+        adv = advantages_for(kind, seq_reward, k, cfg.scale_rewards)
+
+        t0 = time.perf_counter()
+        n = len(ro.response_ids)
+        mb = n // cfg.num_mini_batches
+        micro = mb // cfg.grad_accum
+        st_sum = {"pg": 0.0, "kl": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "ratio": 0.0, "tokens": 0.0}
+        new_lp_all = torch.zeros_like(mask)
+        ent_all = torch.zeros_like(mask)
+        grad_norms = []
+        policy.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+        for _ in range(cfg.ppo_epochs):
+            perm = torch.randperm(n, generator=gen).tolist() if not reuse_old else list(range(n))
+            for s in range(0, n, mb):
+                mb_idx = perm[s:s + mb]
+                denom = max(r.reduce_sum(float(mask[mb_idx].sum())), 1.0)  # the mini-batch's tokens, all processes
+                for m0 in range(0, len(mb_idx), micro):
+                    idx = mb_idx[m0:m0 + micro]
+                    answers = [ro.response_ids[i] for i in idx]
+                    sl = (torch.tensor(idx), slice(0, max(len(a) for a in answers)))
+                    lp, ent = sequence_logprobs(policy, [ro.prompt_ids[i] for i in idx], answers, cfg.temperature,
+                                                r.autocast(), with_entropy=reuse_old)
+                    m_ = mask[sl]
+                    old = lp.detach() if reuse_old else old_lp[sl]
+                    pg, st = policy_clip_loss(lp, old, adv[idx].unsqueeze(1).expand_as(lp), m_, cfg.cliprange)
+                    kl_t = (kl_estimate(lp, ref_lp[sl], cfg.kl_estimator) * m_).sum()
+                    loss = pg + (cfg.kl_coef * kl_t if cfg.kl_in == "loss" else 0.0)
+                    r.accelerator.backward(loss / denom)
+                    if reuse_old:
+                        new_lp_all[sl] = lp.detach()
+                        ent_all[sl] = ent
+                    st_sum["pg"] += float(pg.detach())
+                    st_sum["kl"] += float(kl_t.detach())
+                    for key in ("clipfrac", "approx_kl", "ratio"):
+                        st_sum[key] += float(st[key])
+                    st_sum["tokens"] += float(m_.sum())
+                engine.check_finite(r, st_sum["pg"], step)
+                engine.reduce_gradients(r, policy)  # the policy/critic are not DDP-wrapped: sum here
+                grad_norms.append(engine.clip_and_step(r, policy, optimizer, scheduler, cfg.max_grad_norm))
+        t_train = time.perf_counter() - t0
+        if reuse_old:
+            old_lp, entropy = new_lp_all, ent_all
+        seq_kl = rl.sequence_kl(old_lp, ref_lp, mask)
+        tok_n = max(st_sum["tokens"], 1.0)
+        values = rl.rollout_metrics(ro, scores, seq_kl, entropy, mask)
+        values.update(parts)
+        groups = scores.view(-1, k)
+        values.update({
+            "objective/kl_coef": cfg.kl_coef, "objective/group_reward_std": float(groups.std(1).mean()),
+            "objective/solved_groups": float((groups.std(1) == 0).float().mean()),
+            "policy/loss": st_sum["pg"] / tok_n, "policy/kl_loss": st_sum["kl"] / tok_n,
+            "policy/clipfrac": st_sum["clipfrac"] / tok_n, "policy/approx_kl": st_sum["approx_kl"] / tok_n,
+            "policy/ratio_mean": st_sum["ratio"] / tok_n,
+            "grad_norm": sum(grad_norms) / len(grad_norms), "learning_rate": scheduler.get_last_lr()[0],
+            "time/generate": ro.seconds, "time/score": t_score, "time/train": t_train,
+            "time/step": time.perf_counter() - t_step, "tokens/generated_per_s": ro.num_tokens / max(ro.seconds, 1e-9),
+        })
+        values = r.reduce_mean(values)  # every process logs/uses the means over all processes
+        if rl.finish_step(r, cfg, step, total, values, bar, policy=policy, ref=ref, tok=tok, rewards=rewards,
+                          dev=dev, batch=batch, rollout=ro, scores=scores, k=k, recent_kl=recent_kl):
+            break
+        if cfg.save_every and step % cfg.save_every == 0 and step != total:
+            engine.save_checkpoint(r, step, policy, optimizer, scheduler, {"recent_kl": recent_kl})
+    bar.close()
+    if dev is not None:
+        r.metrics.write(step, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, step)))
+    engine.save_checkpoint(r, step, policy, optimizer, scheduler, {"recent_kl": recent_kl})
+    return finish(r, cfg, policy, tok)

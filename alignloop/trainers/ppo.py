@@ -1,0 +1,258 @@
+"""PPO against a reward model (``alignloop ppo``): the InstructGPT recipe with the details that make it work for
+language models ("The N Implementation Details of RLHF with PPO", Huang et al. 2024).
+
+Each step, top to bottom:
+1. rollout: sample answers for ``batch_size`` prompts from the current policy (KV-cached, length-bucketed);
+2. score: reward sources → one score per answer (minus a penalty when it never emitted EOS); log-probs of the
+   sampled tokens under the policy and the reference (the LoRA policy with its adapter off, or a frozen copy),
+   and the critic's values, each from one forward over right-padded prompt + answer;
+3. per-token rewards ``−β·KL_t`` with the score added at the last token (optionally whitened); GAE (γ=1, λ=0.95);
+   advantages whitened;
+4. ``ppo_epochs`` passes over the rollout in ``num_mini_batches`` optimizer steps: clipped policy objective +
+   ``vf_coef`` × clipped value loss, normalised over the mini-batch's answer tokens (so grad accumulation gives
+   the same gradient as one big batch);
+5. the adaptive KL controller moves β toward ``target_kl``; metrics, sample answers, checkpoints; stop when the
+   sequence KL exceeds ``kl_budget``.
+
+The critic is a separate sequence-classification model initialised from the reward model (backbone and score
+head; with LoRA, the reward model's backbone + an adapter + a trainable copy of its head). Dropout is off in
+every model so rollout and training log-probs agree.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignloop.core.config import PPOConfig
+from alignloop.core.errors import TrainingError
+from alignloop.losses import (
+    explained_variance,
+    gae,
+    kl_estimate,
+    kl_penalized_rewards,
+    masked_mean,
+    masked_whiten,
+    policy_clip_loss,
+    value_clip_loss,
+)
+from alignloop.models.load import disable_dropout, resolve_model, save_model
+from alignloop.trainers.reward_sources import Rewards, reward_specs
+from alignloop.generation.rollout import pad_responses, sequence_logprobs, sequence_values
+from alignloop.trainers import engine, rl_common as rl
+
+
+class AdaptiveKLController:
+    """Ziegler et al. (2019): ``β ← β·(1 + clip(KL/target − 1, ±0.2)·n/horizon)``."""
+
+    def __init__(self, init: float, target: float | None, horizon: int):
+        self.value, self.target, self.horizon = init, target, horizon
+
+    def update(self, kl: float, n: int) -> None:
+        if self.target is None or not math.isfinite(kl):
+            return
+        error = max(-0.2, min(0.2, kl / self.target - 1))
+        self.value *= 1 + error * n / self.horizon
+
+
+class PolicyAndCritic(torch.nn.Module):
+    """One module holding both, so one optimizer and one checkpoint cover both."""
+
+    def __init__(self, policy: Any, critic: Any):
+        super().__init__()
+        self.policy, self.critic = policy, critic
+
+
+def build_critic(cfg: PPOConfig, rewards: Rewards, run: engine.Run) -> Any:
+    """The value model: a copy of the (first) reward model, or of the policy with a zero score head when the
+    rewards are functions only. With LoRA, its backbone gets an adapter and its score head is trained in full."""
+    from transformers import AutoModelForSequenceClassification
+
+    rms = rewards.reward_models()
+    src = rms[0].folder if rms else str(resolve_model(cfg.model))
+    critic = AutoModelForSequenceClassification.from_pretrained(src, local_files_only=True, dtype=torch.float32,
+                                                                **({} if rms else {"num_labels": 1}))
+    head = rl_head(critic)
+    if rms:
+        # V starts as the reward model's *normalised* score, offset included: the mean over ensemble heads of
+        # (W_h·h − offset_h) / scale_h, so value and reward are on one scale from step 1. (Without the offset the
+        # values sat offset/scale above the rewards, and the last token of every answer, the stop token of the
+        # ended ones, got a large negative advantage: a push against ending answers.)
+        w = (head.weight.detach().float() / rms[0].scale.view(-1, 1)).mean(0, keepdim=True)
+        bias = -(rms[0].offset / rms[0].scale).mean().reshape(1)
+        name = "score" if hasattr(critic, "score") else "classifier"
+        setattr(critic, name, torch.nn.Linear(w.shape[1], 1, bias=True))
+        getattr(critic, name).weight.data.copy_(w)
+        getattr(critic, name).bias.data.copy_(bias)
+        critic.config.num_labels = 1
+    else:
+        torch.nn.init.zeros_(head.weight)
+    disable_dropout(critic)
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        names = {n.split(".")[-1] for n, _ in critic.named_modules()}
+        critic = get_peft_model(critic, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                   target_modules=[t for t in cfg.lora_targets if t in names],
+                                                   task_type="SEQ_CLS"))
+    return critic.to(run.device)
+
+
+def rl_head(model: Any) -> Any:
+    from alignloop.generation.rollout import critic_parts
+
+    return critic_parts(model)[1]
+
+
+def run(cfg: PPOConfig) -> Path:
+    r = engine.setup(cfg)
+    policy, ref, tok = rl.build_policy(cfg, r)
+    rewards = Rewards.from_specs(reward_specs(cfg.reward, cfg.reward_model))
+    rl.place_frozen_models(cfg, r, ref, rewards)
+    critic = build_critic(cfg, rewards, r)
+    items, cut = rl.load_prompts(cfg.prompts, tok, cfg.max_prompt_length, cfg.chat_template, cfg.limit)
+    r.log(f"prompts: {cfg.prompts}: {len(items)} ({cut} longer than max_prompt_length={cfg.max_prompt_length} "
+          "kept their head and tail)")
+    dev = rl.load_prompts(cfg.dev_data, tok, cfg.max_prompt_length, cfg.chat_template)[0] if cfg.dev_data else None
+
+    both = PolicyAndCritic(policy, critic)
+    groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.learning_rate},
+              {"params": [p for p in critic.parameters() if p.requires_grad],
+               "lr": cfg.critic_learning_rate or cfg.learning_rate}]
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+    total = rl.total_rl_steps(cfg, len(items) // r.world)  # each step takes batch_size prompts per process
+    updates_per_step = cfg.ppo_epochs * cfg.num_mini_batches
+    scheduler = engine.build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps * updates_per_step,
+                                       total * updates_per_step)
+    kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
+    start = 0
+    recent_kl: list[float] = []  # training-batch KLs, for the --kl-budget stop (kept in checkpoints)
+    if cfg.resume:
+        state = engine.load_checkpoint(r, both, optimizer, scheduler)
+        start, kl_ctl.value = state["step"], state.get("kl_coef", kl_ctl.value)
+        recent_kl = list(state.get("recent_kl", []))
+    r.metrics.truncate_after(start)
+    if dev is not None and start == 0:
+        r.metrics.write(0, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, 0)))
+
+    k = cfg.num_generations
+    stream = rl.prompt_batches(len(items), cfg.batch_size * r.world, cfg.seed, start)
+    if r.world > 1:  # each process samples its own share of the global prompt batch, with its own seed
+        if len(items) < cfg.batch_size * r.world:
+            raise TrainingError(f"{len(items)} prompts cannot fill batch_size x processes = "
+                                f"{cfg.batch_size} x {r.world}; lower --batch-size")
+        engine.seed_everything(engine.rank_seed(r, cfg.seed + start))
+    bar = engine.progress(r, total, initial=start, desc="ppo")
+    step = start
+    for step in range(start + 1, total + 1):
+        t_step = time.perf_counter()
+        batch = [items[i] for i in next(stream)][r.rank::r.world]
+        # ---- 1. rollout ----------------------------------------------------------------------------
+        ro = rl.sample(policy, tok, batch, cfg, k)
+        # ---- 2. score ------------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        scores, parts = rl.score(rewards, batch, ro, k, cfg.missing_eos_penalty)
+        old_lp, entropy = rl.logprobs_of(policy, ro, cfg, r, with_entropy=True)
+        with rl.reference(policy, ref) as m:
+            ref_lp, _ = rl.logprobs_of(m, ro, cfg, r)
+        critic.eval()
+        with torch.no_grad():
+            old_values = sequence_values(critic, ro.prompt_ids, ro.response_ids, r.autocast())
+        critic.train()
+        _, mask = pad_responses(ro.response_ids, tok.pad_token_id)
+        mask, scores = mask.to(r.device), scores.to(r.device)  # beside the log-probs (GPU runs)
+        t_score = time.perf_counter() - t0
+        # ---- 3. rewards, advantages ----------------------------------------------------------------
+        kl = kl_estimate(old_lp, ref_lp, cfg.kl_estimator) * mask
+        token_rewards = kl_penalized_rewards(scores, kl, mask, kl_ctl.value)
+        if cfg.whiten_rewards:
+            token_rewards = masked_whiten(token_rewards, mask, shift_mean=False) * mask
+        advantages, returns = gae(token_rewards, old_values, mask, cfg.gamma, cfg.lam)
+        advantages = masked_whiten(advantages, mask) * mask
+        # ---- 4. PPO epochs over mini-batches -------------------------------------------------------
+        t0 = time.perf_counter()
+        n = len(ro.response_ids)
+        mb = n // cfg.num_mini_batches
+        micro = mb // cfg.grad_accum
+        stats = {"pg": 0.0, "vf": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "ratio": 0.0, "vf_clipfrac": 0.0,
+                 "tokens": 0.0}
+        grad_norms = []
+        policy.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+        for _ in range(cfg.ppo_epochs):
+            perm = torch.randperm(n, generator=gen).tolist()
+            for s in range(0, n, mb):
+                mb_idx = perm[s:s + mb]
+                denom = max(r.reduce_sum(float(mask[mb_idx].sum())), 1.0)  # the mini-batch's tokens, all processes
+                for m0 in range(0, len(mb_idx), micro):
+                    idx = mb_idx[m0:m0 + micro]
+                    prompts_i = [ro.prompt_ids[i] for i in idx]
+                    answers_i = [ro.response_ids[i] for i in idx]
+                    width = max(len(a) for a in answers_i)
+                    sl = (torch.tensor(idx), slice(0, width))
+                    lp, _ = sequence_logprobs(policy, prompts_i, answers_i, cfg.temperature, r.autocast())
+                    values = sequence_values(critic, prompts_i, answers_i, r.autocast())
+                    m_ = mask[sl]
+                    pg, st = policy_clip_loss(lp, old_lp[sl], advantages[sl], m_, cfg.cliprange)
+                    vf, vclip = value_clip_loss(values, old_values[sl], returns[sl], m_, cfg.cliprange_value)
+                    loss = (pg + cfg.vf_coef * vf) / denom
+                    r.accelerator.backward(loss)
+                    stats["pg"] += float(pg.detach())
+                    stats["vf"] += float(vf.detach())
+                    stats["clipfrac"] += float(st["clipfrac"])
+                    stats["approx_kl"] += float(st["approx_kl"])
+                    stats["ratio"] += float(st["ratio"])
+                    stats["vf_clipfrac"] += float(vclip)
+                    stats["tokens"] += float(m_.sum())
+                engine.check_finite(r, stats["pg"] + stats["vf"], step)
+                engine.reduce_gradients(r, both)  # the policy/critic are not DDP-wrapped: sum here
+                grad_norms.append(engine.clip_and_step(r, both, optimizer, scheduler, cfg.max_grad_norm))
+        t_train = time.perf_counter() - t0
+        # ---- 5. metrics, KL control, checkpoints ---------------------------------------------------
+        seq_kl = rl.sequence_kl(old_lp, ref_lp, mask)
+        tok_n = max(stats["tokens"], 1.0)
+        values = rl.rollout_metrics(ro, scores, seq_kl, entropy, mask)
+        values.update(parts)
+        values.update({
+            "objective/non_score_reward": float((-kl_ctl.value * kl).sum(1).mean()),
+            "objective/rlhf_reward": float(scores.mean() - kl_ctl.value * kl.sum(1).mean()),
+            "objective/kl_coef": kl_ctl.value,
+            "policy/loss": stats["pg"] / tok_n, "policy/clipfrac": stats["clipfrac"] / tok_n,
+            "policy/approx_kl": stats["approx_kl"] / tok_n, "policy/ratio_mean": stats["ratio"] / tok_n,
+            "value/loss": stats["vf"] / tok_n, "value/clipfrac": stats["vf_clipfrac"] / tok_n,
+            "value/explained_variance": float(explained_variance(old_values, returns, mask)),
+            "value/mean": float(masked_mean(old_values, mask)),
+            "grad_norm": sum(grad_norms) / len(grad_norms), "learning_rate": scheduler.get_last_lr()[0],
+            "time/generate": ro.seconds, "time/score": t_score, "time/train": t_train,
+            "time/step": time.perf_counter() - t_step, "tokens/generated_per_s": ro.num_tokens / max(ro.seconds, 1e-9),
+        })
+        values = r.reduce_mean(values)  # every process logs/uses the means over all processes
+        kl_ctl.update(values["objective/kl"], len(ro.response_ids) * r.world)
+        if rl.finish_step(r, cfg, step, total, values, bar, policy=policy, ref=ref, tok=tok, rewards=rewards,
+                          dev=dev, batch=batch, rollout=ro, scores=scores, k=k, recent_kl=recent_kl):
+            break
+        if cfg.save_every and step % cfg.save_every == 0 and step != total:
+            engine.save_checkpoint(r, step, both, optimizer, scheduler,
+                                   {"kl_coef": kl_ctl.value, "recent_kl": recent_kl})
+    bar.close()
+    if dev is not None:
+        r.metrics.write(step, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, step)))
+    engine.save_checkpoint(r, step, both, optimizer, scheduler,
+                           {"kl_coef": kl_ctl.value, "recent_kl": recent_kl})
+    return finish(r, cfg, policy, tok)
+
+
+def finish(r: engine.Run, cfg: Any, policy: Any, tok: Any) -> Path:
+    """Save the policy as a plain Hugging Face folder and the reward-vs-KL plot."""
+    final = r.output / engine.FINAL
+    engine.save_final(r, policy, tok, final, merge_lora=cfg.merge_lora, base_name=cfg.model)
+    if r.is_main:
+        cfg.save(final)
+        plot = rl.plot_reward_vs_kl(r.output / "metrics.jsonl", r.output / "reward_vs_kl.png")
+        r.log(f"saved {final}" + (f"; plot {plot}" if plot else ""))
+    r.metrics.close()
+    return final
