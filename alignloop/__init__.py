@@ -31,23 +31,9 @@ def run_stage(stage: str, config: Any = None, **fields: Any):
 
     Returns what the stage returns (the output folder for trainers).
     """
-    from alignloop.cli.main import _load, run
-    from alignloop.core.config import COMMANDS, StageConfig
+    from alignloop.pipelines.stages import run_stage as _run_stage
 
-    words = tuple(stage.split())
-    if words == ("reward",):
-        words = ("reward", "train")
-    if words not in COMMANDS:
-        raise ValueError(f"unknown stage '{stage}'; one of: {', '.join(' '.join(c) for c in COMMANDS)}")
-    cls = _load(COMMANDS[words][1])
-    if isinstance(config, StageConfig):
-        cfg = config.replace(**fields).validate() if fields else config.validate()
-    elif config is not None:
-        cfg = cls.load(config, overrides=fields)
-    else:
-        cfg = cls.from_dict(fields, source="train()").validate()
-    return run(cfg)
-
+    return _run_stage(stage, config, **fields)
 
 def train(stage: str, config: Any = None, **fields: Any):
     """Run a stage (``"sft"``, ``"dpo"``, ``"reward train"``, ...) from a config object, a YAML path or fields."""

@@ -15,7 +15,7 @@ import torch
 
 def main() -> None:
     a = json.loads(sys.argv[1])
-    from alignloop.core.config import DPOConfig
+    from alignloop.trainers.config import DPOConfig
     from alignloop.data.batching import SkipReport
     from alignloop.trainers import dpo
 

@@ -6,7 +6,7 @@ skips its ~17-minute forward). Units are matched by their token ids; a unit miss
 """
 
 import torch
-from alignloop.core.config import alignloop_home
+from alignloop.core.paths import alignloop_home
 from alignloop.data.batching import cache_key, file_fingerprint, save_cached
 from alignloop.models.reward_model import build_reward_model
 from alignloop.trainers.reward import load_units

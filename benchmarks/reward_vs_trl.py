@@ -49,7 +49,7 @@ def pick_pairs(rm, n: int, max_length: int) -> list[dict]:
 
 
 def run_alignloop(args, pairs, folder: Path, precision: str) -> dict:
-    from alignloop.core.config import RewardTrainConfig
+    from alignloop.trainers.config import RewardTrainConfig
     from alignloop.trainers.engine import read_metrics
     from alignloop.trainers.reward import run_train
 

@@ -4,7 +4,10 @@ import sys
 import pytest
 
 from alignloop.cli.main import build_parser, main, parse
-from alignloop.core.config import COMMANDS, ConfigError, GenerateConfig, SFTConfig
+from alignloop.pipelines.stages import COMMANDS
+from alignloop.core.config import ConfigError
+from alignloop.generation.config import GenerateConfig
+from alignloop.trainers.config import SFTConfig
 
 
 def test_every_invalid_value_is_reported_at_once(tmp_path):

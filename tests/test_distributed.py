@@ -94,7 +94,7 @@ def sft_runs(tmp_path_factory, tiny_path):
     13 rows in global batches of 4 with grad_accum 2: the 4th micro-batch holds one row, so rank 1's share of
     it is empty (the zero-weight step); 3 steps cross the epoch boundary; a checkpoint at step 2 and at the end;
     dev-set evaluation at the end (7 of 13 rows on rank 0, 6 on rank 1)."""
-    from alignloop.core.config import SFTConfig
+    from alignloop.trainers.config import SFTConfig
     from alignloop.trainers import sft
 
     tmp = tmp_path_factory.mktemp("sft-dist")
@@ -213,7 +213,7 @@ def _compare(one: Path, two: Path, keys: tuple[str, ...]) -> None:
 @pytest.mark.parametrize("stage", ["reward", "dpo"])
 def test_reward_and_dpo_two_processes_match_one_process(stage, tmp_path, pairs_file, tiny_path):
     module = _stage_module({"reward": "alignloop.trainers.reward", "dpo": "alignloop.trainers.dpo"}[stage])
-    from alignloop.core.config import DPOConfig, RewardTrainConfig
+    from alignloop.trainers.config import DPOConfig, RewardTrainConfig
 
     cls, runner = (RewardTrainConfig, module.run_train) if stage == "reward" else (DPOConfig, module.run)
     common = dict(model="tiny", data=str(pairs_file), max_steps=3, grad_accum=2, precision="fp32",
@@ -254,7 +254,7 @@ def test_rl_reference_and_reward_device_placement(tmp_path):
     from types import SimpleNamespace
     from unittest import mock
 
-    from alignloop.core.config import PPOConfig
+    from alignloop.trainers.config import PPOConfig
     from alignloop.trainers import rl_common as rl
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi"}])

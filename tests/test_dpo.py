@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignloop.core.config import DPOConfig
+from alignloop.trainers.config import DPOConfig
 from alignloop.data.readers import write_jsonl
 from alignloop.evaluate.metrics import bootstrap_ci, length_baseline
 from alignloop.models.load import load_causal_lm

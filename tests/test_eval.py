@@ -9,7 +9,8 @@ import json
 import pytest
 
 from alignloop.data.records import Prompt, PromptRecord
-from alignloop.evaluate.commands import EvalConfig, heldout_ids, qa_items, score_qa, win_rate
+from alignloop.evaluate.config import EvalConfig
+from alignloop.evaluate.commands import heldout_ids, qa_items, score_qa, win_rate
 from alignloop.judges.base import Verdict
 
 
@@ -40,7 +41,8 @@ def test_financebench_split_is_fixed():
 
 
 def test_judge_command_reference(tmp_path):
-    from alignloop.judges.commands import JudgeConfig, run
+    from alignloop.judges.config import JudgeConfig
+    from alignloop.judges.commands import run
 
     rows = [{"id": "q1", "prompt": "What was revenue?", "answer": "$1577.00",
              "completions": ["1,577", "Not found", "2,000"]}]
@@ -57,7 +59,7 @@ def test_judge_command_reference(tmp_path):
 
 def test_judge_config_problems():
     from alignloop.core.config import ConfigError
-    from alignloop.judges.commands import JudgeConfig
+    from alignloop.judges.config import JudgeConfig
 
     with pytest.raises(ConfigError) as e:
         JudgeConfig(judge="http", project="p").validate()
@@ -80,7 +82,8 @@ def test_eval_command_side_by_side_on_tiny(tiny_path, tmp_path):
 
 
 def test_demo_on_tiny_reuses_finished_stages(tiny_path, tmp_path, capsys):
-    from alignloop.pipelines.demo import DemoConfig, run
+    from alignloop.pipelines.config import DemoConfig
+    from alignloop.pipelines.demo import run
 
     cfg = DemoConfig(model=str(tiny_path), output=str(tmp_path / "demo"), limit=8, sft_steps=1, num_candidates=2,
                      max_new_tokens=3, context_chars=100, dpo_steps=0, reward_model=False, rl_steps=1,

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from alignloop import loop
-from alignloop.pipelines.loop import HeadEnsemble, LoopConfig, labels_to_reach, next_picks
+from alignloop.pipelines.loop import HeadEnsemble, labels_to_reach, next_picks
+from alignloop.pipelines.config import LoopConfig
 
 
 def _pairs(path, n, offset=0):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from alignloop import cli, registry
-from alignloop.core.config import SFTConfig
+from alignloop.trainers.config import SFTConfig
 
 
 def _data(tmp: Path, name: str, rows: list[dict]) -> Path:

@@ -232,7 +232,7 @@ def test_ece_and_bootstrap_by_hand():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from alignloop.core.config import RewardTrainConfig
+    from alignloop.trainers.config import RewardTrainConfig
     from alignloop.trainers.reward import run_train
 
     out = tmp_path_factory.mktemp("rm")
@@ -324,7 +324,7 @@ def test_score_same_text_twice_same_reward(trained, tmp_path):
 
 def test_frozen_backbone_head_fit_and_ties_equal(tmp_path):
     """--freeze-backbone: features once, head fit full-batch; a tie trained toward equal reward stays in."""
-    from alignloop.core.config import RewardTrainConfig
+    from alignloop.trainers.config import RewardTrainConfig
     from alignloop.models.reward_model import load_reward_model
     from alignloop.trainers.reward import run_train
 

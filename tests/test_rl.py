@@ -272,7 +272,7 @@ def train(stage: str, **fields):
     """Run a stage from fields. (``alignloop.train(...)`` is shadowed by the ``alignloop.train`` subpackage once
     any trainer module is imported, so the tests go through the config classes.)"""
     from alignloop.cli.main import run
-    from alignloop.core.config import GRPOConfig, PPOConfig, RLOOConfig
+    from alignloop.trainers.config import GRPOConfig, PPOConfig, RLOOConfig
 
     cls = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}[stage]
     return run(cls.from_dict(fields).validate())
@@ -344,7 +344,8 @@ def test_grpo_rloo_on_tiny_with_lora(tmp_path, prompts_file, stage):
 
 
 def test_rl_config_checks(prompts_file):
-    from alignloop.core.config import ConfigError, GRPOConfig, PPOConfig
+    from alignloop.core.config import ConfigError
+    from alignloop.trainers.config import GRPOConfig, PPOConfig
 
     with pytest.raises(ConfigError) as e:
         GRPOConfig(prompts=str(prompts_file), output="x", num_generations=1, batch_size=3, grad_accum=2).validate()
@@ -377,7 +378,8 @@ def test_fit_prompt_keeps_head_and_tail():
 def test_vllm_backend_without_vllm_is_a_clear_config_error(prompts_file):
     import importlib.util
 
-    from alignloop.core.config import ConfigError, GRPOConfig
+    from alignloop.core.config import ConfigError
+    from alignloop.trainers.config import GRPOConfig
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed")
@@ -447,7 +449,7 @@ def test_critic_starts_from_the_reward_model(tiny_rm):
 
     from transformers import AutoModelForSequenceClassification
 
-    from alignloop.core.config import PPOConfig
+    from alignloop.trainers.config import PPOConfig
     from alignloop.trainers.reward_sources import Rewards, reward_specs
     from alignloop.trainers.ppo import build_critic
 

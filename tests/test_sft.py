@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import alignloop
-from alignloop.core.config import SFTConfig
+from alignloop.trainers.config import SFTConfig
 from alignloop.core.errors import TrainingError
 from alignloop.trainers import engine, sft
 

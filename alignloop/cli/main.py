@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import os
 import sys
 import typing
 from typing import Any, Literal, Sequence
 
-from alignloop.core.config import COMMANDS, ConfigError, StageConfig, _is_optional
+from alignloop.core.config import ConfigError, StageConfig, _is_optional
 from alignloop.core.errors import AlignloopError
+from alignloop.pipelines.stages import COMMANDS, load_ref, run
 
 GROUPS = [
     ("train", ["sft", "reward", "dpo", "ppo", "grpo", "rloo", "launch"]),
@@ -25,9 +25,6 @@ GROUPS = [
 ]
 
 
-def _load(ref: str) -> Any:
-    module, _, name = ref.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def top_help() -> str:
@@ -107,7 +104,7 @@ def parse(argv: Sequence[str]) -> tuple[type[StageConfig], StageConfig]:
             raise SystemExit(f"alignloop {first}: choose an action: {', '.join(a.split(' ', 1)[1] for a in actions)}")
         raise SystemExit(f"alignloop: unknown command '{first}'. Run `alignloop --help` for the list.")
     cmd = max(matches, key=len)
-    cls = _load(COMMANDS[cmd][1])
+    cls = load_ref(COMMANDS[cmd][1])
     parser = build_parser(cls)
     rest_field = getattr(cls, "rest_field", None)
     if rest_field:
@@ -123,29 +120,6 @@ def parse(argv: Sequence[str]) -> tuple[type[StageConfig], StageConfig]:
         return cls, cls.load(config_file, overrides=values)
     return cls, cls.from_dict(values, source="flags").validate()
 
-
-def run(cfg: StageConfig) -> Any:
-    """Run a stage from its config (the library's ``alignloop.train`` goes through here too).
-
-    Trainers (every ``TrainOptions`` stage) are recorded in the model registry here, in one place: config,
-    data hashes, labels, parent, metrics and the final model (see ``alignloop/registry.py``). The registry
-    never makes a run fail; ``ALIGNLOOP_REGISTRY=off`` skips it."""
-    from alignloop.core.config import TrainOptions
-
-    runner = _load(type(cfg).runner)
-    main_process = os.environ.get("RANK", "0") == "0"  # under `launch`, only rank 0 records
-    if not isinstance(cfg, TrainOptions) or not main_process or os.environ.get("ALIGNLOOP_REGISTRY") == "off":
-        return runner(cfg)
-    from alignloop.registry.store import store as registry
-
-    cfg, run_id = registry.start_run(cfg)
-    try:
-        result = runner(cfg)
-    except BaseException as exc:
-        registry.finish_run(run_id, cfg, error=exc)
-        raise
-    registry.finish_run(run_id, cfg, result)
-    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alignloop.core.config import alignloop_home
+from alignloop.core.paths import alignloop_home
 from alignloop.core.errors import ModelError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"

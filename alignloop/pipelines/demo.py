@@ -24,45 +24,10 @@ import json
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, Callable
 
-from alignloop.core.config import StageConfig, opt, positive
-
-FINANCEBENCH = Path(__file__).resolve().parents[2] / "data" / "financebench" / "questions.jsonl"
-
-
-@dataclass
-class DemoConfig(StageConfig):
-    """The whole pipeline on the built-in FinanceBench questions: SFT, AI feedback, reward model, DPO, evaluation."""
-
-    command: ClassVar[tuple[str, ...]] = ("demo",)
-    runner: ClassVar[str] = "alignloop.pipelines.demo:run"
-
-    model: str = opt("smollm2-135m-instruct", "Base model.")
-    output: str = opt("runs/demo", "Folder for every stage's output and the report.")
-    data: str = opt(str(FINANCEBENCH), "FinanceBench-style questions (question, evidence/context, answer).")
-    context_chars: int = opt(800, "Keep this many characters of each question's context (CPU time).")
-    sft_steps: int = opt(20, "SFT optimizer steps (LoRA).")
-    sft_learning_rate: float = opt(1e-3, "SFT learning rate (LoRA).")
-    num_candidates: int = opt(2, "Answers sampled per training question for the judge.")
-    dpo_steps: int = opt(10, "DPO optimizer steps (0 skips DPO).")
-    reward_model: bool = opt(True, "Train a reward model on the judge's preferences: frozen backbone, answer-mean "
-                             "pooling (one forward pass, then an L2 logistic-regression head; minutes on a CPU).")
-    rl_steps: int = opt(2, "GRPO steps after DPO with the numeric-answer reward (0 skips GRPO).")
-    rl_generations: int = opt(4, "GRPO answers per question (the group its baseline is taken over).")
-    max_new_tokens: int = opt(48, "Longest answer in tokens.")
-    max_length: int = opt(512, "Longest training sequence in tokens.")
-    batch_size: int = opt(4, "Training micro-batch.")
-    limit: Optional[int] = opt(None, "Use only the first N questions (quick runs, tests).")
-    seed: int = opt(0, "Seed for every stage.")
-    force: bool = opt(False, "Redo every stage even if its output exists.")
-
-    def check(self) -> list[str]:
-        return positive(self, "context_chars", "sft_steps", "num_candidates", "max_new_tokens", "max_length",
-                        "batch_size", "limit", "rl_generations") + \
-            positive(self, "dpo_steps", "rl_steps", allow_zero=True)
+from alignloop.pipelines.config import FINANCEBENCH, DemoConfig  # noqa: F401  (re-exported)
 
 
 def log(msg: str) -> None:
@@ -118,7 +83,13 @@ def split_data(cfg: DemoConfig, folder: Path) -> dict[str, Any]:
 
 
 def qa_eval(cfg: DemoConfig, model: str, data: Path, folder: Path, label: str) -> dict[str, Any]:
-    from alignloop.evaluate.commands import answer, qa_items, score_qa, write_csv, write_json
+    from alignloop.evaluate.commands import (
+        answer,
+        qa_items,
+        score_qa,
+        write_csv,
+        write_json,
+    )
 
     records = qa_items(str(data))
     answers = [a[0] for a in answer(model, [r.prompt for r in records], cfg.max_new_tokens, 10_000, 0.0, 16,
@@ -146,9 +117,13 @@ def sample_and_judge(cfg: DemoConfig, model: str, data: Path, folder: Path) -> d
 def report(cfg: DemoConfig, out: Path, results: dict[str, Any]) -> Path:
     import csv
 
-    from alignloop.evaluate.report import grouped_bars_png, html_report, image, table_html
-
     from alignloop.evaluate.commands import qa_items, score_qa, write_csv
+    from alignloop.evaluate.report import (
+        grouped_bars_png,
+        html_report,
+        image,
+        table_html,
+    )
 
     # grade the stored answers again with the current scorer, so a cached run's report follows scorer fixes
     records = qa_items(str(out / "data" / "test.jsonl"))

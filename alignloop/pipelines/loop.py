@@ -48,127 +48,12 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from alignloop.core.config import StageConfig, existing_file, opt, positive
-
-HH = Path(__file__).resolve().parents[2] / "data" / "hh-harmless"
-
-
-@dataclass
-class LoopConfig(StageConfig):
-    """Stages of increasing label counts: select labels, train, evaluate, plot learning curves."""
-
-    command: ClassVar[tuple[str, ...]] = ("loop",)
-    runner: ClassVar[str] = "alignloop.pipelines.loop:run"
-
-    output: str = opt("", "Output folder: stage_<n>/ per strategy, curves and report.html.")
-    data: str = opt(str(HH / "train.jsonl.gz"), "Pool of preference pairs (labels known in simulated mode); with "
-                    "online, \"\" for none: every stage's labels are then on-policy.")
-    dev_data: str = opt(str(HH / "dev.jsonl.gz"), "Fixed evaluation set (dev accuracy in simulated mode).")
-    test_data: Optional[str] = opt(None, "Test set: pairs (simulated mode: test accuracy beside dev accuracy) or, "
-                                   "in training mode, QA rows with gold answers.")
-    stages: list[int] = opt([100, 200, 300, 400, 500, 600, 700, 800], "Label counts, increasing.")
-    strategies: list[str] = opt(["random", "uncertainty"], "Selection strategies to run: random, uncertainty.")
-    simulated: bool = opt(True, "Reveal known labels in the order the strategy picks them (compare strategies).")
-    methods: list[str] = opt(["reward"], "Training mode: what to train per stage: reward, dpo.")
-    model: str = opt("smollm2-135m-instruct", "Training mode: the policy / reward-model backbone.")
-    encoder: str = opt("all-minilm-l6-v2", "Simulated mode: the frozen sentence encoder of the head ensemble.")
-    ensemble: int = opt(3, "Reward-model ensemble members (disagreement = uncertainty).")
-    l2: float = opt(1.0, "Simulated mode: inverse L2 strength C of each logistic-regression head.")
-    max_length: int = opt(256, "Tokens of prompt + response fed to the encoder / trainers.")
-    online: bool = opt(False, "Training mode: before each stage after the first (and the first too, without a "
-                       "pool), the latest policy answers fresh prompts, the judge labels the pairs, and those "
-                       "on-policy pairs are that stage's new labels (the pool fills any shortfall).")
-    prompts: Optional[str] = opt(None, "Online: the questions the policy answers each round (QA rows: question, "
-                                 "context, 'answer' gold for the reference judge); default: the pool's prompts.")
-    prompts_split: Literal["all", "train", "test"] = opt("all", "Online: prompts rows to use: all, or the demo's "
-                                                         "fixed FinanceBench train/test split (train for prompts).")
-    test_split: Literal["all", "train", "test"] = opt("all", "Training mode: test_data rows to use: all, or the "
-                                                      "demo's fixed FinanceBench train/test split (test).")
-    prompts_per_round: Optional[int] = opt(None, "Online: prompts answered per round (default: all), taken in a "
-                                           "seeded shuffle that moves on each round.")
-    num_candidates: int = opt(2, "Online: answers sampled per prompt (K); every pair of them is judged.")
-    temperature: float = opt(1.0, "Online: sampling temperature of the candidates.")
-    add_gold: bool = opt(True, "Online: the gold answer joins each prompt's candidates (as in the demo), so the "
-                         "judge always has a correct answer to prefer.")
-    judge: Literal["reference", "local", "http"] = opt(
-        "reference", "Online: the AI judge: reference (gold answers, no model), local (a HF model), http.")
-    judge_model: Optional[str] = opt(None, "Online: the local judge's model, or the http judge's model name.")
-    judge_base_url: Optional[str] = opt(None, "Online: the http judge's OpenAI-compatible base URL.")
-    max_new_tokens: int = opt(48, "Training mode: longest answer in tokens (test answers, online candidates).")
-    max_steps: int = opt(50, "Training mode: optimizer steps per stage and method.")
-    batch_size: int = opt(4, "Training mode: pairs per micro-batch of the reward and DPO trainers.")
-    learning_rate: Optional[float] = opt(None, "Training mode: peak learning rate of the reward and DPO trainers "
-                                         "(default: each trainer's own; the demo's LoRA DPO uses 5e-4).")
-    seeds: list[int] = opt([0], "Seeds: each strategy runs once per seed; curves show the mean (and a 95% band).")
-    limit: Optional[int] = opt(None, "Use only the first N pool rows and N dev rows (quick runs, tests).")
-
-    def check(self) -> list[str]:
-        p = []
-        if not self.output:
-            p.append("output: an output folder is required (--output DIR)")
-        if not self.stages or any(b <= a for a, b in zip(self.stages, self.stages[1:])) or self.stages[0] <= 0:
-            p.append(f"stages: must be positive and increasing, got {self.stages}")
-        bad = [s for s in self.strategies if s not in ("random", "uncertainty")]
-        if bad:
-            p.append(f"strategies: unknown {', '.join(bad)} (random, uncertainty)")
-        badm = [m for m in self.methods if m not in ("reward", "dpo")]
-        if badm:
-            p.append(f"methods: unknown {', '.join(badm)} (reward, dpo)")
-        if "uncertainty" in self.strategies and self.ensemble < 2:
-            p.append("ensemble: uncertainty needs at least 2 members")
-        if self.online:
-            p += self._online_problems()
-        elif not self.data:
-            p.append("data: a pool of preference pairs is required (only online training runs without one)")
-        if not self.simulated:
-            import importlib.util
-
-            need = {"reward": "alignloop.trainers.reward", "dpo": "alignloop.trainers.dpo"}
-            for m in self.methods:
-                if m in need and importlib.util.find_spec(need[m]) is None:
-                    p.append(f"methods: '{m}' needs {need[m]}, which is not in this build")
-        p += existing_file(self, "data", "dev_data", "test_data", "prompts")
-        p += positive(self, "ensemble", "l2", "max_length", "max_steps", "limit", "batch_size", "max_new_tokens",
-                      "num_candidates", "prompts_per_round", "learning_rate")
-        p += positive(self, "temperature", allow_zero=True)
-        return p
-
-    def _online_problems(self) -> list[str]:
-        p = []
-        if self.simulated:
-            p.append("online: on-policy rounds train and sample a policy; they need simulated: false (simulated "
-                     "mode only reveals labels the pool already has)")
-        if len(self.stages) < 2:
-            p.append("online: the on-policy rounds feed the stages after the first; give at least 2 stages")
-        if self.num_candidates < 2 and not (self.add_gold and self.judge == "reference"):
-            p.append("num_candidates: the judge compares pairs; sample at least 2 per prompt (or 1 with add_gold "
-                     "and the reference judge)")
-        if self.judge == "http" and not (self.judge_base_url and self.judge_model):
-            p.append("judge_base_url/judge_model: the http judge needs both")
-        if not (self.prompts or self.data):
-            p.append("prompts: online rounds need prompts to answer: a 'prompts' file, or a pool ('data') whose "
-                     "prompts are used")
-        source, name = (self.prompts, "prompts") if self.prompts else (self.data, "data")
-        if self.judge == "reference" and source and Path(source).exists():
-            # the first row says whether this is a judge-able prompt set; qa_items checks every row later
-            from alignloop.data.readers import read_rows
-            from alignloop.core.errors import DataError
-
-            try:
-                line, row = next(iter(read_rows(source)), (1, {}))
-            except DataError as exc:
-                return p + [f"{name}: {exc}"]
-            if not isinstance(row.get("answer"), str):
-                p.append(f"{source}:{line}: answer: the reference judge needs a gold 'answer' for every prompt it "
-                         f"labels; give 'prompts:' a QA file (question, context, answer; e.g. FinanceBench rows), "
-                         f"or use judge: local / http")
-        return p
+from alignloop.pipelines.config import HH, LoopConfig  # noqa: F401  (re-exported)
 
 
 def log(msg: str) -> None:
@@ -202,7 +87,7 @@ def encode(texts: Sequence[str], encoder: str, max_length: int, batch_size: int 
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from alignloop.core.config import alignloop_home
+    from alignloop.core.paths import alignloop_home
 
     key = hashlib.sha256(json.dumps([encoder, max_length, list(texts)]).encode()).hexdigest()[:24]
     cache = alignloop_home() / "cache" / "features" / f"{key}.npy"
@@ -386,7 +271,12 @@ def labels_to_reach(curve: list[tuple[int, float]], target: float) -> int | None
 
 def write_report(cfg: LoopConfig, results: dict[str, Any], metric: str = "dev_accuracy",
                  name: str = "report.html") -> Path:
-    from alignloop.evaluate.report import html_report, image, learning_curve_png, table_html
+    from alignloop.evaluate.report import (
+        html_report,
+        image,
+        learning_curve_png,
+        table_html,
+    )
 
     out = Path(cfg.output)
     curves, bands = curves_from(results, metric)
@@ -482,7 +372,8 @@ def online_prompts(cfg: LoopConfig) -> list[Any]:
 
 
 def make_judge(cfg: LoopConfig) -> Any:
-    from alignloop.judges.commands import JudgeConfig, build_judge
+    from alignloop.judges.commands import build_judge
+    from alignloop.judges.config import JudgeConfig
 
     return build_judge(JudgeConfig(judge=cfg.judge, model=cfg.judge_model, base_url=cfg.judge_base_url))
 

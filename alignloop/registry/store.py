@@ -45,7 +45,7 @@ def utcnow() -> dt.datetime:
 
 def default_db_url() -> str:
     """The same default database as the feedback studio: ``alignloop.db`` under the alignloop home."""
-    from alignloop.core.config import alignloop_home
+    from alignloop.core.paths import alignloop_home
 
     home = alignloop_home()
     home.mkdir(parents=True, exist_ok=True)

@@ -881,7 +881,7 @@ def create_app(cfg: ServeConfig, pool: ModelPool | None = None, registry: Any = 
 
 def build(cfg: ServeConfig, load_model: bool = True) -> tuple[FastAPI, Server]:
     """Registry, model pool, job manager and app for a config."""
-    from alignloop.core.config import alignloop_home
+    from alignloop.core.paths import alignloop_home
     from alignloop.serve.jobs import JobManager
     from alignloop.registry.store import open_registry
 

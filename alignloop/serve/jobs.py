@@ -48,7 +48,8 @@ def worker_name() -> str:
 
 
 def config_class(stage: str) -> type:
-    from alignloop.core.config import COMMANDS, TrainOptions
+    from alignloop.pipelines.stages import COMMANDS
+    from alignloop.trainers.config import TrainOptions
 
     words = tuple(STAGES.get(stage, stage).split())
     if words not in COMMANDS:

@@ -30,7 +30,8 @@ from typing import Any, Sequence
 
 import torch
 
-from alignloop.core.config import DPOConfig, alignloop_home
+from alignloop.trainers.config import DPOConfig
+from alignloop.core.paths import alignloop_home
 from alignloop.data.batching import SkipReport, batches, cache_key, file_fingerprint, fit_length, load_cached, save_cached
 from alignloop.data.readers import read_records
 from alignloop.data.records import Preference, Unpaired

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from alignloop.core.config import GRPOConfig, RLOOConfig
+from alignloop.trainers.config import GRPOConfig, RLOOConfig
 from alignloop.core.errors import TrainingError
 from alignloop.losses import group_advantages, kl_estimate, leave_one_out_advantages, policy_clip_loss
 from alignloop.trainers.reward_sources import Rewards, reward_specs

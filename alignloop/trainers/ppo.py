@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from alignloop.core.config import PPOConfig
+from alignloop.trainers.config import PPOConfig
 from alignloop.core.errors import TrainingError
 from alignloop.losses import (
     explained_variance,

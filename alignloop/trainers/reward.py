@@ -26,7 +26,8 @@ from typing import Any, Sequence
 
 import torch
 
-from alignloop.core.config import RewardEvalConfig, RewardScoreConfig, RewardTrainConfig, alignloop_home
+from alignloop.trainers.config import RewardEvalConfig, RewardScoreConfig, RewardTrainConfig
+from alignloop.core.paths import alignloop_home
 from alignloop.data.batching import SkipReport, batches, cache_key, file_fingerprint, load_cached, save_cached
 from alignloop.data.readers import public_meta, read_preferences, read_records, read_rows, write_jsonl
 from alignloop.data.records import Preference, PromptCompletion, PromptRecord

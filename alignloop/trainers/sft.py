@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from alignloop.core.config import SFTConfig
+from alignloop.trainers.config import SFTConfig
 from alignloop.data.batching import (
     Example,
     SkipReport,
@@ -63,7 +63,7 @@ def tokenize_examples(records: list[Any], tokenizer: Any, max_length: int, trunc
 
 def load_examples(cfg: SFTConfig, tokenizer: Any, path: str, limit: int | None, run: engine.Run) -> tuple[list[Example], SkipReport, int]:
     """Tokenise once and cache on disk, keyed by the data file, tokenizer and length settings."""
-    from alignloop.core.config import alignloop_home
+    from alignloop.core.paths import alignloop_home
 
     key = cache_key("sft", file_fingerprint(path), tokenizer.name_or_path, len(tokenizer), cfg.max_length,
                     cfg.truncation, cfg.chat_template, limit)
