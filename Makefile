@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install lint demo test test-all bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,7 +22,12 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/alignloop demo
 
-test: install
+# the house rules first (seconds): ruff with pyproject's rules, then the import contracts
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
+
+test: install lint
 	bash scripts/test-deps.sh
 	$(PY) -m pytest -q -m "not slow"
 

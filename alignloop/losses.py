@@ -62,7 +62,7 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
 
 
 # --------------------------------------------------------------------------------------------------
-# Reward models (issue 3)
+# Reward models
 # --------------------------------------------------------------------------------------------------
 
 
@@ -117,7 +117,7 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, weight: tor
 
 
 # --------------------------------------------------------------------------------------------------
-# DPO family (issue 4)
+# DPO family
 # --------------------------------------------------------------------------------------------------
 
 # Inputs are summed log-probabilities of each answer ([B] tensors): ``pc``/``pr`` under the policy for the chosen /
@@ -200,7 +200,7 @@ def kto_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, desirabl
 
 
 # --------------------------------------------------------------------------------------------------
-# PPO / GRPO / RLOO (issue 5)
+# PPO / GRPO / RLOO
 # --------------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,7 @@
-"""Config dataclasses, one per stage, and the machinery that fills them from YAML and flags.
+"""The config machinery every stage shares: typed dataclass fields filled from YAML and flags, validated once.
+
+Each package keeps its stages' configs in its own ``config.py`` (``trainers/config.py``, ``serve/config.py``, ...);
+the fields all stages that load a model share (``ModelOptions``) live here.
 
 Every field is a flag of the same name (``max_steps`` is ``--max-steps``) and a YAML key (either spelling).
 Flags override the file. ``validate`` collects *every* problem and raises once, before any work starts
@@ -265,24 +268,3 @@ class ModelOptions(StageConfig):
 
     def check(self) -> list[str]:
         return positive(self, "lora_r", "lora_alpha") + in_range(self, "lora_dropout", 0.0, 1.0)
-
-
-# --------------------------------------------------------------------------------------------------
-# Stages
-# --------------------------------------------------------------------------------------------------
-
-
-# ---- reward (issue 3: owned by the reward-model work; extend the fields here) ---------------------
-
-
-# ---- dpo (issue 4) ------------------------------------------------------------------------------
-
-
-# ---- ppo / grpo / rloo (issue 5) ----------------------------------------------------------------
-
-
-# ---- feedback studio (issue 6): its configs live in alignloop/feedback/commands.py ---------------
-# ---- judges, loop, eval, demo (issue 7): configs live in alignloop/judges|evaluate|loop modules' *_config
-# ---- serve, models, launch (issues 8, 9): configs live beside their modules, see COMMANDS below
-
-
