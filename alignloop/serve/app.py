@@ -783,7 +783,7 @@ def create_app(cfg: ServeConfig, pool: ModelPool | None = None, registry: Any = 
         return row, rid, int(idx) if idx.isdigit() else 0
 
     def _feedback(req: FeedbackRequest, user: str) -> dict:
-        from alignloop.serve.app import capture as fb
+        from alignloop.serve import capture as fb
 
         mask = srv.pii.mask
         comment = mask(req.comment) if req.comment else None
@@ -816,7 +816,7 @@ def create_app(cfg: ServeConfig, pool: ModelPool | None = None, registry: Any = 
 
     @app.post("/v1/feedback", status_code=201)
     async def feedback(req: FeedbackRequest, request: Request):
-        from alignloop.serve.app import capture as fb
+        from alignloop.serve import capture as fb
 
         if srv.reg is None:
             raise ApiError(503, "feedback needs the database", type="server_error")
