@@ -7,8 +7,8 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
+import alignloop.serve.capture as capture
 from alignloop.registry.store import Registry, ServedAnswer, utcnow
-from alignloop.serve import capture
 from alignloop.serve.app import create_app
 from alignloop.serve.config import ServeConfig
 from alignloop.serve.jobs import JobManager
@@ -128,7 +128,7 @@ def test_job_routes(app_parts):
                                                     "data": [{"prompt": "p", "chosen": "a", "rejected": "b"}]})
     assert r.status_code == 201
     job = r.json()
-    assert (job["object"], job["stage"], job["status"], job["attempts"]) == ("training_job", "reward train", "queued", 0)
+    assert (job["object"], job["stage"], job["status"]) == ("training_job", "reward train", "queued")
     assert client.get("/v1/jobs", headers=AUTH).json()["data"] == [job]
     assert client.get(f"/v1/jobs/{job['id']}/logs", headers=AUTH).json() == {"job_id": job["id"], "text": "",
                                                                              "next_offset": 0}
