@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 import httpx
 
@@ -160,7 +160,8 @@ class Client:
         a registry id or name, or an alias (``tiny``). Other keyword arguments are the stage's config fields
         (``max_steps=20``, ``learning_rate=1e-5``, ``reward_model=...``)."""
         if fine_tuning_type not in FINE_TUNING_TYPES:
-            raise ValueError(f"fine_tuning_type must be one of {', '.join(FINE_TUNING_TYPES)}, not '{fine_tuning_type}'")
+            raise ValueError(f"fine_tuning_type must be one of {', '.join(FINE_TUNING_TYPES)}, "
+                             f"not '{fine_tuning_type}'")
         records = _records(train_data)
         cfg = dict(config)
         if initial_model_id:

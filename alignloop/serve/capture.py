@@ -1,5 +1,6 @@
-"""The few calls serving makes into the feedback studio's Python API (``alignloop.feedback``), in one file so
-only this file changes when that API moves.
+"""Feedback from use: the answers a server gave, kept (personal data masked) so users can refer to them, and the
+rules that turn a user's feedback into studio data. The few calls serving makes into the feedback studio's
+Python API (``alignloop.feedback``) are all here, so only this file changes when that API moves.
 
 Feedback from use becomes ordinary studio data: the served prompt and answer are imported as a prompt with
 its completion(s) and a task, and the user's verdict is a judgment by a labeler of kind ``"user"``. A project
@@ -15,7 +16,18 @@ The studio's judgments have no free-text comment field yet, so a comment is kept
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Any
+
+from sqlalchemy import select
+
+from alignloop.feedback import io as studio_io
+from alignloop.feedback import store as studio
+from alignloop.registry.store import Registry, ServedAnswer, utcnow
+from alignloop.serve.errors import ApiError
+from alignloop.serve.pii import PersonalDataFilter
+from alignloop.serve.schemas import FeedbackRequest
 
 THUMBS = {"up": "good", "down": "bad"}
 #: the studio refuses empty completions; a model that said nothing still deserves its thumbs-down
@@ -26,68 +38,112 @@ def _nonempty(text: str) -> str:
     return text if isinstance(text, str) and text.strip() else EMPTY_ANSWER
 
 
-class FeedbackUnavailable(RuntimeError):
-    """The feedback studio package is not installed in this checkout."""
+# --------------------------------------------------------------------------------------------------
+# Served answers: what feedback refers to
+# --------------------------------------------------------------------------------------------------
 
 
-def available() -> bool:
-    try:
-        import alignloop.feedback.store  # noqa: F401
-    except ImportError:
-        return False
-    return True
+class ServedAnswers:
+    """The answers a server gave, kept in the registry database (personal data masked) under the response id,
+    so feedback can name them. ``keep`` does nothing without a registry or with ``--no-store-answers``."""
+
+    def __init__(self, registry: Registry | None, pii: PersonalDataFilter, store: bool = True):
+        self.reg, self.pii, self.store = registry, pii, store
+
+    def keep(self, answer_id: str, model_id: str, prompt: Any, answers: list[str], user: str) -> None:
+        if not self.store or self.reg is None:
+            return
+        try:
+            with self.reg.write() as s:
+                s.add(ServedAnswer(id=answer_id, model_id=model_id, prompt=self.pii.mask_any(prompt),
+                                   answers=[self.pii.mask(a) for a in answers], user=user, created_at=utcnow()))
+        except Exception as exc:  # serving must go on even if the database hiccups
+            print(f"warning: could not store served answer {answer_id}: {exc}", file=sys.stderr)
+
+    def get(self, ref: str) -> tuple[ServedAnswer, str, int]:
+        """``(row, response id, choice index)`` for ``"ID"`` or ``"ID#K"``; 404 when it was not kept."""
+        rid, _, idx = ref.partition("#")
+        with self.reg.read() as s:
+            row = s.get(ServedAnswer, rid)
+            if row is None:
+                raise ApiError(404, f"no served answer '{rid}' (answers are kept only with --store-answers)",
+                               "response_id", "answer_not_found")
+            s.expunge(row)
+        return row, rid, int(idx) if idx.isdigit() else 0
 
 
-def _store():
-    try:
-        from alignloop.feedback import io, store
-    except ImportError as exc:
-        raise FeedbackUnavailable(f"the feedback studio (alignloop.feedback) is not available: {exc}") from None
-    return store, io
+# --------------------------------------------------------------------------------------------------
+# The feedback rules: which verdicts a request may carry, and where each one goes
+# --------------------------------------------------------------------------------------------------
 
 
-def open_store(url: str):
-    store, _ = _store()
-    return store.open_db(url)
+def record_feedback(answers: ServedAnswers, db_url: str, project: str, req: FeedbackRequest, user: str) -> dict:
+    """Store one ``POST /v1/feedback``: a choice between two served answers (``compare`` + ``choice``) or a
+    verdict on one (``response_id`` + ``thumbs`` and/or ``correction``). Comment and correction are masked."""
+    mask = answers.pii.mask
+    comment = mask(req.comment) if req.comment else None
+    correction = mask(req.correction) if req.correction else None
+    if req.compare:
+        return _choice_feedback(answers, db_url, project, req, user, comment)
+    if not req.response_id:
+        raise ApiError(422, "give response_id (with thumbs and/or correction) or compare (with choice)", "response_id")
+    row, rid, _ = answers.get(req.response_id)
+    k = req.choice_index
+    if k >= len(row.answers):
+        raise ApiError(422, f"answer {rid} has {len(row.answers)} choice(s); choice_index {k} is out of range",
+                       "choice_index")
+    if req.thumbs is None and correction is None:
+        raise ApiError(422, "feedback needs thumbs ('up'/'down') or a correction (an edited better answer); "
+                       "a comment goes with one of them", "thumbs")
+    answer_id = f"{rid}#{k}" if len(row.answers) > 1 else rid
+    return add_answer_feedback(db_url, project, answer_id, row.prompt, row.answers[k], row.model_id, user,
+                               req.thumbs, correction, comment, req.idempotency_key)
 
 
-def store_error_types() -> tuple[type, ...]:
-    try:
-        store, _ = _store()
-    except FeedbackUnavailable:
-        return ()
-    return (store.StoreError,)
+def _choice_feedback(answers: ServedAnswers, db_url: str, project: str, req: FeedbackRequest, user: str,
+                     comment: str | None) -> dict:
+    """Two answers to the same prompt, each ``ID`` or ``ID#K``, and the user's choice between them."""
+    if req.choice is None:
+        raise ApiError(422, "compare needs a choice: A (the first answer), B, tie or both_bad", "choice")
+    (a, ida, ka), (b, idb, kb) = answers.get(req.compare[0]), answers.get(req.compare[1])
+    if json.dumps(a.prompt, sort_keys=True) != json.dumps(b.prompt, sort_keys=True):
+        raise ApiError(422, "the two answers were given to different prompts", "compare")
+    for row, k, ref in ((a, ka, req.compare[0]), (b, kb, req.compare[1])):
+        if k >= len(row.answers):
+            raise ApiError(422, f"{ref}: no choice {k}", "compare")
+    return add_choice_feedback(db_url, project, f"{ida}#{ka}|{idb}#{kb}", a.prompt, [a.answers[ka], b.answers[kb]],
+                               [a.model_id, b.model_id], user, req.choice, comment, req.idempotency_key)
+
+
+# --------------------------------------------------------------------------------------------------
+# Into the studio
+# --------------------------------------------------------------------------------------------------
+
 
 
 def _project(s: Any, name: str, task_type: str):
-    store, _ = _store()
-    from sqlalchemy import select
-
-    p = s.scalar(select(store.Project).where(store.Project.name == name))
+    p = s.scalar(select(studio.Project).where(studio.Project.name == name))
     if p is None:
-        p = store.create_project(s, name, task_type=task_type, overlap=1,
-                                 guidelines="Feedback from users of a served model (alignloop serve).")
+        p = studio.create_project(s, name, task_type=task_type, overlap=1,
+                                  guidelines="Feedback from users of a served model (alignloop serve).")
     elif p.task_type != task_type:
-        raise store.Conflict(f"project '{name}' exists with task type {p.task_type}, not {task_type}", field="project")
+        raise studio.Conflict(f"project '{name}' exists with task type {p.task_type}, not {task_type}", field="project")
     return p
 
 
 def _task_for(s: Any, project: Any, external_id: str, prompt: Any, completions: list[Any], model: str,
               context: Any = None) -> tuple[Any, Any]:
     """The task of a served answer in ``project``, imported on first feedback."""
-    store, io = _store()
-    from sqlalchemy import select
-
-    p = s.scalar(select(store.Prompt).where(store.Prompt.project_id == project.id,
-                                            store.Prompt.external_id == external_id))
+    p = s.scalar(select(studio.Prompt).where(studio.Prompt.project_id == project.id,
+                                             studio.Prompt.external_id == external_id))
     if p is None:
         rec = {"id": external_id, "prompt": prompt, "completions": [_nonempty(c) for c in completions], "model": model}
         if context is not None:
             rec["context"] = context
-        io.import_records(s, project, [(1, rec)], source="alignloop serve", labeler=None)
-        p = s.scalar(select(store.Prompt).where(store.Prompt.project_id == project.id,
-                                                store.Prompt.external_id == external_id))
-    task = s.scalar(select(store.Task).where(store.Task.prompt_id == p.id).order_by(store.Task.id))
+        studio_io.import_records(s, project, [(1, rec)], source="alignloop serve", labeler=None)
+        p = s.scalar(select(studio.Prompt).where(studio.Prompt.project_id == project.id,
+                                                 studio.Prompt.external_id == external_id))
+    task = s.scalar(select(studio.Task).where(studio.Task.prompt_id == p.id).order_by(studio.Task.id))
     return p, task
 
 
@@ -103,23 +159,22 @@ def add_answer_feedback(db_url: str, project: str, answer_id: str, prompt: Any, 
                         user: str, thumbs: str | None = None, correction: str | None = None,
                         comment: str | None = None, idempotency_key: str | None = None) -> dict:
     """A verdict on one served answer. Returns ``{"judgment_id", "project", "task_id", "created"}``."""
-    store, _ = _store()
-    db = store.open_db(db_url)
+    db = studio.open_db(db_url)
     labeler = f"user:{user}"
     with db.write() as s:
         if thumbs is not None:
             proj = _project(s, project, "binary")
             p, task = _task_for(s, proj, answer_id, prompt, [answer], model)
-            j, created = store.add_judgment(s, task.id, labeler, THUMBS[thumbs], rewrite=correction, kind="user",
-                                            identity="alignloop serve", idempotency_key=idempotency_key)
+            j, created = studio.add_judgment(s, task.id, labeler, THUMBS[thumbs], rewrite=correction, kind="user",
+                                             identity="alignloop serve", idempotency_key=idempotency_key)
         elif correction is not None:
             proj = _project(s, f"{project}-rewrite", "rewrite")
             p, task = _task_for(s, proj, answer_id, prompt, [answer], model)
-            j, created = store.add_judgment(s, task.id, labeler, rewrite=correction, kind="user",
-                                            identity="alignloop serve", idempotency_key=idempotency_key)
+            j, created = studio.add_judgment(s, task.id, labeler, rewrite=correction, kind="user",
+                                             identity="alignloop serve", idempotency_key=idempotency_key)
         else:
-            raise store.Invalid("feedback needs a thumbs verdict ('up'/'down') or a corrected answer; "
-                                "a comment goes with one of them", field="thumbs")
+            raise studio.Invalid("feedback needs a thumbs verdict ('up'/'down') or a corrected answer; "
+                                 "a comment goes with one of them", field="thumbs")
         if created:
             _comment(p, labeler, j.id, comment)
         return {"judgment_id": j.id, "project": proj.name, "task_id": task.id, "created": created}
@@ -129,8 +184,7 @@ def add_choice_feedback(db_url: str, project: str, pair_id: str, prompt: Any, an
                         user: str, choice: str, comment: str | None = None,
                         idempotency_key: str | None = None) -> dict:
     """The user's choice between two served variants of an answer (``choice``: A, B, tie or both_bad)."""
-    store, _ = _store()
-    db = store.open_db(db_url)
+    db = studio.open_db(db_url)
     labeler = f"user:{user}"
     with db.write() as s:
         proj = _project(s, f"{project}-pairwise", "pairwise")
@@ -139,8 +193,8 @@ def add_choice_feedback(db_url: str, project: str, pair_id: str, prompt: Any, an
             p_extra = dict(p.extra or {})
             p_extra.setdefault("models", list(models))
             p.extra = p_extra
-        j, created = store.add_judgment(s, task.id, labeler, choice, kind="user", identity="alignloop serve",
-                                        idempotency_key=idempotency_key)
+        j, created = studio.add_judgment(s, task.id, labeler, choice, kind="user", identity="alignloop serve",
+                                         idempotency_key=idempotency_key)
         if created:
             _comment(p, labeler, j.id, comment)
         return {"judgment_id": j.id, "project": proj.name, "task_id": task.id, "created": created}
@@ -148,5 +202,4 @@ def add_choice_feedback(db_url: str, project: str, pair_id: str, prompt: Any, an
 
 def export(db_url: str, project: str, fmt: str, output: str) -> dict:
     """Write an export of ``project`` (``raw``, ``sft``, ``kto``, ``trl``) through the studio."""
-    store, io = _store()
-    return io.export_file(store.open_db(db_url), project, fmt, output)
+    return studio_io.export_file(studio.open_db(db_url), project, fmt, output)

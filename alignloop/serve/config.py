@@ -1,4 +1,4 @@
-"""``alignloop serve``: its config (kept apart from ``serve.py`` so ``--help`` does not import torch)."""
+"""``alignloop serve``: its config (kept apart from the app so ``--help`` does not import torch)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Optional
 
-from alignloop.core.config import StageConfig, opt, positive
+from alignloop.core.config import StageConfig, check_db_url, opt, positive
 
 API_KEYS_ENV = "ALIGNLOOP_API_KEYS"
 
@@ -19,7 +19,8 @@ class ServeConfig(StageConfig):
     command: ClassVar[tuple[str, ...]] = ("serve",)
     runner: ClassVar[str] = "alignloop.serve.app:run_serve"
 
-    model: str = opt("smollm2-135m-instruct", "Model to serve by default: a registry id or name, an alias, or a folder.")
+    model: str = opt("smollm2-135m-instruct",
+                     "Model to serve by default: a registry id or name, an alias, or a folder.")
     host: str = opt("127.0.0.1", "Address to listen on (0.0.0.0 for every interface; set API keys then).")
     port: int = opt(8000, "Port to listen on.")
     api_key: list[str] = opt([], f"Accepted API key (repeatable); also read from ${API_KEYS_ENV} (comma-separated). "
@@ -33,21 +34,25 @@ class ServeConfig(StageConfig):
     default_max_tokens: int = opt(256, "max_tokens when a request does not set it.")
     max_n: int = opt(4, "Most choices (n) per request.")
     max_request_bytes: int = opt(1_000_000, "Largest request body for completions and feedback (larger: 413).")
-    max_upload_bytes: int = opt(64_000_000, "Largest request body for training jobs (they carry the data; larger: 413).")
+    max_upload_bytes: int = opt(64_000_000,
+                                "Largest request body for training jobs (they carry the data; larger: 413).")
     max_loaded_models: int = opt(2, "Models kept in memory at once (registry models load on first request).")
     allow_registry_models: bool = opt(True, "Let requests name any registered model, not only --model.")
     precision: Literal["auto", "bf16", "fp32"] = opt("fp32", "Inference precision (bf16 halves memory on a GPU; on "
                                                      "CPU fp32 is usually as fast for small models).")
     chat_template: bool = opt(True, "Apply the tokenizer's chat template to chat messages.")
     store_answers: bool = opt(True, "Keep served answers (masked) in the database so users can give feedback on them.")
-    feedback_project: str = opt("served", "Feedback-store project for user feedback (NAME, NAME-rewrite, NAME-pairwise).")
+    feedback_project: str = opt("served",
+                                "Feedback-store project for user feedback (NAME, NAME-rewrite, NAME-pairwise).")
     mask_personal_data: list[str] = opt(["email", "phone", "card", "iban", "account"],
                                         "Personal data masked in stored prompts, answers and feedback text; "
                                         "'none' turns masking off.")
     jobs: bool = opt(True, "Run queued training jobs in this server (one at a time; one such server per SQLite file).")
     resume_interrupted_jobs: bool = opt(False, "On start, re-queue jobs that were running when the server stopped, "
-                                        "with --resume (continues from their last checkpoint), instead of failing them.")
-    jobs_folder: Optional[str] = opt(None, "Where job folders (config, log, output) go; default: jobs/ in the alignloop home.")
+                                        "with --resume (continues from their last checkpoint), "
+                                        "instead of failing them.")
+    jobs_folder: Optional[str] = opt(None, "Where job folders (config, log, output) go; "
+                                     "default: jobs/ in the alignloop home.")
     log_level: Literal["debug", "info", "warning", "error"] = opt("info", "Server log level.")
 
     def keys(self) -> list[str]:
@@ -55,7 +60,8 @@ class ServeConfig(StageConfig):
         return list(dict.fromkeys([k for k in self.api_key if k] + env))
 
     def mask_kinds(self) -> list[str]:
-        return [] if [k.lower() for k in self.mask_personal_data] in (["none"], ["off"], []) else list(self.mask_personal_data)
+        off = [k.lower() for k in self.mask_personal_data] in (["none"], ["off"], [])
+        return [] if off else list(self.mask_personal_data)
 
     def check(self) -> list[str]:
         from alignloop.serve.pii import KINDS
@@ -68,8 +74,7 @@ class ServeConfig(StageConfig):
         bad = [k for k in self.mask_kinds() if k not in KINDS]
         if bad:
             p.append(f"mask_personal_data: unknown kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)} or none")
-        if self.db and not (self.db.startswith("sqlite:") or self.db.startswith("postgresql")):
-            p.append(f"db: '{self.db}' is not a sqlite:/// or postgresql+psycopg:// URL")
+        p += check_db_url(self.db)
         if not self.model:
             p.append("model: which model to serve? (--model ID_OR_PATH)")
         return p

@@ -13,7 +13,7 @@ each in its own process (``python -m alignloop <stage> --config job.yaml``), wit
 from __future__ import annotations
 
 import ctypes
-import importlib
+import dataclasses
 import os
 import signal
 import socket
@@ -27,7 +27,11 @@ from typing import Any
 import yaml
 from sqlalchemy import select
 
+from alignloop.core import files
+from alignloop.core.config import ConfigError
+from alignloop.pipelines import stages
 from alignloop.registry.store import JobRow, Registry, RunRow, utcnow
+from alignloop.trainers.config import TrainOptions
 
 TERMINAL = ("completed", "failed", "cancelled")
 STAGES = {"sft": "sft", "dpo": "dpo", "reward": "reward train", "reward train": "reward train", "ppo": "ppo",
@@ -48,15 +52,12 @@ def worker_name() -> str:
 
 
 def config_class(stage: str) -> type:
-    from alignloop.pipelines.stages import COMMANDS
-    from alignloop.trainers.config import TrainOptions
-
-    words = tuple(STAGES.get(stage, stage).split())
-    if words not in COMMANDS:
-        raise JobError([f"stage: '{stage}' is not a training stage; one of {', '.join(sorted(set(STAGES.values())))}"])
-    module, _, name = COMMANDS[words][1].partition(":")
+    """The config class of a training stage named as a job names it (``sft``, ``reward``, ``reward train`` ...)."""
     try:
-        cls = getattr(importlib.import_module(module), name)
+        cls = stages.config_class(STAGES.get(stage, stage))
+    except ValueError:
+        known = ", ".join(sorted(set(STAGES.values())))
+        raise JobError([f"stage: '{stage}' is not a training stage; one of {known}"]) from None
     except (ImportError, AttributeError) as exc:
         raise JobError([f"stage: '{stage}' is not available in this installation ({exc})"], status=400) from None
     if not issubclass(cls, TrainOptions):
@@ -123,17 +124,14 @@ class JobManager:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             if data_records is not None:
-                from alignloop.data.readers import write_jsonl
-
-                field = data_field or ("prompts" if "prompts" in _fields(cls) and stage in ("ppo", "grpo", "rloo") else "data")
-                write_jsonl(folder / "data.jsonl", data_records)
+                rl_prompts = "prompts" in _fields(cls) and stage in ("ppo", "grpo", "rloo")
+                field = data_field or ("prompts" if rl_prompts else "data")
+                files.write_jsonl(folder / "data.jsonl", data_records)
                 config[field] = str(folder / "data.jsonl")
             config.setdefault("output", str(folder / "output"))
             config.setdefault("db", self.reg.url)
             if "save_every" in _fields(cls):
                 config.setdefault("save_every", 50)
-            from alignloop.core.config import ConfigError
-
             try:
                 cfg = cls.from_dict(config, source=f"job {job_id} config").validate()
             except ConfigError as exc:
@@ -209,7 +207,7 @@ class JobManager:
                     j.status, j.pid, j.worker = "queued", None, None
                     j.config = {**j.config, "resume": True}
                     j.error = f"{RESTART_REASON}; re-queued with resume"
-                    Path(j.folder, "job.yaml").write_text(yaml.safe_dump(j.config, sort_keys=False))
+                    files.write_text(Path(j.folder, "job.yaml"), yaml.safe_dump(j.config, sort_keys=False))
                 else:
                     j.status, j.finished_at = "failed", utcnow()
                     j.error = f"{RESTART_REASON}; resubmit it, or start the server with --resume-interrupted-jobs"
@@ -323,8 +321,6 @@ class JobManager:
 
 
 def _fields(cls: type) -> set[str]:
-    import dataclasses
-
     return {f.name for f in dataclasses.fields(cls)}
 
 

@@ -48,7 +48,8 @@ MASKERS: dict[str, Callable[[str], str]] = {
     "iban": lambda t: IBAN.sub("[IBAN]", t),
     "card": lambda t: CARD.sub(_card, t),
     "phone": lambda t: PHONE.sub("[PHONE]", t),
-    "account": lambda t: LONG_DIGITS.sub("[ACCOUNT]", ACCOUNT_WORD.sub(lambda m: m.group(1) + m.group(2) + "[ACCOUNT]", t)),
+    "account": lambda t: LONG_DIGITS.sub("[ACCOUNT]",
+                                         ACCOUNT_WORD.sub(lambda m: m.group(1) + m.group(2) + "[ACCOUNT]", t)),
 }
 
 

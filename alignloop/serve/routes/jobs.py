@@ -1,0 +1,64 @@
+"""Training jobs: ``POST /v1/jobs``, ``GET /v1/jobs``, ``GET /v1/jobs/{id}``, ``GET /v1/jobs/{id}/logs``,
+``POST /v1/jobs/{id}/cancel`` (the queue itself is ``alignloop.serve.jobs``)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from alignloop.registry.store import resolve_model_ref
+from alignloop.serve.deps import JobsDep, ServerDep
+from alignloop.serve.errors import ApiError
+from alignloop.serve.jobs import JobError, JobManager
+from alignloop.serve.schemas import JobRequest
+
+router = APIRouter(prefix="/jobs")
+
+
+def _queue(jobs: JobManager | None) -> JobManager:
+    if jobs is None:
+        raise ApiError(503, "this server does not run jobs (started with --no-jobs)", type="server_error")
+    return jobs
+
+
+async def _found(lookup: Callable[[int], Any], job_id: int) -> Any:
+    """``lookup(job_id)``, or 404 when there is no such job."""
+    out = await run_in_threadpool(lookup, job_id)
+    if out is None:
+        raise ApiError(404, f"no job {job_id}", "job_id", "job_not_found")
+    return out
+
+
+@router.post("", status_code=201)
+async def submit_job(req: JobRequest, srv: ServerDep, jobs: JobsDep):
+    config = dict(req.config)
+    if "model" in config and srv.reg is not None:  # a registry id or name → its folder
+        config["model"] = (await run_in_threadpool(resolve_model_ref, str(config["model"]), srv.db_url))[0]
+    try:
+        return await run_in_threadpool(_queue(jobs).submit, req.stage, config, req.model_name, req.data, req.data_field)
+    except JobError as exc:
+        raise ApiError(exc.status, "invalid job: " + "; ".join(exc.problems), "config") from None
+
+
+@router.get("")
+async def list_jobs(jobs: JobsDep):
+    return {"object": "list", "data": await run_in_threadpool(_queue(jobs).list)}
+
+
+@router.get("/{job_id}")
+async def get_job(job_id: int, jobs: JobsDep):
+    return await _found(_queue(jobs).get, job_id)
+
+
+@router.get("/{job_id}/logs")
+async def job_logs(job_id: int, jobs: JobsDep, offset: int = 0):
+    queue = _queue(jobs)
+    text, next_offset = await _found(lambda i: queue.log(i, max(0, offset)), job_id)
+    return {"job_id": job_id, "text": text, "next_offset": next_offset}
+
+
+@router.post("/{job_id}/cancel")
+async def cancel_job(job_id: int, jobs: JobsDep):
+    return await _found(_queue(jobs).cancel, job_id)

@@ -1,0 +1,179 @@
+"""The OpenAI protocol: ``POST /v1/chat/completions`` (``stream: true`` answers with server-sent events),
+``POST /v1/completions``, and ``POST /v1/predict`` (the library's ``model.predict`` over HTTP). Every answer is
+kept (masked) under its response id for feedback."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from alignloop.data.readers import qa_prompt
+from alignloop.data.records import Prompt
+from alignloop.data.templates import encode_prompt
+from alignloop.serve.batcher import Choice, GenRequest
+from alignloop.serve.capture import ServedAnswers
+from alignloop.serve.config import ServeConfig
+from alignloop.serve.deps import AnswersDep, CallerDep, PoolDep, SettingsDep
+from alignloop.serve.errors import ApiError
+from alignloop.serve.pool import LoadedModel, ModelPool
+from alignloop.serve.schemas import ChatRequest, CompletionRequest, PredictRequest, SamplingRequest
+from alignloop.serve.streaming import EventStream, cut_at_stop, stop_list, usage
+
+router = APIRouter()
+
+
+# ---- request checks -----------------------------------------------------------------------------------
+
+
+def max_tokens_for(cfg: ServeConfig, req: SamplingRequest, max_tokens: int | None) -> int:
+    """The request's token limit (the server default when it sets none); 422 above the server's limits."""
+    mt = max_tokens if max_tokens is not None else cfg.default_max_tokens
+    if mt > cfg.max_tokens_limit:
+        raise ApiError(422, f"max_tokens is {mt}; this server allows at most {cfg.max_tokens_limit} "
+                       "(--max-tokens-limit)", "max_tokens")
+    if req.n > cfg.max_n:
+        raise ApiError(422, f"n is {req.n}; this server allows at most {cfg.max_n} choices (--max-n)", "n")
+    return mt
+
+
+def check_prompt(cfg: ServeConfig, ids: list[int], param: str) -> None:
+    if len(ids) > cfg.max_prompt_tokens:
+        raise ApiError(422, f"the prompt is {len(ids)} tokens; this server accepts at most "
+                       f"{cfg.max_prompt_tokens} (--max-prompt-tokens). Shorten the {param}.", param,
+                       "context_length_exceeded")
+
+
+def content_text(content: Any) -> str:
+    """A chat message's content as text: a string, or text parts (other part types are refused)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for p in content:
+        if p.get("type") not in ("text", "input_text"):
+            raise ApiError(422, f"content part of type '{p.get('type')}' is not supported (text only)", "messages")
+        parts.append(str(p.get("text", "")))
+    return "".join(parts)
+
+
+def chat_prompt(cfg: ServeConfig, lm: LoadedModel, req: ChatRequest) -> tuple[list[dict], list[int]]:
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": content_text(m.content)}
+                for m in req.messages]
+    ids = encode_prompt(lm.tokenizer, Prompt(messages), cfg.chat_template)
+    check_prompt(cfg, ids, "messages")
+    return messages, ids
+
+
+# ---- generation -----------------------------------------------------------------------------------------
+
+
+async def model_for(pool: ModelPool | None, ref: str) -> LoadedModel:
+    if pool is None:
+        raise ApiError(503, "no model loaded", type="server_error")
+    return await run_in_threadpool(pool.get, ref)
+
+
+async def generate(lm: LoadedModel, prompt_ids: list[int], req: SamplingRequest, max_tokens: int) -> list[Choice]:
+    g = GenRequest(prompt_ids, max_tokens, req.temperature, req.top_p, req.top_k, req.n)
+    return await asyncio.wrap_future(lm.batcher.submit(g))
+
+
+def stream(lm: LoadedModel, req: SamplingRequest, prompt_ids: list[int], max_tokens: int, stops: list[str],
+           kind: str, prompt_json: Any, answers: ServedAnswers, user: str) -> StreamingResponse:
+    """Server-sent events; the answer is kept once the last event is sent (not when generation failed)."""
+    events = EventStream(lm, req, prompt_ids, max_tokens, stops, kind)
+
+    async def body():
+        async for event in events.events():
+            yield event
+        if events.texts is not None:
+            await run_in_threadpool(answers.keep, events.rid, lm.id, prompt_json, events.texts, user)
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def decode(lm: LoadedModel, choice: Choice, stops: list[str]) -> tuple[str, str]:
+    """A choice's text (cut at the first stop sequence) and its finish reason."""
+    text, hit = cut_at_stop(lm.tokenizer.decode(choice.token_ids, skip_special_tokens=True), stops)
+    return text, "stop" if hit else choice.finish_reason
+
+
+# ---- routes -----------------------------------------------------------------------------------------------
+
+
+@router.post("/chat/completions")
+async def chat_completions(req: ChatRequest, pool: PoolDep, cfg: SettingsDep, answers: AnswersDep,
+                           caller: CallerDep):
+    lm = await model_for(pool, req.model)
+    max_tokens = max_tokens_for(cfg, req, req.max_completion_tokens or req.max_tokens)
+    stops = stop_list(req.stop)
+    messages, ids = chat_prompt(cfg, lm, req)
+    if req.stream:
+        return stream(lm, req, ids, max_tokens, stops, "chat", messages, answers, req.user or caller)
+    choices = await generate(lm, ids, req, max_tokens)
+    rid = "chatcmpl-" + secrets.token_hex(12)
+    out, texts = [], []
+    for k, c in enumerate(choices):
+        text, finish = decode(lm, c, stops)
+        texts.append(text)
+        out.append({"index": k, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                    "finish_reason": finish})
+    await run_in_threadpool(answers.keep, rid, lm.id, messages, texts, req.user or caller)
+    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": lm.id,
+            "choices": out, "usage": usage(len(ids), choices)}
+
+
+@router.post("/completions")
+async def completions(req: CompletionRequest, pool: PoolDep, cfg: SettingsDep, answers: AnswersDep,
+                      caller: CallerDep):
+    lm = await model_for(pool, req.model)
+    max_tokens = max_tokens_for(cfg, req, req.max_tokens)
+    stops = stop_list(req.stop)
+    prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+    if not prompts or len(prompts) * req.n > cfg.max_batch_size:
+        raise ApiError(422, f"give 1 to {cfg.max_batch_size // req.n} prompts per request", "prompt")
+    encoded = [lm.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    for e in encoded:
+        check_prompt(cfg, e, "prompt")
+    if req.stream:
+        if len(prompts) != 1:
+            raise ApiError(422, "streaming takes one prompt per request", "prompt")
+        return stream(lm, req, encoded[0], max_tokens, stops, "completion", prompts[0], answers, req.user or caller)
+    results = await asyncio.gather(*[generate(lm, e, req, max_tokens) for e in encoded])
+    rid = "cmpl-" + secrets.token_hex(12)
+    out, texts, all_choices = [], [], []
+    for i, choices in enumerate(results):
+        for k, c in enumerate(choices):
+            text, finish = decode(lm, c, stops)
+            texts.append(text)
+            all_choices.append(c)
+            out.append({"index": i * req.n + k, "text": text, "logprobs": None, "finish_reason": finish})
+    await run_in_threadpool(answers.keep, rid, lm.id, prompts[0] if len(prompts) == 1 else prompts, texts,
+                            req.user or caller)
+    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": lm.id,
+            "choices": out, "usage": usage(sum(len(e) for e in encoded), all_choices)}
+
+
+@router.post("/predict")
+async def predict(req: PredictRequest, pool: PoolDep, cfg: SettingsDep, answers: AnswersDep, caller: CallerDep):
+    """The library's ``model.predict(question, context)`` over HTTP: the same prompt, greedy by default."""
+    lm = await model_for(pool, req.model)
+    sampling = SamplingRequest(model=req.model, temperature=req.temperature, n=1)
+    max_tokens = max_tokens_for(cfg, sampling, req.max_tokens)
+    prompt = qa_prompt(req.question, req.context)
+    ids = encode_prompt(lm.tokenizer, prompt, cfg.chat_template)
+    check_prompt(cfg, ids, "question and context")
+    choices = await generate(lm, ids, sampling, max_tokens)
+    answer = lm.tokenizer.decode(choices[0].token_ids, skip_special_tokens=True).strip()
+    rid = "pred-" + secrets.token_hex(12)
+    await run_in_threadpool(answers.keep, rid, lm.id, prompt.to_json(), [answer], req.user or caller)
+    return {"id": rid, "object": "prediction", "model": lm.id, "answer": answer,
+            "finish_reason": choices[0].finish_reason, "usage": usage(len(ids), choices)}
