@@ -10,7 +10,8 @@ import pytest
 
 from alignloop.data.records import Prompt, PromptRecord
 from alignloop.evaluate.config import EvalConfig
-from alignloop.evaluate.commands import heldout_ids, qa_items, score_qa, win_rate
+from alignloop.evaluate.metrics import win_rate
+from alignloop.evaluate.qa_run import heldout_ids, qa_items, score_qa
 from alignloop.judges.base import Verdict
 
 
@@ -26,6 +27,45 @@ def test_score_qa_rows_and_summary():
     assert [r["fine_grade"] for r in rows] == ["correct", "refusal", "hallucination"]   # 9,999 is not in the context
     assert [r["points"] for r in rows] == [1.0, 0.5, -1.0]
     assert (s["n"], s["correct"], s["refusal"], s["incorrect"], s["llmware_points"]) == (3, 1, 1, 1, 0.5)
+
+
+def test_eval_command_module_keeps_its_library_names():
+    """``alignloop.evaluate.commands`` still exports the names other code imported from it (they moved to the
+    evaluate library modules and core.files)."""
+    from alignloop.core import files
+    from alignloop.evaluate import commands, metrics, qa_run, tables
+
+    for name in ("heldout_ids", "qa_items", "answer", "score_qa", "context_of", "question_of"):
+        assert getattr(commands, name) is getattr(qa_run, name)
+    assert commands.write_csv is tables.write_csv and commands.write_json is files.write_json
+    assert commands.refusal_rates is metrics.refusal_rates and commands.win_rate is metrics.win_rate
+
+
+def test_bootstrap_ci_is_numpys_percentile_bootstrap_with_2000_resamples():
+    """The one bootstrap interval (the eval/demo one; the DPO eval's pure-Python copy gave (0.4, 0.7333) here):
+    2,000 resamples from numpy's default_rng(seed), linear-interpolated 2.5%/97.5% quantiles, a tuple."""
+    from alignloop.evaluate.metrics import bootstrap_ci
+
+    hits = [1.0 if (i * 5) % 7 < 4 else 0.0 for i in range(30)]  # 17 of 30, like the demo's held-out questions
+    assert bootstrap_ci(hits) == pytest.approx((0.36666666666666664, 0.7333333333333333), abs=1e-12)
+    spread = [(i * 7) % 10 / 10 for i in range(23)]
+    assert bootstrap_ci(spread) == pytest.approx((0.32173913043478264, 0.5522826086956516), abs=1e-12)
+    assert bootstrap_ci(spread, seed=0, n_resamples=1000) == pytest.approx((0.32173913043478264, 0.5521739130434782),
+                                                                           abs=1e-12)
+    assert isinstance(bootstrap_ci(hits), tuple) and bootstrap_ci([]) != bootstrap_ci([])  # (nan, nan)
+    recs = [_rec(i, "$1577.00") for i in range(30)]
+    _, summary = score_qa(recs, ["It was 1,577." if h else "Not found." for h in hits])
+    assert summary["correct_rate_ci95"] == pytest.approx([0.36666666666666664, 0.7333333333333333], abs=1e-12)
+
+
+def test_expected_calibration_error_by_hand():
+    from alignloop.evaluate.metrics import expected_calibration_error
+
+    # confidences 0.9, 0.9, 0.6, 0.6, 0.7, 0.8 in bins [0.9,0.95), [0.6,0.65), [0.7,0.75), [0.8,0.85):
+    # 2/6 * |1 - 0.9| + 2/6 * |1 - 0.6| + 1/6 * |0 - 0.7| + 1/6 * |0 - 0.8|
+    ece = expected_calibration_error([0.9, 0.1, 0.6, 0.4, 0.7, 0.2], [1, 1, 1, 1, 0, 0])
+    assert ece == pytest.approx(2 / 6 * 0.1 + 2 / 6 * 0.4 + 0.7 / 6 + 0.8 / 6)
+    assert expected_calibration_error([0.9, 0.9], [1, 1]) == pytest.approx(0.1)
 
 
 def test_win_rate_counts_ties_half():

@@ -194,6 +194,45 @@ def test_http_judge_timeout_then_retry_and_final_failure(judge_server, tmp_path)
         dead.judge("q", ["a", "b"])
 
 
+# ---- the one factory ----------------------------------------------------------------------------------------
+
+def test_factory_passes_key_variable_cache_and_principles_to_the_http_judge(tmp_path, monkeypatch):
+    from alignloop.judges.factory import build_judge
+
+    monkeypatch.setenv("MY_JUDGE_KEY", "secret")
+    rules = tmp_path / "rules.txt"
+    rules.write_text("Prefer the shorter answer.")
+    j = build_judge("http", "m", "http://127.0.0.1:9/v1", api_key_env="MY_JUDGE_KEY", principles=str(rules),
+                    cache_dir=tmp_path / "c", timeout=5.0, retries=1, concurrency=2)
+    assert (j.api_key, j.principles, j.cache_dir) == ("secret", "Prefer the shorter answer.", tmp_path / "c")
+    assert (j.timeout, j.retries, j.concurrency, j.identity) == (5.0, 1, 2, "m@http://127.0.0.1:9/v1")
+    assert isinstance(build_judge("reference"), ReferenceJudge)
+    with pytest.raises(ValueError, match="unknown judge 'oracle'"):
+        build_judge("oracle")
+
+
+def test_eval_loop_and_judge_command_build_the_same_http_judge(tmp_path, monkeypatch):
+    """``alignloop eval``'s win-rate judge comes from the one factory: its HTTP judge reads OPENAI_API_KEY, keeps
+    the HHH principles and caches in the alignloop home, as ``alignloop judge`` and the loop do (eval's own factory
+    built it without a cache)."""
+    from alignloop.core.paths import alignloop_home
+    from alignloop.evaluate.commands import make_judge
+    from alignloop.judges.base import HHH_PRINCIPLES
+    from alignloop.judges.commands import judge_for
+    from alignloop.judges.config import JudgeConfig
+    from alignloop.pipelines.config import LoopConfig
+    from alignloop.pipelines.loop_online import make_judge as loop_judge
+
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    url = "http://127.0.0.1:9/v1"
+    judges = [make_judge("http", "m", url),
+              judge_for(JudgeConfig(judge="http", model="m", base_url=url)),
+              loop_judge(LoopConfig(judge="http", judge_model="m", judge_base_url=url))]
+    for j in judges:
+        assert (j.api_key, j.principles, j.cache_dir, j.url) == \
+            ("k", HHH_PRINCIPLES, alignloop_home() / "cache" / "judge", url + "/chat/completions")
+
+
 def test_judge_writes_ai_judgments_into_the_feedback_store(tmp_path):
     """Runs once the feedback studio (issue 6) is in the build."""
     store = pytest.importorskip("alignloop.feedback.store")

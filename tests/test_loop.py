@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from alignloop import loop
-from alignloop.pipelines.loop import HeadEnsemble, labels_to_reach, next_picks
+from alignloop.pipelines import loop_simulated
 from alignloop.pipelines.config import LoopConfig
+from alignloop.pipelines.loop_report import labels_to_reach
+from alignloop.pipelines.loop_simulated import HeadEnsemble, next_picks
 
 
 def _pairs(path, n, offset=0):
@@ -38,7 +40,7 @@ def fake_encoder(monkeypatch):
             out.append(v)
         return np.array(out)
 
-    monkeypatch.setattr(loop, "encode", encode)
+    monkeypatch.setattr(loop_simulated, "encode", encode)
     return calls
 
 
@@ -91,6 +93,30 @@ def test_simulated_loop_writes_stages_and_resumes(tmp_path, fake_encoder):
     assert all(v >= 0.9 for _, v in curves["curves"]["random"][1:])  # the synthetic signal is learnable
     assert (tmp_path / "run" / "curve_dev_accuracy.png").stat().st_size > 1000
     assert "Learning curve" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_simulated_loop_reports_a_pool_too_small_as_a_config_error(tmp_path, fake_encoder):
+    """A stage asking for more labels than the pool has is a ConfigError naming both counts (it was an ImportError:
+    the simulated mode imported ConfigError from a module that does not define it)."""
+    from alignloop.core.config import ConfigError
+
+    pool, dev = _pairs(tmp_path / "pool.jsonl", 8), _pairs(tmp_path / "dev.jsonl", 4, offset=100)
+    cfg = LoopConfig(output=str(tmp_path / "run"), data=str(pool), dev_data=str(dev), stages=[4, 10]).validate()
+    with pytest.raises(ConfigError, match="the last stage needs 10 labels, the pool has 8"):
+        loop.run(cfg)
+
+
+def test_pipelines_use_libraries_not_command_modules():
+    """The loop and the demo call the evaluation and judge libraries, never another package's CLI module."""
+    import ast
+
+    root = Path(loop.__file__).parent
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) and node.module \
+                else []
+            assert not [n for n in names if ".commands" in n], f"{path.name} imports {names}"
 
 
 def test_loop_config_problems():
@@ -187,8 +213,8 @@ def test_training_mode_reward_and_dpo_on_tiny_writes_stages_and_resumes(tiny_pat
 
 
 def test_online_round_samples_the_latest_policy_and_feeds_the_next_stage(tiny_path, tmp_path, monkeypatch):
-    from alignloop.evaluate.commands import answer, qa_items
-    from alignloop.judges import commands as judge_commands
+    from alignloop.evaluate.qa_run import answer, qa_items
+    from alignloop.judges import labeling
 
     cfg = _training_cfg(tiny_path, tmp_path, stages=[3, 5], methods=["dpo"], online=True, prompts_per_round=2,
                         learning_rate=1e-2)
@@ -226,7 +252,7 @@ def test_online_round_samples_the_latest_policy_and_feeds_the_next_stage(tiny_pa
     def no_resampling(*a, **k):
         raise AssertionError("a finished round was sampled again")
 
-    monkeypatch.setattr(judge_commands, "sample_and_judge", no_resampling)
+    monkeypatch.setattr(labeling, "sample_and_judge", no_resampling)
     calls = _spy_stages(monkeypatch)
     loop.run(cfg)
     assert [s for s, o in calls] == ["dpo"] and "stage_5" in calls[0][1]

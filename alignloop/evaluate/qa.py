@@ -244,7 +244,7 @@ def grade(answer: str, gold: str, question: str | None = None, context: str | No
         elif recall >= 0.6:
             return "correct", f"word recall {recall:.2f}"
         else:
-            verdict = ("partial", f"word recall {recall:.2f}") if recall >= 0.3 else ("incorrect", f"word recall {recall:.2f}")
+            verdict = ("partial" if recall >= 0.3 else "incorrect", f"word recall {recall:.2f}")
     if is_refusal(answer) and verdict[0] != "partial":
         return "refusal", "the answer declines"
     if verdict[0] == "incorrect" and context is not None and ans_nums:

@@ -13,16 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-
-def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> list[float]:
-    """Percentile bootstrap interval of a mean (used for rates: a list of 0/1)."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        return [float("nan"), float("nan")]
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return [float(lo), float(hi)]
+from alignloop.core.files import atomic_path, write_text
 
 
 def _plt():
@@ -32,6 +23,15 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt: Any, fig: Any, path: str | os.PathLike) -> Path:
+    """Lay out ``fig``, write it to ``path`` as PNG (atomically) and free it."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
 
 
 def learning_curve_png(curves: dict[str, list[tuple[int, float]]], path: str | os.PathLike, metric: str,
@@ -51,12 +51,7 @@ def learning_curve_png(curves: dict[str, list[tuple[int, float]]], path: str | o
     ax.set_title(title or f"{metric} vs labels")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def grouped_bars_png(groups: dict[str, dict[str, float]], path: str | os.PathLike, title: str = "") -> Path:
@@ -74,12 +69,7 @@ def grouped_bars_png(groups: dict[str, dict[str, float]], path: str | os.PathLik
     ax.set_xticks(np.arange(len(cats)) + width * (len(models) - 1) / 2, cats)
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _img(path: Path) -> str:
@@ -121,12 +111,7 @@ def html_report(path: str | os.PathLike, title: str, sections: Sequence[tuple[st
     for heading, body in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>\n{body}")
     parts.append("</body></html>")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, "\n".join(parts))
 
 
 def image(path: str | os.PathLike) -> str:

@@ -12,105 +12,44 @@ from __future__ import annotations
 
 import json
 import sys
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from alignloop.core.paths import alignloop_home
-from alignloop.judges.config import JudgeConfig  # noqa: F401  (re-exported)
+from alignloop.core.errors import DataError
+from alignloop.core.files import write_jsonl
+from alignloop.judges.config import JudgeConfig
+from alignloop.judges.factory import build_judge, principles_text  # noqa: F401  (re-exported)
+from alignloop.judges.labeling import judge_rows, sample_and_judge  # noqa: F401  (re-exported)
 
 
-def principles_text(value: str | None) -> str | None:
-    if value and len(value) < 4096 and Path(value).is_file():
-        return Path(value).read_text()
-    return value
+def judge_for(cfg: JudgeConfig) -> Any:
+    """The judge ``cfg`` describes (``--model`` is the reward-model folder for ``--judge reward``)."""
+    return build_judge(cfg.judge, cfg.model, cfg.base_url, api_key_env=cfg.api_key_env, principles=cfg.principles,
+                       cache_dir=cfg.cache_dir, timeout=cfg.timeout, retries=cfg.retries,
+                       concurrency=cfg.concurrency, margin=cfg.margin)
 
 
-def build_judge(cfg: JudgeConfig) -> Any:
-    if cfg.judge == "reference":
-        from alignloop.judges.reference import ReferenceJudge
-
-        return ReferenceJudge()
-    if cfg.judge == "reward":
-        from alignloop.judges.reward import RewardModelJudge
-
-        return RewardModelJudge.from_dir(cfg.model or "", cfg.margin)
-    if cfg.judge == "http":
-        from alignloop.judges.http import HTTPJudge
-
-        return HTTPJudge(cfg.base_url or "", cfg.model or "", cfg.api_key_env, principles_text(cfg.principles),
-                         cfg.timeout, cfg.retries, concurrency=cfg.concurrency,
-                         cache_dir=cfg.cache_dir or alignloop_home() / "cache" / "judge")
-    from alignloop.judges.local import LocalJudge
-
-    return LocalJudge(cfg.model or "smollm2-135m-instruct", principles_text(cfg.principles))
-
-
-def judge_rows(judge: Any, rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
-    """(preferences, judgments) for rows of ``prompt``, ``completions`` and optional ``answer``."""
-    items, keys = [], []
-    for n, row in enumerate(rows):
-        comps = row["completions"]
-        for i, j in combinations(range(len(comps)), 2):
-            items.append((row["prompt"], [comps[i], comps[j]], row.get("answer")))
-            keys.append((n, i, j))
-    verdicts = judge.judge_many(items)
-    prefs, judgments = [], []
-    for (n, i, j), (prompt, pair, _), v in zip(keys, items, verdicts):
-        rid = rows[n].get("id", n)
-        judgments.append({"id": rid, "a": i, "b": j, "judge": judge.name, "identity": judge.identity, **v.to_json()})
-        if v.decisive:
-            prefs.append({"id": rid, "prompt": prompt, "chosen": pair[v.winner], "rejected": pair[1 - v.winner],
-                          "judge": judge.name, "prob": v.prob})
-    return prefs, judgments
-
-
-def sample_and_judge(model: Any, records: list[Any], folder: str | Path, judge: Any, num_candidates: int = 2,
-                     max_new_tokens: int = 48, temperature: float = 1.0, batch_size: int = 8,
-                     max_prompt_length: int = 10_000, seed: int = 0, add_gold: bool = True,
-                     desc: str = "sample candidates") -> dict[str, Any]:
-    """Sample ``num_candidates`` answers per prompt record from ``model`` and judge every pair of them.
-
-    The demo's labelling stage and the loop's on-policy rounds. ``records`` are prompt records with ``meta['id']``
-    and, for the reference judge, the gold ``meta['answer']``. With ``add_gold`` the gold answer joins the
-    candidates (duplicates dropped), so the judge always has a correct answer to prefer, as a human labeller who
-    writes a better answer would. Writes, each atomically, in ``folder``: ``candidates.jsonl`` (per prompt: the
-    raw ``sampled`` answers and the judged ``completions``), ``judgments.jsonl`` (every verdict; ``a``/``b`` index
-    ``completions``) and ``preferences.jsonl`` (the decisive ones, in prompt order, then pair order)."""
-    from alignloop.data.readers import write_jsonl
-    from alignloop.evaluate.commands import answer
-
-    folder = Path(folder)
-    samples = answer(model, [r.prompt for r in records], max_new_tokens, max_prompt_length, temperature,
-                     batch_size, num=num_candidates, seed=seed, desc=desc)
+def read_candidates(path: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """Rows of ``prompt`` + ``completions`` (at least 2); ``gold`` is accepted for ``answer``."""
     rows = []
-    for rec, sampled in zip(records, samples):
-        gold = rec.meta.get("answer")
-        extra = [gold] if add_gold and isinstance(gold, str) else []
-        rows.append({"id": str(rec.meta["id"]), "prompt": rec.prompt.to_json(), "sampled": sampled,
-                     "completions": list(dict.fromkeys(sampled + extra)), "answer": gold})
-    prefs, judgments = judge_rows(judge, rows)
-    write_jsonl(folder / "candidates.jsonl", rows)
-    write_jsonl(folder / "judgments.jsonl", judgments)
-    write_jsonl(folder / "preferences.jsonl", prefs)
-    grades = [g for j in judgments for g in j.get("grades", [])]
-    summary: dict[str, Any] = {"prompts": len(rows), "candidates": sum(len(s) for s in samples),
-                               "pairs": len(judgments), "preferences": len(prefs)}
-    if grades:  # the reference judge grades every candidate it compares
-        summary["candidate_correct_rate"] = grades.count("correct") / len(grades)
-    return summary
+    with open(path) as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if not isinstance(row.get("completions"), list) or len(row["completions"]) < 2:
+                raise DataError("needs a 'completions' list of at least 2", path=f"{path}:{line_no}",
+                                field="completions")
+            row.setdefault("answer", row.get("gold"))
+            rows.append(row)
+    return rows[:limit] if limit else rows
 
 
 def judge_project(judge: Any, db_url: str, project_name: str, limit: int | None = None) -> dict[str, int]:
     """Judge a feedback project's pairwise tasks and store the verdicts as an 'ai' labeler's judgments."""
-    try:
-        from alignloop.feedback import store
-    except ImportError:  # issue 6's module is not in this build
-        from alignloop.core.errors import ConfigError
-
-        raise ConfigError(["project: the feedback studio (alignloop.feedback) is not installed in this version"]) \
-            from None
     from sqlalchemy import select
+
+    from alignloop.feedback import store
 
     db = store.open_db(db_url)
     counts = {"judged": 0, "already": 0}
@@ -137,27 +76,11 @@ def judge_project(judge: Any, db_url: str, project_name: str, limit: int | None 
 
 
 def run(cfg: JudgeConfig) -> Path | None:
-    from alignloop.data.readers import write_jsonl
-
-    judge = build_judge(cfg)
+    judge = judge_for(cfg)
     summary: dict[str, Any] = {"judge": judge.name, "identity": judge.identity}
     out = None
     if cfg.data:
-        rows = []
-        with open(cfg.data) as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                if not isinstance(row.get("completions"), list) or len(row["completions"]) < 2:
-                    from alignloop.core.errors import DataError
-
-                    raise DataError("needs a 'completions' list of at least 2", path=f"{cfg.data}:{line_no}",
-                                    field="completions")
-                row.setdefault("answer", row.get("gold"))
-                rows.append(row)
-        rows = rows[: cfg.limit] if cfg.limit else rows
-        prefs, judgments = judge_rows(judge, rows)
+        prefs, judgments = judge_rows(judge, read_candidates(cfg.data, cfg.limit))
         out = Path(cfg.output or "")
         write_jsonl(out, prefs)
         write_jsonl(out.with_name(out.stem.replace(".jsonl", "") + ".judgments.jsonl"), judgments)

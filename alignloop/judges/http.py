@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import httpx
 
 from alignloop.core.errors import AlignloopError
+from alignloop.core.files import write_text
 from alignloop.judges.base import PairwiseLetterJudge
 
 
@@ -81,10 +82,7 @@ class HTTPJudge(PairwiseLetterJudge):
                 if resp.status_code == 200:
                     data = resp.json()
                     if path is not None:
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        tmp = path.with_suffix(f".tmp{os.getpid()}")
-                        tmp.write_text(json.dumps(data))
-                        os.replace(tmp, path)
+                        write_text(path, json.dumps(data))
                     return data
                 last = f"HTTP {resp.status_code}: {resp.text[:200]}"
                 if resp.status_code not in RETRY_STATUS:

@@ -82,13 +82,6 @@ class LoopConfig(StageConfig):
             p += self._online_problems()
         elif not self.data:
             p.append("data: a pool of preference pairs is required (only online training runs without one)")
-        if not self.simulated:
-            import importlib.util
-
-            need = {"reward": "alignloop.trainers.reward", "dpo": "alignloop.trainers.dpo"}
-            for m in self.methods:
-                if m in need and importlib.util.find_spec(need[m]) is None:
-                    p.append(f"methods: '{m}' needs {need[m]}, which is not in this build")
         p += existing_file(self, "data", "dev_data", "test_data", "prompts")
         p += positive(self, "ensemble", "l2", "max_length", "max_steps", "limit", "batch_size", "max_new_tokens",
                       "num_candidates", "prompts_per_round", "learning_rate")

@@ -7,10 +7,9 @@ Stages (each writes a ``done`` marker; a second run skips finished stages and re
 2. ``base_eval`` the base model answers the held-out questions (greedy), graded by the QA scorer;
 3. ``sft``       LoRA SFT on the training questions' gold answers;
 4. ``sample``    the SFT model samples ``num_candidates`` answers per training question;
-5. ``judge``     the reference-guided judge (standing in for human labellers) turns them into preferences
-                 (and into "ai" labeler judgments in the feedback store, when that module is installed);
+5. ``judge``     the reference-guided judge (standing in for human labellers) turns them into preferences;
 6. ``reward``    a reward model on those preferences (frozen backbone, answer-mean pooling);
-7. ``dpo``       a short DPO from the SFT model (when ``alignloop.trainers.dpo`` is present);
+7. ``dpo``       a short DPO from the SFT model (``dpo_steps``; 0 skips it);
 8. ``grpo``      a short GRPO from the DPO model on the training questions, rewarded by the rule-based
                  numeric-answer check (``alignloop.rewards:financebench_numeric``: does the answer contain the gold
                  figure?), K answers per question, LoRA;
@@ -20,6 +19,7 @@ Stages (each writes a ``done`` marker; a second run skips finished stages and re
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 import sys
@@ -27,6 +27,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from alignloop.core.files import write_json, write_jsonl, write_text
+from alignloop.data.readers import qa_prompt, read_rows
+from alignloop.evaluate.qa_run import answer, heldout_ids, qa_items, score_qa
+from alignloop.evaluate.report import grouped_bars_png, html_report, image, table_html
+from alignloop.evaluate.tables import write_csv
+from alignloop.judges import labeling
+from alignloop.judges.reference import ReferenceJudge
 from alignloop.pipelines.config import FINANCEBENCH, DemoConfig  # noqa: F401  (re-exported)
 
 
@@ -50,17 +57,12 @@ def stage(out: Path, name: str, cfg: DemoConfig, fn: Callable[[Path], Any], key:
     t0 = time.perf_counter()
     result = fn(folder)
     result = {"result": result, "seconds": round(time.perf_counter() - t0, 1), "key": key}
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, default=str))
-    tmp.replace(marker)
+    write_json(marker, result, indent=None)
     log(f"{name}: finished in {result['seconds']} s")
     return result
 
 
 def split_data(cfg: DemoConfig, folder: Path) -> dict[str, Any]:
-    from alignloop.data.readers import write_jsonl
-    from alignloop.evaluate.commands import heldout_ids
-
     rows = [json.loads(line) for line in Path(cfg.data).read_text().splitlines() if line.strip()]
     rows = rows[: cfg.limit] if cfg.limit else rows
     parts: dict[str, list[dict]] = {"train": [], "test": []}
@@ -75,22 +77,12 @@ def split_data(cfg: DemoConfig, folder: Path) -> dict[str, Any]:
     for name, part in parts.items():
         write_jsonl(folder / f"{name}.jsonl", part)
     # SFT demonstrations: the prompt exactly as the model sees it at evaluation, the gold answer as completion
-    from alignloop.data.readers import qa_prompt
-
     write_jsonl(folder / "sft.jsonl", [{"prompt": qa_prompt(r["question"], r["context"]).to_json(),
                                         "completion": r["answer"], "id": r["id"]} for r in parts["train"]])
     return {k: len(v) for k, v in parts.items()}
 
 
 def qa_eval(cfg: DemoConfig, model: str, data: Path, folder: Path, label: str) -> dict[str, Any]:
-    from alignloop.evaluate.commands import (
-        answer,
-        qa_items,
-        score_qa,
-        write_csv,
-        write_json,
-    )
-
     records = qa_items(str(data))
     answers = [a[0] for a in answer(model, [r.prompt for r in records], cfg.max_new_tokens, 10_000, 0.0, 16,
                                     seed=cfg.seed, desc=f"eval {label}")]
@@ -106,25 +98,12 @@ def qa_eval(cfg: DemoConfig, model: str, data: Path, folder: Path, label: str) -
 def sample_and_judge(cfg: DemoConfig, model: str, data: Path, folder: Path) -> dict[str, Any]:
     """Sample candidates for the training questions and label every pair with the reference judge (the gold
     answer is one of the candidates); shared with the loop's on-policy rounds."""
-    from alignloop.evaluate.commands import qa_items
-    from alignloop.judges.commands import sample_and_judge as sample_and_label
-    from alignloop.judges.reference import ReferenceJudge
-
-    return sample_and_label(model, qa_items(str(data)), folder, ReferenceJudge(), num_candidates=cfg.num_candidates,
-                            max_new_tokens=cfg.max_new_tokens, batch_size=32, seed=cfg.seed)
+    return labeling.sample_and_judge(model, qa_items(str(data)), folder, ReferenceJudge(),
+                                     num_candidates=cfg.num_candidates, max_new_tokens=cfg.max_new_tokens,
+                                     batch_size=32, seed=cfg.seed)
 
 
 def report(cfg: DemoConfig, out: Path, results: dict[str, Any]) -> Path:
-    import csv
-
-    from alignloop.evaluate.commands import qa_items, score_qa, write_csv
-    from alignloop.evaluate.report import (
-        grouped_bars_png,
-        html_report,
-        image,
-        table_html,
-    )
-
     # grade the stored answers again with the current scorer, so a cached run's report follows scorer fixes
     records = qa_items(str(out / "data" / "test.jsonl"))
     graded = {}
@@ -174,7 +153,7 @@ def report(cfg: DemoConfig, out: Path, results: dict[str, Any]) -> Path:
         ("Side by side (same held-out items)", table_html(side)),
         ("Stages", table_html(stages)),
     ])
-    (out / "report" / "verdict.txt").write_text(verdict + "\n")
+    write_text(out / "report" / "verdict.txt", verdict + "\n")
     return path
 
 
@@ -188,7 +167,8 @@ def run(cfg: DemoConfig) -> Path:
     t0 = time.perf_counter()
     data_dir = out / "data"
     results["data"] = stage(out, "data", cfg, lambda f: split_data(cfg, f))
-    results["base_eval"] = stage(out, "base_eval", cfg, lambda f: qa_eval(cfg, cfg.model, data_dir / "test.jsonl", f, "base"))
+    results["base_eval"] = stage(out, "base_eval", cfg,
+                                 lambda f: qa_eval(cfg, cfg.model, data_dir / "test.jsonl", f, "base"))
 
     import alignloop
 
@@ -213,10 +193,9 @@ def run(cfg: DemoConfig) -> Path:
         def dpo_run(folder: Path) -> str:
             # the pairs the short run will see, drawn at random (seeded) from all of them: DPO first scores every
             # pair of its data with the reference model, so pairs it would never reach cost time for nothing
-            from alignloop.data.readers import read_rows, write_jsonl
-
             rows = [row for _, row in read_rows(prefs)]
-            pick = sorted(random.Random(cfg.seed).sample(range(len(rows)), min(len(rows), cfg.dpo_steps * cfg.batch_size)))
+            n_pick = min(len(rows), cfg.dpo_steps * cfg.batch_size)
+            pick = sorted(random.Random(cfg.seed).sample(range(len(rows)), n_pick))
             data = write_jsonl(folder / "pairs.jsonl", [rows[i] for i in pick])
             return str(alignloop.train("dpo", model=policy, data=str(data), output=str(folder), lora=True,
                                        max_steps=cfg.dpo_steps, batch_size=cfg.batch_size, learning_rate=5e-4,

@@ -1,0 +1,97 @@
+"""QA items, answers and their per-item grades: the library that ``alignloop eval``, the loop and the demo share.
+
+:func:`qa_items` reads prompt records with a gold ``answer`` (FinanceBench rows by default) and applies the fixed
+held-out rule (:func:`heldout_ids`); :func:`answer` samples a model's answers; :func:`score_qa` grades them with
+the rules of :mod:`alignloop.evaluate.qa` into per-item rows and a summary with a bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from typing import Any, Sequence
+
+from alignloop.core.errors import DataError
+from alignloop.data.readers import read_records
+from alignloop.evaluate.metrics import bootstrap_ci
+from alignloop.evaluate.qa import LLMWARE_POINTS, grade, summarize
+
+
+def heldout_ids(ids: list[str], share: float = 0.3) -> set[str]:
+    """The fixed held-out rule of the demo and ``--split test``: the ``share`` of the ids (rounded) with the
+    smallest SHA-256 of the id. Order-free and the same on every machine: 30 of the 100 FinanceBench questions."""
+    ranked = sorted(ids, key=lambda i: hashlib.sha256(str(i).encode()).hexdigest())
+    return set(ranked[: round(share * len(ranked))])
+
+
+def record_ids(records: Sequence[Any]) -> list[str]:
+    """Each prompt record's id: its ``financebench_id``, else its ``id``, else its position."""
+    return [str(r.meta.get("financebench_id", r.meta.get("id", n))) for n, r in enumerate(records)]
+
+
+def in_split(fid: str, test: set[str], split: str) -> bool:
+    """Whether the item ``fid`` belongs to ``split`` ("all", "train" or "test") given the held-out ids."""
+    return split == "all" or (fid in test) == (split == "test")
+
+
+def qa_items(path: str, split: str = "all", limit: int | None = None) -> list[Any]:
+    """Prompt records with ``meta['answer']`` (gold) and ``meta['id']``; ``split`` filters FinanceBench rows."""
+    records = read_records(path, kind="prompt")
+    ids = record_ids(records)
+    test = heldout_ids(ids)
+    out = []
+    for fid, r in zip(ids, records):
+        if not in_split(fid, test, split):
+            continue
+        if not isinstance(r.meta.get("answer"), str):
+            raise DataError("a QA item needs a gold 'answer' string", path=r.meta.get("_where"), field="answer")
+        r.meta.setdefault("id", str(fid))
+        out.append(r)
+    return out[:limit] if limit else out
+
+
+def context_of(record: Any) -> str:
+    return record.prompt.last_user
+
+
+def question_of(record: Any) -> str:
+    """The question of a QA prompt (``qa_prompt`` puts it last, after "Question: ")."""
+    if isinstance(record.meta.get("question"), str):
+        return record.meta["question"]
+    text = record.prompt.last_user
+    return text.rsplit("Question: ", 1)[-1].strip() if "Question: " in text else text[-300:]
+
+
+def answer(model: str | tuple, prompts: Sequence[Any], max_new_tokens: int = 64, max_prompt_length: int = 512,
+           temperature: float = 0.0, batch_size: int = 8, num: int = 1, seed: int = 0, desc: str = "answer"
+           ) -> list[list[str]]:
+    """``num`` answers per prompt from ``model`` (an alias/folder, or a loaded ``(model, tokenizer)``)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from alignloop.generation.rollout import SamplingParams, sample_texts
+    from alignloop.models.load import load_causal_lm
+
+    lm, tok = model if isinstance(model, tuple) else load_causal_lm(model)
+    if torch.cuda.is_available():
+        lm = lm.to("cuda")
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    with tqdm(total=len(prompts) * num, desc=desc, unit="answer", file=sys.stderr, dynamic_ncols=True) as bar:
+        return sample_texts(lm, tok, list(prompts), num, params, batch_size=batch_size,
+                            max_prompt_length=max_prompt_length, progress=bar)
+
+
+def score_qa(records: Sequence[Any], answers: Sequence[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per-item rows (id, question, gold, answer, grade, fine grade, llmware points, reason) and a summary with
+    the 95% bootstrap interval of the correct rate (``correct_rate_ci95``)."""
+    rows = []
+    for rec, ans in zip(records, answers):
+        fine, reason = grade(ans, rec.meta["answer"], question_of(rec), context_of(rec))
+        coarse = {"partial": "incorrect", "hallucination": "incorrect"}.get(fine, fine)
+        rows.append({"id": rec.meta["id"], "question": question_of(rec),
+                     "gold": rec.meta["answer"], "answer": ans, "grade": coarse, "fine_grade": fine,
+                     "points": LLMWARE_POINTS[fine], "reason": reason})
+    summary: dict[str, Any] = summarize([r["grade"] for r in rows], [r["points"] for r in rows])
+    if rows:
+        summary["correct_rate_ci95"] = list(bootstrap_ci([r["grade"] == "correct" for r in rows]))
+    return rows, summary
