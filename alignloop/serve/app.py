@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from alignloop.core.errors import AlignloopError
-from alignloop.generation.rollout import SamplingParams, sample_ids
+from alignloop.generation.sampling import SamplingParams, sample_ids
 from alignloop.serve.config import ServeConfig
 
 # --------------------------------------------------------------------------------------------------
