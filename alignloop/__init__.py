@@ -21,7 +21,7 @@ __all__ = ["load_model", "train", "run_stage", "Client", "__version__"]
 
 def load_model(name_or_path: str, **kwargs: Any):
     """Load a policy model by alias, folder, GGUF file or cached hub id; returns an ``AlignModel``."""
-    from alignloop.models.load import load_model as _load_model
+    from alignloop.generation.sampling import load_model as _load_model
 
     return _load_model(name_or_path, **kwargs)
 

@@ -159,3 +159,25 @@ def test_sequence_logprobs_hand_computed(tiny_path):
         logp = torch.log_softmax(model(input_ids=torch.tensor([pi + ai])).logits[0].float(), -1)
     expected = sum(float(logp[len(pi) - 1 + k, t]) for k, t in enumerate(ai))
     assert sequence_logprobs(model, tok, [p], ["yo"])[0] == pytest.approx(expected, abs=1e-4)
+
+
+def test_sequence_logprobs_is_the_rl_forward_batched_and_cut(tiny_path):
+    """eval's KL log-probs and the RL stages' ``sequence_logprobs`` are one computation: several prompts of
+    different lengths in one padded batch, the prompt cut from the left to ``max_prompt_length``."""
+    import torch
+
+    from alignloop.data.records import Prompt
+    from alignloop.data.templates import encode_answer, encode_prompt
+    from alignloop.evaluate.commands import sequence_logprobs
+    from alignloop.models.load import load_causal_lm
+
+    model, tok = load_causal_lm(str(tiny_path))
+    prompts = [Prompt([{"role": "user", "content": "hi " * 30}]), Prompt([{"role": "user", "content": "yo"}])]
+    answers = ["a longer answer than the other", "ok"]
+    expected = []
+    with torch.no_grad():
+        for p, a in zip(prompts, answers):
+            pi, ai = encode_prompt(tok, p)[-16:], encode_answer(tok, a)
+            logp = torch.log_softmax(model(input_ids=torch.tensor([pi + ai])).logits[0].float(), -1)
+            expected.append(sum(float(logp[len(pi) - 1 + k, t]) for k, t in enumerate(ai)))
+    assert sequence_logprobs(model, tok, prompts, answers, max_prompt_length=16) == pytest.approx(expected, abs=1e-4)

@@ -3,7 +3,7 @@ import subprocess
 
 import torch
 
-from alignloop.generation.rollout import SamplingParams, left_pad, sample_texts, truncate_after_stop
+from alignloop.generation.sampling import SamplingParams, left_pad, sample_texts, truncate_after_stop
 from alignloop.data.records import Prompt
 
 from testutil import python_cmd, write_jsonl

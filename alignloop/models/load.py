@@ -17,12 +17,12 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alignloop.core.paths import alignloop_home
 from alignloop.core.errors import ModelError
+from alignloop.core.files import replace_folder
+from alignloop.core.paths import alignloop_home
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -316,14 +316,7 @@ def save_model(model: Any, tokenizer: Any, folder: str | os.PathLike, merge_lora
         extra = {"state_dict": state_dict} if state_dict is not None else {}
         to_save.save_pretrained(tmp, safe_serialization=True, **extra)
         tokenizer.save_pretrained(tmp)
-        if folder.exists():
-            old = folder.with_name(folder.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
+        replace_folder(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -345,33 +338,12 @@ def pick_precision(setting: str, device: Any = None) -> str:
     return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
 
 
-@dataclass
-class AlignModel:
-    """A loaded policy with the library API: ``predict`` and ``generate``."""
+def __getattr__(name: str) -> Any:
+    """``load_model`` and ``AlignModel`` (the library API) live in ``alignloop.generation.sampling``; these names
+    keep working for older callers. Looked up by name on first use, so ``models`` has no import of
+    ``generation`` (which imports this module)."""
+    if name in ("load_model", "AlignModel"):
+        import importlib
 
-    model: Any
-    tokenizer: Any
-    name: str
-
-    def generate(self, prompts: list[Any], num_completions: int = 1, **sampling: Any) -> list[list[str]]:
-        """Completions for each prompt (strings, message lists or ``Prompt`` records)."""
-        from alignloop.data.records import Prompt
-        from alignloop.generation.rollout import SamplingParams, sample_texts
-
-        ps = [p if isinstance(p, Prompt) else Prompt(p) if isinstance(p, list) else
-              Prompt([{"role": "user", "content": str(p)}]) for p in prompts]
-        params = SamplingParams(**sampling)
-        return sample_texts(self.model, self.tokenizer, ps, num_completions, params)
-
-    def predict(self, question: str, context: str | None = None, max_new_tokens: int = 256, **sampling: Any) -> str:
-        """The model's answer to a question, optionally grounded in a context (greedy by default)."""
-        from alignloop.data.readers import qa_prompt
-
-        sampling.setdefault("temperature", 0.0)
-        return self.generate([qa_prompt(question, context)], max_new_tokens=max_new_tokens, **sampling)[0][0]
-
-
-def load_model(name_or_path: str = DEFAULT_MODEL, **kwargs: Any) -> AlignModel:
-    model, tok = load_causal_lm(name_or_path, **kwargs)
-    model.eval()
-    return AlignModel(model, tok, str(name_or_path))
+        return getattr(importlib.import_module("alignloop.generation.sampling"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

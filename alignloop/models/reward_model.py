@@ -19,6 +19,12 @@ Scoring is batched and *prefix-shared* for causal backbones: the answers to one 
 copy of the prompt in one padding-free row, each answer attending to the prompt and to itself only (a custom
 block mask, with position ids that restart after the prompt for each answer), so a pair costs one prompt forward,
 not two. ``tests/test_reward.py`` checks the scores equal separate forward passes.
+
+``load_reward_model`` is the only reader of a reward-model folder: ``reward score`` / ``reward eval``, the
+``rm:DIR`` reward of the RL stages, the reward judge, evaluation and PPO's critic (``models.value``) all load
+through it, so the head, the pooling, the normalisation and the tokenisation the model was trained with (its
+``chat_template`` and ``max_length``) are the same everywhere. A plain Hugging Face ``*ForSequenceClassification``
+folder of a causal LM (no ``alignloop_reward.json``) is read as ``pooling: last`` with raw scores.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import torch
 from torch import nn
 
 from alignloop.core.errors import ModelError
+from alignloop.core.files import atomic_path, write_text
 
 META_FILE = "alignloop_reward.json"
 HEAD_FILE = "reward_head.safetensors"
@@ -164,19 +171,10 @@ def shared_batch(groups: Sequence[Group], device: Any = "cpu", row_tokens: int |
 def token_budget_batches(lengths: Sequence[int], max_items: int, max_tokens: int) -> list[list[int]]:
     """Indices in length order, cut into batches of at most ``max_items`` and about ``max_tokens`` tokens
     (sorting by length keeps the T×T mask of each batch small)."""
+    from alignloop.data.batching import fill_batches
+
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    out: list[list[int]] = []
-    cur: list[int] = []
-    used = 0
-    for i in order:
-        if cur and (len(cur) >= max_items or used + lengths[i] > max_tokens):
-            out.append(cur)
-            cur, used = [], 0
-        cur.append(i)
-        used += lengths[i]
-    if cur:
-        out.append(cur)
-    return out
+    return fill_batches(order, lengths, max_tokens, max_items)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,6 +214,10 @@ class RewardInfo:
     def from_json(cls, d: dict[str, Any]) -> "RewardInfo":
         known = {"backbone", "num_heads", "offset", "scale", "max_length", "chat_template", "base_model",
                  "normalised_on", "pooling"}
+        d = dict(d)
+        for name, old in (("offset", "mean"), ("scale", "std")):  # hand-written files may use mean / std
+            if name not in d and old in d:
+                d[name] = d.pop(old)
         extra = {k: v for k, v in d.items() if k not in known and k not in ("format", "reward")}
         return cls(**{k: d[k] for k in known if k in d}, extra=extra)
 
@@ -232,6 +234,8 @@ class RewardModel(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.info = info
+        #: the folder it was loaded from (``load_reward_model``); None for a fresh one
+        self.folder: Path | None = None
         #: tokens per packed row in a forward pass (attention costs row², see ``pack_rows``); None: one row
         self.row_tokens: int | None = max(512, info.max_length + 128)
         if info.backbone == "causal":
@@ -271,10 +275,11 @@ class RewardModel(nn.Module):
 
     # ---- tokenising ---------------------------------------------------------------------------------
     def encode(self, prompt: Any, answers: Sequence[str], index: int = 0, max_length: int | None = None,
-               report: Any = None, policy: str = "left") -> Group | None:
+               report: Any = None, policy: str = "left", ended: Sequence[bool] | None = None) -> Group | None:
         """Token ids of a prompt and its answers, cut to fit ``max_length`` (prompt cut from the left; rows whose
         answer alone does not fit are skipped under ``policy`` skip/left, or cut from the right when scoring with
-        ``policy="score"``, which must never drop a row)."""
+        ``policy="score"``, which must never drop a row). ``ended``: per answer, whether it emitted its stop token
+        (an RL answer cut at the token limit did not: a causal backbone then reads it without the EOS)."""
         from alignloop.data.batching import SkipReport, fit_length
         from alignloop.data.templates import encode_answer, encode_prompt, render_prompt
 
@@ -283,7 +288,8 @@ class RewardModel(nn.Module):
         report = report if report is not None else SkipReport()
         if self.info.backbone == "causal":
             p_ids = encode_prompt(tok, prompt, self.info.chat_template)
-            a_ids = [encode_answer(tok, a) for a in answers]
+            stopped = ended if ended is not None else [True] * len(answers)
+            a_ids = [encode_answer(tok, a, add_eos=bool(e)) for a, e in zip(answers, stopped)]
         else:  # BERT-style: [CLS] prompt [SEP] answer [SEP]
             text = render_prompt(tok, prompt, chat_template=False)
             p_ids = [tok.cls_token_id] + tok(text, add_special_tokens=False)["input_ids"] + [tok.sep_token_id]
@@ -296,7 +302,8 @@ class RewardModel(nn.Module):
                 report.truncated += 1
                 keep = max_length - longest
                 # keep the start-of-sequence token(s) of an encoder; cut the oldest prompt text
-                p_ids = ([p_ids[0]] + p_ids[len(p_ids) - keep + 1:]) if self.info.backbone == "encoder" else p_ids[-keep:]
+                encoder = self.info.backbone == "encoder"
+                p_ids = ([p_ids[0]] + p_ids[len(p_ids) - keep + 1:]) if encoder else p_ids[-keep:]
             return Group(p_ids, a_ids, index)
         longest = max(a_ids, key=len)
         fitted = fit_length(p_ids, longest, max_length, policy, report, where)
@@ -360,7 +367,8 @@ class RewardModel(nn.Module):
         which = torch.repeat_interleave(torch.arange(len(lens), device=lens.device), lens)
         # flat index of every answer token: last - (len - 1) ... last
         start = torch.repeat_interleave(b.last - lens + 1, lens)
-        idx = start + torch.arange(len(which), device=lens.device) - torch.repeat_interleave(lens.cumsum(0) - lens, lens)
+        first = torch.repeat_interleave(lens.cumsum(0) - lens, lens)  # each answer's start among all answer tokens
+        idx = start + torch.arange(len(which), device=lens.device) - first
 
         def pool(h: torch.Tensor) -> torch.Tensor:
             flat = h.reshape(-1, h.shape[-1])
@@ -380,6 +388,7 @@ class RewardModel(nn.Module):
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
         offset = torch.as_tensor(self.info.offset, dtype=raw.dtype, device=raw.device)  # a float, or one per head
         scale = torch.as_tensor(self.info.scale, dtype=raw.dtype, device=raw.device)
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # a constant head: raw - offset
         return (raw - offset) / scale
 
     @torch.no_grad()
@@ -401,16 +410,19 @@ class RewardModel(nn.Module):
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Any], completions: Sequence[str], batch_size: int = 16,
-              return_std: bool = False) -> Any:
+              return_std: bool = False, ended: Sequence[bool] | None = None) -> Any:
         """Normalised rewards (mean over ensemble heads) for prompt/completion pairs, batched.
 
         Prompts may be strings, message lists or ``Prompt`` records. With ``return_std`` also the spread across
-        ensemble heads (0 for a single head)."""
+        ensemble heads (0 for a single head). ``ended``: per completion, whether it emitted its stop token (all
+        did when None)."""
         from alignloop.data.records import Prompt
 
         ps = [p if isinstance(p, Prompt) else Prompt(p) if isinstance(p, list) else
               Prompt([{"role": "user", "content": str(p)}]) for p in prompts]
-        groups = [self.encode(p, [c], i, policy="score") for i, (p, c) in enumerate(zip(ps, completions))]
+        stopped = list(ended) if ended is not None else [True] * len(ps)
+        groups = [self.encode(p, [c], i, policy="score", ended=[e])
+                  for i, (p, c, e) in enumerate(zip(ps, completions, stopped))]
         raw = torch.cat(self.score_groups(groups, batch_size), 0)  # type: ignore[arg-type]
         rewards = self.normalise(raw)
         mean = rewards.mean(-1)
@@ -464,12 +476,16 @@ def build_reward_model(name: str, backbone: str = "auto", num_heads: int = 1, se
     return RewardModel(model, tok, info)
 
 
-def _is_encoder_dir(name: str) -> bool:
-    cfg = Path(name) / "config.json"
+def _architecture(folder: str | os.PathLike) -> str:
+    """The first of the ``architectures`` in a model folder's config.json ("" when there is none)."""
+    cfg = Path(folder) / "config.json"
     if not cfg.exists():
-        return False
-    arch = json.loads(cfg.read_text()).get("architectures") or [""]
-    return arch[0] in ("BertModel", "RobertaModel", "MPNetModel", "XLMRobertaModel", "DistilBertModel")
+        return ""
+    return (json.loads(cfg.read_text()).get("architectures") or [""])[0]
+
+
+def _is_encoder_dir(name: str) -> bool:
+    return _architecture(name) in ("BertModel", "RobertaModel", "MPNetModel", "XLMRobertaModel", "DistilBertModel")
 
 
 def save_reward_model(rm: RewardModel, folder: str | os.PathLike, peft_model: Any = None) -> Path:
@@ -482,47 +498,73 @@ def save_reward_model(rm: RewardModel, folder: str | os.PathLike, peft_model: An
     module = peft_model if peft_model is not None else rm.model
     save_model(module, rm.tokenizer, folder, merge_lora=True)
     if rm.info.backbone == "encoder":
-        _atomic_write(folder / HEAD_FILE, lambda p: save_file({"weight": rm.head.weight.detach().float().cpu().contiguous()}, str(p)))
-    _atomic_write(folder / META_FILE, lambda p: p.write_text(json.dumps(rm.info.to_json(), indent=1)))
+        with atomic_path(folder / HEAD_FILE) as tmp:
+            save_file({"weight": rm.head.weight.detach().float().cpu().contiguous()}, str(tmp))
+    write_text(folder / META_FILE, json.dumps(rm.info.to_json(), indent=1))
     return folder
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+def reward_model_folder(folder: str | os.PathLike) -> Path:
+    """The folder that holds the reward model: ``folder`` itself, or the ``final`` folder of a ``reward train``
+    ``--output``. It holds ``alignloop_reward.json``, or is a plain Hugging Face sequence-classification folder."""
+    p = Path(folder)
+    for where in (p, p / "final"):
+        if (where / META_FILE).exists() or _architecture(where).endswith("ForSequenceClassification"):
+            return where
+    raise ModelError(f"{folder} is not a reward model folder (no {META_FILE} and no *ForSequenceClassification "
+                     "model); pass the --output of `alignloop reward train` or a Hugging Face sequence-"
+                     "classification folder")
 
 
 def load_reward_model(folder: str | os.PathLike, dtype: Any = torch.float32) -> RewardModel:
-    """Load a reward model saved by ``alignloop reward train`` (its ``--output`` or the ``final`` folder in it)."""
-    from alignloop.models.load import fix_pad_token, quiet_transformers
-
-    quiet_transformers()
-    p = Path(folder)
-    if not (p / META_FILE).exists() and (p / "final" / META_FILE).exists():
-        p = p / "final"
-    if not (p / META_FILE).exists():
-        raise ModelError(f"{folder} is not a reward model folder (no {META_FILE}); pass the --output of "
-                         "`alignloop reward train`")
-    info = RewardInfo.from_json(json.loads((p / META_FILE).read_text()))
+    """Load a reward model: a folder saved by ``alignloop reward train`` (its ``--output`` or the ``final``
+    folder in it), or a plain Hugging Face ``*ForSequenceClassification`` folder of a causal LM."""
     from transformers import AutoTokenizer
 
+    from alignloop.models.load import quiet_transformers
+
+    quiet_transformers()
+    p = reward_model_folder(folder)
+    saved = json.loads((p / META_FILE).read_text()) if (p / META_FILE).exists() else {}
+    info = RewardInfo.from_json(saved)
+    if info.pooling not in ("last", "mean"):
+        raise ModelError(f"{p / META_FILE}: pooling: '{info.pooling}' is not one of last, mean")
     tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-    if info.backbone == "encoder":
-        from safetensors.torch import load_file
-        from transformers import AutoModel
-
-        model = AutoModel.from_pretrained(str(p), local_files_only=True, dtype=dtype, add_pooling_layer=False)
-        w = load_file(str(p / HEAD_FILE))["weight"]
-        head = nn.Linear(w.shape[1], w.shape[0], bias=False)
-        with torch.no_grad():
-            head.weight.copy_(w)
-        rm = RewardModel(model, tok, info, head)
-    else:
-        from transformers import AutoModelForSequenceClassification
-
-        fix_pad_token(tok)
-        model = AutoModelForSequenceClassification.from_pretrained(str(p), local_files_only=True, dtype=dtype)
-        rm = RewardModel(model, tok, info)
+    rm = _load_encoder(p, tok, info, dtype) if info.backbone == "encoder" else _load_causal(p, tok, info, saved, dtype)
+    rm.folder = p
     rm.eval()
     return rm
+
+
+def _load_encoder(p: Path, tok: Any, info: RewardInfo, dtype: Any) -> RewardModel:
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(p), local_files_only=True, dtype=dtype, add_pooling_layer=False)
+    w = load_file(str(p / HEAD_FILE))["weight"]
+    head = nn.Linear(w.shape[1], w.shape[0], bias=False)
+    with torch.no_grad():
+        head.weight.copy_(w)
+    return RewardModel(model, tok, info, head)
+
+
+def _load_causal(p: Path, tok: Any, info: RewardInfo, saved: dict[str, Any], dtype: Any) -> RewardModel:
+    """A causal LM's ``*ForSequenceClassification``; what the folder's json does not say comes from the model
+    (its number of labels, the longest input it reads)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from alignloop.models.load import fix_pad_token
+
+    fix_pad_token(tok)
+    model = AutoModelForSequenceClassification.from_pretrained(str(p), local_files_only=True, dtype=dtype)
+    if not hasattr(model, "score"):
+        raise ModelError(f"{p}: a {type(model).__name__} has no 'score' head read at the last token; a reward "
+                         "model folder is a causal LM's sequence classifier (Llama, Qwen, ...) or an encoder "
+                         "saved by `alignloop reward train --backbone encoder`")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    if "num_heads" not in saved:
+        info.num_heads = int(model.config.num_labels)
+    if "max_length" not in saved:
+        info.max_length = int(getattr(model.config, "max_position_embeddings", None) or info.max_length)
+    return RewardModel(model, tok, info)

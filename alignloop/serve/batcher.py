@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from alignloop.data.templates import stop_token_ids
-from alignloop.generation.rollout import SamplingParams, sample_ids
+from alignloop.generation.sampling import SamplingParams, sample_ids
 
 
 @dataclass

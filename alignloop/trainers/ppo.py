@@ -40,7 +40,7 @@ from alignloop.losses import (
     policy_clip_loss,
     value_clip_loss,
 )
-from alignloop.models.load import disable_dropout, resolve_model, save_model
+from alignloop.models.value import build_value_model, rl_head  # noqa: F401  (rl_head re-exported)
 from alignloop.trainers.reward_sources import Rewards, reward_specs
 from alignloop.generation.rollout import pad_responses, sequence_logprobs, sequence_values
 from alignloop.trainers import engine, rl_common as rl
@@ -68,44 +68,12 @@ class PolicyAndCritic(torch.nn.Module):
 
 
 def build_critic(cfg: PPOConfig, rewards: Rewards, run: engine.Run) -> Any:
-    """The value model: a copy of the (first) reward model, or of the policy with a zero score head when the
-    rewards are functions only. With LoRA, its backbone gets an adapter and its score head is trained in full."""
-    from transformers import AutoModelForSequenceClassification
-
+    """The value model (``models.value``): from the run's first reward model, or from the policy with a zero
+    head when the rewards are functions only; with ``--lora`` its backbone gets an adapter."""
     rms = rewards.reward_models()
-    src = rms[0].folder if rms else str(resolve_model(cfg.model))
-    critic = AutoModelForSequenceClassification.from_pretrained(src, local_files_only=True, dtype=torch.float32,
-                                                                **({} if rms else {"num_labels": 1}))
-    head = rl_head(critic)
-    if rms:
-        # V starts as the reward model's *normalised* score, offset included: the mean over ensemble heads of
-        # (W_h·h − offset_h) / scale_h, so value and reward are on one scale from step 1. (Without the offset the
-        # values sat offset/scale above the rewards, and the last token of every answer, the stop token of the
-        # ended ones, got a large negative advantage: a push against ending answers.)
-        w = (head.weight.detach().float() / rms[0].scale.view(-1, 1)).mean(0, keepdim=True)
-        bias = -(rms[0].offset / rms[0].scale).mean().reshape(1)
-        name = "score" if hasattr(critic, "score") else "classifier"
-        setattr(critic, name, torch.nn.Linear(w.shape[1], 1, bias=True))
-        getattr(critic, name).weight.data.copy_(w)
-        getattr(critic, name).bias.data.copy_(bias)
-        critic.config.num_labels = 1
-    else:
-        torch.nn.init.zeros_(head.weight)
-    disable_dropout(critic)
-    if cfg.lora:
-        from peft import LoraConfig, get_peft_model
-
-        names = {n.split(".")[-1] for n, _ in critic.named_modules()}
-        critic = get_peft_model(critic, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                                   target_modules=[t for t in cfg.lora_targets if t in names],
-                                                   task_type="SEQ_CLS"))
+    lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets} if cfg.lora else None
+    critic = build_value_model(cfg.model, rms[0].folder if rms else None, lora)
     return critic.to(run.device)
-
-
-def rl_head(model: Any) -> Any:
-    from alignloop.generation.rollout import critic_parts
-
-    return critic_parts(model)[1]
 
 
 def run(cfg: PPOConfig) -> Path:

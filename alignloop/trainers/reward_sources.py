@@ -3,10 +3,11 @@
 =========================  ===============================================================================
 SPEC                       reward
 =========================  ===============================================================================
-``rm:DIR``                 a reward model from ``alignloop reward train`` (any folder that
-                           ``AutoModelForSequenceClassification`` loads; score at the last token, or averaged
-                           over the answer's tokens when the folder says ``"pooling": "mean"``), normalised with
-                           the offset/scale in ``DIR/alignloop_reward.json`` (an ensemble: the mean over heads)
+``rm:DIR``                 a reward model from ``alignloop reward train`` (or a Hugging Face causal-LM
+                           ``*ForSequenceClassification`` folder), read by ``load_reward_model`` exactly as
+                           ``alignloop reward score`` reads it: its own chat template setting, ``max_length``,
+                           pooling (last token, or the answer's mean) and normalisation ``(raw - offset) /
+                           scale`` (an ensemble: the mean over heads); causal-LM and encoder backbones alike
 ``python:module:function`` ``function(prompt, completion, **row) -> float`` from an importable module
 ``python:path.py:function`` the same from a file
 =========================  ===============================================================================
@@ -16,15 +17,14 @@ the prompt record's extra columns (e.g. FinanceBench's ``answer``), ``messages``
 and ``ended`` (whether the answer emitted a stop token). Several sources are combined as the weighted sum
 ``Σ wᵢ·rᵢ``; each source's mean is logged as ``objective/reward/<name>``.
 
-New kinds of source register themselves with ``register_source("judge", factory)`` (the AI-judge source of
-issue 7 plugs in there): a factory takes the text after ``kind:`` and returns a ``RewardSource``.
+New kinds of source register themselves with ``register_source(kind, factory)``: a factory takes the text after
+``kind:`` and returns a ``RewardSource``.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +33,9 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 
 from alignloop.core.config import ConfigError
+from alignloop.core.errors import TrainingError
 from alignloop.data.records import Prompt
-
-#: the normalisation file a reward-model folder may carry (written by ``alignloop reward train``)
-RM_NORMALISATION = "alignloop_reward.json"
+from alignloop.models.reward_model import Group, load_reward_model
 
 
 class RewardSource(Protocol):
@@ -44,7 +43,8 @@ class RewardSource(Protocol):
 
     name: str
 
-    def score(self, prompts: Sequence[Prompt], completions: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[float]:
+    def score(self, prompts: Sequence[Prompt], completions: Sequence[str],
+              rows: Sequence[dict[str, Any]]) -> list[float]:
         ...
 
 
@@ -53,7 +53,7 @@ SOURCES: dict[str, Callable[[str], RewardSource]] = {}
 
 
 def register_source(kind: str, factory: Callable[[str], RewardSource]) -> None:
-    """Make ``--reward kind:ARG`` available (e.g. ``judge``)."""
+    """Make ``--reward kind:ARG`` available."""
     SOURCES[kind] = factory
 
 
@@ -82,9 +82,11 @@ def parse_spec(spec: str) -> RewardSpec:
     if m and m.group(1):
         rest, weight = m.group(1), float(m.group(2))
     if kind not in _kinds():
-        raise ConfigError([f"reward: unknown kind '{kind}' in '{spec}' (one of: {', '.join(sorted(_kinds()))})"])
+        kinds = ", ".join(sorted(_kinds()))
+        raise ConfigError([f"reward: unknown kind '{kind}' in '{spec}' (one of: {kinds})"])
     if kind == "python" and rest.count(":") < 1:
-        raise ConfigError([f"reward: '{spec}' must name module:function, e.g. python:alignloop.rewards:financebench_numeric"])
+        raise ConfigError([f"reward: '{spec}' must name module:function, "
+                           "e.g. python:alignloop.rewards:financebench_numeric"])
     return RewardSpec(kind, rest, weight)
 
 
@@ -105,99 +107,51 @@ def reward_specs(reward: Sequence[str], reward_model: str | None = None) -> list
 # --------------------------------------------------------------------------------------------------
 
 
-def rm_pooling(folder: str | Path) -> str:
-    """Where the folder's reward is read: ``"last"`` (the last token, as ``AutoModelForSequenceClassification``
-    reads it) or ``"mean"`` (the score head averaged over the answer's tokens: ``alignloop reward train --pooling
-    mean``), from ``alignloop_reward.json``; ``"last"`` when the file or the key is absent."""
-    p = Path(folder) / RM_NORMALISATION
-    pooling = json.loads(p.read_text()).get("pooling", "last") if p.exists() else "last"
-    if pooling not in ("last", "mean"):
-        raise ValueError(f"{p}: pooling: '{pooling}' is not one of last, mean")
-    return str(pooling)
-
-
-def rm_normalisation(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-head (offset, scale) from ``alignloop_reward.json``: reward = mean over heads of (raw − offset) / scale
-    (the reward-model stage's contract); (0, 1) if the file is absent. ``mean``/``std`` keys are accepted too."""
-    p = Path(folder) / RM_NORMALISATION
-    if not p.exists():
-        return torch.zeros(1), torch.ones(1)
-    data = json.loads(p.read_text())
-    offset, scale = data.get("offset", data.get("mean", 0.0)), data.get("scale", data.get("std", 1.0))
-    offset = torch.tensor(offset if isinstance(offset, list) else [offset], dtype=torch.float32)
-    scale = torch.tensor(scale if isinstance(scale, list) else [scale], dtype=torch.float32)
-    return offset, torch.where(scale == 0, torch.ones_like(scale), scale)
-
-
 class RewardModelSource:
-    """A sequence-classification reward model; prompt and answer are tokenised as in training (chat template +
-    answer + end-of-turn token), so the score is read where the reward model learned to put it."""
+    """``rm:DIR``: a reward model read by ``load_reward_model``, the same reader as ``alignloop reward score``, so
+    the reward of an answer is the number ``reward score`` gives for it (an answer that never emitted its stop
+    token is read without it)."""
 
     def __init__(self, folder: str, device: Any = None, batch_size: int = 8, dtype: Any = None):
-        from transformers import AutoModelForSequenceClassification
-
-        from alignloop.core.errors import ModelError
-        from alignloop.models.load import load_tokenizer, quiet_transformers, resolve_model
-
-        quiet_transformers()
-        where = resolve_model(folder)
-        try:
-            # the folder's own num_labels: an ensemble reward model has one score per head
-            self.model = AutoModelForSequenceClassification.from_pretrained(str(where), local_files_only=True,
-                                                                            dtype=dtype or torch.float32)
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"rm:{folder}: not a reward model folder ({exc})") from None
-        self.tokenizer = load_tokenizer(str(where))
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model.eval().requires_grad_(False)
-        self.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.offset, self.scale = rm_normalisation(where)
-        self.pooling = rm_pooling(where)
-        self.folder = str(where)
+        rm = load_reward_model(folder, dtype or torch.float32)
+        rm.requires_grad_(False)
+        #: the reward model (``models.reward_model.RewardModel``); ``--reward-device`` moves it
+        self.model = rm.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.folder = str(rm.folder)
         self.name = f"rm:{Path(folder).name}"
         self.batch_size = batch_size
 
-    def encode_parts(self, prompt: Prompt, completion: str, ended: bool = True) -> tuple[list[int], list[int]]:
-        """(prompt ids, answer ids); the answer ends in EOS only when it ``ended``."""
-        from alignloop.data.templates import encode_answer, encode_prompt
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
 
-        return encode_prompt(self.tokenizer, prompt), encode_answer(self.tokenizer, completion, add_eos=ended)
+    @property
+    def pooling(self) -> str:
+        return self.model.info.pooling
+
+    def encode_parts(self, prompt: Prompt, completion: str, ended: bool = True) -> tuple[list[int], list[int]]:
+        """(prompt ids, answer ids) as the reward model reads them (cut to its ``max_length``)."""
+        g = self.model.encode(prompt, [completion], policy="score", ended=[ended])
+        return g.prompt_ids, g.answers[0]
 
     def encode(self, prompt: Prompt, completion: str, ended: bool = True) -> list[int]:
         prompt_ids, answer_ids = self.encode_parts(prompt, completion, ended)
         return prompt_ids + answer_ids
 
-    @torch.no_grad()
     def raw_scores(self, seqs: Sequence[Sequence[int]], answer_lengths: Sequence[int] | None = None) -> torch.Tensor:
-        """Unnormalised scores ``[n, heads]`` of token sequences, right-padded: the score head at the last token
-        (as transformers reads it), or, for a ``pooling: mean`` folder, the head averaged over each sequence's
-        last ``answer_lengths[i]`` tokens (the answer, as the reward model was trained)."""
-        from alignloop.generation.rollout import critic_parts, pad_responses
-
+        """Unnormalised scores ``[n, heads]`` of token sequences whose last ``answer_lengths[i]`` tokens are the
+        answer (a last-token reward model needs no lengths: the last token is read)."""
         if self.pooling == "mean" and answer_lengths is None:
             raise ValueError(f"{self.name}: a mean-pooled reward model needs the answers' lengths")
-        device = next(self.model.parameters()).device
-        out = []
-        for s in range(0, len(seqs), self.batch_size):
-            chunk = seqs[s:s + self.batch_size]
-            ids, mask = pad_responses(chunk, self.tokenizer.pad_token_id, device)
-            if self.pooling == "last":
-                out.append(self.model(input_ids=ids, attention_mask=mask.long()).logits.float().cpu())
-                continue
-            backbone, head = critic_parts(self.model)
-            per_token = head(backbone(input_ids=ids, attention_mask=mask.long()).last_hidden_state).float()
-            ends = mask.sum(1)
-            starts = ends - torch.tensor(answer_lengths[s:s + self.batch_size], device=device)  # type: ignore[index]
-            cols = torch.arange(ids.shape[1], device=device)
-            answer = ((cols >= starts[:, None]) & (cols < ends[:, None])).float()
-            out.append(((per_token * answer[..., None]).sum(1) / answer.sum(1, keepdim=True)).cpu())
-        return torch.cat(out)
+        lengths = answer_lengths if answer_lengths is not None else [1] * len(seqs)
+        groups = [Group(list(s[:len(s) - n]), [list(s[len(s) - n:])], i)
+                  for i, (s, n) in enumerate(zip(seqs, lengths))]
+        return torch.cat(self.model.score_groups(groups, self.batch_size), 0)
 
-    def score(self, prompts: Sequence[Prompt], completions: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[float]:
-        parts = [self.encode_parts(p, c, bool(r.get("ended", True))) for p, c, r in zip(prompts, completions, rows)]
-        raw = self.raw_scores([p + a for p, a in parts], [len(a) for _, a in parts])
-        return ((raw - self.offset) / self.scale).mean(-1).tolist()
+    def score(self, prompts: Sequence[Prompt], completions: Sequence[str],
+              rows: Sequence[dict[str, Any]]) -> list[float]:
+        ended = [bool(r.get("ended", True)) for r in rows]
+        return self.model.score(prompts, completions, self.batch_size, ended=ended)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,22 +185,20 @@ class PythonSource:
         self.fn = load_function(ref)
         self.name = f"python:{ref.rsplit(':', 1)[-1]}"
 
-    def score(self, prompts: Sequence[Prompt], completions: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[float]:
+    def score(self, prompts: Sequence[Prompt], completions: Sequence[str],
+              rows: Sequence[dict[str, Any]]) -> list[float]:
         out = []
         for p, c, r in zip(prompts, completions, rows):
             v = self.fn(p.text, c, **r)
             try:
                 out.append(float(v))
             except (TypeError, ValueError):
-                from alignloop.core.errors import TrainingError
-
                 raise TrainingError(f"reward function {self.name} returned {v!r}, not a number") from None
         return out
 
 
 register_source("rm", lambda arg: RewardModelSource(arg))
 register_source("python", lambda arg: PythonSource(arg))
-# register_source("judge", ...)  ← the AI-judge source (issue 7) registers here
 
 
 # --------------------------------------------------------------------------------------------------
