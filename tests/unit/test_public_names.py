@@ -195,7 +195,7 @@ def test_documented_name_imports(name):
 
 
 def test_library_api_is_callable_from_a_fresh_interpreter():
-    """README: ``import alignloop; alignloop.train("sft", ...)``, ``alignloop.load_model(...)``, ``alignloop.Client``."""
+    """README: ``alignloop.train("sft", ...)``, ``alignloop.load_model(...)``, ``alignloop.Client(...)``."""
     code = "import alignloop; print([callable(getattr(alignloop, n)) for n in ('train', 'load_model', 'Client')])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[True, True, True]"
