@@ -8,13 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from alignloop.core.files import (
-    atomic_path,
-    replace_folder,
-    write_json,
-    write_jsonl,
-    write_text,
-)
+from alignloop.core.files import atomic_path, replace_folder, write_json, write_jsonl, write_text
 
 
 def listing(folder: Path) -> list[str]:
