@@ -1,0 +1,270 @@
+"""Nothing a user already has breaks: files written by the code before the package restructuring (commit ca9066a;
+``tests/fixtures/compat/make_fixtures.py`` made them) still upgrade, resume and load, with the values the old
+code recorded in ``expected.json``.
+
+Only public entry points are used (the CLI, ``Database``, ``open_registry``, ``load_reward_model``), so the tests
+hold whichever module a name moves to. Subprocesses run on the CPU, as the fixtures were made."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from testutil import python_cmd
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "compat"
+EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
+ROOT = Path(EXPECTED["root"])  # fixed: the DPO reference-cache key holds the models' absolute paths
+FEEDBACK_VERSION_TABLE = "alembic_version"
+REGISTRY_VERSION_TABLE = "alignloop_registry_version"
+PG_BASE = os.environ.get("ALIGNLOOP_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(python_cmd() + list(args), capture_output=True, text=True,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})}, timeout=600)
+    assert proc.returncode == 0, f"alignloop {' '.join(args)}:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def first_module(*names: str):
+    """The first of ``names`` that imports (a name may live at its new or its old place)."""
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise ImportError(f"none of {names} imports")
+
+
+def migrations_folder(which: str) -> Path:
+    names = {"feedback": ["alignloop.feedback.migrations"],
+             "registry": ["alignloop.registry.migrations", "alignloop.registry_migrations"]}[which]
+    return Path(first_module(*names).__file__).parent
+
+
+def head(which: str) -> str:
+    from alembic.script import ScriptDirectory
+
+    heads = ScriptDirectory(str(migrations_folder(which))).get_heads()
+    assert len(heads) == 1, f"{which} migrations have {len(heads)} heads: {heads}"
+    return heads[0]
+
+
+def version(engine, table: str) -> str:
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return conn.execute(text(f"SELECT version_num FROM {table}")).scalar_one()
+
+
+def assert_rows_intact(engine, tables: dict[str, dict]) -> None:
+    """Every row the old code wrote is still there, column for column (new columns may have been added)."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        for name, old in tables.items():
+            if name in (FEEDBACK_VERSION_TABLE, REGISTRY_VERSION_TABLE):
+                continue
+            cols = ", ".join(f'"{c}"' for c in old["columns"])
+            rows = [list(r) for r in conn.execute(text(f'SELECT {cols} FROM "{name}" ORDER BY rowid'))]
+            assert rows == old["rows"], f"table {name} changed"
+
+
+def copy_db(tmp_path: Path, name: str) -> str:
+    shutil.copy(FIXTURES / name, tmp_path / name)
+    return f"sqlite:///{tmp_path / name}"
+
+
+def open_studio(url: str):
+    from alignloop.feedback.store import Database
+
+    return Database(url)
+
+
+def open_registry(url: str):
+    from alignloop.registry import open_registry as open_
+
+    return open_(url)
+
+
+# ---- migrations ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["feedback", "registry"])
+def test_existing_migrations_are_unchanged_and_one_head_each(which):
+    versions = migrations_folder(which) / "versions"
+    for name, digest in EXPECTED["migrations"][which].items():
+        assert (versions / name).exists(), f"migration {name} is gone from {versions}"
+        assert hashlib.sha256((versions / name).read_bytes()).hexdigest() == digest, f"migration {name} was edited"
+    head(which)  # exactly one
+
+
+# ---- the two databases on SQLite -------------------------------------------------------------------------
+
+
+def test_old_studio_database_upgrades_with_its_rows(tmp_path):
+    url = copy_db(tmp_path, "studio.sqlite")
+    db = open_studio(url)
+    try:
+        assert version(db.engine, FEEDBACK_VERSION_TABLE) == head("feedback")
+        assert_rows_intact(db.engine, EXPECTED["studio"]["tables"])
+    finally:
+        db.dispose()
+    out = tmp_path / "export.jsonl"
+    cli("label", "export", "--db", url, "--project", "compat", "--format", "trl", "--output", str(out))
+    assert out.read_text().splitlines() == EXPECTED["studio"]["export_trl"]
+
+
+def test_old_registry_database_upgrades_with_its_rows(tmp_path):
+    url = copy_db(tmp_path, "registry.sqlite")
+    reg = open_registry(url)
+    try:
+        assert version(reg.engine, REGISTRY_VERSION_TABLE) == head("registry")
+        assert_rows_intact(reg.engine, EXPECTED["registry"]["tables"])
+        models = EXPECTED["registry"]["tables"]["models"]
+        want = [dict(zip(models["columns"], r))["id"] for r in models["rows"]]
+        assert sorted(m["id"] for m in reg.list_models()) == sorted(want)
+    finally:
+        reg.dispose()
+    shown = cli("models", "show", want[0], "--db", url).stdout
+    assert want[0] in shown
+
+
+def test_old_files_take_the_other_chain_beside_theirs(tmp_path):
+    """One old file may hold both chains (the default database): each upgrades without touching the other."""
+    studio_url = copy_db(tmp_path, "studio.sqlite")
+    reg = open_registry(studio_url)
+    reg.dispose()
+    registry_url = copy_db(tmp_path, "registry.sqlite")
+    db = open_studio(registry_url)
+    db.dispose()
+    for url, tables in ((studio_url, EXPECTED["studio"]["tables"]), (registry_url, EXPECTED["registry"]["tables"])):
+        db = open_studio(url)
+        try:
+            assert version(db.engine, FEEDBACK_VERSION_TABLE) == head("feedback")
+            assert version(db.engine, REGISTRY_VERSION_TABLE) == head("registry")
+            assert_rows_intact(db.engine, tables)
+        finally:
+            db.dispose()
+
+
+# ---- both chains on PostgreSQL ---------------------------------------------------------------------------
+
+
+def pg_unavailable() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_BASE.replace("postgresql+psycopg://", "postgresql://"), connect_timeout=3) as c:
+            c.execute("select 1")
+    except Exception as exc:  # noqa: BLE001
+        return f"PostgreSQL not reachable at {PG_BASE} ({exc.__class__.__name__}: {exc})"
+    return None
+
+
+def pg_exec(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_BASE.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@pytest.mark.postgres
+def test_both_chains_reach_their_heads_on_an_empty_postgres_schema():
+    reason = pg_unavailable()
+    if reason:
+        pytest.skip(reason)
+    schema = f"compat_{uuid.uuid4().hex[:12]}"
+    pg_exec(f'CREATE SCHEMA "{schema}"')
+    url = f"{PG_BASE}?options=-csearch_path%3D{schema}"
+    try:
+        db = open_studio(url)
+        reg = open_registry(url)
+        try:
+            assert version(db.engine, FEEDBACK_VERSION_TABLE) == head("feedback")
+            assert version(reg.engine, REGISTRY_VERSION_TABLE) == head("registry")
+            from sqlalchemy import inspect
+
+            tables = set(inspect(db.engine).get_table_names())
+            assert {"projects", "tasks", "judgments", "labelers", "runs", "models"} <= tables
+        finally:
+            reg.dispose()
+            db.dispose()
+    finally:
+        pg_exec(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+# ---- a run folder, a reward model, a DPO reference cache --------------------------------------------------
+
+
+def metric_lines(run: Path) -> list[str]:
+    return [ln for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+
+
+def test_interrupted_sft_run_resumes_from_its_checkpoint(tmp_path):
+    run = tmp_path / "sft-run"
+    shutil.copytree(FIXTURES / "sft-run", run)
+    before = metric_lines(run)
+    cli("sft", "--config", str(run / "config.yaml"), "--resume", "--max-steps", "3", "--data", str(run / "sft.jsonl"),
+        "--output", str(run))
+    after = metric_lines(run)
+    rows = [json.loads(ln) for ln in after]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+    # steps 1 and 2 are the old run's lines, untouched: the run continued rather than starting over
+    assert [ln for ln in after if json.loads(ln)["step"] <= 2] == before
+    assert rows[-1]["loss"] == pytest.approx(EXPECTED["sft"]["resumed_step3_loss"], rel=1e-5)
+    assert (run / "final" / "config.json").exists()
+
+
+def test_old_reward_model_folder_loads_and_scores_the_same():
+    load_reward_model = first_module("alignloop.models.reward_model", "alignloop.models.heads").load_reward_model
+    want = EXPECTED["reward"]
+    rm = load_reward_model(FIXTURES / "reward-model")
+    scores, spread = rm.score(want["prompts"], want["completions"], return_std=True)
+    assert scores == pytest.approx(want["scores"], abs=1e-5)
+    assert spread == pytest.approx(want["spread"], abs=1e-5)
+
+
+def put_back_dpo_inputs() -> None:
+    """The models, data and cache at the paths and mtimes the old run saw (the cache key is made of both)."""
+    shutil.rmtree(ROOT, ignore_errors=True)
+    shutil.copytree(FIXTURES / "dpo" / "models", ROOT / "models")
+    shutil.copytree(FIXTURES / "dpo" / "home", ROOT / "home")
+    shutil.copy(FIXTURES / "dpo" / "prefs.jsonl", ROOT / "prefs.jsonl")
+    for rel, mtime in EXPECTED["dpo"]["mtimes"].items():
+        os.utime(ROOT / rel, (mtime, mtime))
+
+
+def cache_files(home: Path) -> dict[str, str]:
+    """Every file under the home's cache/ except tokenised data, with its hash."""
+    return {str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((home / "cache").rglob("*")) if p.is_file() and "tokens" not in p.relative_to(home).parts}
+
+
+def test_dpo_reuses_the_old_reference_cache(tmp_path):
+    want = EXPECTED["dpo"]
+    put_back_dpo_inputs()
+    try:
+        home = ROOT / "home"
+        before = cache_files(home)
+        assert sorted(Path(k).name for k in before) == want["cache_files"]
+        out = tmp_path / "dpo-run"
+        cli("dpo", "--model", str(ROOT / "models" / "policy"), "--reference", str(ROOT / "models" / "reference"),
+            "--data", str(ROOT / "prefs.jsonl"), "--output", str(out), *want["flags"],
+            env={"ALIGNLOOP_HOME": str(home)})
+        # a cache miss would compute the reference again and write it under a new key
+        assert cache_files(home) == before, "the old reference log-probs were not reused (a new cache entry)"
+        rows = [json.loads(ln) for ln in metric_lines(out)]
+        (step1,) = [r["loss"] for r in rows if r.get("step") == 1 and "loss" in r]
+        assert step1 == pytest.approx(want["step1_loss"], rel=1e-5)
+    finally:
+        shutil.rmtree(ROOT, ignore_errors=True)
