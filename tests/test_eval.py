@@ -30,10 +30,11 @@ def test_score_qa_rows_and_summary():
 
 
 def test_eval_command_module_keeps_its_library_names():
-    """``alignloop.evaluate.commands`` still exports the names other code imported from it (they moved to the
-    evaluate library modules and core.files)."""
+    """The ``eval`` command (``alignloop.pipelines.evaluation``, formerly ``alignloop.evaluate.commands``) still
+    exports the names other code imported from it (they moved to the evaluate library modules and core.files)."""
     from alignloop.core import files
-    from alignloop.evaluate import commands, metrics, qa_run, tables
+    from alignloop.evaluate import metrics, qa_run, tables
+    from alignloop.pipelines import evaluation as commands
 
     for name in ("heldout_ids", "qa_items", "answer", "score_qa", "context_of", "question_of"):
         assert getattr(commands, name) is getattr(qa_run, name)
@@ -107,7 +108,7 @@ def test_judge_config_problems():
 
 
 def test_eval_command_side_by_side_on_tiny(tiny_path, tmp_path):
-    from alignloop.evaluate.commands import run
+    from alignloop.pipelines.evaluation import run
 
     out = tmp_path / "eval"
     run(EvalConfig(model=str(tiny_path), compare=str(tiny_path), tasks=["qa"], split="test", limit=2,
@@ -149,7 +150,7 @@ def test_sequence_logprobs_hand_computed(tiny_path):
 
     from alignloop.data.records import Prompt
     from alignloop.data.templates import encode_answer, encode_prompt
-    from alignloop.evaluate.commands import sequence_logprobs
+    from alignloop.pipelines.evaluation import sequence_logprobs
     from alignloop.models.load import load_causal_lm
 
     model, tok = load_causal_lm(str(tiny_path))
@@ -168,7 +169,7 @@ def test_sequence_logprobs_is_the_rl_forward_batched_and_cut(tiny_path):
 
     from alignloop.data.records import Prompt
     from alignloop.data.templates import encode_answer, encode_prompt
-    from alignloop.evaluate.commands import sequence_logprobs
+    from alignloop.pipelines.evaluation import sequence_logprobs
     from alignloop.models.load import load_causal_lm
 
     model, tok = load_causal_lm(str(tiny_path))

@@ -216,7 +216,7 @@ def test_eval_loop_and_judge_command_build_the_same_http_judge(tmp_path, monkeyp
     the HHH principles and caches in the alignloop home, as ``alignloop judge`` and the loop do (eval's own factory
     built it without a cache)."""
     from alignloop.core.paths import alignloop_home
-    from alignloop.evaluate.commands import make_judge
+    from alignloop.pipelines.evaluation import make_judge
     from alignloop.judges.base import HHH_PRINCIPLES
     from alignloop.judges.commands import judge_for
     from alignloop.judges.config import JudgeConfig

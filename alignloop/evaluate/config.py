@@ -22,7 +22,7 @@ class EvalConfig(StageConfig):
     """Evaluate a model: QA scores (FinanceBench rules, llmware points), refusal rates, win rate, best-of-N."""
 
     command: ClassVar[tuple[str, ...]] = ("eval",)
-    runner: ClassVar[str] = "alignloop.evaluate.commands:run"
+    runner: ClassVar[str] = "alignloop.pipelines.evaluation:run"
 
     model: str = opt("smollm2-135m-instruct", "Model to evaluate (alias, folder, earlier --output).")
     compare: Optional[str] = opt(None, "A second model (e.g. the base) evaluated on the same items, side by side.")

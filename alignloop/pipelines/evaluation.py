@@ -4,6 +4,10 @@ Every evaluation writes per-item results (CSV) next to its ``summary.json``, so 
 failed. With ``--compare MODEL`` both models answer the *same* items and the CSV holds them side by side. The
 items, answers and grades come from :mod:`alignloop.evaluate.qa_run`, the statistics from
 :mod:`alignloop.evaluate.metrics`; this module is the command: :func:`run` and one runner per task.
+
+It lives in ``pipelines`` rather than ``evaluate`` because it orchestrates judges (win rate, best-of-N), and the
+judges build on evaluation's graders (the reference judge grades with ``evaluate.qa``): evaluate <- judges <- this
+command keeps the imports one way.
 """
 
 from __future__ import annotations
