@@ -10,16 +10,15 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
+from alignloop.core import db
+
 HERE = Path(__file__).resolve().parent
 VERSION_TABLE = "alignloop_registry_version"
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    from alembic import command
-    from alembic.config import Config
+    db.upgrade(engine, HERE, revision)
 
-    cfg = Config()
-    cfg.set_main_option("script_location", str(HERE))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+
+def current(engine: Engine) -> str | None:
+    return db.current_revision(engine, VERSION_TABLE)
