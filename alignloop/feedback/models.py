@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, Text,
@@ -215,15 +216,17 @@ class ExportJudgment(Base):
 # --------------------------------------------------------------------------------------------------
 
 
+#: the studio's Alembic chain (run by path: its env.py imports this module, so this module does not import it)
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
 class Database(db.Database):
     """The one database handle (``alignloop.core.db``), migrated to the studio's latest schema on open."""
 
     def __init__(self, url: str, migrate: bool = True):
         super().__init__(url)
         if migrate:
-            from alignloop.feedback.migrations import upgrade
-
-            upgrade(self.engine)
+            db.upgrade(self.engine, MIGRATIONS)
 
 
 _dbs: dict[str, Database] = {}

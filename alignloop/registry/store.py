@@ -35,10 +35,13 @@ from typing import Any, Optional
 from sqlalchemy import JSON, Boolean, DateTime, Integer, MetaData, String, Text, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from alignloop.core import db as core_db
 from alignloop.core.db import NAMING_CONVENTION, Database, DatabaseError, make_parent_folder
 from alignloop.core.db import default_db_url, utcnow  # noqa: F401  (the registry's names for them)
 from alignloop.core.files import write_text
 
+#: the registry's Alembic chain (run by path: its env.py imports this module, so this module does not import it)
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 #: config fields that name input files whose hashes identify the data a run used
 DATA_FIELDS = ("data", "dev_data", "prompts")
 #: config fields that name another model a run depends on (besides its parent ``model``)
@@ -137,9 +140,7 @@ class Registry(Database):
         make_parent_folder(url)
         super().__init__(url)
         if migrate:
-            from alignloop.registry.migrations import upgrade
-
-            upgrade(self.engine)
+            core_db.upgrade(self.engine, MIGRATIONS)
 
     # ---- models -----------------------------------------------------------------------------------
     def list_models(self) -> list[dict]:
