@@ -6,7 +6,8 @@ field the error names):
 * ``alignloop generate`` JSONL: ``{"id", "prompt", "completions": [...], "model", "sampling", ...}`` plus
   optional ``uncertainty`` (active-learning order), ``context`` and ``gold`` (a known answer: ``{"choice":
   "A"}`` or ``{"ranking": [indices best first]}``). These become unlabeled tasks.
-* TRL preferences ``{"prompt", "chosen", "rejected"}`` (also the implicit-prompt form), rankings
+* TRL preferences ``{"prompt", "chosen", "rejected"}`` (also the implicit-prompt form, Anthropic HH transcripts
+  included, split by ``alignloop.data.readers`` as the trainers split it), rankings
   ``{"prompt", "completions", "ranks"}`` and unpaired ``{"prompt", "completion", "label"}``: tasks plus the
   judgment the file records, by the labeler named ``labeler`` (default ``import:<file name>``).
 * Label Studio JSON exports of pairwise tasks: ``data.prompt``, ``data.answer1``, ``data.answer2`` and per
