@@ -18,7 +18,3 @@ VERSION_TABLE = "alignloop_registry_version"
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     db.upgrade(engine, HERE, revision)
-
-
-def current(engine: Engine) -> str | None:
-    return db.current_revision(engine, VERSION_TABLE)
