@@ -121,3 +121,50 @@ def test_registry_and_feedback_migrations_share_one_database(tmp_path):
             "alembic_version"} <= names
     with eng.connect() as c:
         assert c.execute(sa.text("SELECT version_num FROM alignloop_registry_version")).scalar() == "r0001"
+
+
+def test_registry_connections_have_the_studios_pragmas_and_write_lock(tmp_path):
+    """The registry opens the database through the one handle (alignloop.core.db), like the studio."""
+    import sqlalchemy as sa
+
+    reg = registry.Registry(f"sqlite:///{tmp_path / 'pragmas.db'}")
+    with reg.write() as s:
+        got = {p: s.execute(sa.text(f"PRAGMA {p}")).scalar()
+               for p in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")}
+        assert reg._write_lock.locked()  # writer threads of this process queue here, not in SQLite's busy handler
+    assert got == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 30000}
+    assert not reg._write_lock.locked()
+
+
+def test_a_broken_database_is_an_error_not_an_empty_answer(tmp_path, db, capsys):
+    """Reads raise a DatabaseError (an AlignloopError the CLI prints) instead of answering 'nothing there';
+    recording a run still only warns."""
+    import sqlite3
+
+    from alignloop.core.db import DatabaseError
+
+    d = _data(tmp_path, "d.jsonl", [{"prompt": "q", "completion": "a"}])
+    cli.run(SFTConfig(model="tiny", data=str(d), output=str(tmp_path / "ok"), db=db).validate())
+    reg = registry.open_registry(db)
+    [m] = reg.list_models()
+    assert reg.lineage(m["id"])["chain"][0]["data"][0]["exports"] == []  # no studio tables: nothing to show
+    path = db[len("sqlite:///"):]
+    with sqlite3.connect(path) as con:  # studio tables that are not what the studio makes
+        con.execute("CREATE TABLE exports (x INTEGER)")
+        con.execute("CREATE TABLE projects (y INTEGER)")
+        con.execute("CREATE TABLE export_judgments (z INTEGER)")
+    with pytest.raises(DatabaseError, match="no such column"):
+        reg.lineage(m["id"])
+    capsys.readouterr()
+    assert cli.main(["models", "lineage", m["id"], "--db", db]) == 2
+    assert "no such column" in capsys.readouterr().err
+    # a training run is never failed by the registry: it warns and goes on
+    assert cli.run(SFTConfig(model="tiny", data=str(d), output=str(tmp_path / "again"), db=db).validate()) == \
+        tmp_path / "again" / "final"
+    assert "warning: registry: cannot record the run" in capsys.readouterr().err
+    with sqlite3.connect(path) as con:
+        con.execute("DROP TABLE models")
+    with pytest.raises(DatabaseError, match="no such table: models"):
+        reg.list_models()
+    assert cli.main(["models", "list", "--db", db]) == 2
+    assert "no such table: models" in capsys.readouterr().err

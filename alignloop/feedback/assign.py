@@ -17,7 +17,7 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from alignloop.feedback.store import Assignment, Judgment, Labeler, Project, Task, utcnow
+from alignloop.feedback.models import Assignment, Judgment, Labeler, Project, Task, utcnow
 
 CANDIDATES = 20  # tasks looked at per attempt; more only matters under heavy contention
 

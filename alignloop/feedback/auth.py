@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import hmac
 import secrets
 
@@ -16,12 +17,16 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from alignloop.feedback.store import ApiToken, Labeler, LoginSession, hash_token, utcnow
+from alignloop.feedback.models import ApiToken, Labeler, LoginSession, utcnow
 
 SESSION_DAYS = 7
 # argon2id with OWASP's recommended minimum (19 MiB, 2 passes, 1 lane): ~0.2 s on a small CPU, so a login
 # stays quick while a stolen hash still costs an attacker that much per guess
 _hasher = PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def hash_password(password: str) -> str:

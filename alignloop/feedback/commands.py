@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from alignloop.core.db import default_db_url, make_parent_folder  # noqa: F401  (default_db_url: re-exported)
 from alignloop.core.errors import AlignloopError, DataError
-from alignloop.core.paths import alignloop_home
 from alignloop.feedback.config import (  # noqa: F401  (re-exported)
     LabelAddUserConfig,
     LabelExportConfig,
@@ -17,24 +17,15 @@ from alignloop.feedback.config import (  # noqa: F401  (re-exported)
 )
 
 
-def default_db_url() -> str:
-    home = alignloop_home()
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'alignloop.db'}"
-
-
 def _db(url: str):
-    from alignloop.feedback.store import Database
+    from alignloop.feedback.models import Database
 
     url = url or default_db_url()
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    make_parent_folder(url)
     try:
         return Database(url)
     except Exception as exc:  # unreachable server, bad URL, a newer schema: say which database
         raise AlignloopError(f"cannot open the database {url}: {exc.__class__.__name__}: {exc}") from None
-
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -46,7 +37,7 @@ def _store_errors(fn):  # noqa: ANN001
     """Store errors (unknown project, duplicate name) become CLI errors without a traceback."""
 
     def wrapped(cfg):  # noqa: ANN001
-        from alignloop.feedback.store import StoreError
+        from alignloop.feedback.errors import StoreError
 
         try:
             return fn(cfg)
@@ -63,7 +54,7 @@ def run_serve(cfg: LabelServeConfig) -> int:
     from sqlalchemy import select
 
     from alignloop.feedback.api import create_app
-    from alignloop.feedback.store import Labeler
+    from alignloop.feedback.models import Labeler
 
     db = _db(cfg.db)
     with db.read() as s:
@@ -80,7 +71,8 @@ def run_import(cfg: LabelImportConfig) -> int:
     from sqlalchemy import select
 
     from alignloop.feedback.io import import_file
-    from alignloop.feedback.store import Project, set_guidelines
+    from alignloop.feedback.models import Project
+    from alignloop.feedback.queries import get_project, set_guidelines, update_project
 
     db = _db(cfg.db)
     guidelines = Path(cfg.guidelines).read_text(encoding="utf-8") if cfg.guidelines else None
@@ -92,8 +84,6 @@ def run_import(cfg: LabelImportConfig) -> int:
                           **({} if exists else {**settings, "guidelines": guidelines or "",
                                                 "content_warning": cfg.content_warning or ""}))
     if exists:  # settings given for an existing project update it after the import
-        from alignloop.feedback.store import get_project, update_project
-
         with db.write() as s:
             p = get_project(s, cfg.project)
             update_project(s, p, **{k: v for k, v in settings.items() if k != "task_type"})
@@ -119,8 +109,8 @@ def run_export(cfg: LabelExportConfig) -> int:
 
 @_store_errors
 def run_stats(cfg: LabelStatsConfig) -> int:
+    from alignloop.feedback.queries import get_project
     from alignloop.feedback.stats import project_stats
-    from alignloop.feedback.store import get_project
 
     db = _db(cfg.db)
     with db.read() as s:
@@ -132,7 +122,7 @@ def run_stats(cfg: LabelStatsConfig) -> int:
 @_store_errors
 def run_add_user(cfg: LabelAddUserConfig) -> int:
     from alignloop.feedback import auth
-    from alignloop.feedback.store import create_labeler
+    from alignloop.feedback.queries import create_labeler
 
     password = cfg.password or auth.new_password()
     with _db(cfg.db).write() as s:

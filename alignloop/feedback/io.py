@@ -6,7 +6,8 @@ field the error names):
 * ``alignloop generate`` JSONL: ``{"id", "prompt", "completions": [...], "model", "sampling", ...}`` plus
   optional ``uncertainty`` (active-learning order), ``context`` and ``gold`` (a known answer: ``{"choice":
   "A"}`` or ``{"ranking": [indices best first]}``). These become unlabeled tasks.
-* TRL preferences ``{"prompt", "chosen", "rejected"}`` (also the implicit-prompt form), rankings
+* TRL preferences ``{"prompt", "chosen", "rejected"}`` (also the implicit-prompt form, Anthropic HH transcripts
+  included, split by ``alignloop.data.readers`` as the trainers split it), rankings
   ``{"prompt", "completions", "ranks"}`` and unpaired ``{"prompt", "completion", "label"}``: tasks plus the
   judgment the file records, by the labeler named ``labeler`` (default ``import:<file name>``).
 * Label Studio JSON exports of pairwise tasks: ``data.prompt``, ``data.answer1``, ``data.answer2`` and per
@@ -32,10 +33,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from alignloop.core.errors import DataError
-from alignloop.feedback import consensus as cons
-from alignloop.feedback.store import (MAX_COMPLETIONS, Completion, Database, Export, ExportJudgment, GoldAnswer,
-                                      Judgment, Labeler, Project, Prompt, StoreError, Task, add_judgment,
-                                      create_project, get_or_create_labeler, judgments_for)
+from alignloop.core.files import atomic_path
+from alignloop.data import readers
+from alignloop.feedback.errors import StoreError
+from alignloop.feedback.models import (Completion, Database, Export, ExportJudgment, GoldAnswer, Labeler, Project,
+                                       Prompt, Task)
+from alignloop.feedback.queries import (MAX_COMPLETIONS, ProjectData, add_judgment, create_project,
+                                        get_or_create_labeler, get_project)
 
 MAX_IMPORT_TEXT = 200_000  # characters per prompt or completion; longer rows are refused, never cut
 ROLES = ("system", "user", "assistant", "tool")
@@ -58,23 +62,29 @@ def read_records(path: str | os.PathLike) -> tuple[str, list[tuple[int, Any]]]:
             text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read the file ({exc})", path=str(p)) from None
-    stripped = text.lstrip()
-    if stripped.startswith("["):  # a JSON array: Label Studio or a list of records
+    return parse_records(text, source=str(p))
+
+
+def parse_records(text: str, source: str | None = None) -> tuple[str, list[tuple[int, Any]]]:
+    """The records of a file's text or of an upload: a JSON array or one JSON value per line. The format is
+    "labelstudio" when every record is a Label Studio task (it has a ``data`` object)."""
+    if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DataError(f"not valid JSON ({exc.msg})", path=str(p), line=exc.lineno) from None
-        is_ls = bool(data) and all(isinstance(x, dict) and "data" in x for x in data)
-        return ("labelstudio" if is_ls else "json"), [(i + 1, rec) for i, rec in enumerate(data)]
-    out = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append((n, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"not valid JSON ({exc.msg})", path=str(p), line=n) from None
-    return "jsonl", out
+            raise DataError(f"not valid JSON ({exc.msg})", path=source, line=exc.lineno) from None
+        fmt, records = "json", [(i + 1, rec) for i, rec in enumerate(data)]
+    else:
+        fmt, records = "jsonl", []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append((n, json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"not valid JSON ({exc.msg})", path=source, line=n) from None
+    if records and all(isinstance(rec, dict) and "data" in rec for _, rec in records):
+        fmt = "labelstudio"
+    return fmt, records
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,11 +147,29 @@ def infer_task_type(kind: str, rec: dict) -> str:
 
 
 def _split_implicit_prompt(rec: dict, where: _Where) -> tuple[Any, Any, Any]:
-    """TRL's implicit-prompt form: chosen/rejected are whole conversations sharing the prompt turns."""
-    chosen = _messages(rec.get("chosen"), where, "chosen") if isinstance(rec.get("chosen"), list) else None
-    rejected = _messages(rec.get("rejected"), where, "rejected") if isinstance(rec.get("rejected"), list) else None
-    if chosen is None or rejected is None:
-        raise where.error("is required (or give chosen/rejected as whole conversations)", "prompt")
+    """TRL's implicit-prompt form: chosen/rejected are whole conversations sharing the prompt turns (message lists,
+    Anthropic HH transcripts, or texts with a common beginning). Split by the trainers' reader
+    (``alignloop.data.readers``), so ``label import`` and ``reward train`` / ``dpo`` take the same pairs from a file.
+
+    Message lists keep their answers as assistant messages. The studio also stores answers of several messages,
+    which the trainers' reader refuses: for those lists the prompt is the longest run of shared leading
+    messages (TRL's own rule)."""
+    chosen, rejected = rec.get("chosen"), rec.get("rejected")
+    row = readers._Row(where.path, where.line, {"chosen": chosen, "rejected": rejected})
+    try:
+        pair = readers.row_to_record(row, "preference")
+    except DataError:
+        if isinstance(chosen, list) and isinstance(rejected, list):
+            return _split_conversations(chosen, rejected, where)
+        raise
+    if isinstance(chosen, list):
+        return (pair.prompt.to_json(), [{"role": "assistant", "content": pair.chosen}],
+                [{"role": "assistant", "content": pair.rejected}])
+    return pair.prompt.to_json(), pair.chosen, pair.rejected
+
+
+def _split_conversations(chosen: list, rejected: list, where: _Where) -> tuple[Any, Any, Any]:
+    chosen, rejected = _messages(chosen, where, "chosen"), _messages(rejected, where, "rejected")
     n = 0
     while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
         n += 1
@@ -273,12 +301,11 @@ class _Importer:
 
     def preference(self, rec: dict, where: _Where) -> None:
         self.need_type("pairwise", "preference", where)
-        if rec.get("prompt") is None:
-            prompt, chosen, rejected = _split_implicit_prompt(rec, where)
-        else:
-            prompt = _text_or_messages(rec.get("prompt"), where, "prompt")
-            chosen = _text_or_messages(rec.get("chosen"), where, "chosen")
-            rejected = _text_or_messages(rec.get("rejected"), where, "rejected")
+        fields = (rec.get("prompt"), rec.get("chosen"), rec.get("rejected"))
+        if fields[0] is None:
+            fields = _split_implicit_prompt(rec, where)
+        prompt, chosen, rejected = (_text_or_messages(v, where, name)
+                                    for v, name in zip(fields, ("prompt", "chosen", "rejected")))
         p, comps = self.prompt(rec, where, prompt, [chosen, rejected])
         t = self.task(p, comps)
         self.judge(t, self.labeler(), where, choice="A")
@@ -407,54 +434,12 @@ def _as_answer(text: Any, prompt: Any) -> Any:
     return text
 
 
-class _Project:
-    """Everything an export needs, loaded once."""
-
-    def __init__(self, s: Session, project: Project, include_skipped: bool = False):
-        self.project = project
-        self.tasks = {t.id: t for t in s.scalars(select(Task).where(Task.project_id == project.id)
-                                                 .order_by(Task.seq, Task.id))}
-        self.prompts = {p.id: p for p in s.scalars(select(Prompt).where(Prompt.project_id == project.id))}
-        self.completions = {c.id: c for c in s.scalars(select(Completion).join(Prompt).where(
-            Prompt.project_id == project.id))}
-        self.judgments = judgments_for(s, project, include_skipped=include_skipped)
-        self.labelers = {lab.id: lab for lab in s.scalars(select(Labeler))}
-        self.gold = {g.task_id: g.answer for g in s.scalars(select(GoldAnswer).where(
-            GoldAnswer.task_id.in_(list(self.tasks))))} if self.tasks else {}
-        self.by_task: dict[int, list[Judgment]] = defaultdict(list)
-        for j in self.judgments:
-            if not j.skipped:
-                self.by_task[j.task_id].append(j)
-
-    def gold_record(self) -> dict[int, tuple[int, int]]:
-        out: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-        for task_id, answer in self.gold.items():
-            for j in self.by_task.get(task_id, []):
-                ok = cons.gold_correct(self.project.task_type, j, answer)
-                if ok is not None:
-                    out[j.labeler_id][0] += ok
-                    out[j.labeler_id][1] += 1
-        return {k: (v[0], v[1]) for k, v in out.items()}
-
-    def weights(self) -> dict[int, float]:
-        return cons.trust_weights(self.labelers.values(), self.gold_record())
-
-    def consensus(self, method: str) -> dict[int, dict]:
-        w = self.weights() if method == "weighted" else None
-        crit = self.project.criteria
-        return {tid: cons.task_consensus(self.project.task_type, self.by_task.get(tid, []), method, w, crit)
-                for tid in self.tasks}
-
-    def text(self, cid: int) -> Any:
-        return self.completions[cid].text
-
-
 def export_rows(s: Session, project: Project, fmt: str, method: str = "majority", min_judgments: int = 1
                 ) -> tuple[list[dict], list[int], dict]:
     """(rows, judgment ids used, summary of what was left out and why) for one export format."""
     if fmt not in FORMATS:
         raise DataError(f"'{fmt}' is not one of {', '.join(FORMATS)}", field="format")
-    data = _Project(s, project, include_skipped=fmt == "raw")
+    data = ProjectData(s, project, include_skipped=fmt == "raw")
     excluded: dict[str, int] = defaultdict(int)
     rows: list[dict] = []
     used: list[int] = []
@@ -511,7 +496,7 @@ def export_rows(s: Session, project: Project, fmt: str, method: str = "majority"
                         "excluded": dict(excluded)}
 
 
-def _rows_for(fmt: str, task: Task, prompt: Prompt, label: Any, data: _Project, project: Project) -> list[dict]:
+def _rows_for(fmt: str, task: Task, prompt: Prompt, label: Any, data: ProjectData, project: Project) -> list[dict]:
     base = prompt.external_id if task.task_type != "pairwise" else f"{prompt.external_id}-t{task.id}"
     p = prompt.prompt
     ids = list(task.completion_ids)
@@ -549,8 +534,6 @@ def _rows_for(fmt: str, task: Task, prompt: Prompt, label: Any, data: _Project, 
 def export_file(db: Database, project_name: str, fmt: str, output: str | os.PathLike, method: str = "majority",
                 min_judgments: int = 1) -> dict:
     """Write an export as JSONL (atomically) and record it with the judgments it contains."""
-    from alignloop.feedback.store import get_project
-
     out = Path(output)
     with db.write() as s:
         try:
@@ -558,20 +541,33 @@ def export_file(db: Database, project_name: str, fmt: str, output: str | os.Path
         except StoreError as exc:
             raise DataError(str(exc)) from None
         rows, used, summary = export_rows(s, project, fmt, method, min_judgments)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
         digest = hashlib.sha256()
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in rows:
-                line = json.dumps(r, ensure_ascii=False) + "\n"
+        with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for line in map(_jsonl_line, rows):
                 digest.update(line.encode())
                 f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)  # the record is committed only after the file is in place
+        # the record is committed only after the file is in place
         ex = record_export(s, project, fmt, used, path=str(out.resolve()), sha256=digest.hexdigest(),
-                           n_rows=len(rows), summary=summary, method=method if fmt in ("trl", "kto") else "")
+                           n_rows=len(rows), summary=summary, method=_consensus_of(fmt, method))
         return {"export_id": ex.id, "path": str(out), "format": fmt, "sha256": ex.sha256, **summary}
+
+
+def export_download(s: Session, project: Project, fmt: str, method: str = "majority", min_judgments: int = 1
+                    ) -> tuple[str, int]:
+    """(JSONL text, export id) of an export the web API sends as a download; recorded with its judgments."""
+    rows, used, summary = export_rows(s, project, fmt, method, min_judgments)
+    ex = record_export(s, project, fmt, used, path="(download)", n_rows=len(rows), summary=summary,
+                       method=_consensus_of(fmt, method))
+    return "".join(map(_jsonl_line, rows)), ex.id
+
+
+def _jsonl_line(row: dict) -> str:
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def _consensus_of(fmt: str, method: str) -> str:
+    """The consensus method an export records: only trl and kto rows come from a consensus."""
+    return method if fmt in ("trl", "kto") else ""
 
 
 def record_export(s: Session, project: Project, fmt: str, judgment_ids: Iterable[int], path: str = "",

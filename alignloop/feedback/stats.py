@@ -16,12 +16,12 @@ from sqlalchemy.orm import Session
 from alignloop.feedback import agreement as agr
 from alignloop.feedback import consensus as cons
 from alignloop.feedback.assign import queue
-from alignloop.feedback.io import _Project
-from alignloop.feedback.store import Assignment, Export, Project, Task, utcnow
+from alignloop.feedback.models import Assignment, Export, Project, Task, utcnow
+from alignloop.feedback.queries import ProjectData
 
 
 def project_stats(s: Session, project: Project, method: str = "majority", queue_size: int = 20) -> dict:
-    data = _Project(s, project, include_skipped=True)
+    data = ProjectData(s, project, include_skipped=True)
     judged = [j for j in data.judgments if not j.skipped]
     kinds = {lab.id: lab.kind for lab in data.labelers.values()}
     names = {lab.id: lab.name for lab in data.labelers.values()}

@@ -6,11 +6,14 @@ labels in them (exports of the feedback studio carry a ``judgment_ids`` field pe
 artifact folder. Lineage walks these links back: model → run → data → judgments, and model → parent model.
 
 The tables live in the same database as the feedback studio (default: ``alignloop.db`` under the alignloop
-home) but have their own Alembic chain and version table, see ``registry_migrations/``.
+home) and are opened through the same handle (``alignloop.core.db.Database``), but have their own Alembic
+chain and version table, see ``registry/migrations/``.
 
-Recording never makes a training run fail: if the database cannot be reached the run warns and goes on.
+Recording never makes a training run fail: if the database cannot be reached the run warns and goes on
+(``start_run``, ``finish_run`` and ``record_run`` catch and warn). Reads (``models list``, ``lineage``) do not
+hide a broken database: they raise ``DatabaseError``, which the CLI prints as a message.
 
-    from alignloop.registry.store import store as registry
+    from alignloop.registry import store as registry
     reg = registry.open_registry()                 # default SQLite file, migrated on first use
     registry.record_run(cfg, output, metrics, parent, data_hashes, judgment_ids)
     reg.list_models(); reg.lineage("m-1a2b3c4d")
@@ -18,7 +21,6 @@ Recording never makes a training run fail: if the database cannot be reached the
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import gzip
 import hashlib
@@ -28,28 +30,22 @@ import secrets
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, MetaData, String, Text, create_engine, event, select, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import JSON, Boolean, DateTime, Integer, MetaData, String, Text, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from alignloop.core import db as core_db
+from alignloop.core.db import NAMING_CONVENTION, Database, DatabaseError, make_parent_folder
+from alignloop.core.db import default_db_url, utcnow  # noqa: F401  (the registry's names for them)
+from alignloop.core.files import write_text
+
+#: the registry's Alembic chain (run by path: its env.py imports this module, so this module does not import it)
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 #: config fields that name input files whose hashes identify the data a run used
 DATA_FIELDS = ("data", "dev_data", "prompts")
 #: config fields that name another model a run depends on (besides its parent ``model``)
 MODEL_FIELDS = ("reward_model", "ref_model", "reference")
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-def default_db_url() -> str:
-    """The same default database as the feedback studio: ``alignloop.db`` under the alignloop home."""
-    from alignloop.core.paths import alignloop_home
-
-    home = alignloop_home()
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'alignloop.db'}"
 
 
 def new_id(prefix: str) -> str:
@@ -62,9 +58,7 @@ def new_id(prefix: str) -> str:
 
 
 class RegistryBase(DeclarativeBase):
-    metadata = MetaData(naming_convention={
-        "ix": "ix_%(column_0_label)s", "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s", "pk": "pk_%(table_name)s"})
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class RunRow(RegistryBase):
@@ -137,59 +131,16 @@ class ServedAnswer(RegistryBase):
 # --------------------------------------------------------------------------------------------------
 
 
-def _sqlite_setup(engine: Any) -> None:
-    """WAL + busy timeout so the server, its job processes and the studio share one file; writers take the
-    lock at BEGIN (IMMEDIATE) so a read-then-write transaction never fails half way with SQLITE_BUSY."""
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn, _record):  # noqa: ANN001
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn):  # noqa: ANN001
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
-
-
-class Registry:
-    """Engine plus ``read()``/``write()`` sessions on the registry tables, and the queries the CLI/server use."""
+class Registry(Database):
+    """The one database handle (``alignloop.core.db``) on the registry tables, migrated on open, and the
+    queries the CLI and the server use."""
 
     def __init__(self, url: str | None = None, migrate: bool = True):
-        self.url = url or default_db_url()
-        self.is_sqlite = self.url.startswith("sqlite")
-        kwargs: dict[str, Any] = {}
-        if self.is_sqlite:
-            path = self.url[len("sqlite:///"):]
-            if path and path != ":memory:":
-                Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        else:
-            kwargs.update(pool_pre_ping=True)
-        self.engine = create_engine(self.url, **kwargs)
-        if self.is_sqlite:
-            _sqlite_setup(self.engine)
-        self._reader = sessionmaker(self.engine, expire_on_commit=False)
-        self._writer = sessionmaker(self.engine.execution_options(writer=True), expire_on_commit=False)
+        url = url or default_db_url()
+        make_parent_folder(url)
+        super().__init__(url)
         if migrate:
-            from alignloop.registry.migrations import upgrade
-
-            upgrade(self.engine)
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[Session]:
-        with self._writer() as s, s.begin():
-            yield s
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[Session]:
-        with self._reader() as s, s.begin():
-            yield s
-
-    def dispose(self) -> None:
-        self.engine.dispose()
+            core_db.upgrade(self.engine, MIGRATIONS)
 
     # ---- models -----------------------------------------------------------------------------------
     def list_models(self) -> list[dict]:
@@ -249,27 +200,21 @@ class Registry:
 
     def _exports_for(self, sha256: str) -> list[dict]:
         """Feedback-studio exports whose file had this hash (empty when the studio's tables are absent)."""
-        if not sha256:
+        if not sha256 or not self.has_tables("exports", "projects"):
             return []
-        try:
-            with self.read() as s:
-                rows = s.execute(text("SELECT e.id, p.name, e.format, e.path, e.n_rows FROM exports e "
-                                      "JOIN projects p ON p.id = e.project_id WHERE e.sha256 = :h ORDER BY e.id"),
-                                 {"h": sha256}).all()
-        except Exception:
-            return []
+        with self.read() as s:
+            rows = s.execute(text("SELECT e.id, p.name, e.format, e.path, e.n_rows FROM exports e "
+                                  "JOIN projects p ON p.id = e.project_id WHERE e.sha256 = :h ORDER BY e.id"),
+                             {"h": sha256}).all()
         return [{"export_id": r[0], "project": r[1], "format": r[2], "path": r[3], "rows": r[4]} for r in rows]
 
     def _labelers_for(self, judgment_ids: list[int]) -> dict[str, int]:
         """How many of the judgments each labeler kind gave (human / ai / user), when the studio's tables exist."""
-        if not judgment_ids:
+        if not judgment_ids or not self.has_tables("judgments", "labelers"):
             return {}
-        try:
-            with self.read() as s:
-                rows = s.execute(text("SELECT l.kind, COUNT(*) FROM judgments j JOIN labelers l ON l.id = j.labeler_id "
-                                      f"WHERE j.id IN ({','.join(str(int(i)) for i in judgment_ids)}) GROUP BY l.kind")).all()
-        except Exception:
-            return {}
+        with self.read() as s:
+            rows = s.execute(text("SELECT l.kind, COUNT(*) FROM judgments j JOIN labelers l ON l.id = j.labeler_id "
+                                  f"WHERE j.id IN ({','.join(str(int(i)) for i in judgment_ids)}) GROUP BY l.kind")).all()
         return {str(k): int(n) for k, n in rows}
 
 
@@ -364,15 +309,12 @@ def judgment_ids_in(path: str | os.PathLike) -> list[int]:
 def _export_judgments(reg: Registry, hashes: dict[str, dict]) -> list[int]:
     """Judgment ids the studio recorded for exports whose file hash matches a data file of the run."""
     shas = [h["sha256"] for h in hashes.values()]
-    if not shas:
+    if not shas or not reg.has_tables("export_judgments", "exports"):
         return []
-    try:
-        with reg.read() as s:
-            rows = s.execute(text("SELECT ej.judgment_id FROM export_judgments ej JOIN exports e ON e.id = ej.export_id "
-                                  "WHERE e.sha256 IN (" + ",".join(f":h{i}" for i in range(len(shas))) + ")"),
-                             {f"h{i}": h for i, h in enumerate(shas)}).all()
-    except Exception:
-        return []
+    with reg.read() as s:
+        rows = s.execute(text("SELECT ej.judgment_id FROM export_judgments ej JOIN exports e ON e.id = ej.export_id "
+                              "WHERE e.sha256 IN (" + ",".join(f":h{i}" for i in range(len(shas))) + ")"),
+                         {f"h{i}": h for i, h in enumerate(shas)}).all()
     return [int(r[0]) for r in rows]
 
 
@@ -394,11 +336,7 @@ def resolve_model_ref(ref: str, db: str | None = None) -> tuple[str, str | None]
     aliases, folders and .gguf files pass through (with the id of the registered model at that folder)."""
     if not ref:
         return ref, None
-    try:
-        reg = open_registry(db)
-        m = reg.find_model(ref)
-    except Exception:
-        return ref, None
+    m = open_registry(db).find_model(ref)
     if m is None:
         return ref, None
     if Path(ref).exists():
@@ -586,10 +524,6 @@ def write_model_card(folder: Path, model: dict, run: dict, reg: Registry | None 
     if reg is not None:
         try:
             lineage = reg.lineage(model["id"])
-        except Exception:
-            lineage = None
-    path = folder / "README.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(model_card(model, run, lineage))
-    os.replace(tmp, path)
-    return path
+        except DatabaseError as exc:  # the card is still worth writing without its lineage line
+            print(f"warning: registry: the model card of {model['id']} has no lineage: {exc}", file=sys.stderr)
+    return write_text(folder / "README.md", model_card(model, run, lineage))

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from alignloop.feedback import auth
-from alignloop.feedback.api import create_app
+from alignloop.feedback.api import ROUTERS, create_app
 from alignloop.feedback.io import import_records
 from alignloop.feedback.store import Assignment, Judgment, Task, create_labeler, create_project
 from feedback_helpers import generate_records, numbered
@@ -78,7 +78,9 @@ ROUTES = [
 
 def test_route_by_role_matrix(studio):
     app = studio.app.app  # unwrap the size-limit middleware
-    paths = {(m, r.path) for r in app.routes if hasattr(r, "methods") for m in r.methods if m != "HEAD"}
+    # the app's own routes plus those of the routers it includes (FastAPI keeps included routers as one entry)
+    routes = [r for r in app.routes if hasattr(r, "methods")] + [r for rt in ROUTERS for r in rt.routes]
+    paths = {(m, r.path) for r in routes for m in r.methods if m != "HEAD"}
     assert paths == {(m, p) for m, p, _, _ in ROUTES}, "every route must be in the matrix"
 
     for who in ("anonymous", "ann", "admin"):
@@ -212,3 +214,18 @@ def test_admin_api_users_import_and_export(studio):
     r = studio.get("/api/projects/proj/export?format=nope", headers=adm)
     assert r.status_code == 422
     assert studio.get("/api/projects/nope/stats", headers=adm).status_code == 404
+
+
+def test_import_upload_errors_name_the_line(studio):
+    """Uploads are read by the same reader as files (io.parse_records); the API keeps its answers."""
+    adm = bearer(studio, "admin")
+    r = studio.post("/api/projects/proj/import", content='{"prompt": "a", "completions": ["x", "y"]}\n{"prompt"\n',
+                    headers=adm)
+    assert (r.status_code, r.json()) == (422, {"detail": "line 2: not valid JSON (Expecting ':' delimiter)",
+                                               "field": "body"})
+    r = studio.post("/api/projects/proj/import", content='[{"prompt": "a",]', headers=adm)
+    assert (r.status_code, r.json()["detail"]) == (422, "line 1: not valid JSON (Expecting property name enclosed "
+                                                        "in double quotes)")
+    for empty in ("\n\n", "[]"):  # an empty array used to reach the importer ("upload: no records found")
+        r = studio.post("/api/projects/proj/import", content=empty, headers=adm)
+        assert (r.status_code, r.json()) == (422, {"detail": "no records in the request body", "field": "body"})

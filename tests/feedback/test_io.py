@@ -167,3 +167,53 @@ def test_stats_gold_accuracy_and_judge_vs_human(db):
     assert jvh["items"] == 1 and jvh["human_ties_left_out"] == 2 and jvh["percent_agreement"] == 1.0
     assert stats["progress"]["complete"] == 2 and stats["progress"]["gold_tasks"] == 1
     json.dumps(stats)  # plain JSON all the way down
+
+
+def test_hh_file_imports_with_the_pairs_the_trainers_read(db, tmp_path):
+    """`label import` splits the implicit prompt with alignloop.data.readers, so an Anthropic HH file comes in as
+    it is and gives the pairs `reward train` / `dpo` read from it (before, the studio refused it: 'prompt is
+    required')."""
+    import gzip
+    import itertools
+
+    from alignloop.data.readers import read_preferences
+
+    src = Path(__file__).resolve().parents[2] / "data" / "hh-harmless" / "dev.jsonl.gz"
+    with gzip.open(src, "rt", encoding="utf-8") as fh:
+        lines = list(itertools.islice(fh, 4))
+    hh = tmp_path / "hh.jsonl"
+    hh.write_text("".join(lines))
+    summary = import_file(db, "hh", hh, labeler="hh")
+    assert (summary["task_type"], summary["tasks"], summary["judgments"]) == ("pairwise", 4, 4)
+    export_file(db, "hh", "trl", tmp_path / "pairs.jsonl")
+    rows = list(iter_jsonl(tmp_path / "pairs.jsonl"))
+    want = read_preferences(hh)
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in rows] == [
+        (p.prompt.messages, [{"role": "assistant", "content": p.chosen}],
+         [{"role": "assistant", "content": p.rejected}]) for p in want]
+    assert rows[0]["prompt"][0]["role"] == "user" and rows[0]["prompt"][-1]["role"] == "user"
+
+
+def test_implicit_prompt_forms_the_studio_took_before_still_import(db, tmp_path):
+    """Conversations whose answers are several messages (TRL's longest-shared-prefix rule) stay importable,
+    though the trainers' reader takes only a single last answer."""
+    u, a1, b1 = ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                 {"role": "assistant", "content": "go away"})
+    u2, a2 = {"role": "user", "content": "how are you?"}, {"role": "assistant", "content": "fine"}
+    path = write_jsonl(tmp_path / "multi.jsonl", [{"chosen": [u, a1, u2, a2], "rejected": [u, b1]}])
+    import_file(db, "multi", path, labeler="alice")
+    export_file(db, "multi", "trl", tmp_path / "out.jsonl")
+    [row] = iter_jsonl(tmp_path / "out.jsonl")
+    assert (row["prompt"], row["chosen"], row["rejected"]) == ([u], [a1, u2, a2], [b1])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"chosen": [u, a1], "rejected": [u2, b1]}])
+    with pytest.raises(DataError, match="field 'prompt': is missing and chosen/rejected share no leading turns"):
+        import_file(db, "bad", bad)
+
+
+def test_label_studio_tasks_as_jsonl_import_like_the_json_array(db, tmp_path):
+    """One reader for files and uploads: a JSONL file of Label Studio tasks is recognised as the API's upload
+    of the same lines always was."""
+    tasks = json.loads((DATA / "labelstudio_pairwise.json").read_text())
+    path = write_jsonl(tmp_path / "ls.jsonl", tasks)
+    summary = import_file(db, "lsl", path)
+    assert (summary["tasks"], summary["judgments"], summary["cancelled_annotations"]) == (3, 5, 1)

@@ -10,16 +10,11 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
+from alignloop.core import db
+
 HERE = Path(__file__).resolve().parent
 VERSION_TABLE = "alignloop_registry_version"
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(HERE))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    db.upgrade(engine, HERE, revision)

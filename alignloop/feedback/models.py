@@ -1,0 +1,241 @@
+"""The feedback studio's tables (SQLAlchemy 2 models) and the database handle that migrates them.
+
+Raw per-labeler judgments are the only source of truth; progress, agreement, consensus and exports are all
+derived from them. The same database holds the model registry, so table names are generic nouns and the
+schema is created and upgraded only through the Alembic migrations in ``migrations/``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, Text,
+                        UniqueConstraint)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from alignloop.core import db
+from alignloop.core.db import utcnow
+
+TASK_TYPES = ("pairwise", "ranking", "rating", "rewrite", "binary")
+PAIRWISE_CHOICES = ("A", "B", "tie", "both_bad")
+STRENGTHS = ("much_better", "better", "slightly_better")
+BINARY_CHOICES = ("good", "bad")
+LABELER_KINDS = ("human", "ai", "user")
+ROLES = ("admin", "labeler")
+DEFAULT_CRITERIA = ["helpfulness", "honesty", "harmlessness"]
+DEFAULT_FLAGS = ["factual_error", "unsafe"]
+
+
+class Base(DeclarativeBase):
+    """Every feedback-studio table. (The registry's tables share the database but keep their own metadata and
+    Alembic chain, so these migrations never see them.)"""
+
+    metadata = MetaData(naming_convention=db.NAMING_CONVENTION)
+
+
+# columns many tables share
+ProjectRef = Annotated[int, mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)]
+Created = Annotated[dt.datetime, mapped_column(DateTime, default=utcnow)]
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    task_type: Mapped[str] = mapped_column(String(20), default="pairwise")
+    criteria: Mapped[list] = mapped_column(JSON, default=lambda: list(DEFAULT_CRITERIA))
+    flags: Mapped[list] = mapped_column(JSON, default=lambda: list(DEFAULT_FLAGS))
+    scale: Mapped[int] = mapped_column(Integer, default=5)  # Likert points for rating tasks
+    overlap: Mapped[int] = mapped_column(Integer, default=3)  # distinct labelers per task
+    gold_rate: Mapped[float] = mapped_column(Float, default=0.0)  # share of assignments that are gold tasks
+    order: Mapped[str] = mapped_column(String(20), default="import")  # or "uncertainty" (active learning)
+    lease_minutes: Mapped[int] = mapped_column(Integer, default=60)  # an open assignment expires after this
+    guidelines: Mapped[str] = mapped_column(Text, default="")
+    content_warning: Mapped[str] = mapped_column(Text, default="")
+    guidelines_version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[Created]
+
+
+class GuidelineVersion(Base):
+    """Every version of a project's guidelines, so a judgment can be read with the text it was made under."""
+
+    __tablename__ = "guideline_versions"
+    __table_args__ = (UniqueConstraint("project_id", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[ProjectRef]
+    version: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text, default="")
+    content_warning: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[Created]
+
+
+class Prompt(Base):
+    __tablename__ = "prompts"
+    __table_args__ = (UniqueConstraint("project_id", "external_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[ProjectRef]
+    external_id: Mapped[str] = mapped_column(String(200))  # the record's "id" (alignloop generate writes one)
+    prompt: Mapped[Any] = mapped_column(JSON)  # a string or a list of {"role", "content"} messages
+    context: Mapped[Optional[Any]] = mapped_column(JSON, nullable=True)  # e.g. retrieved documents
+    extra: Mapped[dict] = mapped_column(JSON, default=dict)  # any other columns, kept for exports
+
+
+class Completion(Base):
+    __tablename__ = "completions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # index in the imported record's completions
+    text: Mapped[Any] = mapped_column(JSON)  # a string or a list of assistant messages
+    model: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)  # never shown to labelers
+    sampling: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class Task(Base):
+    """A prompt with the 2..K completions a labeler judges together (1 for rewrite/binary tasks)."""
+
+    __tablename__ = "tasks"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[ProjectRef]
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    task_type: Mapped[str] = mapped_column(String(20))
+    completion_ids: Mapped[list] = mapped_column(JSON)  # canonical order: "A" is completion_ids[0]
+    seq: Mapped[int] = mapped_column(Integer)  # import order
+    uncertainty: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[Created]
+
+
+class GoldAnswer(Base):
+    __tablename__ = "gold_answers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), unique=True)
+    answer: Mapped[dict] = mapped_column(JSON)  # same fields as a judgment: choice / ranking (completion ids)
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
+class Labeler(Base):
+    __tablename__ = "labelers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(10), default="human")  # human | ai (a judge) | user (served model)
+    role: Mapped[str] = mapped_column(String(10), default="labeler")  # admin | labeler
+    identity: Mapped[str] = mapped_column(String(400), default="")  # e.g. the judge model and prompt version
+    password_hash: Mapped[Optional[str]] = mapped_column(String(400), nullable=True)
+    trust: Mapped[Optional[float]] = mapped_column(Float, nullable=True)  # fixed vote weight; else from gold
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[Created]
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256: tokens are long random strings
+    created_at: Mapped[Created]
+
+
+class LoginSession(Base):
+    __tablename__ = "login_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"), index=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[Created]
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class Assignment(Base):
+    """One labeler's turn at one task. ``slot`` numbers the task's ``overlap`` places: the unique constraints
+    make it impossible for two labelers to take the same place or for one labeler to get a task twice, even
+    when requests race. Released (skipped, expired) and gold assignments hold no slot (NULL)."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (UniqueConstraint("task_id", "labeler_id"), UniqueConstraint("task_id", "slot"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"), index=True)
+    slot: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    display_order: Mapped[list] = mapped_column(JSON)  # completion ids left to right, randomised per task
+    status: Mapped[str] = mapped_column(String(10), default="open")  # open | done | skipped | expired
+    created_at: Mapped[Created]
+    completed_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime, nullable=True)
+
+
+class Judgment(Base):
+    """A labeler's raw answer to a task, in canonical terms ("A" is ``task.completion_ids[0]``)."""
+
+    __tablename__ = "judgments"
+    __table_args__ = (UniqueConstraint("task_id", "labeler_id"), UniqueConstraint("labeler_id", "idempotency_key"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"), index=True)
+    assignment_id: Mapped[Optional[int]] = mapped_column(ForeignKey("assignments.id", ondelete="SET NULL"),
+                                                         nullable=True)
+    choice: Mapped[Optional[str]] = mapped_column(String(20), nullable=True)  # pairwise / binary
+    strength: Mapped[Optional[str]] = mapped_column(String(20), nullable=True)
+    ranking: Mapped[Optional[list]] = mapped_column(JSON, nullable=True)  # completion ids, best first
+    ratings: Mapped[Optional[dict]] = mapped_column(JSON, nullable=True)  # {completion id: {criterion: 1..scale}}
+    flags: Mapped[Optional[dict]] = mapped_column(JSON, nullable=True)  # {completion id: {flag: bool}}
+    rewrite: Mapped[Optional[str]] = mapped_column(Text, nullable=True)  # "write a better answer"
+    skipped: Mapped[bool] = mapped_column(Boolean, default=False)
+    skip_reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    display_order: Mapped[Optional[list]] = mapped_column(JSON, nullable=True)  # what the labeler saw
+    guideline_version: Mapped[int] = mapped_column(Integer, default=1)
+    idempotency_key: Mapped[Optional[str]] = mapped_column(String(100), nullable=True)
+    duration_ms: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class Export(Base):
+    """A file written by ``label export``: which judgments it holds, so a model traces back to its labels."""
+
+    __tablename__ = "exports"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[ProjectRef]
+    format: Mapped[str] = mapped_column(String(10))
+    consensus: Mapped[str] = mapped_column(String(20), default="")
+    path: Mapped[str] = mapped_column(Text, default="")
+    sha256: Mapped[str] = mapped_column(String(64), default="")  # of the file, to match a training data file
+    n_rows: Mapped[int] = mapped_column(Integer, default=0)
+    summary: Mapped[dict] = mapped_column(JSON, default=dict)  # rows excluded and why
+    created_at: Mapped[Created]
+
+
+class ExportJudgment(Base):
+    __tablename__ = "export_judgments"
+    export_id: Mapped[int] = mapped_column(ForeignKey("exports.id", ondelete="CASCADE"), primary_key=True)
+    judgment_id: Mapped[int] = mapped_column(ForeignKey("judgments.id", ondelete="CASCADE"), primary_key=True,
+                                             index=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The database handle
+# --------------------------------------------------------------------------------------------------
+
+
+#: the studio's Alembic chain (run by path: its env.py imports this module, so this module does not import it)
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+class Database(db.Database):
+    """The one database handle (``alignloop.core.db``), migrated to the studio's latest schema on open."""
+
+    def __init__(self, url: str, migrate: bool = True):
+        super().__init__(url)
+        if migrate:
+            db.upgrade(self.engine, MIGRATIONS)
+
+
+_dbs: dict[str, Database] = {}
+_dbs_lock = threading.Lock()
+
+
+def open_db(url: str) -> Database:
+    """The process-wide handle for ``url``, migrated to the latest schema on first use."""
+    with _dbs_lock:
+        if url not in _dbs:
+            _dbs[url] = Database(url)
+        return _dbs[url]

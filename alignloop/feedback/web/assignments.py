@@ -1,0 +1,81 @@
+"""Labeling: the next task for the labeler, an assignment, and submitting a judgment on it.
+
+In this API a pairwise choice ``A``/``B`` means the completion shown first/second to that labeler (left/right);
+the server maps it to the task's canonical order with the assignment's stored display order.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+from fastapi import APIRouter, Header, Response
+from sqlalchemy.orm import Session
+
+from alignloop.feedback import assign
+from alignloop.feedback.models import Assignment, Database, Project, Task
+from alignloop.feedback.queries import add_judgment, get_project
+from alignloop.feedback.web.deps import CurrentLabeler, DbDep, HTTPProblem, Principal, ReadSession
+from alignloop.feedback.web.schemas import JudgmentIn
+from alignloop.feedback.web.views import assignment_view
+
+router = APIRouter(prefix="/api")
+
+
+@router.get("/projects/{name}/next")
+def next_task(name: str, who: CurrentLabeler, db: DbDep) -> dict:
+    return next_for(db, name, who)
+
+
+@router.get("/assignments/{assignment_id}")
+def show_assignment(assignment_id: int, who: CurrentLabeler, s: ReadSession) -> dict:
+    a = own_assignment(s, assignment_id, who)
+    task = s.get(Task, a.task_id)
+    return assignment_view(s, a, s.get(Project, task.project_id))
+
+
+@router.post("/assignments/{assignment_id}/judgment")
+def submit(assignment_id: int, body: JudgmentIn, who: CurrentLabeler, db: DbDep, response: Response,
+           idempotency_key: Annotated[Optional[str], Header(max_length=100)] = None) -> dict:
+    out = submit_judgment(db, assignment_id, who, body, idempotency_key or body.idempotency_key)
+    response.status_code = 201 if out["created"] else 200
+    return out
+
+
+def next_for(db: Database, name: str, who: Principal) -> dict:
+    """Hand the labeler their open assignment or a new one, with their progress in the project."""
+    with db.write() as s:
+        p = get_project(s, name)
+        a = assign.next_assignment(s, p, who.labeler)
+        view = assignment_view(s, a, p) if a is not None else None
+    with db.read() as s:  # counted after the commit, outside the write lock
+        progress = assign.labeler_progress(s, get_project(s, name), who.labeler)
+    return {"done": view is None, **(view or {}), "progress": progress}
+
+
+def submit_judgment(db: Database, assignment_id: int, who: Principal, body: JudgmentIn, key: str | None) -> dict:
+    """Store the labeler's judgment on their assignment; committed before the response goes out."""
+    with db.write() as s:
+        a = own_assignment(s, assignment_id, who)
+        task = s.get(Task, a.task_id)
+        j, created = add_judgment(
+            s, task.id, who.labeler, canonical_choice(body.choice, task, a), strength=body.strength,
+            ranking=body.ranking, ratings=body.ratings, flags=body.flags, rewrite=body.rewrite,
+            skip_reason=body.skip_reason, assignment=a, idempotency_key=key, duration_ms=body.duration_ms)
+        return {"judgment_id": j.id, "created": created, "skipped": j.skipped}
+
+
+def own_assignment(s: Session, assignment_id: int, who: Principal) -> Assignment:
+    a = s.get(Assignment, assignment_id)
+    if a is None or a.labeler_id != who.labeler.id:  # someone else's assignment looks exactly like none
+        raise HTTPProblem(404, f"no assignment {assignment_id} for you", "assignment_id")
+    if a.status == "expired":
+        raise HTTPProblem(409, "this assignment expired; fetch the next task", "assignment_id")
+    return a
+
+
+def canonical_choice(choice: Optional[str], task: Task, a: Assignment) -> Optional[str]:
+    """Displayed A/B (first/second on screen) -> the task's canonical A/B."""
+    if task.task_type != "pairwise" or choice not in ("A", "B"):
+        return choice
+    shown = a.display_order[0] if choice == "A" else a.display_order[1]
+    return "A" if shown == task.completion_ids[0] else "B"

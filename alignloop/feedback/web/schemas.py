@@ -1,0 +1,51 @@
+"""Request bodies of the JSON API (pydantic checks types and sizes; the queries check the rules)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, Field
+
+
+class JudgmentIn(BaseModel):
+    choice: Optional[str] = Field(None, max_length=20)
+    strength: Optional[str] = Field(None, max_length=20)
+    ranking: Optional[list[int]] = Field(None, max_length=64)
+    ratings: Optional[dict[str, dict[str, int]]] = None
+    flags: Optional[dict[str, dict[str, bool]]] = None
+    rewrite: Optional[str] = None  # length checked by the queries so the message names the limit
+    skip_reason: Optional[str] = None
+    duration_ms: Optional[int] = Field(None, ge=0)
+    idempotency_key: Optional[str] = Field(None, max_length=100)
+
+
+class ProjectPatch(BaseModel):
+    """The settings an admin may change on an existing project."""
+
+    criteria: Optional[list[str]] = None
+    flags: Optional[list[str]] = None
+    scale: Optional[int] = None
+    overlap: Optional[int] = None
+    gold_rate: Optional[float] = None
+    order: Optional[str] = None
+    lease_minutes: Optional[int] = None
+
+
+class ProjectIn(ProjectPatch):
+    name: str = Field(..., min_length=1, max_length=200)
+    task_type: str = "pairwise"
+    guidelines: str = ""
+    content_warning: str = ""
+
+
+class GuidelinesIn(BaseModel):
+    text: str = Field(..., max_length=200_000)
+    content_warning: Optional[str] = Field(None, max_length=5_000)
+
+
+class UserIn(BaseModel):
+    name: str = Field(..., min_length=1, max_length=200)
+    role: str = "labeler"
+    kind: str = "human"
+    identity: str = ""
+    password: Optional[str] = Field(None, min_length=8, max_length=200)

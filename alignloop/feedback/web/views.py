@@ -1,0 +1,50 @@
+"""What the responses show: pages rendered from the templates, and the JSON views of projects, judgments and
+assignments. Model names are left out of everything a labeler sees on purpose (labelers must not know them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from alignloop.feedback.models import Assignment, Completion, Judgment, Project, Prompt, Task
+from alignloop.feedback.web.deps import Principal
+
+LETTERS = "ABCDEFGHIJKLMNOP"
+
+
+def render(request: Request, name: str, who: Principal | None, **ctx: Any) -> HTMLResponse:
+    """A page from ``templates/`` with the signed-in user and the session's CSRF token for its forms."""
+    csrf = who.session.csrf_token if who and who.session else ""
+    templates = request.app.state.templates
+    return templates.TemplateResponse(request, name, {"me": who.labeler if who else None, "csrf": csrf, **ctx})
+
+
+def project_public(p: Project) -> dict:
+    return {"name": p.name, "task_type": p.task_type, "criteria": p.criteria, "flags": p.flags, "scale": p.scale,
+            "overlap": p.overlap, "gold_rate": p.gold_rate, "order": p.order, "lease_minutes": p.lease_minutes,
+            "guidelines_version": p.guidelines_version, "has_content_warning": bool(p.content_warning)}
+
+
+def judgment_public(j: Judgment) -> dict:
+    return {"id": j.id, "task_id": j.task_id, "choice": j.choice, "strength": j.strength, "ranking": j.ranking,
+            "ratings": j.ratings, "flags": j.flags, "rewrite": j.rewrite, "skipped": j.skipped,
+            "skip_reason": j.skip_reason, "guideline_version": j.guideline_version,
+            "created_at": j.created_at.isoformat() + "Z"}
+
+
+def assignment_view(s: Session, a: Assignment, p: Project) -> dict:
+    """What the labeler's page needs, completions in the order this labeler sees them."""
+    task = s.get(Task, a.task_id)
+    prompt = s.get(Prompt, task.prompt_id)
+    comps = {c.id: c for c in s.scalars(select(Completion).where(Completion.id.in_(task.completion_ids)))}
+    return {"assignment_id": a.id, "task_id": task.id, "task_type": task.task_type, "prompt": prompt.prompt,
+            "context": prompt.context,
+            "completions": [{"id": cid, "label": LETTERS[i], "text": comps[cid].text}
+                            for i, cid in enumerate(a.display_order)],
+            "criteria": p.criteria, "flags": p.flags, "scale": p.scale,
+            "guidelines_version": p.guidelines_version, "content_warning": p.content_warning,
+            "started_at": a.created_at.isoformat() + "Z"}
