@@ -60,7 +60,7 @@ def run(cfg: StageConfig) -> Any:
     """Run a stage from its config (the CLI and the library's ``alignloop.train`` both come here).
 
     Trainers (every ``TrainOptions`` stage) are recorded in the model registry here, in one place: config,
-    data hashes, labels, parent, metrics and the final model (see ``alignloop/registry/store.py``). The registry
+    data hashes, labels, parent, metrics and the final model (see ``alignloop/registry/recording.py``). The registry
     never makes a run fail; ``ALIGNLOOP_REGISTRY=off`` skips it."""
     from alignloop.trainers.config import TrainOptions
 
@@ -68,7 +68,7 @@ def run(cfg: StageConfig) -> Any:
     main_process = os.environ.get("RANK", "0") == "0"  # under `launch`, only rank 0 records
     if not isinstance(cfg, TrainOptions) or not main_process or os.environ.get("ALIGNLOOP_REGISTRY") == "off":
         return runner(cfg)
-    from alignloop.registry import store as registry
+    from alignloop.registry import recording as registry
 
     cfg, run_id = registry.start_run(cfg)
     try:

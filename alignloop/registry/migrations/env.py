@@ -4,6 +4,6 @@ from alembic import context
 
 from alignloop.core.db import run_alembic_env
 from alignloop.registry.migrations import VERSION_TABLE
-from alignloop.registry.store import RegistryBase
+from alignloop.registry.tables import RegistryBase
 
 run_alembic_env(context, RegistryBase.metadata, version_table=VERSION_TABLE)
