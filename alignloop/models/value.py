@@ -9,7 +9,8 @@ the rewards are functions only, the critic is the policy's backbone with a zero 
 an adapter and the score head is trained in full.
 
 The critic reads the policy's tokens at every answer position, so it needs a causal-LM backbone: an encoder
-reward model (``reward train --backbone encoder``) is refused with a message that says so.
+reward model (``reward train --backbone encoder``) or an encoder classifier folder (BERT, DeBERTa, ...) is refused
+with a message that says so.
 """
 
 from __future__ import annotations
@@ -43,10 +44,12 @@ def _critic_from_reward_model(folder: str) -> Any:
 
     rm = load_reward_model(folder)
     if rm.info.backbone != "causal":
-        raise ModelError(f"{folder} is an encoder reward model ({rm.info.base_model or 'a sentence encoder'}); "
-                         "PPO's critic reads a value at every token of the policy's answer and needs a causal-LM "
-                         "reward model (reward train --backbone causal). Use it with grpo or rloo, or as a "
-                         "--reward rm:DIR next to a causal --reward-model")
+        what = (f"an encoder reward model ({rm.info.base_model or 'a sentence encoder'})"
+                if rm.info.backbone == "encoder" else
+                f"a {type(rm.model).__name__} scored with its own classifier on a pooled state")
+        raise ModelError(f"{folder} is {what}; PPO's critic reads a value at every token of the policy's answer "
+                         "and needs a causal-LM reward model (reward train --backbone causal). Use it with grpo or "
+                         "rloo, or as a --reward rm:DIR next to a causal --reward-model")
     critic = rm.model
     head = rl_head(critic)
     n = head.weight.shape[0]

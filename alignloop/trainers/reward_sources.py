@@ -3,11 +3,12 @@
 =========================  ===============================================================================
 SPEC                       reward
 =========================  ===============================================================================
-``rm:DIR``                 a reward model from ``alignloop reward train`` (or a Hugging Face causal-LM
+``rm:DIR``                 a reward model from ``alignloop reward train`` (or any Hugging Face
                            ``*ForSequenceClassification`` folder), read by ``load_reward_model`` exactly as
                            ``alignloop reward score`` reads it: its own chat template setting, ``max_length``,
                            pooling (last token, or the answer's mean) and normalisation ``(raw - offset) /
-                           scale`` (an ensemble: the mean over heads); causal-LM and encoder backbones alike
+                           scale`` (an ensemble: the mean over heads); causal-LM and encoder backbones alike,
+                           and encoder classifiers (BERT, DeBERTa, ...) through their own logits
 ``python:module:function`` ``function(prompt, completion, **row) -> float`` from an importable module
 ``python:path.py:function`` the same from a file
 =========================  ===============================================================================
