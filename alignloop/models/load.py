@@ -23,6 +23,7 @@ from typing import Any
 
 from alignloop.core.paths import alignloop_home
 from alignloop.core.errors import ModelError
+from alignloop.core.files import replace_folder
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -316,14 +317,7 @@ def save_model(model: Any, tokenizer: Any, folder: str | os.PathLike, merge_lora
         extra = {"state_dict": state_dict} if state_dict is not None else {}
         to_save.save_pretrained(tmp, safe_serialization=True, **extra)
         tokenizer.save_pretrained(tmp)
-        if folder.exists():
-            old = folder.with_name(folder.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
+        replace_folder(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

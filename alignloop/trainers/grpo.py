@@ -1,5 +1,6 @@
 """GRPO and RLOO (``alignloop grpo``, ``alignloop rloo``): K answers per prompt, a baseline from the other answers
-to the same prompt, no critic. Same rollout engine and reward sources as PPO.
+to the same prompt, no critic. Same rollout engine and reward sources as PPO. One loop for both: they differ only
+in the advantages (``trainers/rloo.py`` is RLOO's runner name).
 
 Each step: sample K answers for each of ``batch_size`` prompts → score them → (KL in the reward: subtract
 ``β·Σ_t KL_t`` from each answer's score) → advantages per answer: group-relative ``(r − mean)/std`` (GRPO) or
@@ -13,25 +14,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from alignloop.trainers.config import GRPOConfig, RLOOConfig
-from alignloop.core.errors import TrainingError
-from alignloop.losses import group_advantages, kl_estimate, leave_one_out_advantages, policy_clip_loss
-from alignloop.trainers.reward_sources import Rewards, reward_specs
 from alignloop.generation.rollout import pad_responses, sequence_logprobs
-from alignloop.trainers import engine, rl_common as rl
-from alignloop.trainers.ppo import finish
-
-
-def run_grpo(cfg: GRPOConfig) -> Path:
-    return _run(cfg, "grpo")
-
-
-def run_rloo(cfg: RLOOConfig) -> Path:
-    return _run(cfg, "rloo")
+from alignloop.losses import group_advantages, kl_estimate, leave_one_out_advantages, policy_clip_loss
+from alignloop.trainers import engine
+from alignloop.trainers import rl_common as rl
+from alignloop.trainers.config import GRPOConfig, RLOOConfig
 
 
 def advantages_for(kind: str, rewards: torch.Tensor, k: int, scale: bool) -> torch.Tensor:
@@ -43,36 +33,25 @@ def advantages_for(kind: str, rewards: torch.Tensor, k: int, scale: bool) -> tor
     return adv
 
 
-def _run(cfg: Any, kind: str) -> Path:
+def run(cfg: GRPOConfig | RLOOConfig) -> Path:
+    kind = cfg.command[0]  # "grpo" or "rloo": how the advantages are computed
     r = engine.setup(cfg)
-    policy, ref, tok = rl.build_policy(cfg, r)
-    rewards = Rewards.from_specs(reward_specs(cfg.reward, cfg.reward_model))
-    rl.place_frozen_models(cfg, r, ref, rewards)
-    items, cut = rl.load_prompts(cfg.prompts, tok, cfg.max_prompt_length, cfg.chat_template, cfg.limit)
-    r.log(f"prompts: {cfg.prompts}: {len(items)} ({cut} longer than max_prompt_length={cfg.max_prompt_length} "
-          "kept their head and tail)")
-    dev = rl.load_prompts(cfg.dev_data, tok, cfg.max_prompt_length, cfg.chat_template)[0] if cfg.dev_data else None
+    stage = rl.setup_stage(cfg, r)
+    policy, ref, tok, rewards, items = stage.policy, stage.ref, stage.tok, stage.rewards, stage.items
 
     total = rl.total_rl_steps(cfg, len(items) // r.world)  # each step takes batch_size prompts per process
-    updates_per_step = cfg.ppo_epochs * cfg.num_mini_batches
     optimizer = engine.build_optimizer(policy, cfg.learning_rate, cfg.weight_decay)
-    scheduler = engine.build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps * updates_per_step,
-                                       total * updates_per_step)
+    scheduler = rl.build_scheduler(cfg, optimizer, total)
     state = engine.load_checkpoint(r, policy, optimizer, scheduler) if cfg.resume else {"step": 0}
     start = state["step"]
     recent_kl: list[float] = list(state.get("recent_kl", []))  # training-batch KLs, for --kl-budget (checkpointed)
     r.metrics.truncate_after(start)
-    if dev is not None and start == 0:
-        r.metrics.write(0, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, 0)))
+    if stage.dev is not None and start == 0:
+        r.metrics.write(0, stage.evaluate(cfg, r, 0))
 
     k = cfg.num_generations
     reuse_old = cfg.ppo_epochs == 1 and cfg.num_mini_batches == 1  # on-policy: ratio ≡ 1
-    stream = rl.prompt_batches(len(items), cfg.batch_size * r.world, cfg.seed, start)
-    if r.world > 1:  # each process samples its own share of the global prompt batch, with its own seed
-        if len(items) < cfg.batch_size * r.world:
-            raise TrainingError(f"{len(items)} prompts cannot fill batch_size x processes = "
-                                f"{cfg.batch_size} x {r.world}; lower --batch-size")
-        engine.seed_everything(engine.rank_seed(r, cfg.seed + start))
+    stream = rl.prompt_stream(cfg, r, len(items), start)
     bar = engine.progress(r, total, initial=start, desc=kind)
     step = start
     for step in range(start + 1, total + 1):
@@ -152,12 +131,12 @@ def _run(cfg: Any, kind: str) -> Path:
         })
         values = r.reduce_mean(values)  # every process logs/uses the means over all processes
         if rl.finish_step(r, cfg, step, total, values, bar, policy=policy, ref=ref, tok=tok, rewards=rewards,
-                          dev=dev, batch=batch, rollout=ro, scores=scores, k=k, recent_kl=recent_kl):
+                          dev=stage.dev, batch=batch, rollout=ro, scores=scores, k=k, recent_kl=recent_kl):
             break
         if cfg.save_every and step % cfg.save_every == 0 and step != total:
             engine.save_checkpoint(r, step, policy, optimizer, scheduler, {"recent_kl": recent_kl})
     bar.close()
-    if dev is not None:
-        r.metrics.write(step, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, step)))
-    engine.save_checkpoint(r, step, policy, optimizer, scheduler, {"recent_kl": recent_kl})
-    return finish(r, cfg, policy, tok)
+    return rl.end_run(r, cfg, stage, step, policy, optimizer, scheduler, {"recent_kl": recent_kl})
+
+
+run_grpo = run_rloo = run  # the runners' names before every trainer's runner was called ``run``
