@@ -15,7 +15,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from alignloop.core.errors import DataError
 from alignloop.core.files import atomic_path
@@ -148,11 +148,18 @@ def batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True
 
 def packed_batches(lengths: Sequence[int], token_budget: int, seed: int, epoch: int) -> list[list[int]]:
     """Index batches that fill ``token_budget`` tokens each (first-fit in shuffled order)."""
+    return fill_batches(batches(len(lengths), len(lengths), seed, epoch)[0] if lengths else [], lengths, token_budget)
+
+
+def fill_batches(order: Iterable[int], lengths: Sequence[int], max_tokens: int,
+                 max_items: int | None = None) -> list[list[int]]:
+    """The indices of ``order``, in that order, cut into batches of at most ``max_tokens`` tokens (and
+    ``max_items`` items); an item longer than ``max_tokens`` makes a batch of its own."""
     out: list[list[int]] = []
     cur: list[int] = []
     used = 0
-    for i in batches(len(lengths), len(lengths), seed, epoch)[0] if lengths else []:
-        if cur and used + lengths[i] > token_budget:
+    for i in order:
+        if cur and (used + lengths[i] > max_tokens or (max_items is not None and len(cur) >= max_items)):
             out.append(cur)
             cur, used = [], 0
         cur.append(i)

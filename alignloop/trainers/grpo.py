@@ -56,10 +56,7 @@ def run(cfg: GRPOConfig | RLOOConfig) -> Path:
     step = start
     for step in range(start + 1, total + 1):
         t_step = time.perf_counter()
-        batch = [items[i] for i in next(stream)][r.rank::r.world]
-        ro = rl.sample(policy, tok, batch, cfg, k)
-        t0 = time.perf_counter()
-        scores, parts = rl.score(rewards, batch, ro, k, cfg.missing_eos_penalty)
+        batch, ro, scores, parts, t0 = rl.sample_and_score(stage, cfg, r, next(stream), k)
         _, mask = pad_responses(ro.response_ids, tok.pad_token_id)
         mask, scores = mask.to(r.device), scores.to(r.device)  # beside the log-probs (GPU runs)
         old_lp, entropy = (None, None) if reuse_old else rl.logprobs_of(policy, ro, cfg, r, with_entropy=True)
@@ -74,43 +71,34 @@ def run(cfg: GRPOConfig | RLOOConfig) -> Path:
         adv = advantages_for(kind, seq_reward, k, cfg.scale_rewards)
 
         t0 = time.perf_counter()
-        n = len(ro.response_ids)
-        mb = n // cfg.num_mini_batches
-        micro = mb // cfg.grad_accum
         st_sum = {"pg": 0.0, "kl": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "ratio": 0.0, "tokens": 0.0}
         new_lp_all = torch.zeros_like(mask)
         ent_all = torch.zeros_like(mask)
         grad_norms = []
         policy.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
-        for _ in range(cfg.ppo_epochs):
-            perm = torch.randperm(n, generator=gen).tolist() if not reuse_old else list(range(n))
-            for s in range(0, n, mb):
-                mb_idx = perm[s:s + mb]
-                denom = max(r.reduce_sum(float(mask[mb_idx].sum())), 1.0)  # the mini-batch's tokens, all processes
-                for m0 in range(0, len(mb_idx), micro):
-                    idx = mb_idx[m0:m0 + micro]
-                    answers = [ro.response_ids[i] for i in idx]
-                    sl = (torch.tensor(idx), slice(0, max(len(a) for a in answers)))
-                    lp, ent = sequence_logprobs(policy, [ro.prompt_ids[i] for i in idx], answers, cfg.temperature,
-                                                r.autocast(), with_entropy=reuse_old)
-                    m_ = mask[sl]
-                    old = lp.detach() if reuse_old else old_lp[sl]
-                    pg, st = policy_clip_loss(lp, old, adv[idx].unsqueeze(1).expand_as(lp), m_, cfg.cliprange)
-                    kl_t = (kl_estimate(lp, ref_lp[sl], cfg.kl_estimator) * m_).sum()
-                    loss = pg + (cfg.kl_coef * kl_t if cfg.kl_in == "loss" else 0.0)
-                    r.accelerator.backward(loss / denom)
-                    if reuse_old:
-                        new_lp_all[sl] = lp.detach()
-                        ent_all[sl] = ent
-                    st_sum["pg"] += float(pg.detach())
-                    st_sum["kl"] += float(kl_t.detach())
-                    for key in ("clipfrac", "approx_kl", "ratio"):
-                        st_sum[key] += float(st[key])
-                    st_sum["tokens"] += float(m_.sum())
-                engine.check_finite(r, st_sum["pg"], step)
-                engine.reduce_gradients(r, policy)  # the policy/critic are not DDP-wrapped: sum here
-                grad_norms.append(engine.clip_and_step(r, policy, optimizer, scheduler, cfg.max_grad_norm))
+        for micro_batches, denom in rl.update_batches(cfg, r, mask, step, shuffle=not reuse_old):
+            for idx in micro_batches:
+                answers = [ro.response_ids[i] for i in idx]
+                sl = (torch.tensor(idx), slice(0, max(len(a) for a in answers)))
+                lp, ent = sequence_logprobs(policy, [ro.prompt_ids[i] for i in idx], answers, cfg.temperature,
+                                            r.autocast(), with_entropy=reuse_old)
+                m_ = mask[sl]
+                old = lp.detach() if reuse_old else old_lp[sl]
+                pg, st = policy_clip_loss(lp, old, adv[idx].unsqueeze(1).expand_as(lp), m_, cfg.cliprange)
+                kl_t = (kl_estimate(lp, ref_lp[sl], cfg.kl_estimator) * m_).sum()
+                loss = pg + (cfg.kl_coef * kl_t if cfg.kl_in == "loss" else 0.0)
+                r.accelerator.backward(loss / denom)
+                if reuse_old:
+                    new_lp_all[sl] = lp.detach()
+                    ent_all[sl] = ent
+                st_sum["pg"] += float(pg.detach())
+                st_sum["kl"] += float(kl_t.detach())
+                for key in ("clipfrac", "approx_kl", "ratio"):
+                    st_sum[key] += float(st[key])
+                st_sum["tokens"] += float(m_.sum())
+            engine.check_finite(r, st_sum["pg"], step)
+            engine.reduce_gradients(r, policy)  # the policy/critic are not DDP-wrapped: sum here
+            grad_norms.append(engine.clip_and_step(r, policy, optimizer, scheduler, cfg.max_grad_norm))
         t_train = time.perf_counter() - t0
         if reuse_old:
             old_lp, entropy = new_lp_all, ent_all

@@ -138,12 +138,8 @@ def run(cfg: PPOConfig) -> Path:
     step = start
     for step in range(start + 1, total + 1):
         t_step = time.perf_counter()
-        batch = [items[i] for i in next(stream)][r.rank::r.world]
-        # ---- 1. rollout ----------------------------------------------------------------------------
-        ro = rl.sample(policy, tok, batch, cfg, k)
-        # ---- 2. score ------------------------------------------------------------------------------
-        t0 = time.perf_counter()
-        scores, parts = rl.score(rewards, batch, ro, k, cfg.missing_eos_penalty)
+        # ---- 1. rollout, 2. score -------------------------------------------------------------------
+        batch, ro, scores, parts, t0 = rl.sample_and_score(stage, cfg, r, next(stream), k)
         old_lp, entropy = rl.logprobs_of(policy, ro, cfg, r, with_entropy=True)
         with rl.reference(policy, ref) as m:
             ref_lp, _ = rl.logprobs_of(m, ro, cfg, r)
@@ -163,42 +159,33 @@ def run(cfg: PPOConfig) -> Path:
         advantages = masked_whiten(advantages, mask) * mask
         # ---- 4. PPO epochs over mini-batches -------------------------------------------------------
         t0 = time.perf_counter()
-        n = len(ro.response_ids)
-        mb = n // cfg.num_mini_batches
-        micro = mb // cfg.grad_accum
         stats = {"pg": 0.0, "vf": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "ratio": 0.0, "vf_clipfrac": 0.0,
                  "tokens": 0.0}
         grad_norms = []
         policy.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
-        for _ in range(cfg.ppo_epochs):
-            perm = torch.randperm(n, generator=gen).tolist()
-            for s in range(0, n, mb):
-                mb_idx = perm[s:s + mb]
-                denom = max(r.reduce_sum(float(mask[mb_idx].sum())), 1.0)  # the mini-batch's tokens, all processes
-                for m0 in range(0, len(mb_idx), micro):
-                    idx = mb_idx[m0:m0 + micro]
-                    prompts_i = [ro.prompt_ids[i] for i in idx]
-                    answers_i = [ro.response_ids[i] for i in idx]
-                    width = max(len(a) for a in answers_i)
-                    sl = (torch.tensor(idx), slice(0, width))
-                    lp, _ = sequence_logprobs(policy, prompts_i, answers_i, cfg.temperature, r.autocast())
-                    values = sequence_values(critic, prompts_i, answers_i, r.autocast())
-                    m_ = mask[sl]
-                    pg, st = policy_clip_loss(lp, old_lp[sl], advantages[sl], m_, cfg.cliprange)
-                    vf, vclip = value_clip_loss(values, old_values[sl], returns[sl], m_, cfg.cliprange_value)
-                    loss = (pg + cfg.vf_coef * vf) / denom
-                    r.accelerator.backward(loss)
-                    stats["pg"] += float(pg.detach())
-                    stats["vf"] += float(vf.detach())
-                    stats["clipfrac"] += float(st["clipfrac"])
-                    stats["approx_kl"] += float(st["approx_kl"])
-                    stats["ratio"] += float(st["ratio"])
-                    stats["vf_clipfrac"] += float(vclip)
-                    stats["tokens"] += float(m_.sum())
-                engine.check_finite(r, stats["pg"] + stats["vf"], step)
-                engine.reduce_gradients(r, both)  # the policy/critic are not DDP-wrapped: sum here
-                grad_norms.append(engine.clip_and_step(r, both, optimizer, scheduler, cfg.max_grad_norm))
+        for micro_batches, denom in rl.update_batches(cfg, r, mask, step):
+            for idx in micro_batches:
+                prompts_i = [ro.prompt_ids[i] for i in idx]
+                answers_i = [ro.response_ids[i] for i in idx]
+                width = max(len(a) for a in answers_i)
+                sl = (torch.tensor(idx), slice(0, width))
+                lp, _ = sequence_logprobs(policy, prompts_i, answers_i, cfg.temperature, r.autocast())
+                values = sequence_values(critic, prompts_i, answers_i, r.autocast())
+                m_ = mask[sl]
+                pg, st = policy_clip_loss(lp, old_lp[sl], advantages[sl], m_, cfg.cliprange)
+                vf, vclip = value_clip_loss(values, old_values[sl], returns[sl], m_, cfg.cliprange_value)
+                loss = (pg + cfg.vf_coef * vf) / denom
+                r.accelerator.backward(loss)
+                stats["pg"] += float(pg.detach())
+                stats["vf"] += float(vf.detach())
+                stats["clipfrac"] += float(st["clipfrac"])
+                stats["approx_kl"] += float(st["approx_kl"])
+                stats["ratio"] += float(st["ratio"])
+                stats["vf_clipfrac"] += float(vclip)
+                stats["tokens"] += float(m_.sum())
+            engine.check_finite(r, stats["pg"] + stats["vf"], step)
+            engine.reduce_gradients(r, both)  # the policy/critic are not DDP-wrapped: sum here
+            grad_norms.append(engine.clip_and_step(r, both, optimizer, scheduler, cfg.max_grad_norm))
         t_train = time.perf_counter() - t0
         # ---- 5. metrics, KL control, checkpoints ---------------------------------------------------
         seq_kl = rl.sequence_kl(old_lp, ref_lp, mask)

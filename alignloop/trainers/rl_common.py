@@ -194,6 +194,34 @@ def score(rewards: Any, items: Sequence[PromptItem], rollout: Rollout, k: int,
     return total, parts
 
 
+def sample_and_score(stage: Stage, cfg: Any, run: engine.Run, prompt_idx: Sequence[int], k: int
+                     ) -> tuple[list[PromptItem], Rollout, torch.Tensor, dict[str, float], float]:
+    """The start of every RL step: this process's share of the step's prompts, ``k`` answers sampled for each,
+    and their scores. Returns (prompts, rollout, total scores, per-source means, the time scoring began)."""
+    batch = [stage.items[i] for i in prompt_idx][run.rank::run.world]
+    ro = sample(stage.policy, stage.tok, batch, cfg, k)
+    t_score = time.perf_counter()
+    scores, parts = score(stage.rewards, batch, ro, k, cfg.missing_eos_penalty)
+    return batch, ro, scores, parts, t_score
+
+
+def update_batches(cfg: Any, run: engine.Run, mask: torch.Tensor, step: int,
+                   shuffle: bool = True) -> Iterator[tuple[list[list[int]], float]]:
+    """The optimiser steps of one rollout: ``ppo_epochs`` passes over its answers (shuffled each pass), each in
+    ``num_mini_batches`` mini-batches of ``grad_accum`` micro-batches. Yields each mini-batch's micro-batches of
+    answer indices and its answer-token count over all processes (the loss's denominator)."""
+    n = mask.shape[0]
+    mb = n // cfg.num_mini_batches
+    micro = mb // cfg.grad_accum
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    for _ in range(cfg.ppo_epochs):
+        perm = torch.randperm(n, generator=gen).tolist() if shuffle else list(range(n))
+        for s in range(0, n, mb):
+            mb_idx = perm[s:s + mb]
+            denom = max(run.reduce_sum(float(mask[mb_idx].sum())), 1.0)
+            yield [mb_idx[m0:m0 + micro] for m0 in range(0, len(mb_idx), micro)], denom
+
+
 def rollout_metrics(rollout: Rollout, scores: torch.Tensor, seq_kl: torch.Tensor, entropy: torch.Tensor | None,
                     mask: torch.Tensor) -> dict[str, float]:
     n = mask.sum().clamp(min=1)
