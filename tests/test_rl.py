@@ -430,6 +430,17 @@ def test_ppo_function_reward_adaptive_kl_and_kl_budget_stop(tmp_path, prompts_fi
     assert rows[0]["value/mean"] == 0.0  # a function reward only: the critic starts from a zero head
 
 
+def test_ppo_optimiser_spares_biases_and_norms_of_policy_and_critic(tmp_path, prompts_file):
+    # PPO's optimiser comes from engine.build_optimizer: per model, weights decay and biases/norms do not
+    out = tmp_path / "ppo-wd"
+    train("ppo", model="tiny", reward=["python:alignloop.rewards:financebench_numeric"], prompts=str(prompts_file),
+          output=str(out), max_steps=1, batch_size=2, max_new_tokens=3, ppo_epochs=1, num_mini_batches=1,
+          learning_rate=1e-3, critic_learning_rate=2e-3, weight_decay=0.1, precision="fp32")
+    saved = torch.load(out / "checkpoints" / "step-0000001" / "optim.pt", weights_only=False)["optimizer"]
+    assert [(g["initial_lr"], g["weight_decay"]) for g in saved["param_groups"]] == [
+        (1e-3, 0.1), (1e-3, 0.0), (2e-3, 0.1), (2e-3, 0.0)]
+
+
 def test_kl_budget_stops_on_the_mean_of_recent_batches_or_the_held_out_kl():
     from alignloop.trainers.rl_common import kl_over_budget
 

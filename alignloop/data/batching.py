@@ -15,9 +15,12 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from alignloop.core.errors import DataError
+from alignloop.core.files import atomic_path
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -100,14 +103,10 @@ class FlatBatch:
 
     def logit_positions(self) -> Any:
         """Positions whose logits predict a loss token (the token before each answer token)."""
-        import torch
-
         target = self.loss_mask[0].nonzero().squeeze(-1)
         return target - 1
 
     def targets(self) -> Any:
-        import torch
-
         target = self.loss_mask[0].nonzero().squeeze(-1)
         return self.input_ids[0, target]
 
@@ -217,12 +216,22 @@ def load_cached(key: str, folder: Path) -> Any | None:
 def save_cached(key: str, folder: Path, value: Any) -> None:
     import torch
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{key}.pt.tmp{os.getpid()}"
-    torch.save(value, tmp)
-    os.replace(tmp, folder / f"{key}.pt")
+    with atomic_path(folder / f"{key}.pt") as tmp:
+        torch.save(value, tmp)
 
 
-def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+def cached_examples(key_parts: Sequence[Any], folder: Path, build: Callable[[], T], is_main: bool | None = None) -> T:
+    """``build()``'s value, tokenised (or computed) once and kept in ``folder`` under the key of ``key_parts``.
+
+    Only the main process writes the file; every process that misses the cache builds the value itself (no
+    process waits on another, so a long build cannot time out a collective, and a cache folder that is not shared
+    between machines still works). ``is_main``: whether this process writes; by default the launcher's ``RANK``
+    is 0 (a plain single-process run is the main process)."""
+    key = cache_key(*key_parts)
+    hit = load_cached(key, folder)
+    if hit is not None:
+        return hit
+    value = build()
+    if (os.environ.get("RANK", "0") == "0") if is_main is None else is_main:
+        save_cached(key, folder, value)
+    return value

@@ -1,8 +1,10 @@
-"""The trainers (sft, reward, dpo, ppo, grpo/rloo) and the engine they share.
+"""The old name of ``alignloop.trainers``, kept so that ``alignloop.train.dpo``, ``alignloop.train.reward.run`` and
+the other dotted names in docs and user code keep working: each module here is an alias of the trainer module
+(the same module object). New code imports ``alignloop.trainers``; nothing inside alignloop imports this package.
 
 ``alignloop.train`` is also the library's entry point, ``alignloop.train("sft", model=..., data=...)``. Python
-binds a package's name to the subpackage once one of its modules is imported, which would shadow the function;
-so the package module itself is made callable with the same signature.
+binds a package's name to the subpackage once one of its modules is imported, which would shadow that function;
+so this package module is itself callable with the same signature.
 """
 
 import sys

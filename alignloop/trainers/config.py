@@ -22,7 +22,8 @@ class TrainOptions(ModelOptions):
     max_steps: Optional[int] = opt(None, "Optimizer steps to run; default: num_epochs over the data.")
     num_epochs: float = opt(1.0, "Passes over the data when max_steps is not set.")
     batch_size: int = opt(4, "Examples per micro-batch.")
-    grad_accum: int = opt(1, "Micro-batches per optimizer step (effective batch = batch_size x grad_accum x processes).")
+    grad_accum: int = opt(1, "Micro-batches per optimizer step (effective batch = batch_size x grad_accum x "
+                          "processes).")
     learning_rate: float = opt(2e-5, "Peak learning rate (AdamW).")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
     lr_schedule: Literal["cosine", "linear", "constant"] = opt("cosine", "Learning-rate schedule after warm-up.")
@@ -32,7 +33,8 @@ class TrainOptions(ModelOptions):
     truncation: Literal["left", "skip", "error"] = opt(
         "left", "Rows longer than max_length: cut the prompt from the left (never the answer), skip them "
         "(counted and reported), or stop with an error.")
-    gradient_checkpointing: bool = opt(False, "Recompute activations in backward (saves memory, costs ~1/3 more compute).")
+    gradient_checkpointing: bool = opt(False, "Recompute activations in backward (saves memory, costs ~1/3 more "
+                                       "compute).")
     save_every: int = opt(0, "Save a resumable checkpoint every N steps (0: only at the end).")
     keep_checkpoints: int = opt(2, "How many of the newest checkpoints to keep in OUTPUT/checkpoints (0: all, "
                                 "e.g. to evaluate every saved step afterwards).")
@@ -75,7 +77,7 @@ class RewardTrainConfig(TrainOptions):
     """Train a reward model on pairwise or ranked preferences (Bradley-Terry)."""
 
     command: ClassVar[tuple[str, ...]] = ("reward", "train")
-    runner: ClassVar[str] = "alignloop.trainers.reward:run_train"
+    runner: ClassVar[str] = "alignloop.trainers.reward:run"
 
     backbone: Literal["auto", "causal", "encoder"] = opt(
         "auto", "causal: a causal LM with a scalar head read at the last token; encoder: a sentence encoder "
@@ -111,7 +113,8 @@ class RewardTrainConfig(TrainOptions):
 
     def check(self) -> list[str]:
         p = super().check()
-        p += positive(self, "ensemble", "head_epochs", "backbone_layers", "head_learning_rate", "norm_samples", "margin_scale")
+        p += positive(self, "ensemble", "head_epochs", "backbone_layers", "head_learning_rate", "norm_samples",
+                      "margin_scale")
         p += positive(self, "head_weight_decay", allow_zero=True)
         p += existing_file(self, "reference_data")
         if self.freeze_backbone and self.lora:
@@ -318,7 +321,7 @@ class GRPOConfig(RLOptions):
     """GRPO: K samples per prompt, group-relative advantages, no critic."""
 
     command: ClassVar[tuple[str, ...]] = ("grpo",)
-    runner: ClassVar[str] = "alignloop.trainers.grpo:run_grpo"
+    runner: ClassVar[str] = "alignloop.trainers.grpo:run"
 
     num_generations: int = opt(4, "Answers sampled per prompt (K, the group).")
     kl_coef: float = opt(0.04, "β of the KL term.")
@@ -338,7 +341,7 @@ class RLOOConfig(RLOptions):
     """RLOO: K samples per prompt, leave-one-out baseline, no critic."""
 
     command: ClassVar[tuple[str, ...]] = ("rloo",)
-    runner: ClassVar[str] = "alignloop.trainers.grpo:run_rloo"
+    runner: ClassVar[str] = "alignloop.trainers.rloo:run"
 
     num_generations: int = opt(4, "Answers sampled per prompt (K).")
     kl_in: Literal["loss", "reward"] = opt("reward", "KL subtracted from the reward (RLOO) or as a loss term.")

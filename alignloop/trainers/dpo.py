@@ -22,23 +22,24 @@ Speed (2 CPU cores or a GPU alike):
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from alignloop.trainers.config import DPOConfig
+from alignloop.core.errors import DataError
+from alignloop.core.files import write_json
 from alignloop.core.paths import alignloop_home
-from alignloop.data.batching import SkipReport, batches, cache_key, file_fingerprint, fit_length, load_cached, save_cached
-from alignloop.data.readers import read_records
+from alignloop.data.batching import SkipReport, batches, cache_key, cached_examples, file_fingerprint, fit_length
+from alignloop.data.readers import public_meta, read_preferences, read_records, write_jsonl
 from alignloop.data.records import Preference, Unpaired
 from alignloop.data.templates import encode_answer, encode_prompt
-from alignloop.core.errors import DataError
 from alignloop.losses import dpo_loss, hinge_loss, ipo_loss, kto_loss, robust_dpo_loss, simpo_loss, token_logprobs
 from alignloop.trainers import engine
+from alignloop.trainers.config import DPOConfig
 
 # --------------------------------------------------------------------------------------------------
 # Tokenised examples
@@ -124,25 +125,23 @@ def read_data(path: str, loss: str, limit: int | None) -> list[Any]:
         raise DataError(f"--loss {loss} needs preference pairs (prompt/chosen/rejected or HH transcripts), "
                         f"found {type(bad).__name__}; for unpaired labelled data use --loss kto",
                         path=getattr(bad, "meta", {}).get("_where", path))
-    from alignloop.data.readers import read_preferences
-
     return read_preferences(path, limit=limit)
 
 
 def load_segments(cfg: DPOConfig, tok: Any, path: str, limit: int | None) -> tuple[list[Segment], SkipReport, int]:
-    """Tokenise once; cached on disk by data file, tokenizer and length settings."""
+    """Tokenise once; cached on disk by data file, tokenizer and length settings (written by the main process)."""
+
+    def build() -> dict[str, Any]:
+        recs = read_data(path, cfg.loss, limit)
+        fn = tokenize_unpaired if cfg.loss == "kto" else tokenize_pairs
+        segs, report = fn(recs, tok, cfg.max_length, cfg.truncation, cfg.chat_template)
+        return {"segments": segs, "report": report, "n": len(recs)}
+
     kind = "unpaired" if cfg.loss == "kto" else "pairs"
-    key = cache_key("dpo", kind, file_fingerprint(path), tok.name_or_path, len(tok), cfg.max_length, cfg.truncation,
-                    cfg.chat_template, limit)
-    folder = alignloop_home() / "cache" / "tokens"
-    hit = load_cached(key, folder)
-    if hit is not None:
-        return hit["segments"], hit["report"], hit["n"]
-    recs = read_data(path, cfg.loss, limit)
-    fn = tokenize_unpaired if cfg.loss == "kto" else tokenize_pairs
-    segs, report = fn(recs, tok, cfg.max_length, cfg.truncation, cfg.chat_template)
-    save_cached(key, folder, {"segments": segs, "report": report, "n": len(recs)})
-    return segs, report, len(recs)
+    key = ("dpo", kind, file_fingerprint(path), tok.name_or_path, len(tok), cfg.max_length, cfg.truncation,
+           cfg.chat_template, limit)
+    hit = cached_examples(key, alignloop_home() / "cache" / "tokens", build)
+    return hit["segments"], hit["report"], hit["n"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,7 +242,8 @@ def build_batch(segments: Sequence[Segment], rows: list[list[int]], pad_id: int,
     owner = torch.zeros((B, K), dtype=torch.long)
     for b in range(B):
         n = len(keeps[b])
-        keep[b, :n], targets[b, :n], owner[b, :n] = torch.tensor(keeps[b]), torch.tensor(tgts[b]), torch.tensor(owners[b])
+        keep[b, :n], targets[b, :n] = torch.tensor(keeps[b]), torch.tensor(tgts[b])
+        owner[b, :n] = torch.tensor(owners[b])
         valid[b, :n] = True
     real = int((group < 1_000_000).sum())
     t = lambda x: x.to(device)  # noqa: E731
@@ -251,7 +251,8 @@ def build_batch(segments: Sequence[Segment], rows: list[list[int]], pad_id: int,
                        torch.tensor(lengths, dtype=torch.float32, device=device), real)
 
 
-def build_flat_batch(segments: Sequence[Segment], rows: list[list[int]], pad_id: int, device: Any = "cpu") -> PackedBatch:
+def build_flat_batch(segments: Sequence[Segment], rows: list[list[int]], pad_id: int,
+                     device: Any = "cpu") -> PackedBatch:
     """The layout without prefix sharing: every answer as its own ``[prompt, answer]`` sequence (the prompt is
     repeated), with the same packing. Kept for the layout benchmark and as a fallback (``--no-prefix-sharing``)."""
     split = [Segment(s.prompt_ids, [ans], s.index) for i in sorted({i for r in rows for i in r}) for s in [segments[i]]
@@ -332,19 +333,21 @@ def segment_logps(model: Any, segments: Sequence[Segment], budget: int, pad_id: 
 def reference_logps(cfg: DPOConfig, run: engine.Run, model: Any, segments: list[Segment], path: str, what: str,
                     budget: int, pad_id: int) -> torch.Tensor:
     """Reference log-probs of every answer, from the disk cache when model, data and settings match."""
-    key = cache_key("dpo-ref", what, model_fingerprint(cfg.reference or cfg.model), file_fingerprint(path),
-                    cfg.max_length, cfg.truncation, cfg.chat_template, cfg.limit, run.precision, cfg.loss == "kto",
-                    len(segments))
+    computed = []
+
+    def compute() -> torch.Tensor:
+        computed.append(True)
+        with reference_mode(model):
+            return segment_logps(model, segments, budget, pad_id, run.device, run.autocast)
+
+    if not cfg.cache_reference:
+        return compute()
+    key = ("dpo-ref", what, model_fingerprint(cfg.reference or cfg.model), file_fingerprint(path), cfg.max_length,
+           cfg.truncation, cfg.chat_template, cfg.limit, run.precision, cfg.loss == "kto", len(segments))
     folder = alignloop_home() / "cache" / "reference"
-    if cfg.cache_reference:
-        hit = load_cached(key, folder)
-        if hit is not None:
-            run.log(f"reference log-probs for {what}: from cache ({folder / key}.pt)")
-            return hit
-    with reference_mode(model):
-        ref = segment_logps(model, segments, budget, pad_id, run.device, run.autocast)
-    if cfg.cache_reference and run.is_main:
-        save_cached(key, folder, ref)
+    ref = cached_examples(key, folder, compute, run.is_main)
+    if not computed:
+        run.log(f"reference log-probs for {what}: from cache ({folder / cache_key(*key)}.pt)")
     return ref
 
 
@@ -355,20 +358,19 @@ def reference_logps(cfg: DPOConfig, run: engine.Run, model: Any, segments: list[
 
 def pair_loss(cfg: DPOConfig, pol: torch.Tensor, lengths: torch.Tensor, ref: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-pair losses and implicit rewards from ``[P, 2]`` policy/reference log-probs and ``[P, 2]`` lengths."""
+    """Per-pair losses and implicit rewards from ``[P, 2]`` policy/reference log-probs and ``[P, 2]`` lengths.
+    IPO and SimPO compare log-probs averaged over each answer's tokens."""
     beta, ls = cfg.defaults()
     pc, pr, rc, rr = pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1]
-    if cfg.loss == "dpo":
-        return dpo_loss(pc, pr, rc, rr, beta, ls)
-    if cfg.loss == "robust":
-        return robust_dpo_loss(pc, pr, rc, rr, beta, ls)
-    if cfg.loss == "hinge":
-        return hinge_loss(pc, pr, rc, rr, beta)
-    if cfg.loss == "ipo":
-        return ipo_loss(pc / lengths[:, 0], pr / lengths[:, 1], rc / lengths[:, 0], rr / lengths[:, 1], beta)
-    if cfg.loss == "simpo":
-        return simpo_loss(pc / lengths[:, 0], pr / lengths[:, 1], beta, cfg.simpo_gamma)
-    raise ValueError(cfg.loss)
+    per_token = (pc / lengths[:, 0], pr / lengths[:, 1], rc / lengths[:, 0], rr / lengths[:, 1])
+    losses = {
+        "dpo": lambda: dpo_loss(pc, pr, rc, rr, beta, ls),
+        "robust": lambda: robust_dpo_loss(pc, pr, rc, rr, beta, ls),
+        "hinge": lambda: hinge_loss(pc, pr, rc, rr, beta),
+        "ipo": lambda: ipo_loss(*per_token, beta),
+        "simpo": lambda: simpo_loss(*per_token[:2], beta, cfg.simpo_gamma),
+    }
+    return losses[cfg.loss]()  # the config allows only these
 
 
 @dataclass
@@ -382,6 +384,8 @@ class StepStats:
     logp_r: float = 0.0
     n: int = 0
     tokens: int = 0
+    n_desirable: float = 0.0  # KTO: desirable examples among n
+    kl: float = 0.0  # KTO: the batch's KL estimate z0, already over all processes
 
 
 def micro_step(cfg: DPOConfig, run: engine.Run, model: Any, segments: list[Segment], ref: torch.Tensor,
@@ -408,18 +412,20 @@ def micro_step(cfg: DPOConfig, run: engine.Run, model: Any, segments: list[Segme
                 kb = build_batch(ksub, pack_rows(ksub, budget), pad_id, run.device)
                 kp, _ = answer_logps(model, kb, run.autocast)
                 korder = [order[i] for i in ordered(pack_rows(ksub, budget), ksub)]
-            kl = run.reduce_sum(float((kp - kl_ref[korder, 0].to(kp.device)).sum())) / max(run.reduce_sum(len(order)), 1)
+            kl_sum = run.reduce_sum(float((kp - kl_ref[korder, 0].to(kp.device)).sum()))
+            kl = kl_sum / max(run.reduce_sum(len(order)), 1)
             kl = torch.tensor(kl, device=sums.device)
         labels = torch.tensor([segments[i].label for i in order], device=sums.device)
-        losses, rewards = kto_loss(sums, r[:, 0], labels, kl, beta, cfg.kto_desirable_weight, cfg.kto_undesirable_weight)
+        losses, rewards = kto_loss(sums, r[:, 0], labels, kl, beta, cfg.kto_desirable_weight,
+                                   cfg.kto_undesirable_weight)
         lab = labels.float()
         stats.chosen += float((rewards * lab).sum())
         stats.rejected += float((rewards * (1 - lab)).sum())
         stats.logp_c += float((sums.detach() * lab).sum())
         stats.logp_r += float((sums.detach() * (1 - lab)).sum())
         stats.correct += float(((rewards > 0) == labels).float().sum())
-        stats.kl = float(kl)  # type: ignore[attr-defined]
-        stats.n_desirable = getattr(stats, "n_desirable", 0) + float(lab.sum())  # type: ignore[attr-defined]
+        stats.kl = float(kl)
+        stats.n_desirable += float(lab.sum())
     else:
         pol = sums.view(-1, 2)
         losses, rc, rr = pair_loss(cfg, pol, lengths.view(-1, 2), r)
@@ -482,8 +488,7 @@ def preference_accuracy(policy: str, data: str, reference: str | None = None, ma
 
     from alignloop.models.load import load_causal_lm, pick_precision, resolve_model
 
-    prec = pick_precision(precision)
-    ac = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if prec == "bf16" else nullcontext
+    ac = partial(engine.autocast, pick_precision(precision), "cpu")
     if reference is None:
         where = Path(resolve_model(policy))
         for cand in (where / "config.yaml", where.parent / "config.yaml"):
@@ -493,7 +498,7 @@ def preference_accuracy(policy: str, data: str, reference: str | None = None, ma
         if reference is None:
             raise DataError(f"no reference given and none recorded beside {policy} (config.yaml)")
     model, tok = load_causal_lm(policy)
-    segs, _ = tokenize_pairs(read_preferences_any(data, limit), tok, max_length, "left")
+    segs, _ = tokenize_pairs(read_preferences(data, limit=limit), tok, max_length, "left")
     budget = 2 * max_length
     pad = tok.pad_token_id
     ref = None
@@ -509,8 +514,6 @@ def preference_accuracy(policy: str, data: str, reference: str | None = None, ma
 def preference_row(p: Preference) -> dict[str, Any]:
     """One preference in TRL's conversational format (``prompt`` messages; ``chosen``/``rejected`` as one assistant
     message each), which TRL's DPOTrainer and alignloop both read; a raw-text prompt stays a plain string."""
-    from alignloop.data.readers import public_meta
-
     if p.prompt.raw:
         row: dict[str, Any] = {"prompt": p.prompt.to_json(), "chosen": p.chosen, "rejected": p.rejected}
     else:
@@ -522,15 +525,7 @@ def preference_row(p: Preference) -> dict[str, Any]:
 
 def write_preferences(path: str | Path, prefs: Sequence[Preference]) -> Path:
     """Write preference pairs as JSONL that TRL's ``DPOTrainer`` trains on unchanged (atomic write)."""
-    from alignloop.data.readers import write_jsonl
-
     return write_jsonl(path, [preference_row(p) for p in prefs])
-
-
-def read_preferences_any(path: str, limit: int | None = None) -> list[Preference]:
-    from alignloop.data.readers import read_preferences
-
-    return read_preferences(path, limit=limit)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -538,8 +533,29 @@ def read_preferences_any(path: str, limit: int | None = None) -> list[Preference
 # --------------------------------------------------------------------------------------------------
 
 
+def step_metrics(cfg: DPOConfig, stats: StepStats) -> dict[str, float]:
+    """The step's implicit rewards and log-probs (``rewards/*``, ``logps/*``), means over its examples; for KTO
+    over its desirable (chosen) and undesirable (rejected) examples."""
+    n = max(stats.n, 1)
+    if cfg.loss != "kto":
+        return {"rewards/chosen": stats.chosen / n, "rewards/rejected": stats.rejected / n,
+                "rewards/margins": (stats.chosen - stats.rejected) / n, "rewards/accuracies": stats.correct / n,
+                "logps/chosen": stats.logp_c / n, "logps/rejected": stats.logp_r / n}
+    good, bad = max(stats.n_desirable, 1), max(n - stats.n_desirable, 1)
+    values = {"rewards/chosen": stats.chosen / good, "rewards/rejected": stats.rejected / bad,
+              "logps/chosen": stats.logp_c / good, "logps/rejected": stats.logp_r / bad,
+              "rewards/accuracies": stats.correct / n, "objective/kl": stats.kl}
+    values["rewards/margins"] = values["rewards/chosen"] - values["rewards/rejected"]
+    return values
+
+
+def log_accuracy(run: engine.Run, name: str, result: dict[str, Any]) -> None:
+    run.log(f"{name}: implicit-reward accuracy {result['accuracy']:.3f} (95% CI {result['ci95'][0]:.3f}-"
+            f"{result['ci95'][1]:.3f}, n={result['n']}; length baseline {result['length_baseline']:.3f})")
+
+
 def run(cfg: DPOConfig) -> Path:
-    from alignloop.models.load import load_causal_lm, load_trainable, save_model
+    from alignloop.models.load import load_causal_lm, load_trainable
 
     r = engine.setup(cfg)
     if cfg.reference and not cfg.lora and cfg.reference != cfg.model:
@@ -571,8 +587,10 @@ def run(cfg: DPOConfig) -> Path:
     if cfg.loss == "kto":
         kl_segs = kl_segments(segs)
         kl_ref = reference_logps(cfg, r, reference, kl_segs, cfg.data, "kto-kl", budget, pad)
-    dev_ref = reference_logps(cfg.replace(loss="dpo", limit=None), r, reference, dev, cfg.dev_data, "dev", budget, pad) \
-        if dev is not None and needs_ref else None
+    dev_ref = None
+    if dev is not None and needs_ref:
+        dev_ref = reference_logps(cfg.replace(loss="dpo", limit=None), r, reference, dev, cfg.dev_data, "dev", budget,
+                                  pad)
     test = test_ref = None
     if cfg.test_data:  # scored after training, but its reference must be taken before the weights move
         test, _, _ = load_segments(cfg.replace(loss="dpo", limit=None), tok, cfg.test_data, None)
@@ -585,85 +603,56 @@ def run(cfg: DPOConfig) -> Path:
         glob = batches(len(segs), cfg.batch_size * r.world, cfg.seed, epoch, shuffle=cfg.shuffle)
         return [b[r.rank::r.world] for b in glob]  # an empty share runs a zero-weight step (micro_step)
 
-    total = engine.total_steps(len(make_epoch(0)), cfg.grad_accum, cfg.num_epochs, cfg.max_steps)
-    optimizer = engine.build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
-    scheduler = engine.build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps, total)
-    model, optimizer = r.accelerator.prepare(model, optimizer)
-    model.train()
+    loop = engine.start_loop(r, model, make_epoch, f"dpo ({cfg.loss})")
+    model, optimizer, scheduler, total = loop.model, loop.optimizer, loop.scheduler, loop.total
 
-    def dev_eval() -> dict[str, Any]:
-        m = implicit_margins(model, dev, dev_ref, budget, pad, r.device, r.autocast, cfg.loss)
-        return accuracy_report(m, dev, cfg.seed)
+    def accuracy_on(segments: list[Segment], seg_ref: torch.Tensor | None) -> dict[str, Any]:
+        m = implicit_margins(model, segments, seg_ref, budget, pad, r.device, r.autocast, cfg.loss)
+        return accuracy_report(m, segments, cfg.seed)
 
-    start = engine.load_checkpoint(r, model, optimizer, scheduler)["step"] if cfg.resume else 0
-    r.metrics.truncate_after(start)
-    stream = engine.micro_batch_stream(make_epoch, start_micro=start * cfg.grad_accum)
-    bar = engine.progress(r, total, initial=start, desc=f"dpo ({cfg.loss})")
-    timer = engine.StepTimer()
-    for step in range(start + 1, total + 1):
-        micro = [next(stream) for _ in range(cfg.grad_accum)]
+    for step in range(loop.start + 1, total + 1):
+        micro = [next(loop.stream) for _ in range(cfg.grad_accum)]
         denom = r.reduce_sum(sum(segs[i].weight for _, b in micro for i in b))
         stats = StepStats()
-        for k, (epoch, idx) in enumerate(micro):
+        for k, (_, idx) in enumerate(micro):
             with engine.micro_step(r, model, sync=k == len(micro) - 1):
                 loss = micro_step(cfg, r, model, segs, ref, idx, denom, budget, pad, stats, kl_ref, kl_segs)
                 r.accelerator.backward(loss)
         loss_value = r.reduce_sum(stats.loss) / max(denom, 1e-12)
         for name in ("chosen", "rejected", "correct", "logp_c", "logp_r", "n", "tokens", "n_desirable"):
-            if hasattr(stats, name):  # sums over all processes: the metrics are those of the global batch
-                setattr(stats, name, r.reduce_sum(getattr(stats, name)))
+            # sums over all processes: the metrics are those of the global batch
+            setattr(stats, name, r.reduce_sum(getattr(stats, name)))
         engine.check_finite(r, loss_value, step)
         grad_norm = engine.clip_and_step(r, model, optimizer, scheduler, cfg.max_grad_norm)
-        dt = timer.lap()
-        n = max(stats.n, 1)
+        dt = loop.timer.lap()
         values = {"loss": loss_value, "grad_norm": grad_norm, "learning_rate": scheduler.get_last_lr()[0],
-                  "epoch": micro[-1][0]}
-        if cfg.loss == "kto":
-            nd = getattr(stats, "n_desirable", 0.0)
-            values.update({"rewards/chosen": stats.chosen / max(nd, 1), "rewards/rejected": stats.rejected / max(n - nd, 1),
-                           "logps/chosen": stats.logp_c / max(nd, 1), "logps/rejected": stats.logp_r / max(n - nd, 1),
-                           "rewards/accuracies": stats.correct / n, "objective/kl": getattr(stats, "kl", 0.0)})
-            values["rewards/margins"] = values["rewards/chosen"] - values["rewards/rejected"]
-        else:
-            values.update({"rewards/chosen": stats.chosen / n, "rewards/rejected": stats.rejected / n,
-                           "rewards/margins": (stats.chosen - stats.rejected) / n, "rewards/accuracies": stats.correct / n,
-                           "logps/chosen": stats.logp_c / n, "logps/rejected": stats.logp_r / n})
+                  "epoch": micro[-1][0], **step_metrics(cfg, stats)}
         values = r.reduce_mean(values)
-        tokens = stats.tokens
-        values.update({"tokens": tokens, "tokens_per_s": tokens / max(dt, 1e-9),
+        values.update({"tokens": stats.tokens, "tokens_per_s": stats.tokens / max(dt, 1e-9),
                        "pairs_per_s": stats.n / max(dt, 1e-9)})
         if dev is not None and cfg.eval_every and step % cfg.eval_every == 0 and step != total:
-            ev = dev_eval()
+            ev = accuracy_on(dev, dev_ref)
             values.update({"eval/accuracy": ev["accuracy"], "eval/mean_margin": ev["mean_margin"]})
         if step % cfg.log_every == 0 or step == total:
             r.metrics.write(step, values)
-        bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{values['rewards/accuracies']:.2f}",
-                        tok_s=f"{values['tokens_per_s']:.0f}")
-        bar.update(1)
+        loop.bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{values['rewards/accuracies']:.2f}",
+                             tok_s=f"{values['tokens_per_s']:.0f}")
+        loop.bar.update(1)
         if cfg.save_every and step % cfg.save_every == 0 and step != total:
             engine.save_checkpoint(r, step, model, optimizer, scheduler)
-    bar.close()
+    loop.bar.close()
 
     results: dict[str, Any] = {}
     if dev is not None:
-        results["dev"] = dev_eval()
+        results["dev"] = accuracy_on(dev, dev_ref)
         r.metrics.write(total, {"eval/accuracy": results["dev"]["accuracy"]})
-        r.log(f"dev: implicit-reward accuracy {results['dev']['accuracy']:.3f} "
-              f"(95% CI {results['dev']['ci95'][0]:.3f}-{results['dev']['ci95'][1]:.3f}, n={results['dev']['n']}; "
-              f"length baseline {results['dev']['length_baseline']:.3f})")
+        log_accuracy(r, "dev", results["dev"])
     if test is not None:
-        results["test"] = accuracy_report(implicit_margins(model, test, test_ref, budget, pad, r.device, r.autocast,
-                                                           cfg.loss), test, cfg.seed)
-        r.log(f"test: implicit-reward accuracy {results['test']['accuracy']:.3f} "
-              f"(95% CI {results['test']['ci95'][0]:.3f}-{results['test']['ci95'][1]:.3f}, n={results['test']['n']}; "
-              f"length baseline {results['test']['length_baseline']:.3f})")
+        results["test"] = accuracy_on(test, test_ref)
+        log_accuracy(r, "test", results["test"])
     engine.save_checkpoint(r, total, model, optimizer, scheduler)
-    final = r.output / engine.FINAL
-    engine.save_final(r, model, tok, final, merge_lora=cfg.merge_lora, base_name=cfg.model)
-    if r.is_main:
-        if results:
-            (r.output / "eval.json").write_text(json.dumps(results, indent=1))
-        cfg.save(final)
-        r.log(f"saved {final}")
-    r.metrics.close()
+    if results and r.is_main:
+        write_json(r.output / "eval.json", results, indent=1)
+    final = engine.finish(r, model, tok)
+    r.log(f"saved {final}")
     return final

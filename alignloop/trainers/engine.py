@@ -18,12 +18,14 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 
 from alignloop.core.config import StageConfig
 from alignloop.core.errors import TrainingError
+from alignloop.core.files import replace_folder, write_text
 
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
@@ -32,12 +34,14 @@ FINAL = "final"
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
-    try:
-        import numpy as np
+    np.random.seed(seed % (2**32))
 
-        np.random.seed(seed % (2**32))
-    except ImportError:
-        pass
+
+def autocast(precision: str, device_type: str = "cpu") -> Any:
+    """bf16 autocast (fp32 master weights) for ``precision == "bf16"`` on ``device_type``; a no-op otherwise."""
+    if precision != "bf16":
+        return nullcontext()
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 
 @dataclass
@@ -69,9 +73,7 @@ class Run:
 
     def autocast(self):
         """bf16 autocast (fp32 master weights) when the run uses bf16; fp32 otherwise."""
-        if self.precision != "bf16":
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return autocast(self.precision, self.device.type)
 
     def log(self, message: str) -> None:
         if self.is_main:
@@ -223,15 +225,29 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and norms (the usual transformer recipe)."""
+def decay_groups(model: torch.nn.Module, weight_decay: float, **options: Any) -> list[dict[str, Any]]:
+    """A model's trainable parameters as two optimiser groups: weights with ``weight_decay``, and biases and norms
+    without (the usual transformer recipe). ``options`` (e.g. ``lr``) go into both; empty groups are left out."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+    groups = [{"params": decay, "weight_decay": weight_decay, **options},
+              {"params": no_decay, "weight_decay": 0.0, **options}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(models: torch.nn.Module | Iterable[dict[str, Any]], lr: float,
+                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """AdamW over one model, or over parameter groups ``{"params": model, "lr": ...}`` (e.g. PPO's policy and
+    critic, each at its own learning rate). In every group biases and norms get no weight decay."""
+    if isinstance(models, torch.nn.Module):
+        models = [{"params": models}]
+    groups = []
+    for g in models:
+        options = {k: v for k, v in g.items() if k not in ("params", "weight_decay")}
+        groups += decay_groups(g["params"], g.get("weight_decay", weight_decay), **options)
     if not groups:
         raise TrainingError("the model has no trainable parameters")
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=False)
@@ -345,14 +361,7 @@ def save_checkpoint(run: Run, step: int, model: Any, optimizer: Any, scheduler: 
         torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, **(state or {})}, indent=1))
         run.cfg.save(tmp)
-        if folder.exists():  # the same step saved again (e.g. the final step after a resume): swap it out
-            stale = folder.with_name(folder.name + ".old")
-            shutil.rmtree(stale, ignore_errors=True)
-            os.replace(folder, stale)
-            os.replace(tmp, folder)
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
+        replace_folder(tmp, folder)  # the same step may be saved again (the final step after a resume)
         keep = getattr(run.cfg, "keep_checkpoints", 2) if keep is None else keep
         old = sorted(p for p in folder.parent.glob("step-*") if not p.name.endswith(".tmp"))
         for p in old[:-keep] if keep else []:
@@ -383,6 +392,17 @@ def save_final(run: Run, model: Any, tokenizer: Any, folder: Path, merge_lora: b
                    state_dict=state_dict)
     run.accelerator.wait_for_everyone()
     return folder
+
+
+def finish(run: Run, model: Any, tokenizer: Any) -> Path:
+    """The end of every trainer: the final model in ``OUTPUT/final`` (a plain Hugging Face folder, LoRA merged
+    unless ``--no-merge-lora``) with the run's config beside it; the metrics log closed. Call it on every rank."""
+    final = run.output / FINAL
+    save_final(run, model, tokenizer, final, merge_lora=run.cfg.merge_lora, base_name=run.cfg.model)
+    if run.is_main:
+        run.cfg.save(final)
+    run.metrics.close()
+    return final
 
 
 def latest_checkpoint(output: Path) -> Path | None:
@@ -420,7 +440,9 @@ def load_checkpoint(run: Run, model: Any, optimizer: Any, scheduler: Any) -> dic
         with torch.no_grad():
             for n, w in weights.items():
                 params[n].copy_(w.to(params[n].device, params[n].dtype))
-        optimizer.load_state_dict(opt["optimizer"])
+        optim, sched = regrouped_states(opt["optimizer"], opt["scheduler"], optimizer, target)
+        optimizer.load_state_dict(optim)
+        opt["scheduler"] = sched
     scheduler.load_state_dict(opt["scheduler"])
     rng = torch.load(ckpt / "rng.pt", weights_only=False)
     random.setstate(rng["python"])
@@ -428,6 +450,35 @@ def load_checkpoint(run: Run, model: Any, optimizer: Any, scheduler: Any) -> dic
     state = json.loads((ckpt / "state.json").read_text())
     run.log(f"resumed from {ckpt} (step {state['step']})")
     return state
+
+
+def regrouped_states(optim: dict[str, Any], sched: dict[str, Any], optimizer: Any,
+                     model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A checkpoint's optimiser and scheduler states, as they are when they have the optimiser's groups.
+
+    Otherwise the checkpoint's optimiser grouped the same parameters differently (PPO's, written before its groups
+    split biases and norms off: one group per model): its per-parameter state, numbered in the model's parameter
+    order, is re-keyed onto the optimiser's groups, and each group takes the saved learning rates of the group its
+    parameters were in (keeping its own weight decay)."""
+    sizes = [len(g["params"]) for g in optim["param_groups"]]
+    if sizes == [len(g["params"]) for g in optimizer.param_groups]:
+        return optim, sched
+    order = trainable_parameters(model)
+    if sum(sizes) != len(order):
+        raise TrainingError(f"the checkpoint's optimiser holds {sum(sizes)} parameters, this model trains {len(order)}")
+    saved_id = {id(p): i for i, p in enumerate(order)}
+    source = {i: n for n, g in enumerate(optim["param_groups"]) for i in g["params"]}
+    state, groups, sources = {}, [], []
+    for group in optimizer.param_groups:
+        ids = [saved_id[id(p)] for p in group["params"]]
+        k = sum(len(g["params"]) for g in groups)
+        state.update({k + j: optim["state"][i] for j, i in enumerate(ids) if i in optim["state"]})
+        sources.append(source[ids[0]])
+        groups.append({**optim["param_groups"][sources[-1]], "weight_decay": group["weight_decay"],
+                       "params": list(range(k, k + len(ids)))})
+    per_group = {key: [sched[key][n] for n in sources] for key in ("base_lrs", "_last_lr", "lr_lambdas")
+                 if isinstance(sched.get(key), list)}
+    return {"state": state, "param_groups": groups}, {**sched, **per_group}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -457,7 +508,7 @@ class Metrics:
         if not self.enabled or not self.path.exists():
             return
         keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        self.path.write_text("".join(k + "\n" for k in keep))
+        write_text(self.path, "".join(k + "\n" for k in keep))
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -530,3 +581,34 @@ def micro_batch_stream(make_epoch: Any, start_micro: int = 0) -> Iterator[tuple[
                 yield epoch, b
             seen += 1
         epoch += 1
+
+
+@dataclass
+class Loop:
+    """What a supervised loop (sft, reward, dpo) runs with: the prepared model and optimiser, the schedule, the
+    step to start from, the stream of micro-batches, the progress bar and the step timer."""
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    total: int
+    start: int
+    stream: Iterator[tuple[int, list[int]]]
+    bar: Any
+    timer: StepTimer
+
+
+def start_loop(run: Run, model: Any, make_epoch: Callable[[int], list[list[int]]], desc: str) -> Loop:
+    """Optimiser and schedule for ``run.cfg``, the accelerator's preparation, resume from the last checkpoint when
+    asked (its later metrics dropped), and the micro-batches from there on."""
+    cfg = run.cfg
+    total = total_steps(len(make_epoch(0)), cfg.grad_accum, cfg.num_epochs, cfg.max_steps)
+    optimizer = build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+    scheduler = build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps, total)
+    model, optimizer = run.accelerator.prepare(model, optimizer)
+    model.train()
+    start = load_checkpoint(run, model, optimizer, scheduler)["step"] if cfg.resume else 0
+    run.metrics.truncate_after(start)
+    stream = micro_batch_stream(make_epoch, start_micro=start * cfg.grad_accum)
+    bar = progress(run, total, initial=start, desc=desc)
+    return Loop(model, optimizer, scheduler, total, start, stream, bar, StepTimer())

@@ -1,5 +1,6 @@
 """GRPO and RLOO (``alignloop grpo``, ``alignloop rloo``): K answers per prompt, a baseline from the other answers
-to the same prompt, no critic. Same rollout engine and reward sources as PPO.
+to the same prompt, no critic. Same rollout engine and reward sources as PPO. One loop for both: they differ only
+in the advantages (``trainers/rloo.py`` is RLOO's runner name).
 
 Each step: sample K answers for each of ``batch_size`` prompts → score them → (KL in the reward: subtract
 ``β·Σ_t KL_t`` from each answer's score) → advantages per answer: group-relative ``(r − mean)/std`` (GRPO) or
@@ -13,25 +14,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from alignloop.trainers.config import GRPOConfig, RLOOConfig
-from alignloop.core.errors import TrainingError
-from alignloop.losses import group_advantages, kl_estimate, leave_one_out_advantages, policy_clip_loss
-from alignloop.trainers.reward_sources import Rewards, reward_specs
 from alignloop.generation.rollout import pad_responses, sequence_logprobs
-from alignloop.trainers import engine, rl_common as rl
-from alignloop.trainers.ppo import finish
-
-
-def run_grpo(cfg: GRPOConfig) -> Path:
-    return _run(cfg, "grpo")
-
-
-def run_rloo(cfg: RLOOConfig) -> Path:
-    return _run(cfg, "rloo")
+from alignloop.losses import group_advantages, kl_estimate, leave_one_out_advantages, policy_clip_loss
+from alignloop.trainers import engine
+from alignloop.trainers import rl_common as rl
+from alignloop.trainers.config import GRPOConfig, RLOOConfig
 
 
 def advantages_for(kind: str, rewards: torch.Tensor, k: int, scale: bool) -> torch.Tensor:
@@ -43,44 +33,30 @@ def advantages_for(kind: str, rewards: torch.Tensor, k: int, scale: bool) -> tor
     return adv
 
 
-def _run(cfg: Any, kind: str) -> Path:
+def run(cfg: GRPOConfig | RLOOConfig) -> Path:
+    kind = cfg.command[0]  # "grpo" or "rloo": how the advantages are computed
     r = engine.setup(cfg)
-    policy, ref, tok = rl.build_policy(cfg, r)
-    rewards = Rewards.from_specs(reward_specs(cfg.reward, cfg.reward_model))
-    rl.place_frozen_models(cfg, r, ref, rewards)
-    items, cut = rl.load_prompts(cfg.prompts, tok, cfg.max_prompt_length, cfg.chat_template, cfg.limit)
-    r.log(f"prompts: {cfg.prompts}: {len(items)} ({cut} longer than max_prompt_length={cfg.max_prompt_length} "
-          "kept their head and tail)")
-    dev = rl.load_prompts(cfg.dev_data, tok, cfg.max_prompt_length, cfg.chat_template)[0] if cfg.dev_data else None
+    stage = rl.setup_stage(cfg, r)
+    policy, ref, tok, rewards, items = stage.policy, stage.ref, stage.tok, stage.rewards, stage.items
 
     total = rl.total_rl_steps(cfg, len(items) // r.world)  # each step takes batch_size prompts per process
-    updates_per_step = cfg.ppo_epochs * cfg.num_mini_batches
     optimizer = engine.build_optimizer(policy, cfg.learning_rate, cfg.weight_decay)
-    scheduler = engine.build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps * updates_per_step,
-                                       total * updates_per_step)
+    scheduler = rl.build_scheduler(cfg, optimizer, total)
     state = engine.load_checkpoint(r, policy, optimizer, scheduler) if cfg.resume else {"step": 0}
     start = state["step"]
     recent_kl: list[float] = list(state.get("recent_kl", []))  # training-batch KLs, for --kl-budget (checkpointed)
     r.metrics.truncate_after(start)
-    if dev is not None and start == 0:
-        r.metrics.write(0, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, 0)))
+    if stage.dev is not None and start == 0:
+        r.metrics.write(0, stage.evaluate(cfg, r, 0))
 
     k = cfg.num_generations
     reuse_old = cfg.ppo_epochs == 1 and cfg.num_mini_batches == 1  # on-policy: ratio ≡ 1
-    stream = rl.prompt_batches(len(items), cfg.batch_size * r.world, cfg.seed, start)
-    if r.world > 1:  # each process samples its own share of the global prompt batch, with its own seed
-        if len(items) < cfg.batch_size * r.world:
-            raise TrainingError(f"{len(items)} prompts cannot fill batch_size x processes = "
-                                f"{cfg.batch_size} x {r.world}; lower --batch-size")
-        engine.seed_everything(engine.rank_seed(r, cfg.seed + start))
+    stream = rl.prompt_stream(cfg, r, len(items), start)
     bar = engine.progress(r, total, initial=start, desc=kind)
     step = start
     for step in range(start + 1, total + 1):
         t_step = time.perf_counter()
-        batch = [items[i] for i in next(stream)][r.rank::r.world]
-        ro = rl.sample(policy, tok, batch, cfg, k)
-        t0 = time.perf_counter()
-        scores, parts = rl.score(rewards, batch, ro, k, cfg.missing_eos_penalty)
+        batch, ro, scores, parts, t0 = rl.sample_and_score(stage, cfg, r, next(stream), k)
         _, mask = pad_responses(ro.response_ids, tok.pad_token_id)
         mask, scores = mask.to(r.device), scores.to(r.device)  # beside the log-probs (GPU runs)
         old_lp, entropy = (None, None) if reuse_old else rl.logprobs_of(policy, ro, cfg, r, with_entropy=True)
@@ -95,43 +71,34 @@ def _run(cfg: Any, kind: str) -> Path:
         adv = advantages_for(kind, seq_reward, k, cfg.scale_rewards)
 
         t0 = time.perf_counter()
-        n = len(ro.response_ids)
-        mb = n // cfg.num_mini_batches
-        micro = mb // cfg.grad_accum
         st_sum = {"pg": 0.0, "kl": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "ratio": 0.0, "tokens": 0.0}
         new_lp_all = torch.zeros_like(mask)
         ent_all = torch.zeros_like(mask)
         grad_norms = []
         policy.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
-        for _ in range(cfg.ppo_epochs):
-            perm = torch.randperm(n, generator=gen).tolist() if not reuse_old else list(range(n))
-            for s in range(0, n, mb):
-                mb_idx = perm[s:s + mb]
-                denom = max(r.reduce_sum(float(mask[mb_idx].sum())), 1.0)  # the mini-batch's tokens, all processes
-                for m0 in range(0, len(mb_idx), micro):
-                    idx = mb_idx[m0:m0 + micro]
-                    answers = [ro.response_ids[i] for i in idx]
-                    sl = (torch.tensor(idx), slice(0, max(len(a) for a in answers)))
-                    lp, ent = sequence_logprobs(policy, [ro.prompt_ids[i] for i in idx], answers, cfg.temperature,
-                                                r.autocast(), with_entropy=reuse_old)
-                    m_ = mask[sl]
-                    old = lp.detach() if reuse_old else old_lp[sl]
-                    pg, st = policy_clip_loss(lp, old, adv[idx].unsqueeze(1).expand_as(lp), m_, cfg.cliprange)
-                    kl_t = (kl_estimate(lp, ref_lp[sl], cfg.kl_estimator) * m_).sum()
-                    loss = pg + (cfg.kl_coef * kl_t if cfg.kl_in == "loss" else 0.0)
-                    r.accelerator.backward(loss / denom)
-                    if reuse_old:
-                        new_lp_all[sl] = lp.detach()
-                        ent_all[sl] = ent
-                    st_sum["pg"] += float(pg.detach())
-                    st_sum["kl"] += float(kl_t.detach())
-                    for key in ("clipfrac", "approx_kl", "ratio"):
-                        st_sum[key] += float(st[key])
-                    st_sum["tokens"] += float(m_.sum())
-                engine.check_finite(r, st_sum["pg"], step)
-                engine.reduce_gradients(r, policy)  # the policy/critic are not DDP-wrapped: sum here
-                grad_norms.append(engine.clip_and_step(r, policy, optimizer, scheduler, cfg.max_grad_norm))
+        for micro_batches, denom in rl.update_batches(cfg, r, mask, step, shuffle=not reuse_old):
+            for idx in micro_batches:
+                answers = [ro.response_ids[i] for i in idx]
+                sl = (torch.tensor(idx), slice(0, max(len(a) for a in answers)))
+                lp, ent = sequence_logprobs(policy, [ro.prompt_ids[i] for i in idx], answers, cfg.temperature,
+                                            r.autocast(), with_entropy=reuse_old)
+                m_ = mask[sl]
+                old = lp.detach() if reuse_old else old_lp[sl]
+                pg, st = policy_clip_loss(lp, old, adv[idx].unsqueeze(1).expand_as(lp), m_, cfg.cliprange)
+                kl_t = (kl_estimate(lp, ref_lp[sl], cfg.kl_estimator) * m_).sum()
+                loss = pg + (cfg.kl_coef * kl_t if cfg.kl_in == "loss" else 0.0)
+                r.accelerator.backward(loss / denom)
+                if reuse_old:
+                    new_lp_all[sl] = lp.detach()
+                    ent_all[sl] = ent
+                st_sum["pg"] += float(pg.detach())
+                st_sum["kl"] += float(kl_t.detach())
+                for key in ("clipfrac", "approx_kl", "ratio"):
+                    st_sum[key] += float(st[key])
+                st_sum["tokens"] += float(m_.sum())
+            engine.check_finite(r, st_sum["pg"], step)
+            engine.reduce_gradients(r, policy)  # the policy/critic are not DDP-wrapped: sum here
+            grad_norms.append(engine.clip_and_step(r, policy, optimizer, scheduler, cfg.max_grad_norm))
         t_train = time.perf_counter() - t0
         if reuse_old:
             old_lp, entropy = new_lp_all, ent_all
@@ -152,12 +119,12 @@ def _run(cfg: Any, kind: str) -> Path:
         })
         values = r.reduce_mean(values)  # every process logs/uses the means over all processes
         if rl.finish_step(r, cfg, step, total, values, bar, policy=policy, ref=ref, tok=tok, rewards=rewards,
-                          dev=dev, batch=batch, rollout=ro, scores=scores, k=k, recent_kl=recent_kl):
+                          dev=stage.dev, batch=batch, rollout=ro, scores=scores, k=k, recent_kl=recent_kl):
             break
         if cfg.save_every and step % cfg.save_every == 0 and step != total:
             engine.save_checkpoint(r, step, policy, optimizer, scheduler, {"recent_kl": recent_kl})
     bar.close()
-    if dev is not None:
-        r.metrics.write(step, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, step)))
-    engine.save_checkpoint(r, step, policy, optimizer, scheduler, {"recent_kl": recent_kl})
-    return finish(r, cfg, policy, tok)
+    return rl.end_run(r, cfg, stage, step, policy, optimizer, scheduler, {"recent_kl": recent_kl})
+
+
+run_grpo = run_rloo = run  # the runners' names before every trainer's runner was called ``run``

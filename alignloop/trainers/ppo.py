@@ -28,8 +28,7 @@ from typing import Any
 
 import torch
 
-from alignloop.trainers.config import PPOConfig
-from alignloop.core.errors import TrainingError
+from alignloop.generation.rollout import pad_responses, sequence_logprobs, sequence_values
 from alignloop.losses import (
     explained_variance,
     gae,
@@ -40,10 +39,12 @@ from alignloop.losses import (
     policy_clip_loss,
     value_clip_loss,
 )
+from alignloop.trainers import engine
+from alignloop.trainers import rl_common as rl
+from alignloop.trainers.config import PPOConfig
+from alignloop.trainers.reward_sources import Rewards
+from alignloop.trainers.rl_common import finish  # noqa: F401  (its old place)
 from alignloop.models.value import build_value_model, rl_head  # noqa: F401  (rl_head re-exported)
-from alignloop.trainers.reward_sources import Rewards, reward_specs
-from alignloop.generation.rollout import pad_responses, sequence_logprobs, sequence_values
-from alignloop.trainers import engine, rl_common as rl
 
 
 class AdaptiveKLController:
@@ -78,24 +79,16 @@ def build_critic(cfg: PPOConfig, rewards: Rewards, run: engine.Run) -> Any:
 
 def run(cfg: PPOConfig) -> Path:
     r = engine.setup(cfg)
-    policy, ref, tok = rl.build_policy(cfg, r)
-    rewards = Rewards.from_specs(reward_specs(cfg.reward, cfg.reward_model))
-    rl.place_frozen_models(cfg, r, ref, rewards)
+    stage = rl.setup_stage(cfg, r)
+    policy, ref, tok, rewards, items = stage.policy, stage.ref, stage.tok, stage.rewards, stage.items
     critic = build_critic(cfg, rewards, r)
-    items, cut = rl.load_prompts(cfg.prompts, tok, cfg.max_prompt_length, cfg.chat_template, cfg.limit)
-    r.log(f"prompts: {cfg.prompts}: {len(items)} ({cut} longer than max_prompt_length={cfg.max_prompt_length} "
-          "kept their head and tail)")
-    dev = rl.load_prompts(cfg.dev_data, tok, cfg.max_prompt_length, cfg.chat_template)[0] if cfg.dev_data else None
 
     both = PolicyAndCritic(policy, critic)
-    groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.learning_rate},
-              {"params": [p for p in critic.parameters() if p.requires_grad],
-               "lr": cfg.critic_learning_rate or cfg.learning_rate}]
-    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+    optimizer = engine.build_optimizer([{"params": policy, "lr": cfg.learning_rate},
+                                        {"params": critic, "lr": cfg.critic_learning_rate or cfg.learning_rate}],
+                                       cfg.learning_rate, cfg.weight_decay)
     total = rl.total_rl_steps(cfg, len(items) // r.world)  # each step takes batch_size prompts per process
-    updates_per_step = cfg.ppo_epochs * cfg.num_mini_batches
-    scheduler = engine.build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps * updates_per_step,
-                                       total * updates_per_step)
+    scheduler = rl.build_scheduler(cfg, optimizer, total)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
     start = 0
     recent_kl: list[float] = []  # training-batch KLs, for the --kl-budget stop (kept in checkpoints)
@@ -104,26 +97,17 @@ def run(cfg: PPOConfig) -> Path:
         start, kl_ctl.value = state["step"], state.get("kl_coef", kl_ctl.value)
         recent_kl = list(state.get("recent_kl", []))
     r.metrics.truncate_after(start)
-    if dev is not None and start == 0:
-        r.metrics.write(0, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, 0)))
+    if stage.dev is not None and start == 0:
+        r.metrics.write(0, stage.evaluate(cfg, r, 0))
 
     k = cfg.num_generations
-    stream = rl.prompt_batches(len(items), cfg.batch_size * r.world, cfg.seed, start)
-    if r.world > 1:  # each process samples its own share of the global prompt batch, with its own seed
-        if len(items) < cfg.batch_size * r.world:
-            raise TrainingError(f"{len(items)} prompts cannot fill batch_size x processes = "
-                                f"{cfg.batch_size} x {r.world}; lower --batch-size")
-        engine.seed_everything(engine.rank_seed(r, cfg.seed + start))
+    stream = rl.prompt_stream(cfg, r, len(items), start)
     bar = engine.progress(r, total, initial=start, desc="ppo")
     step = start
     for step in range(start + 1, total + 1):
         t_step = time.perf_counter()
-        batch = [items[i] for i in next(stream)][r.rank::r.world]
-        # ---- 1. rollout ----------------------------------------------------------------------------
-        ro = rl.sample(policy, tok, batch, cfg, k)
-        # ---- 2. score ------------------------------------------------------------------------------
-        t0 = time.perf_counter()
-        scores, parts = rl.score(rewards, batch, ro, k, cfg.missing_eos_penalty)
+        # ---- 1. rollout, 2. score -------------------------------------------------------------------
+        batch, ro, scores, parts, t0 = rl.sample_and_score(stage, cfg, r, next(stream), k)
         old_lp, entropy = rl.logprobs_of(policy, ro, cfg, r, with_entropy=True)
         with rl.reference(policy, ref) as m:
             ref_lp, _ = rl.logprobs_of(m, ro, cfg, r)
@@ -143,42 +127,33 @@ def run(cfg: PPOConfig) -> Path:
         advantages = masked_whiten(advantages, mask) * mask
         # ---- 4. PPO epochs over mini-batches -------------------------------------------------------
         t0 = time.perf_counter()
-        n = len(ro.response_ids)
-        mb = n // cfg.num_mini_batches
-        micro = mb // cfg.grad_accum
         stats = {"pg": 0.0, "vf": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "ratio": 0.0, "vf_clipfrac": 0.0,
                  "tokens": 0.0}
         grad_norms = []
         policy.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
-        for _ in range(cfg.ppo_epochs):
-            perm = torch.randperm(n, generator=gen).tolist()
-            for s in range(0, n, mb):
-                mb_idx = perm[s:s + mb]
-                denom = max(r.reduce_sum(float(mask[mb_idx].sum())), 1.0)  # the mini-batch's tokens, all processes
-                for m0 in range(0, len(mb_idx), micro):
-                    idx = mb_idx[m0:m0 + micro]
-                    prompts_i = [ro.prompt_ids[i] for i in idx]
-                    answers_i = [ro.response_ids[i] for i in idx]
-                    width = max(len(a) for a in answers_i)
-                    sl = (torch.tensor(idx), slice(0, width))
-                    lp, _ = sequence_logprobs(policy, prompts_i, answers_i, cfg.temperature, r.autocast())
-                    values = sequence_values(critic, prompts_i, answers_i, r.autocast())
-                    m_ = mask[sl]
-                    pg, st = policy_clip_loss(lp, old_lp[sl], advantages[sl], m_, cfg.cliprange)
-                    vf, vclip = value_clip_loss(values, old_values[sl], returns[sl], m_, cfg.cliprange_value)
-                    loss = (pg + cfg.vf_coef * vf) / denom
-                    r.accelerator.backward(loss)
-                    stats["pg"] += float(pg.detach())
-                    stats["vf"] += float(vf.detach())
-                    stats["clipfrac"] += float(st["clipfrac"])
-                    stats["approx_kl"] += float(st["approx_kl"])
-                    stats["ratio"] += float(st["ratio"])
-                    stats["vf_clipfrac"] += float(vclip)
-                    stats["tokens"] += float(m_.sum())
-                engine.check_finite(r, stats["pg"] + stats["vf"], step)
-                engine.reduce_gradients(r, both)  # the policy/critic are not DDP-wrapped: sum here
-                grad_norms.append(engine.clip_and_step(r, both, optimizer, scheduler, cfg.max_grad_norm))
+        for micro_batches, denom in rl.update_batches(cfg, r, mask, step):
+            for idx in micro_batches:
+                prompts_i = [ro.prompt_ids[i] for i in idx]
+                answers_i = [ro.response_ids[i] for i in idx]
+                width = max(len(a) for a in answers_i)
+                sl = (torch.tensor(idx), slice(0, width))
+                lp, _ = sequence_logprobs(policy, prompts_i, answers_i, cfg.temperature, r.autocast())
+                values = sequence_values(critic, prompts_i, answers_i, r.autocast())
+                m_ = mask[sl]
+                pg, st = policy_clip_loss(lp, old_lp[sl], advantages[sl], m_, cfg.cliprange)
+                vf, vclip = value_clip_loss(values, old_values[sl], returns[sl], m_, cfg.cliprange_value)
+                loss = (pg + cfg.vf_coef * vf) / denom
+                r.accelerator.backward(loss)
+                stats["pg"] += float(pg.detach())
+                stats["vf"] += float(vf.detach())
+                stats["clipfrac"] += float(st["clipfrac"])
+                stats["approx_kl"] += float(st["approx_kl"])
+                stats["ratio"] += float(st["ratio"])
+                stats["vf_clipfrac"] += float(vclip)
+                stats["tokens"] += float(m_.sum())
+            engine.check_finite(r, stats["pg"] + stats["vf"], step)
+            engine.reduce_gradients(r, both)  # the policy/critic are not DDP-wrapped: sum here
+            grad_norms.append(engine.clip_and_step(r, both, optimizer, scheduler, cfg.max_grad_norm))
         t_train = time.perf_counter() - t0
         # ---- 5. metrics, KL control, checkpoints ---------------------------------------------------
         seq_kl = rl.sequence_kl(old_lp, ref_lp, mask)
@@ -201,26 +176,11 @@ def run(cfg: PPOConfig) -> Path:
         values = r.reduce_mean(values)  # every process logs/uses the means over all processes
         kl_ctl.update(values["objective/kl"], len(ro.response_ids) * r.world)
         if rl.finish_step(r, cfg, step, total, values, bar, policy=policy, ref=ref, tok=tok, rewards=rewards,
-                          dev=dev, batch=batch, rollout=ro, scores=scores, k=k, recent_kl=recent_kl):
+                          dev=stage.dev, batch=batch, rollout=ro, scores=scores, k=k, recent_kl=recent_kl):
             break
         if cfg.save_every and step % cfg.save_every == 0 and step != total:
             engine.save_checkpoint(r, step, both, optimizer, scheduler,
                                    {"kl_coef": kl_ctl.value, "recent_kl": recent_kl})
     bar.close()
-    if dev is not None:
-        r.metrics.write(step, r.reduce_mean(rl.evaluate(policy, ref, tok, rewards, dev, cfg, r, step)))
-    engine.save_checkpoint(r, step, both, optimizer, scheduler,
-                           {"kl_coef": kl_ctl.value, "recent_kl": recent_kl})
-    return finish(r, cfg, policy, tok)
-
-
-def finish(r: engine.Run, cfg: Any, policy: Any, tok: Any) -> Path:
-    """Save the policy as a plain Hugging Face folder and the reward-vs-KL plot."""
-    final = r.output / engine.FINAL
-    engine.save_final(r, policy, tok, final, merge_lora=cfg.merge_lora, base_name=cfg.model)
-    if r.is_main:
-        cfg.save(final)
-        plot = rl.plot_reward_vs_kl(r.output / "metrics.jsonl", r.output / "reward_vs_kl.png")
-        r.log(f"saved {final}" + (f"; plot {plot}" if plot else ""))
-    r.metrics.close()
-    return final
+    return rl.end_run(r, cfg, stage, step, both, optimizer, scheduler,
+                      {"kl_coef": kl_ctl.value, "recent_kl": recent_kl})

@@ -20,19 +20,20 @@ import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from alignloop.trainers.config import RewardEvalConfig, RewardScoreConfig, RewardTrainConfig
+from alignloop.core.errors import DataError, ModelError
+from alignloop.core.files import write_json
 from alignloop.core.paths import alignloop_home
-from alignloop.data.batching import SkipReport, batches, cache_key, file_fingerprint, load_cached, save_cached
-from alignloop.data.readers import public_meta, read_preferences, read_records, read_rows, write_jsonl
+from alignloop.data.batching import SkipReport, batches, cached_examples, file_fingerprint
+from alignloop.data.readers import read_preferences, read_records, read_rows, write_jsonl
 from alignloop.data.records import Preference, PromptCompletion, PromptRecord
-from alignloop.core.errors import DataError
 from alignloop.losses import bradley_terry_losses
+from alignloop.models.load import disable_dropout, pick_precision
 from alignloop.models.reward_model import (
     Group,
     RewardModel,
@@ -42,6 +43,7 @@ from alignloop.models.reward_model import (
     token_budget_batches,
 )
 from alignloop.trainers import engine
+from alignloop.trainers.config import RewardEvalConfig, RewardScoreConfig, RewardTrainConfig
 
 # --------------------------------------------------------------------------------------------------
 # Data: preference pairs grouped by prompt into units
@@ -104,17 +106,16 @@ def load_units(path: str, rm: RewardModel, max_length: int, policy: str, limit: 
                use_margin: bool = True, margin_scale: float = 1.0, run: engine.Run | None = None
                ) -> tuple[list[Unit], SkipReport, int]:
     """Read and tokenise once; cached on disk keyed by the file, tokenizer and length settings."""
-    key = cache_key("reward-units-1", file_fingerprint(path), rm.info.backbone, rm.tokenizer.name_or_path,
-                    len(rm.tokenizer), max_length, policy, rm.info.chat_template, limit, use_margin, margin_scale)
-    folder = alignloop_home() / "cache" / "tokens"
-    cached = load_cached(key, folder)
-    if cached is not None:
-        return cached["units"], cached["report"], cached["n"]
-    prefs = read_preferences(path, limit=limit)
-    units, report = make_units(prefs, rm, max_length, policy, use_margin, margin_scale)
-    if run is None or run.is_main:
-        save_cached(key, folder, {"units": units, "report": report, "n": len(prefs)})
-    return units, report, len(prefs)
+
+    def build() -> dict[str, Any]:
+        prefs = read_preferences(path, limit=limit)
+        units, report = make_units(prefs, rm, max_length, policy, use_margin, margin_scale)
+        return {"units": units, "report": report, "n": len(prefs)}
+
+    key = ("reward-units-1", file_fingerprint(path), rm.info.backbone, rm.tokenizer.name_or_path, len(rm.tokenizer),
+           max_length, policy, rm.info.chat_template, limit, use_margin, margin_scale)
+    cached = cached_examples(key, alignloop_home() / "cache" / "tokens", build, run.is_main if run else None)
+    return cached["units"], cached["report"], cached["n"]
 
 
 def bootstrap_weights(n_units: int, n_heads: int, seed: int) -> torch.Tensor:
@@ -165,17 +166,20 @@ def unit_loss(raw: torch.Tensor, units: Sequence[Unit], boot: torch.Tensor, tie_
 
 
 def features(rm: RewardModel, units: Sequence[Unit], key_parts: Sequence[Any], autocast: Any, batch_size: int,
-             log: Any = print) -> list[torch.Tensor]:
+             log: Any = print, is_main: bool | None = None) -> list[torch.Tensor]:
     """The head's input for every answer (last-token or answer-mean states, per ``rm.info.pooling``), computed once
-    and cached: ``[n_answers, n_layers, d]`` per unit for causal backbones (every layer's output through the final norm, float16: the forward costs the same, and
-    the best layer to cut the backbone at is then chosen on dev for free), ``[n_answers, d]`` for encoders."""
+    and cached (written by the main process): ``[n_answers, n_layers, d]`` per unit for causal backbones (every
+    layer's output through the final norm, float16: the forward costs the same, and the best layer to cut the
+    backbone at is then chosen on dev for free), ``[n_answers, d]`` for encoders."""
     all_layers = rm.info.backbone == "causal"
-    key = cache_key("reward-features-2", all_layers, *key_parts) if rm.info.pooling == "last" else \
-        cache_key("reward-features-3", all_layers, rm.info.pooling, *key_parts)
-    folder = alignloop_home() / "cache" / "features"
-    cached = load_cached(key, folder)
-    if cached is not None:
-        return cached
+    key = ("reward-features-2", all_layers, *key_parts) if rm.info.pooling == "last" else \
+        ("reward-features-3", all_layers, rm.info.pooling, *key_parts)
+    return cached_examples(key, alignloop_home() / "cache" / "features",
+                           lambda: _compute_features(rm, units, all_layers, autocast, batch_size, log), is_main)
+
+
+def _compute_features(rm: RewardModel, units: Sequence[Unit], all_layers: bool, autocast: Any, batch_size: int,
+                      log: Any) -> list[torch.Tensor]:
     was = rm.training
     rm.eval()
     out: list[torch.Tensor | None] = [None] * len(units)
@@ -193,7 +197,6 @@ def features(rm: RewardModel, units: Sequence[Unit], key_parts: Sequence[Any], a
             if b % 20 == 0:
                 log(f"features: {done}/{len(units)} prompts, {time.time() - t0:.0f} s")
     rm.train(was)
-    save_cached(key, folder, out)
     return out  # type: ignore[return-value]
 
 
@@ -332,7 +335,8 @@ def pair_metrics(raws: Sequence[torch.Tensor], units: Sequence[Unit], info: Any 
             by_turn.setdefault(_bucket(turns, (2, 3, 4), ("1", "2", "3", "4+")), []).append(h)
         out["by_prompt_tokens"] = {k: {"accuracy": round(float(np.mean(v)), 4), "n": len(v)}
                                    for k, v in sorted(by_len.items())}
-        out["by_turns"] = {k: {"accuracy": round(float(np.mean(v)), 4), "n": len(v)} for k, v in sorted(by_turn.items())}
+        out["by_turns"] = {k: {"accuracy": round(float(np.mean(v)), 4), "n": len(v)}
+                           for k, v in sorted(by_turn.items())}
     if spread:
         out["mean_spread"] = round(float(np.mean(spread)), 4)
     return out
@@ -352,18 +356,10 @@ def normalisation(raws: torch.Tensor) -> tuple[Any, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _autocast(precision: str) -> Any:
-    from alignloop.models.load import pick_precision
-
-    return torch.autocast("cpu", dtype=torch.bfloat16) if pick_precision(precision) == "bf16" else nullcontext()
-
-
 def add_score_lora(rm: RewardModel, cfg: RewardTrainConfig) -> Any:
     """LoRA adapters on the backbone's layers (peft, task-agnostic: the head is read by hand, not through
     peft's sequence-classification wrapper), with the head itself fully trainable."""
     from peft import LoraConfig, get_peft_model
-
-    from alignloop.core.errors import ModelError
 
     names = {n.split(".")[-1] for n, _ in rm.backbone.named_modules()}
     present = [t for t in cfg.lora_targets if t in names]
@@ -376,168 +372,171 @@ def add_score_lora(rm: RewardModel, cfg: RewardTrainConfig) -> Any:
     return peft_model
 
 
-def run_train(cfg: RewardTrainConfig) -> Path:
-    r = engine.setup(cfg)
-    t_start = time.time()
-    rm = build_reward_model(cfg.model, cfg.backbone, cfg.ensemble, cfg.seed, cfg.max_length, cfg.chat_template,
-                            cfg.pooling)
-    from alignloop.models.load import disable_dropout
-
-    disable_dropout(rm.model)
+def load_train_and_dev(cfg: RewardTrainConfig, rm: RewardModel, r: engine.Run) -> tuple[list[Unit], list[Unit] | None]:
+    """The training units (reported, never empty) and the dev units, if any."""
     units, report, n_rows = load_units(cfg.data, rm, cfg.max_length, cfg.truncation, cfg.limit, cfg.use_margin,
                                        cfg.margin_scale, r)
     r.log(f"data: {cfg.data}: {report.summary(n_rows)}; {sum(u.n_pairs for u in units)} pairs in {len(units)} prompts")
     if not units:
         raise DataError("no usable rows (all were skipped; see the report above)", path=cfg.data)
-    dev = None
-    if cfg.dev_data:
-        # dev pairs are never dropped: over-long prompts are cut from the left, as in `reward eval`
-        dev, dev_report, n_dev = load_units(cfg.dev_data, rm, cfg.max_length, "score", None, cfg.use_margin,
-                                            cfg.margin_scale, r)
-        r.log(f"dev data: {cfg.dev_data}: {dev_report.summary(n_dev)}")
-    boot = bootstrap_weights(len(units), cfg.ensemble, cfg.seed)
-    autocast = r.autocast()
-    head_metrics: dict[str, float] = {}
-    train_feats = dev_feats = None
+    if not cfg.dev_data:
+        return units, None
+    # dev pairs are never dropped: over-long prompts are cut from the left, as in `reward eval`
+    dev, dev_report, n_dev = load_units(cfg.dev_data, rm, cfg.max_length, "score", None, cfg.use_margin,
+                                        cfg.margin_scale, r)
+    r.log(f"dev data: {cfg.dev_data}: {dev_report.summary(n_dev)}")
+    return units, dev
 
-    # ---- 1. the head on frozen features (freeze_backbone, warm_start) -------------------------------
-    if cfg.freeze_backbone or cfg.warm_start:
-        if cfg.backbone_layers and rm.info.backbone == "causal" and cfg.backbone_layers < len(rm.backbone.layers):
-            # the layer is given: cut the backbone first, so the feature forward runs through those layers only
-            rm.truncate_layers(cfg.backbone_layers)
-        cut = [len(rm.backbone.layers)] if rm.info.backbone == "causal" else []
-        key = [str(cfg.model), file_fingerprint(cfg.data), cfg.max_length, cfg.truncation, cfg.limit, r.precision,
-               cfg.chat_template, *cut]
-        feats_all = features(rm, units, key, autocast, cfg.batch_size, r.log)
-        dev_all = None
-        if dev is not None:
-            dkey = [str(cfg.model), file_fingerprint(cfg.dev_data), cfg.max_length, "score", r.precision,
-                    cfg.chat_template, *cut]
-            dev_all = features(rm, dev, dkey, autocast, cfg.batch_size, r.log)
-        train_feats, dev_feats = feats_all, dev_all
-        if feats_all[0].dim() == 3:  # causal: choose how many layers to keep
-            n_layers = feats_all[0].shape[1]
-            if cfg.backbone_layers:
-                candidates = [min(cfg.backbone_layers, n_layers)]
-            elif dev_all is not None and cfg.freeze_backbone:
-                candidates = list(range(max(1, n_layers // 3), n_layers + 1))  # tuned on dev only
-            else:
-                candidates = [n_layers]
-            best = None
-            for k in candidates:
-                head = torch.nn.Linear(rm.hidden_size, cfg.ensemble, bias=False)
-                with torch.no_grad():
-                    head.weight.copy_(rm.head.weight)
-                tf = [f[:, k - 1].float() for f in feats_all]
-                df = [f[:, k - 1].float() for f in dev_all] if dev_all is not None else None
-                m = fit_head(head, tf, units, boot, cfg.ties, cfg.head_epochs, cfg.head_learning_rate,
-                             cfg.head_weight_decay, cfg.seed, (df, dev) if df is not None else None, r.log)
-                if len(candidates) > 1:
-                    r.log(f"  head on layer {k}: {m}")
-                score = m.get("head/dev_accuracy", 0.0)
-                if best is None or score > best[0]:
-                    best = (score, k, head, m, tf, df)
-            _, k, head, head_metrics, train_feats, dev_feats = best  # type: ignore[misc]
-            with torch.no_grad():
-                rm.head.weight.copy_(head.weight)
-            if k < n_layers:
-                rm.truncate_layers(k)
-            head_metrics = {**head_metrics, "head/backbone_layers": k}
-        else:
-            head_metrics = fit_head(rm.head, feats_all, units, boot, cfg.ties, cfg.head_epochs,
-                                    cfg.head_learning_rate, cfg.head_weight_decay, cfg.seed,
-                                    (dev_all, dev) if dev_all is not None else None, r.log)
-        r.log(f"head on frozen features: {head_metrics}")
-        r.metrics.write(0, head_metrics)
 
-    # ---- 2. fine-tuning ---------------------------------------------------------------------------
-    total = 0
-    peft_model = None
-    if not cfg.freeze_backbone:
-        if cfg.lora:
-            # LoRA on the backbone's layers; the head stays fully trainable
-            peft_model = add_score_lora(rm, cfg)
-        if cfg.gradient_checkpointing:
-            rm.backbone.gradient_checkpointing_enable()
-        # global micro-batches of batch_size x world units; each process takes every world-th unit of each
-        world, rank = r.world, r.rank
-        make_epoch = lambda e: batches(len(units), cfg.batch_size * world, cfg.seed, e)  # noqa: E731
-        total = engine.total_steps(len(make_epoch(0)), cfg.grad_accum, cfg.num_epochs, cfg.max_steps)
-        optimizer = engine.build_optimizer(rm, cfg.learning_rate, cfg.weight_decay)
-        scheduler = engine.build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps, total)
-        rm, optimizer = r.accelerator.prepare(rm, optimizer)
-        rm.train()
-        start = engine.load_checkpoint(r, rm, optimizer, scheduler)["step"] if cfg.resume else 0
-        r.metrics.truncate_after(start)
-        stream = engine.micro_batch_stream(make_epoch, start_micro=start * cfg.grad_accum)
-        bar = engine.progress(r, total, initial=start, desc="reward")
-        timer = engine.StepTimer()
-        for step in range(start + 1, total + 1):
-            micro = [next(stream) for _ in range(cfg.grad_accum)]
-            # the loss is normalised by the whole step's pair weight (all micro-batches, all processes): every
-            # process knows the global batches, so no communication is needed for it
-            step_idx = [i for _, b in micro for i in b]
-            step_units = [units[i] for i in step_idx]
-            _, _, w_all, _, _ = pair_tensors(step_units, boot[step_idx], _offsets(step_units), cfg.ties)
-            denom = w_all.sum(0).to(r.device)
-            loss_sum = torch.zeros(cfg.ensemble)
-            correct, n_pairs, seen_tokens, margin_sum = 0.0, 0, 0, 0.0
-            for k, (epoch, glob) in enumerate(micro):
-                idx = glob[rank::world]
-                empty = not idx
-                if empty:  # this process's share is empty: a zero-weight forward keeps DDP's all-reduce in step
-                    idx = glob[:1]
-                batch = [units[i] for i in idx]
-                sync = k == len(micro) - 1
-                ctx = r.accelerator.no_sync(rm) if (not sync and world > 1) else nullcontext()
-                with ctx:
-                    raw = rm([u.group for u in batch], autocast)
-                    loss, sums = unit_loss(raw, batch, boot[idx], cfg.ties, denom)
-                    # DDP averages gradients over processes; the loss is already a share of the global sum
-                    r.accelerator.backward(loss * (0.0 if empty else world))
-                if empty:
-                    continue
-                loss_sum += sums.cpu()
-                with torch.no_grad():
-                    b_i, w_i, _, _, t = pair_tensors(batch, boot[idx], _offsets(batch), cfg.ties)
-                    d = (raw[b_i] - raw[w_i]).mean(-1)[~t]
-                    correct += float((d > 0).float().sum())
-                    margin_sum += float(d.sum())
-                    n_pairs += int((~t).sum())
-                seen_tokens += sum(len(u.group) for u in batch)
-            loss_sum = torch.tensor([r.reduce_sum(float(v)) for v in loss_sum])
-            correct, margin_sum = r.reduce_sum(correct), r.reduce_sum(margin_sum)
-            n_pairs, seen_tokens = int(r.reduce_sum(n_pairs)), int(r.reduce_sum(seen_tokens))
-            loss_value = float((loss_sum / denom.cpu().clamp(min=1e-12)).mean())
-            engine.check_finite(r, loss_value, step)
-            grad_norm = engine.clip_and_step(r, rm, optimizer, scheduler, cfg.max_grad_norm)
-            dt = timer.lap()
-            values = {"loss": loss_value, "rewards/accuracy": correct / max(n_pairs, 1),
-                      "rewards/margins": margin_sum / max(n_pairs, 1), "grad_norm": grad_norm,
-                      "learning_rate": scheduler.get_last_lr()[0], "epoch": micro[-1][0],
-                      "pairs_per_s": n_pairs / max(dt, 1e-9), "tokens_per_s": seen_tokens / max(dt, 1e-9)}
-            if dev is not None and cfg.eval_every and step % cfg.eval_every == 0:
-                values.update({f"eval/{k}": v for k, v in _eval_units(r.accelerator.unwrap_model(rm), dev,
-                                                                      cfg.batch_size, autocast).items()
-                               if k in ("accuracy", "mean_margin")})
-            if step % cfg.log_every == 0 or step == total:
-                r.metrics.write(step, values)
-            bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{values['rewards/accuracy']:.2f}")
-            bar.update(1)
-            if cfg.save_every and step % cfg.save_every == 0 and step != total:
-                engine.save_checkpoint(r, step, rm, optimizer, scheduler)
-        bar.close()
-        engine.save_checkpoint(r, total, rm, optimizer, scheduler)
-        rm = r.accelerator.unwrap_model(rm)
+def fit_head_on_features(cfg: RewardTrainConfig, r: engine.Run, rm: RewardModel, units: list[Unit],
+                         dev: list[Unit] | None, boot: torch.Tensor, autocast: Any):
+    """The head alone on features of the frozen backbone (``--freeze-backbone``, ``--warm-start``); for a causal
+    backbone also the layer to cut it at. Returns (head metrics, training features, dev features) as the head
+    read them."""
+    if cfg.backbone_layers and rm.info.backbone == "causal" and cfg.backbone_layers < len(rm.backbone.layers):
+        # the layer is given: cut the backbone first, so the feature forward runs through those layers only
+        rm.truncate_layers(cfg.backbone_layers)
+    cut = [len(rm.backbone.layers)] if rm.info.backbone == "causal" else []
+    key = [str(cfg.model), file_fingerprint(cfg.data), cfg.max_length, cfg.truncation, cfg.limit, r.precision,
+           cfg.chat_template, *cut]
+    feats = features(rm, units, key, autocast, cfg.batch_size, r.log, r.is_main)
+    dev_feats = None
+    if dev is not None:
+        dkey = [str(cfg.model), file_fingerprint(cfg.dev_data), cfg.max_length, "score", r.precision,
+                cfg.chat_template, *cut]
+        dev_feats = features(rm, dev, dkey, autocast, cfg.batch_size, r.log, r.is_main)
+    if feats[0].dim() == 3:  # causal: every layer's features; choose how many layers to keep
+        head_metrics, feats, dev_feats = choose_layer(cfg, r, rm, units, dev, boot, feats, dev_feats)
+    else:
+        head_metrics = fit_head(rm.head, feats, units, boot, cfg.ties, cfg.head_epochs, cfg.head_learning_rate,
+                                cfg.head_weight_decay, cfg.seed, (dev_feats, dev) if dev_feats is not None else None,
+                                r.log)
+    r.log(f"head on frozen features: {head_metrics}")
+    r.metrics.write(0, head_metrics)
+    return head_metrics, feats, dev_feats
 
-    # ---- 3. normalise on a reference set, save, report -------------------------------------------
-    rm.eval()
+
+def choose_layer(cfg: RewardTrainConfig, r: engine.Run, rm: RewardModel, units: list[Unit], dev: list[Unit] | None,
+                 boot: torch.Tensor, feats: list[torch.Tensor], dev_feats: list[torch.Tensor] | None):
+    """Fit the head on the features of each candidate layer and keep the best on dev: every layer from a third of
+    the depth up with ``--freeze-backbone`` and dev data, else the given ``--backbone-layers`` or the last. The
+    backbone is cut after the chosen layer. Returns (head metrics, training features, dev features) of it."""
+    n_layers = feats[0].shape[1]
+    if cfg.backbone_layers:
+        candidates = [min(cfg.backbone_layers, n_layers)]
+    elif dev_feats is not None and cfg.freeze_backbone:
+        candidates = list(range(max(1, n_layers // 3), n_layers + 1))  # tuned on dev only
+    else:
+        candidates = [n_layers]
+    best = None
+    for k in candidates:
+        head = torch.nn.Linear(rm.hidden_size, cfg.ensemble, bias=False)
+        with torch.no_grad():
+            head.weight.copy_(rm.head.weight)
+        tf = [f[:, k - 1].float() for f in feats]
+        df = [f[:, k - 1].float() for f in dev_feats] if dev_feats is not None else None
+        m = fit_head(head, tf, units, boot, cfg.ties, cfg.head_epochs, cfg.head_learning_rate,
+                     cfg.head_weight_decay, cfg.seed, (df, dev) if df is not None else None, r.log)
+        if len(candidates) > 1:
+            r.log(f"  head on layer {k}: {m}")
+        score = m.get("head/dev_accuracy", 0.0)
+        if best is None or score > best[0]:
+            best = (score, k, head, m, tf, df)
+    _, k, head, head_metrics, tf, df = best  # type: ignore[misc]
+    with torch.no_grad():
+        rm.head.weight.copy_(head.weight)
+    if k < n_layers:
+        rm.truncate_layers(k)
+    return {**head_metrics, "head/backbone_layers": k}, tf, df
+
+
+def accumulate_step(cfg: RewardTrainConfig, r: engine.Run, rm: Any, units: list[Unit], boot: torch.Tensor,
+                    micro: list[tuple[int, list[int]]], autocast: Any) -> dict[str, Any]:
+    """Forward and backward of one step's micro-batches; the step's sums over all processes.
+
+    Each process takes every world-th unit of each global micro-batch. The loss is normalised by the whole step's
+    pair weight (all micro-batches, all processes): every process knows the global batches, so no communication
+    is needed for it."""
+    world, rank = r.world, r.rank
+    step_idx = [i for _, b in micro for i in b]
+    step_units = [units[i] for i in step_idx]
+    _, _, w_all, _, _ = pair_tensors(step_units, boot[step_idx], _offsets(step_units), cfg.ties)
+    denom = w_all.sum(0).to(r.device)
+    loss_sum = torch.zeros(cfg.ensemble)
+    correct, n_pairs, seen_tokens, margin_sum = 0.0, 0, 0, 0.0
+    for k, (_, glob) in enumerate(micro):
+        idx = glob[rank::world]
+        empty = not idx
+        if empty:  # this process's share is empty: a zero-weight forward keeps DDP's all-reduce in step
+            idx = glob[:1]
+        batch = [units[i] for i in idx]
+        sync = k == len(micro) - 1
+        with r.accelerator.no_sync(rm) if (not sync and world > 1) else nullcontext():
+            raw = rm([u.group for u in batch], autocast)
+            loss, sums = unit_loss(raw, batch, boot[idx], cfg.ties, denom)
+            # DDP averages gradients over processes; the loss is already a share of the global sum
+            r.accelerator.backward(loss * (0.0 if empty else world))
+        if empty:
+            continue
+        loss_sum += sums.cpu()
+        with torch.no_grad():
+            b_i, w_i, _, _, t = pair_tensors(batch, boot[idx], _offsets(batch), cfg.ties)
+            d = (raw[b_i] - raw[w_i]).mean(-1)[~t]
+            correct += float((d > 0).float().sum())
+            margin_sum += float(d.sum())
+            n_pairs += int((~t).sum())
+        seen_tokens += sum(len(u.group) for u in batch)
+    loss_sum = torch.tensor([r.reduce_sum(float(v)) for v in loss_sum])
+    return {"loss": float((loss_sum / denom.cpu().clamp(min=1e-12)).mean()), "correct": r.reduce_sum(correct),
+            "margin_sum": r.reduce_sum(margin_sum), "n_pairs": int(r.reduce_sum(n_pairs)),
+            "tokens": int(r.reduce_sum(seen_tokens))}
+
+
+def fine_tune(cfg: RewardTrainConfig, r: engine.Run, rm: RewardModel, units: list[Unit], dev: list[Unit] | None,
+              boot: torch.Tensor, autocast: Any) -> tuple[RewardModel, int, Any]:
+    """Backbone (full or LoRA) and head with the weighted Bradley-Terry loss. Returns (the reward model, the
+    steps run, the peft model or None)."""
+    peft_model = add_score_lora(rm, cfg) if cfg.lora else None  # the head stays fully trainable
+    if cfg.gradient_checkpointing:
+        rm.backbone.gradient_checkpointing_enable()
+    # global micro-batches of batch_size x world units; each process takes its share (accumulate_step)
+    make_epoch = lambda e: batches(len(units), cfg.batch_size * r.world, cfg.seed, e)  # noqa: E731
+    loop = engine.start_loop(r, rm, make_epoch, "reward")
+    model, total = loop.model, loop.total
+    for step in range(loop.start + 1, total + 1):
+        micro = [next(loop.stream) for _ in range(cfg.grad_accum)]
+        sums = accumulate_step(cfg, r, model, units, boot, micro, autocast)
+        engine.check_finite(r, sums["loss"], step)
+        grad_norm = engine.clip_and_step(r, model, loop.optimizer, loop.scheduler, cfg.max_grad_norm)
+        dt = loop.timer.lap()
+        n_pairs = max(sums["n_pairs"], 1)
+        values = {"loss": sums["loss"], "rewards/accuracy": sums["correct"] / n_pairs,
+                  "rewards/margins": sums["margin_sum"] / n_pairs, "grad_norm": grad_norm,
+                  "learning_rate": loop.scheduler.get_last_lr()[0], "epoch": micro[-1][0],
+                  "pairs_per_s": sums["n_pairs"] / max(dt, 1e-9), "tokens_per_s": sums["tokens"] / max(dt, 1e-9)}
+        if dev is not None and cfg.eval_every and step % cfg.eval_every == 0:
+            ev = _eval_units(r.accelerator.unwrap_model(model), dev, cfg.batch_size, autocast)
+            values.update({f"eval/{k}": ev[k] for k in ("accuracy", "mean_margin")})
+        if step % cfg.log_every == 0 or step == total:
+            r.metrics.write(step, values)
+        loop.bar.set_postfix(loss=f"{sums['loss']:.4f}", acc=f"{values['rewards/accuracy']:.2f}")
+        loop.bar.update(1)
+        if cfg.save_every and step % cfg.save_every == 0 and step != total:
+            engine.save_checkpoint(r, step, model, loop.optimizer, loop.scheduler)
+    loop.bar.close()
+    engine.save_checkpoint(r, total, model, loop.optimizer, loop.scheduler)
+    return r.accelerator.unwrap_model(model), total, peft_model
+
+
+def normalise_on_reference(cfg: RewardTrainConfig, r: engine.Run, rm: RewardModel, units: list[Unit],
+                           train_feats: list[torch.Tensor] | None) -> None:
+    """Set the saved offset and scale so that scores are mean 0 / std 1 on ``norm_samples`` reference completions
+    (``--reference-data``, else the training answers: from their cached features when the backbone is frozen)."""
     ref_units = units
     if cfg.reference_data:
         ref_units, _, _ = load_units(cfg.reference_data, rm, cfg.max_length, "score", None, run=r)
-    rng = random.Random(cfg.seed)
     pick = list(range(len(ref_units)))
-    rng.shuffle(pick)
+    random.Random(cfg.seed).shuffle(pick)
     chosen_units, n_answers = [], 0
     for i in pick:
         if n_answers >= cfg.norm_samples:
@@ -551,20 +550,52 @@ def run_train(cfg: RewardTrainConfig) -> Path:
         ref_raw = torch.cat(rm.score_groups([ref_units[i].group for i in chosen_units], cfg.batch_size), 0)
     rm.info.offset, rm.info.scale = normalisation(ref_raw)
     rm.info.normalised_on = f"{cfg.reference_data or cfg.data}: {len(ref_raw)} completions"
+
+
+def dev_report(cfg: RewardTrainConfig, rm: RewardModel, dev: list[Unit], dev_feats: list[torch.Tensor] | None,
+               autocast: Any) -> dict[str, Any]:
+    """The final model's dev accuracy, mean margin, length baseline and ECE (``eval/*``)."""
+    if cfg.freeze_backbone and dev_feats is not None:  # the backbone did not change: reuse its features
+        dev_raws = [f @ rm.head.weight.detach().float().T for f in dev_feats]
+    else:
+        dev_raws = rm.score_groups([u.group for u in dev], cfg.batch_size, autocast=autocast)
+    m = pair_metrics(dev_raws, dev, rm.info)
+    return {f"eval/{k}": m[k] for k in ("accuracy", "mean_margin", "length_baseline", "ece")}
+
+
+def run(cfg: RewardTrainConfig) -> Path:
+    r = engine.setup(cfg)
+    t_start = time.time()
+    rm = build_reward_model(cfg.model, cfg.backbone, cfg.ensemble, cfg.seed, cfg.max_length, cfg.chat_template,
+                            cfg.pooling)
+    disable_dropout(rm.model)
+    units, dev = load_train_and_dev(cfg, rm, r)
+    boot = bootstrap_weights(len(units), cfg.ensemble, cfg.seed)
+    autocast = r.autocast()
+
+    # ---- 1. the head on frozen features (freeze_backbone, warm_start) -------------------------------
+    head_metrics: dict[str, float] = {}
+    train_feats = dev_feats = None
+    if cfg.freeze_backbone or cfg.warm_start:
+        head_metrics, train_feats, dev_feats = fit_head_on_features(cfg, r, rm, units, dev, boot, autocast)
+
+    # ---- 2. fine-tuning ---------------------------------------------------------------------------
+    total, peft_model = 0, None
+    if not cfg.freeze_backbone:
+        rm, total, peft_model = fine_tune(cfg, r, rm, units, dev, boot, autocast)
+
+    # ---- 3. normalise on a reference set, save, report -------------------------------------------
+    rm.eval()
+    normalise_on_reference(cfg, r, rm, units, train_feats)
+    trained_with = "frozen backbone" if cfg.freeze_backbone else \
+        ("lora" if cfg.lora else "full") + (" after a frozen-feature warm start" if cfg.warm_start else "")
     rm.info.extra.update({"ensemble": "bootstrap heads" if cfg.ensemble > 1 else "single head",
-                          "trained_with": "frozen backbone" if cfg.freeze_backbone else
-                          ("lora" if cfg.lora else "full") + (" after a frozen-feature warm start" if cfg.warm_start else ""),
-                          "ties": cfg.ties, "steps": total})
+                          "trained_with": trained_with, "ties": cfg.ties, "steps": total})
     final = r.output / engine.FINAL
     r.accelerator.wait_for_everyone()
     summary: dict[str, Any] = {"train_seconds": round(time.time() - t_start, 1), **head_metrics}
     if dev is not None:
-        if cfg.freeze_backbone and dev_feats is not None:  # the backbone did not change: reuse its features
-            dev_raws = [f @ rm.head.weight.detach().float().T for f in dev_feats]
-        else:
-            dev_raws = rm.score_groups([u.group for u in dev], cfg.batch_size, autocast=autocast)
-        m = pair_metrics(dev_raws, dev, rm.info)
-        summary.update({f"eval/{k}": m[k] for k in ("accuracy", "mean_margin", "length_baseline", "ece")})
+        summary.update(dev_report(cfg, rm, dev, dev_feats, autocast))
     if r.is_main:
         save_reward_model(rm, final, peft_model)
         cfg.save(final)
@@ -572,6 +603,9 @@ def run_train(cfg: RewardTrainConfig) -> Path:
         r.log(f"saved {final}: {json.dumps(summary)}")
     r.metrics.close()
     return final
+
+
+run_train = run  # the name of ``run`` before every trainer's runner was called ``run``
 
 
 def _eval_units(rm: RewardModel, units: Sequence[Unit], batch_size: int, autocast: Any) -> dict[str, Any]:
@@ -583,6 +617,11 @@ def _eval_units(rm: RewardModel, units: Sequence[Unit], batch_size: int, autocas
 # --------------------------------------------------------------------------------------------------
 
 
+def scoring_autocast(rm: RewardModel, precision: str) -> Any:
+    """The trainers' autocast for ``reward eval`` and ``reward score`` (``--precision``), on the model's device."""
+    return engine.autocast(pick_precision(precision), rm.head.weight.device.type)
+
+
 def run_eval(cfg: RewardEvalConfig) -> dict[str, Any]:
     t0 = time.time()
     rm = load_reward_model(cfg.model)
@@ -591,16 +630,12 @@ def run_eval(cfg: RewardEvalConfig) -> dict[str, Any]:
     units, report = make_units(prefs, rm, max_length, "score")  # never drops a pair
     if report.truncated:
         print(f"eval: {report.truncated} prompts cut from the left to fit max_length={max_length}", file=sys.stderr)
-    raws = rm.score_groups([u.group for u in units], cfg.batch_size, autocast=_autocast(cfg.precision))
+    raws = rm.score_groups([u.group for u in units], cfg.batch_size, autocast=scoring_autocast(rm, cfg.precision))
     result = {"model": str(cfg.model), "data": str(cfg.data),
               **pair_metrics(raws, units, rm.info, cfg.bootstrap, cfg.seed),
               "seconds": round(time.time() - t0, 1)}
     if cfg.output:
-        out = Path(cfg.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(out)
+        write_json(cfg.output, result, indent=1)
     print(json.dumps(result))
     return result
 
@@ -617,7 +652,8 @@ def run_score(cfg: RewardScoreConfig) -> Path:
             answers = [rec.completion]
         elif isinstance(rec, Preference):
             answers = [rec.chosen, rec.rejected]
-        elif isinstance(rec, PromptRecord) and isinstance(rec.meta.get("completions"), list) and rec.meta["completions"]:
+        elif (isinstance(rec, PromptRecord) and isinstance(rec.meta.get("completions"), list)
+              and rec.meta["completions"]):
             answers = [str(c) for c in rec.meta["completions"]]
         else:
             raise DataError(f"cannot score {type(rec).__name__} rows: need prompt+completion, prompt+completions "
@@ -625,7 +661,7 @@ def run_score(cfg: RewardScoreConfig) -> Path:
         groups.append(rm.encode(rec.prompt, answers, i, max_length, report, "score"))  # type: ignore[arg-type]
     if report.truncated:
         print(f"score: {report.truncated} prompts cut from the left to fit max_length={max_length}", file=sys.stderr)
-    raws = rm.score_groups(groups, cfg.batch_size, autocast=_autocast(cfg.precision))
+    raws = rm.score_groups(groups, cfg.batch_size, autocast=scoring_autocast(rm, cfg.precision))
     out_rows = []
     ensemble = rm.info.num_heads > 1
     for rec, row, raw in zip(records, rows, raws):

@@ -1,27 +1,29 @@
-"""What ppo, grpo and rloo share: prompts, policy + reference, the rollout → score step, evaluation on held-out
-prompts, sample tables, the reward-vs-KL plot. Building blocks, not a base class: ``ppo.py`` and ``grpo.py`` are
-the loops.
+"""What ppo, grpo and rloo share: prompts, policy + reference and reward sources, the schedule and the prompt
+stream, the rollout → score step, evaluation on held-out prompts, sample tables, the end of a step and of a run,
+the reward-vs-KL plot. Building blocks, not a base class: ``ppo.py`` and ``grpo.py`` are the loops.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 
-from alignloop.data.readers import public_meta, read_records
+from alignloop.core.errors import DataError, TrainingError
+from alignloop.data.batching import batches
+from alignloop.data.readers import public_meta, read_records, write_jsonl
 from alignloop.data.records import Prompt
 from alignloop.data.templates import encode_prompt
-from alignloop.core.errors import DataError
+from alignloop.generation.rollout import Rollout, generate_rollout, pad_responses, sequence_logprobs
 from alignloop.losses import kl_estimate
 from alignloop.models.load import add_lora, disable_dropout, is_peft, load_causal_lm
-from alignloop.generation.rollout import Rollout, generate_rollout, sequence_logprobs
 from alignloop.trainers import engine
+from alignloop.trainers.reward_sources import Rewards, reward_specs
 
 #: tokens kept from the start of an over-long prompt: the chat header and the instruction
 PROMPT_HEAD = 48
@@ -77,6 +79,55 @@ def build_policy(cfg: Any, run: engine.Run) -> tuple[Any, Any, Any]:
             policy.enable_input_require_grads()
     policy.to(run.device)
     return policy, ref, tok
+
+
+@dataclass
+class Stage:
+    """What an RL run works with besides its optimiser: the policy, its reference (None: the LoRA policy with the
+    adapter off), the tokenizer, the reward sources, and the training and held-out prompts."""
+
+    policy: Any
+    ref: Any
+    tok: Any
+    rewards: Rewards
+    items: list[PromptItem]
+    dev: list[PromptItem] | None
+
+    def evaluate(self, cfg: Any, run: engine.Run, step: int) -> dict[str, float]:
+        """``evaluate`` on the held-out prompts, averaged over processes."""
+        return run.reduce_mean(evaluate(self.policy, self.ref, self.tok, self.rewards, self.dev, cfg, run, step))
+
+
+def setup_stage(cfg: Any, run: engine.Run) -> Stage:
+    """Policy and reference, the reward sources (placed per ``--reference-device`` / ``--reward-device``), the
+    prompts and the held-out prompts."""
+    policy, ref, tok = build_policy(cfg, run)
+    rewards = Rewards.from_specs(reward_specs(cfg.reward, cfg.reward_model))
+    place_frozen_models(cfg, run, ref, rewards)
+    items, cut = load_prompts(cfg.prompts, tok, cfg.max_prompt_length, cfg.chat_template, cfg.limit)
+    run.log(f"prompts: {cfg.prompts}: {len(items)} ({cut} longer than max_prompt_length={cfg.max_prompt_length} "
+            "kept their head and tail)")
+    dev = load_prompts(cfg.dev_data, tok, cfg.max_prompt_length, cfg.chat_template)[0] if cfg.dev_data else None
+    return Stage(policy, ref, tok, rewards, items, dev)
+
+
+def build_scheduler(cfg: Any, optimizer: Any, total: int) -> Any:
+    """The learning-rate schedule counted in optimiser updates: ``ppo_epochs x num_mini_batches`` per step."""
+    updates_per_step = cfg.ppo_epochs * cfg.num_mini_batches
+    return engine.build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps * updates_per_step,
+                                  total * updates_per_step)
+
+
+def prompt_stream(cfg: Any, run: engine.Run, n_prompts: int, start: int) -> Iterator[list[int]]:
+    """The global prompt batch of each step from ``start`` on; each process samples its own share of it, with its
+    own seed."""
+    stream = prompt_batches(n_prompts, cfg.batch_size * run.world, cfg.seed, start)
+    if run.world > 1:
+        if n_prompts < cfg.batch_size * run.world:
+            raise TrainingError(f"{n_prompts} prompts cannot fill batch_size x processes = "
+                                f"{cfg.batch_size} x {run.world}; lower --batch-size")
+        engine.seed_everything(engine.rank_seed(run, cfg.seed + start))
+    return stream
 
 
 def place_frozen_models(cfg: Any, run: engine.Run, ref: Any, rewards: Any) -> None:
@@ -143,10 +194,39 @@ def score(rewards: Any, items: Sequence[PromptItem], rollout: Rollout, k: int,
     return total, parts
 
 
+def sample_and_score(stage: Stage, cfg: Any, run: engine.Run, prompt_idx: Sequence[int], k: int
+                     ) -> tuple[list[PromptItem], Rollout, torch.Tensor, dict[str, float], float]:
+    """The start of every RL step: this process's share of the step's prompts, ``k`` answers sampled for each,
+    and their scores. Returns (prompts, rollout, total scores, per-source means, the time scoring began)."""
+    batch = [stage.items[i] for i in prompt_idx][run.rank::run.world]
+    ro = sample(stage.policy, stage.tok, batch, cfg, k)
+    t_score = time.perf_counter()
+    scores, parts = score(stage.rewards, batch, ro, k, cfg.missing_eos_penalty)
+    return batch, ro, scores, parts, t_score
+
+
+def update_batches(cfg: Any, run: engine.Run, mask: torch.Tensor, step: int,
+                   shuffle: bool = True) -> Iterator[tuple[list[list[int]], float]]:
+    """The optimiser steps of one rollout: ``ppo_epochs`` passes over its answers (shuffled each pass), each in
+    ``num_mini_batches`` mini-batches of ``grad_accum`` micro-batches. Yields each mini-batch's micro-batches of
+    answer indices and its answer-token count over all processes (the loss's denominator)."""
+    n = mask.shape[0]
+    mb = n // cfg.num_mini_batches
+    micro = mb // cfg.grad_accum
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    for _ in range(cfg.ppo_epochs):
+        perm = torch.randperm(n, generator=gen).tolist() if shuffle else list(range(n))
+        for s in range(0, n, mb):
+            mb_idx = perm[s:s + mb]
+            denom = max(run.reduce_sum(float(mask[mb_idx].sum())), 1.0)
+            yield [mb_idx[m0:m0 + micro] for m0 in range(0, len(mb_idx), micro)], denom
+
+
 def rollout_metrics(rollout: Rollout, scores: torch.Tensor, seq_kl: torch.Tensor, entropy: torch.Tensor | None,
                     mask: torch.Tensor) -> dict[str, float]:
     n = mask.sum().clamp(min=1)
-    out = {"objective/reward": float(scores.mean()), "objective/reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
+    out = {"objective/reward": float(scores.mean()),
+           "objective/reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
            "objective/kl": float(seq_kl.mean()),
            "val/response_length": float(mask.sum(1).mean()),
            "val/eos_fraction": sum(rollout.ended) / max(1, len(rollout.ended))}
@@ -193,8 +273,6 @@ def evaluate(policy: Any, ref: Any, tok: Any, rewards: Any, items: Sequence[Prom
     lp, _ = logprobs_of(policy, ro, cfg, run)
     with reference(policy, ref) as m:
         ref_lp, _ = logprobs_of(m, ro, cfg, run)
-    from alignloop.generation.rollout import pad_responses
-
     _, mask = pad_responses(ro.response_ids, 0)
     mask = mask.to(lp.device)
     kl = sequence_kl(lp, ref_lp, mask)
@@ -208,8 +286,6 @@ def evaluate(policy: Any, ref: Any, tok: Any, rewards: Any, items: Sequence[Prom
                  "kl": float(kl[i]), "length": int(mask[i].sum()), "ended": ro.ended[i],
                  **{c: v for c, v in items[i // k].row.items() if c not in ("messages", "prompt")}}
                 for i in range(len(ro.texts))]
-        from alignloop.data.readers import write_jsonl
-
         write_jsonl(folder / f"step-{step:07d}.jsonl", rows)
     return out
 
@@ -259,15 +335,14 @@ def kl_over_budget(budget: float | None, recent_kl: Sequence[float], heldout_kl:
 
 def plot_reward_vs_kl(metrics_path: Path, out: Path) -> Path | None:
     """The run's reward against its KL to the reference (training rollouts, and eval points when present)."""
-    try:
-        import matplotlib
+    import matplotlib  # here, not at the top: only the end of a run draws
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     rows = engine.read_metrics(metrics_path) if metrics_path.exists() else []
-    train = [(r["objective/kl"], r["objective/reward"]) for r in rows if "objective/kl" in r and "objective/reward" in r]
+    train = [(r["objective/kl"], r["objective/reward"]) for r in rows
+             if "objective/kl" in r and "objective/reward" in r]
     ev = [(r["eval/kl"], r["eval/reward"]) for r in rows if "eval/kl" in r]
     if not train and not ev:
         return None
@@ -292,10 +367,10 @@ def plot_reward_vs_kl(metrics_path: Path, out: Path) -> Path | None:
 
 def prompt_batches(n: int, batch_size: int, seed: int, start_step: int) -> Iterator[list[int]]:
     """Prompt indices per step, reshuffled each epoch; a resumed run continues where it stopped."""
-    from alignloop.data.batching import batches
 
     def make_epoch(epoch: int) -> list[list[int]]:
-        return [b for b in batches(n, batch_size, seed, epoch) if len(b) == batch_size] or batches(n, batch_size, seed, epoch)
+        every = batches(n, batch_size, seed, epoch)
+        return [b for b in every if len(b) == batch_size] or every
 
     for _, b in engine.micro_batch_stream(make_epoch, start_micro=start_step):
         yield b
@@ -305,5 +380,19 @@ def total_rl_steps(cfg: Any, n_prompts: int) -> int:
     return engine.total_steps(max(1, n_prompts // cfg.batch_size), 1, cfg.num_epochs, cfg.max_steps)
 
 
-def autocast_or_null(run: engine.Run):
-    return run.autocast() if run.precision == "bf16" else nullcontext()
+def finish(r: engine.Run, cfg: Any, policy: Any, tok: Any) -> Path:
+    """Save the policy as a plain Hugging Face folder and the reward-vs-KL plot."""
+    final = engine.finish(r, policy, tok)
+    plot = plot_reward_vs_kl(r.output / "metrics.jsonl", r.output / "reward_vs_kl.png") if r.is_main else None
+    r.log(f"saved {final}" + (f"; plot {plot}" if plot else ""))
+    return final
+
+
+def end_run(r: engine.Run, cfg: Any, stage: Stage, step: int, model: Any, optimizer: Any, scheduler: Any,
+            state: dict[str, Any]) -> Path:
+    """After the last step: a held-out evaluation, the checkpoint of the last step (with ``state``, e.g. the KL
+    window), the final policy and the plot."""
+    if stage.dev is not None:
+        r.metrics.write(step, stage.evaluate(cfg, r, step))
+    engine.save_checkpoint(r, step, model, optimizer, scheduler, state)
+    return finish(r, cfg, stage.policy, stage.tok)

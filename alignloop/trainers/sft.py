@@ -16,27 +16,26 @@ from typing import Any
 
 import torch
 
-from alignloop.trainers.config import SFTConfig
+from alignloop.core.errors import DataError
+from alignloop.core.paths import alignloop_home
 from alignloop.data.batching import (
     Example,
     SkipReport,
     answer_mask,
     batches,
-    cache_key,
+    cached_examples,
     file_fingerprint,
     fit_length,
     flatten,
-    load_cached,
     packed_batches,
-    save_cached,
 )
 from alignloop.data.readers import read_records
 from alignloop.data.records import PromptCompletion, TextRecord
 from alignloop.data.templates import encode_answer, encode_prompt
-from alignloop.core.errors import DataError
 from alignloop.losses import masked_token_nll
 from alignloop.models.load import load_trainable
 from alignloop.trainers import engine
+from alignloop.trainers.config import SFTConfig
 
 
 def tokenize_examples(records: list[Any], tokenizer: Any, max_length: int, truncation: str,
@@ -54,28 +53,27 @@ def tokenize_examples(records: list[Any], tokenizer: Any, max_length: int, trunc
             continue
         if not isinstance(rec, PromptCompletion):
             raise DataError(f"SFT needs prompt/completion, messages or text data, not {type(rec).__name__}", path=where)
-        fitted = fit_length(encode_prompt(tokenizer, rec.prompt, chat_template), encode_answer(tokenizer, rec.completion),
+        fitted = fit_length(encode_prompt(tokenizer, rec.prompt, chat_template),
+                            encode_answer(tokenizer, rec.completion),
                             max_length, truncation, report, where)
         if fitted is not None:
             out.append(Example(fitted[0], fitted[1], index=i))
     return out, report
 
 
-def load_examples(cfg: SFTConfig, tokenizer: Any, path: str, limit: int | None, run: engine.Run) -> tuple[list[Example], SkipReport, int]:
+def load_examples(cfg: SFTConfig, tokenizer: Any, path: str, limit: int | None,
+                  run: engine.Run) -> tuple[list[Example], SkipReport, int]:
     """Tokenise once and cache on disk, keyed by the data file, tokenizer and length settings."""
-    from alignloop.core.paths import alignloop_home
 
-    key = cache_key("sft", file_fingerprint(path), tokenizer.name_or_path, len(tokenizer), cfg.max_length,
-                    cfg.truncation, cfg.chat_template, limit)
-    folder = alignloop_home() / "cache" / "tokens"
-    cached = load_cached(key, folder)
-    if cached is not None:
-        return cached["examples"], cached["report"], cached["n"]
-    records = read_records(path, limit=limit)
-    examples, report = tokenize_examples(records, tokenizer, cfg.max_length, cfg.truncation, cfg.chat_template)
-    if run.is_main:
-        save_cached(key, folder, {"examples": examples, "report": report, "n": len(records)})
-    return examples, report, len(records)
+    def build() -> dict[str, Any]:
+        records = read_records(path, limit=limit)
+        examples, report = tokenize_examples(records, tokenizer, cfg.max_length, cfg.truncation, cfg.chat_template)
+        return {"examples": examples, "report": report, "n": len(records)}
+
+    key = ("sft", file_fingerprint(path), tokenizer.name_or_path, len(tokenizer), cfg.max_length, cfg.truncation,
+           cfg.chat_template, limit)
+    cached = cached_examples(key, alignloop_home() / "cache" / "tokens", build, run.is_main)
+    return cached["examples"], cached["report"], cached["n"]
 
 
 def micro_batches(cfg: SFTConfig, examples: list[Example], run: engine.Run):
@@ -144,24 +142,14 @@ def run(cfg: SFTConfig) -> Path:
         dev, dev_report, n_dev = load_examples(cfg, tok, cfg.dev_data, None, r)
         r.log(f"dev data: {cfg.dev_data}: {dev_report.summary(n_dev)}")
 
-    make_epoch = micro_batches(cfg, examples, r)
-    total = engine.total_steps(len(make_epoch(0)), cfg.grad_accum, cfg.num_epochs, cfg.max_steps)
-    optimizer = engine.build_optimizer(model, cfg.learning_rate, cfg.weight_decay)
-    scheduler = engine.build_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_steps, total)
-    model, optimizer = r.accelerator.prepare(model, optimizer)
-    model.train()
-
-    start = engine.load_checkpoint(r, model, optimizer, scheduler)["step"] if cfg.resume else 0
-    r.metrics.truncate_after(start)
-    stream = engine.micro_batch_stream(make_epoch, start_micro=start * cfg.grad_accum)
-    bar = engine.progress(r, total, initial=start, desc="sft")
-    timer = engine.StepTimer()
-    for step in range(start + 1, total + 1):
-        micro = [next(stream) for _ in range(cfg.grad_accum)]
+    loop = engine.start_loop(r, model, micro_batches(cfg, examples, r), "sft")
+    model, optimizer, scheduler, total = loop.model, loop.optimizer, loop.scheduler, loop.total
+    for step in range(loop.start + 1, total + 1):
+        micro = [next(loop.stream) for _ in range(cfg.grad_accum)]
         local_tokens = sum(int(sum(answer_mask(examples[i], cfg.completion_only))) for _, b in micro for i in b)
         denom = r.reduce_sum(local_tokens)
         nll_sum, seen = 0.0, 0
-        for k, (epoch, idx) in enumerate(micro):
+        for k, (_, idx) in enumerate(micro):
             with engine.micro_step(r, model, sync=k == len(micro) - 1):
                 loss, nll, n = step_loss(model, r, examples, idx, cfg.completion_only, denom)
                 r.accelerator.backward(loss)
@@ -170,7 +158,7 @@ def run(cfg: SFTConfig) -> Path:
         loss_value = r.reduce_sum(nll_sum) / max(denom, 1)
         engine.check_finite(r, loss_value, step)
         grad_norm = engine.clip_and_step(r, model, optimizer, scheduler, cfg.max_grad_norm)
-        dt = timer.lap()
+        dt = loop.timer.lap()
         tokens = r.reduce_sum(seen)
         values = {"loss": loss_value, "grad_norm": grad_norm, "learning_rate": scheduler.get_last_lr()[0],
                   "epoch": micro[-1][0], "tokens": tokens, "tokens_per_s": tokens / max(dt, 1e-9)}
@@ -178,18 +166,14 @@ def run(cfg: SFTConfig) -> Path:
             values["eval/loss"] = evaluate(model, r, dev, cfg.completion_only, cfg.batch_size)
         if step % cfg.log_every == 0 or step == total:
             r.metrics.write(step, values)
-        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{values['tokens_per_s']:.0f}")
-        bar.update(1)
+        loop.bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{values['tokens_per_s']:.0f}")
+        loop.bar.update(1)
         if cfg.save_every and step % cfg.save_every == 0 and step != total:
             engine.save_checkpoint(r, step, model, optimizer, scheduler)
-    bar.close()
+    loop.bar.close()
     if dev is not None:
         r.metrics.write(total, {"eval/loss": evaluate(model, r, dev, cfg.completion_only, cfg.batch_size)})
     engine.save_checkpoint(r, total, model, optimizer, scheduler)
-    final = r.output / engine.FINAL
-    engine.save_final(r, model, tok, final, merge_lora=cfg.merge_lora, base_name=cfg.model)
-    if r.is_main:
-        cfg.save(final)
-        r.log(f"saved {final}")
-    r.metrics.close()
+    final = engine.finish(r, model, tok)
+    r.log(f"saved {final}")
     return final
