@@ -32,6 +32,8 @@ from alignloop.core.paths import alignloop_home
 from alignloop.data.batching import SkipReport, batches, cached_examples, file_fingerprint
 from alignloop.data.readers import read_preferences, read_records, read_rows, write_jsonl
 from alignloop.data.records import Preference, PromptCompletion, PromptRecord
+from alignloop.evaluate import metrics
+from alignloop.evaluate.metrics import expected_calibration_error  # noqa: F401  (its old place)
 from alignloop.losses import bradley_terry_losses
 from alignloop.models.load import disable_dropout, pick_precision
 from alignloop.models.reward_model import (
@@ -250,36 +252,9 @@ def fit_head(head: torch.nn.Linear, feats: Sequence[torch.Tensor], units: Sequen
 # --------------------------------------------------------------------------------------------------
 
 
-def expected_calibration_error(prob: Sequence[float], correct: Sequence[float], bins: int = 10) -> float:
-    """ECE of the predicted winner: bins of confidence max(p, 1-p); Σ_b |B|/n · |accuracy(B) - confidence(B)|."""
-    import numpy as np
-
-    p = np.asarray(prob, dtype=float)
-    conf = np.maximum(p, 1 - p)
-    hit = np.asarray(correct, dtype=float)
-    if len(p) == 0:
-        return float("nan")
-    edges = np.linspace(0.5, 1.0, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        sel = which == b
-        if sel.any():
-            ece += sel.mean() * abs(hit[sel].mean() - conf[sel].mean())
-    return float(ece)
-
-
 def bootstrap_ci(values: Sequence[float], resamples: int = 1000, seed: int = 0, level: float = 0.95) -> list[float]:
-    """Percentile bootstrap interval of the mean."""
-    import numpy as np
-
-    v = np.asarray(values, dtype=float)
-    if len(v) == 0:
-        return [float("nan"), float("nan")]
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), size=(resamples, len(v)))].mean(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return [round(float(lo), 4), round(float(hi), 4)]
+    """``evaluate.metrics.bootstrap_ci`` in the form ``reward eval`` reports it (1,000 resamples, 4 decimals)."""
+    return [round(x, 4) for x in metrics.bootstrap_ci(values, seed=seed, n_resamples=resamples, level=level)]
 
 
 def _bucket(value: int, edges: Sequence[int], labels: Sequence[str]) -> str:
@@ -319,7 +294,7 @@ def pair_metrics(raws: Sequence[torch.Tensor], units: Sequence[Unit], info: Any 
     longer_acc = float(np.mean(longer)) if n else float("nan")
     out: dict[str, Any] = {
         "accuracy": round(acc, 4), "n_pairs": n, "mean_margin": round(float(np.mean(margins)), 4) if n else None,
-        "ece": round(expected_calibration_error(probs, [h >= 1.0 for h in hits]), 4) if n else None,
+        "ece": round(metrics.expected_calibration_error(probs, [h >= 1.0 for h in hits]), 4) if n else None,
         "length_baseline": round(max(longer_acc, 1 - longer_acc), 4) if n else None,
         "length_baseline_rule": ("longer wins" if longer_acc >= 0.5 else "shorter wins") if n else None,
         "n_ties_skipped": sum(sum(u.tie) for u in units),
