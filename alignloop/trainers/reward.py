@@ -594,7 +594,7 @@ def _eval_units(rm: RewardModel, units: Sequence[Unit], batch_size: int, autocas
 
 def scoring_autocast(rm: RewardModel, precision: str) -> Any:
     """The trainers' autocast for ``reward eval`` and ``reward score`` (``--precision``), on the model's device."""
-    return engine.autocast(pick_precision(precision), rm.head.weight.device.type)
+    return engine.autocast(pick_precision(precision), next(rm.parameters()).device.type)
 
 
 def run_eval(cfg: RewardEvalConfig) -> dict[str, Any]:
