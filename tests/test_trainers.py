@@ -187,6 +187,6 @@ def test_one_autocast_for_runs_and_reward_scoring():
     assert isinstance(engine.autocast("fp32", "cpu"), nullcontext)
     ac = engine.autocast("bf16", "cpu")
     assert isinstance(ac, torch.autocast) and ac.fast_dtype == torch.bfloat16 and ac.device == "cpu"
-    rm = SimpleNamespace(head=torch.nn.Linear(2, 1))
+    rm = torch.nn.Linear(2, 1)  # any module: the autocast follows its parameters' device (a classifier has no head)
     assert isinstance(scoring_autocast(rm, "fp32"), nullcontext)
     assert scoring_autocast(rm, "bf16").fast_dtype == torch.bfloat16
