@@ -7,5 +7,14 @@ from alignloop.core.paths import alignloop_home  # noqa: F401
 from alignloop.generation.config import GenerateConfig  # noqa: F401
 from alignloop.pipelines.stages import COMMANDS  # noqa: F401
 from alignloop.trainers.config import (  # noqa: F401
-    DPOConfig, GRPOConfig, PPOConfig, RewardEvalConfig, RewardScoreConfig, RewardTrainConfig, RLOOConfig, RLOptions,
-    SFTConfig, TrainOptions)
+    DPOConfig,
+    GRPOConfig,
+    PPOConfig,
+    RewardEvalConfig,
+    RewardScoreConfig,
+    RewardTrainConfig,
+    RLOOConfig,
+    RLOptions,
+    SFTConfig,
+    TrainOptions,
+)

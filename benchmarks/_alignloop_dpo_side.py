@@ -10,14 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 
 def main() -> None:
     a = json.loads(sys.argv[1])
-    from alignloop.trainers.config import DPOConfig
     from alignloop.data.batching import SkipReport
     from alignloop.trainers import dpo
+    from alignloop.trainers.config import DPOConfig
 
     rows = [json.loads(x) for x in open(a["tokens"])]
     segs = [dpo.Segment(r["prompt_ids"], [r["chosen_ids"], r["rejected_ids"]], index=i) for i, r in enumerate(rows)]

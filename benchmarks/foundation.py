@@ -19,11 +19,10 @@ import torch
 
 from alignloop.data.batching import answer_mask, flatten
 from alignloop.data.readers import read_records
-from alignloop.data.records import Prompt
+from alignloop.data.templates import encode_prompt
+from alignloop.generation.rollout import SamplingParams, sample_ids
 from alignloop.losses import masked_token_nll
 from alignloop.models.load import add_lora, disable_dropout, load_causal_lm
-from alignloop.generation.rollout import SamplingParams, sample_ids
-from alignloop.data.templates import encode_prompt
 from alignloop.trainers.sft import tokenize_examples
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "financebench" / "questions.jsonl"

@@ -7,9 +7,14 @@ alignloop scores). Written to /tmp/rw/{split}-{max_length}.pt for reward_probe_f
     PYTHONPATH=. python benchmarks/reward_probe_features.py 512      # ~18 min on the 2-core AVX2 CPU
 """
 
-import sys, time, torch, numpy as np
+import sys
+import time
+
+import torch
+
 from alignloop.models.reward_model import build_reward_model, shared_batch, token_budget_batches
 from alignloop.trainers.reward import load_units
+
 torch.manual_seed(0)
 ML = int(sys.argv[1]) if len(sys.argv) > 1 else 512
 rm = build_reward_model("smollm2-135m-instruct", max_length=ML)

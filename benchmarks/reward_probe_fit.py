@@ -4,9 +4,13 @@ interval (1,000 resamples, seed 0). Choose on dev only.
 
     PYTHONPATH=. python benchmarks/reward_probe_fit.py 512
 """
-import sys, torch, numpy as np
-from sklearn.linear_model import LogisticRegression
+import sys
+
+import numpy as np
+import torch
 from reward_probe_common import boot
+from sklearn.linear_model import LogisticRegression
+
 ML = sys.argv[1] if len(sys.argv) > 1 else "512"
 def load(split):
     d = torch.load(f"/tmp/rw/{split}-{ML}.pt")

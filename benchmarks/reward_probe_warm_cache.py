@@ -6,10 +6,12 @@ skips its ~17-minute forward). Units are matched by their token ids; a unit miss
 """
 
 import torch
+
 from alignloop.core.paths import alignloop_home
 from alignloop.data.batching import cache_key, file_fingerprint, save_cached
 from alignloop.models.reward_model import build_reward_model
 from alignloop.trainers.reward import load_units
+
 rm = build_reward_model("smollm2-135m-instruct", max_length=512, pooling="mean")
 for split, policy in (("train", "left"), ("dev", "score"), ("dev", "left")):
     path = f"data/hh-harmless/{split}.jsonl.gz"

@@ -32,8 +32,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from alignloop.data.templates import stop_token_ids
-    from alignloop.models.load import load_causal_lm
     from alignloop.generation.rollout import generate_rollout, left_pad, sequence_logprobs, truncate_after_stop
+    from alignloop.models.load import load_causal_lm
     from alignloop.trainers.rl_common import load_prompts
 
     model, tok = load_causal_lm(args.model)

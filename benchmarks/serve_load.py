@@ -24,12 +24,12 @@ QUESTIONS = ["What is a balance sheet?", "Explain operating margin.", "What does
 
 
 def serve(model: str, max_batch_size: int, wait_ms: float):
+    import tempfile
+
     import uvicorn
 
     from alignloop.serve.app import build
     from alignloop.serve.config import ServeConfig
-
-    import tempfile
 
     cfg = ServeConfig(model=model, db=f"sqlite:///{tempfile.mkdtemp()}/bench.db", jobs=False, max_batch_size=max_batch_size,
                       batch_wait_ms=wait_ms, store_answers=False).validate()

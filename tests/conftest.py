@@ -4,11 +4,8 @@ config, with the SmolLM2 tokenizer that ships in the package) and data files the
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
-
 from testutil import DATA, REPO, python_cmd, write_jsonl  # noqa: F401  (re-exported for older imports)
 
 

@@ -1,12 +1,11 @@
+import pytest
 import torch
 
+from alignloop.core.errors import DataError
 from alignloop.data.batching import Example, SkipReport, answer_mask, batches, fit_length, flatten
 from alignloop.data.records import Prompt
 from alignloop.data.templates import encode_answer, encode_prompt
-from alignloop.core.errors import DataError
 from alignloop.models.load import tiny_tokenizer
-
-import pytest
 
 
 def test_prompt_mask_against_literal_token_ids():

@@ -4,7 +4,6 @@ import sys
 import pytest
 
 from alignloop.cli.main import build_parser, main, parse
-from alignloop.pipelines.stages import COMMANDS
 from alignloop.core.config import ConfigError
 from alignloop.generation.config import GenerateConfig
 from alignloop.trainers.config import SFTConfig

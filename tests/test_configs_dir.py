@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from alignloop.pipelines.stages import load_ref as _load
 from alignloop.pipelines.stages import COMMANDS
+from alignloop.pipelines.stages import load_ref as _load
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

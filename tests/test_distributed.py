@@ -8,14 +8,13 @@ The launches take 10-30 s each on 2 cores, so each runs 3-4 steps of the `tiny` 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
+from testutil import python_cmd, write_jsonl
 
 from alignloop.cli.launch import LaunchConfig, accelerate_command, accelerate_config_problems
-from testutil import python_cmd, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 ACCEL = REPO / "configs" / "accelerate"
@@ -94,8 +93,8 @@ def sft_runs(tmp_path_factory, tiny_path):
     13 rows in global batches of 4 with grad_accum 2: the 4th micro-batch holds one row, so rank 1's share of
     it is empty (the zero-weight step); 3 steps cross the epoch boundary; a checkpoint at step 2 and at the end;
     dev-set evaluation at the end (7 of 13 rows on rank 0, 6 on rank 1)."""
-    from alignloop.trainers.config import SFTConfig
     from alignloop.trainers import sft
+    from alignloop.trainers.config import SFTConfig
 
     tmp = tmp_path_factory.mktemp("sft-dist")
     rows = [{"prompt": f"What is {i} plus {i % 5}?", "completion": f"It is {i + i % 5}." + " ok" * (i % 4)}
@@ -254,8 +253,8 @@ def test_rl_reference_and_reward_device_placement(tmp_path):
     from types import SimpleNamespace
     from unittest import mock
 
-    from alignloop.trainers.config import PPOConfig
     from alignloop.trainers import rl_common as rl
+    from alignloop.trainers.config import PPOConfig
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi"}])
     base = dict(prompts=str(prompts), output="x", reward_model="rm")

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignloop.trainers.config import DPOConfig
 from alignloop.data.readers import write_jsonl
+from alignloop.data.records import Preference, Prompt
 from alignloop.evaluate.metrics import bootstrap_ci, length_baseline
 from alignloop.models.load import load_causal_lm
+from alignloop.trainers.config import DPOConfig
 from alignloop.trainers.dpo import (
     Segment,
     answer_logps,
@@ -20,7 +21,6 @@ from alignloop.trainers.dpo import (
     pack_rows,
     unpair,
 )
-from alignloop.data.records import Preference, Prompt
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from alignloop.data.readers import read_preferences
-from alignloop.trainers.dpo import preference_row, write_preferences
+from alignloop.trainers.dpo import write_preferences
 
 TRL_PYTHON = Path(os.environ.get("ALIGNLOOP_TRL_PYTHON", "/work/venv-trl/bin/python"))
 HH = Path(__file__).resolve().parents[1] / "data" / "hh-harmless" / "dev.jsonl.gz"

@@ -82,8 +82,8 @@ def test_financebench_split_is_fixed():
 
 
 def test_judge_command_reference(tmp_path):
-    from alignloop.judges.config import JudgeConfig
     from alignloop.judges.commands import run
+    from alignloop.judges.config import JudgeConfig
 
     rows = [{"id": "q1", "prompt": "What was revenue?", "answer": "$1577.00",
              "completions": ["1,577", "Not found", "2,000"]}]
@@ -150,8 +150,8 @@ def test_sequence_logprobs_hand_computed(tiny_path):
 
     from alignloop.data.records import Prompt
     from alignloop.data.templates import encode_answer, encode_prompt
-    from alignloop.pipelines.evaluation import sequence_logprobs
     from alignloop.models.load import load_causal_lm
+    from alignloop.pipelines.evaluation import sequence_logprobs
 
     model, tok = load_causal_lm(str(tiny_path))
     p = Prompt([{"role": "user", "content": "hi"}])
@@ -169,8 +169,8 @@ def test_sequence_logprobs_is_the_rl_forward_batched_and_cut(tiny_path):
 
     from alignloop.data.records import Prompt
     from alignloop.data.templates import encode_answer, encode_prompt
-    from alignloop.pipelines.evaluation import sequence_logprobs
     from alignloop.models.load import load_causal_lm
+    from alignloop.pipelines.evaluation import sequence_logprobs
 
     model, tok = load_causal_lm(str(tiny_path))
     prompts = [Prompt([{"role": "user", "content": "hi " * 30}]), Prompt([{"role": "user", "content": "yo"}])]

@@ -1,12 +1,10 @@
 import json
 import subprocess
 
-import torch
-
-from alignloop.generation.sampling import SamplingParams, left_pad, sample_texts, truncate_after_stop
-from alignloop.data.records import Prompt
-
 from testutil import python_cmd, write_jsonl
+
+from alignloop.data.records import Prompt
+from alignloop.generation.sampling import SamplingParams, left_pad, sample_texts, truncate_after_stop
 
 
 def test_truncate_after_stop_keeps_the_stop_token_and_drops_padding():

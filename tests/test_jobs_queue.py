@@ -11,8 +11,8 @@ import uuid
 import pytest
 import yaml
 
-from alignloop.serve.jobs import RESTART_REASON, JobError, JobManager
 from alignloop.registry.store import JobRow, Registry, RunRow, utcnow
+from alignloop.serve.jobs import RESTART_REASON, JobError, JobManager
 
 PG_BASE = os.environ.get("ALIGNLOOP_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

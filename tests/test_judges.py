@@ -12,10 +12,9 @@ import time
 import pytest
 from fastapi import Request  # module level: the app below is built under postponed annotations
 
-from alignloop.judges.base import PairwiseLetterJudge, Verdict, combine_orders, judge_request
+from alignloop.judges.base import PairwiseLetterJudge, combine_orders
 from alignloop.judges.reference import ReferenceJudge
 from alignloop.judges.reward import RewardModelJudge
-
 
 # ---- the two-order protocol -------------------------------------------------------------------------------
 
@@ -216,11 +215,11 @@ def test_eval_loop_and_judge_command_build_the_same_http_judge(tmp_path, monkeyp
     the HHH principles and caches in the alignloop home, as ``alignloop judge`` and the loop do (eval's own factory
     built it without a cache)."""
     from alignloop.core.paths import alignloop_home
-    from alignloop.pipelines.evaluation import make_judge
     from alignloop.judges.base import HHH_PRINCIPLES
     from alignloop.judges.commands import judge_for
     from alignloop.judges.config import JudgeConfig
     from alignloop.pipelines.config import LoopConfig
+    from alignloop.pipelines.evaluation import make_judge
     from alignloop.pipelines.loop_online import make_judge as loop_judge
 
     monkeypatch.setenv("OPENAI_API_KEY", "k")

@@ -2,12 +2,11 @@ import gzip
 import json
 
 import pytest
+from testutil import DATA, write_jsonl
 
+from alignloop.core.errors import DataError
 from alignloop.data.readers import detect_kind, parse_hh, qa_prompt, read_preferences, read_records, read_rows
 from alignloop.data.records import Preference, PromptCompletion, PromptRecord, Ranking, TextRecord, Unpaired
-from alignloop.core.errors import DataError
-
-from testutil import DATA, write_jsonl
 
 
 def test_hh_parser_on_a_real_line():

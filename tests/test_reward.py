@@ -74,7 +74,7 @@ def tiny_rm():
 
 def test_ranking_expands_to_weighted_pairs_in_one_unit(tmp_path, tiny_rm):
     from alignloop.data.readers import read_preferences
-    from alignloop.trainers.reward import make_units, unit_loss, bootstrap_weights
+    from alignloop.trainers.reward import bootstrap_weights, make_units, unit_loss
 
     f = tmp_path / "rank.jsonl"
     rows = [{"id": "q1", "prompt": "Pick a fruit", "completions": ["apple", "pear", "plum"], "ranks": [2, 1, 3]},
@@ -324,8 +324,8 @@ def test_score_same_text_twice_same_reward(trained, tmp_path):
 
 def test_frozen_backbone_head_fit_and_ties_equal(tmp_path):
     """--freeze-backbone: features once, head fit full-batch; a tie trained toward equal reward stays in."""
-    from alignloop.trainers.config import RewardTrainConfig
     from alignloop.models.reward_model import load_reward_model
+    from alignloop.trainers.config import RewardTrainConfig
     from alignloop.trainers.reward import run_train
 
     rows = [{"prompt": "Say something kind", "chosen": "You are great.", "rejected": "Go away.", "margin": "much better"},

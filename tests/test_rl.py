@@ -140,8 +140,8 @@ def test_truncation_and_masks_literal_ids():
 
 
 def test_sequence_logprobs_match_padded_forward_and_temperature():
-    from alignloop.models.load import load_causal_lm
     from alignloop.generation.rollout import sequence_logprobs
+    from alignloop.models.load import load_causal_lm
 
     model, tok = load_causal_lm("tiny")
     model.eval()
@@ -461,8 +461,8 @@ def test_critic_starts_from_the_reward_model(tiny_rm):
     from transformers import AutoModelForSequenceClassification
 
     from alignloop.trainers.config import PPOConfig
-    from alignloop.trainers.reward_sources import Rewards, reward_specs
     from alignloop.trainers.ppo import build_critic
+    from alignloop.trainers.reward_sources import Rewards, reward_specs
 
     cfg = PPOConfig(model="tiny", reward_model=str(tiny_rm))
     critic = build_critic(cfg, Rewards.from_specs(reward_specs([], str(tiny_rm))), SimpleNamespace(device="cpu"))
@@ -472,8 +472,8 @@ def test_critic_starts_from_the_reward_model(tiny_rm):
     assert torch.equal(critic.model.layers[0].mlp.up_proj.weight, rm.model.layers[0].mlp.up_proj.weight)
     # V at the last answer token's output (what the critic reads there) is the normalised reward of the answer
     from alignloop.data.records import Prompt
-    from alignloop.trainers.reward_sources import RewardModelSource
     from alignloop.generation.rollout import sequence_values
+    from alignloop.trainers.reward_sources import RewardModelSource
 
     src = RewardModelSource(str(tiny_rm))
     p = Prompt([{"role": "user", "content": "Hi there"}])

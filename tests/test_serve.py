@@ -1,7 +1,6 @@
 """alignloop serve on the tiny model: the official openai client (chat, streaming, completions, bad key),
 request limits with clear 4xx errors, batching (several requests, one generate), and served-answer storage."""
 
-import json
 import os
 import socket
 import threading

@@ -1,15 +1,13 @@
-import json
 import subprocess
 
 import pytest
 import torch
+from testutil import python_cmd
 
 import alignloop
-from alignloop.trainers.config import SFTConfig
 from alignloop.core.errors import TrainingError
 from alignloop.trainers import engine, sft
-
-from testutil import python_cmd
+from alignloop.trainers.config import SFTConfig
 
 
 def _cfg(tmp_path, data, **kw):

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
-from alignloop.pipelines.stages import COMMANDS
 from alignloop.core.config import ConfigError, StageConfig, existing_file, opt, positive
+from alignloop.pipelines.stages import COMMANDS
 
 #: stages that train and so make sense on several processes
 TRAINING_STAGES = {("sft",), ("reward", "train"), ("dpo",), ("ppo",), ("grpo",), ("rloo",)}

@@ -29,7 +29,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from alignloop.core.errors import AlignloopError
 from alignloop.core.paths import alignloop_home
 
-
 #: constraint names for ``MetaData(naming_convention=...)``: later migrations can drop or alter a constraint only
 #: by its name (SQLite batch mode needs them)
 NAMING_CONVENTION = {

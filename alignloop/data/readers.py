@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from alignloop.core.errors import DataError
 from alignloop.data.records import (
     Preference,
     Prompt,
@@ -28,7 +29,6 @@ from alignloop.data.records import (
     TextRecord,
     Unpaired,
 )
-from alignloop.core.errors import DataError
 
 KINDS = ("text", "prompt_completion", "prompt", "preference", "unpaired", "ranking")
 ROLES = ("system", "user", "assistant")

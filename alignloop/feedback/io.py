@@ -36,10 +36,25 @@ from alignloop.core.errors import DataError
 from alignloop.core.files import atomic_path
 from alignloop.data import readers
 from alignloop.feedback.errors import StoreError
-from alignloop.feedback.models import (Completion, Database, Export, ExportJudgment, GoldAnswer, Labeler, Project,
-                                       Prompt, Task)
-from alignloop.feedback.queries import (MAX_COMPLETIONS, ProjectData, add_judgment, create_project,
-                                        get_or_create_labeler, get_project)
+from alignloop.feedback.models import (
+    Completion,
+    Database,
+    Export,
+    ExportJudgment,
+    GoldAnswer,
+    Labeler,
+    Project,
+    Prompt,
+    Task,
+)
+from alignloop.feedback.queries import (
+    MAX_COMPLETIONS,
+    ProjectData,
+    add_judgment,
+    create_project,
+    get_or_create_labeler,
+    get_project,
+)
 
 MAX_IMPORT_TEXT = 200_000  # characters per prompt or completion; longer rows are refused, never cut
 ROLES = ("system", "user", "assistant", "tool")

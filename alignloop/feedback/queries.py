@@ -23,9 +23,24 @@ from sqlalchemy.orm import Session
 from alignloop.feedback import auth
 from alignloop.feedback import consensus as cons
 from alignloop.feedback.errors import Conflict, Invalid, NotFound
-from alignloop.feedback.models import (BINARY_CHOICES, LABELER_KINDS, PAIRWISE_CHOICES, ROLES, STRENGTHS, TASK_TYPES,
-                                       Assignment, Completion, GoldAnswer, GuidelineVersion, Judgment, Labeler, Project,
-                                       Prompt, Task, utcnow)
+from alignloop.feedback.models import (
+    BINARY_CHOICES,
+    LABELER_KINDS,
+    PAIRWISE_CHOICES,
+    ROLES,
+    STRENGTHS,
+    TASK_TYPES,
+    Assignment,
+    Completion,
+    GoldAnswer,
+    GuidelineVersion,
+    Judgment,
+    Labeler,
+    Project,
+    Prompt,
+    Task,
+    utcnow,
+)
 
 MAX_TEXT = 20_000  # characters of a written answer, a skip reason or a note; longer is refused, never cut
 MAX_COMPLETIONS = 16

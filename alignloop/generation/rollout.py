@@ -121,7 +121,7 @@ def _push_weights(model: Any, engine: Any) -> None:
             name = name.replace("base_model.model.", "").replace(".base_layer", "")
             state[name] = p
         runner = engine.llm_engine.model_executor.driver_worker
-        target = getattr(getattr(runner, "worker", runner), "model_runner").model
+        target = getattr(runner, "worker", runner).model_runner.model
         target.load_weights(state.items())
     except AttributeError as exc:
         raise NotImplementedError(f"this vLLM version does not expose its model for weight updates ({exc}); "

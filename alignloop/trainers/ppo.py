@@ -39,12 +39,12 @@ from alignloop.losses import (
     policy_clip_loss,
     value_clip_loss,
 )
+from alignloop.models.value import build_value_model, rl_head  # noqa: F401  (rl_head re-exported)
 from alignloop.trainers import engine
 from alignloop.trainers import rl_common as rl
 from alignloop.trainers.config import PPOConfig
 from alignloop.trainers.reward_sources import Rewards
 from alignloop.trainers.rl_common import finish  # noqa: F401  (its old place)
-from alignloop.models.value import build_value_model, rl_head  # noqa: F401  (rl_head re-exported)
 
 
 class AdaptiveKLController:

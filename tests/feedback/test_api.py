@@ -6,13 +6,13 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
+from feedback_helpers import generate_records, numbered
 from sqlalchemy import func, select
 
 from alignloop.feedback import auth
 from alignloop.feedback.api import ROUTERS, create_app
 from alignloop.feedback.io import import_records
 from alignloop.feedback.store import Assignment, Judgment, Task, create_labeler, create_project
-from feedback_helpers import generate_records, numbered
 
 PASSWORD = "correct horse battery"
 

@@ -16,10 +16,8 @@ import time
 import pytest
 from sqlalchemy import select
 
-from alignloop.feedback import auth
 from alignloop.feedback.io import import_records
-from alignloop.feedback.store import (Database, Judgment, Labeler, Task, add_judgment, create_labeler,
-                                      create_project)
+from alignloop.feedback.store import Database, Judgment, Labeler, Task, add_judgment, create_labeler, create_project
 
 pytestmark = pytest.mark.browser
 

@@ -6,10 +6,10 @@ import dataclasses
 import json
 
 import pytest
+from feedback_helpers import generate_records, write_jsonl
 
 from alignloop.cli.main import build_parser, main
 from alignloop.feedback import commands
-from feedback_helpers import generate_records, write_jsonl
 
 CONFIGS = [commands.LabelServeConfig, commands.LabelImportConfig, commands.LabelExportConfig,
            commands.LabelStatsConfig, commands.LabelAddUserConfig]

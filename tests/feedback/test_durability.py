@@ -13,8 +13,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import pytest
-
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "feedback_load.py"
 
 

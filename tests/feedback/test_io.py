@@ -6,13 +6,21 @@ import json
 from pathlib import Path
 
 import pytest
+from feedback_helpers import generate_records, numbered, write_jsonl
 from sqlalchemy import select
 
 from alignloop.core.errors import DataError
 from alignloop.feedback.io import export_file, export_preferences, import_file, import_records, iter_jsonl
-from alignloop.feedback.store import (Export, ExportJudgment, Judgment, Labeler, Task, add_judgment,
-                                      create_project, get_project)
-from feedback_helpers import generate_records, numbered, write_jsonl
+from alignloop.feedback.store import (
+    Export,
+    ExportJudgment,
+    Judgment,
+    Labeler,
+    Task,
+    add_judgment,
+    create_project,
+    get_project,
+)
 
 DATA = Path(__file__).parent / "data"
 

@@ -6,14 +6,25 @@ import threading
 from collections import Counter
 
 import pytest
+from feedback_helpers import generate_records, numbered, write_jsonl
 from sqlalchemy import func, select
 
 from alignloop.core.errors import DataError
 from alignloop.feedback import assign
 from alignloop.feedback.io import import_file, import_records
-from alignloop.feedback.store import (Assignment, Conflict, Invalid, Judgment, NotFound, Prompt, Task,
-                                      add_judgment, create_labeler, create_project, get_project)
-from feedback_helpers import generate_records, numbered, write_jsonl
+from alignloop.feedback.store import (
+    Assignment,
+    Conflict,
+    Invalid,
+    Judgment,
+    NotFound,
+    Prompt,
+    Task,
+    add_judgment,
+    create_labeler,
+    create_project,
+    get_project,
+)
 
 
 def _project(db, name="p", n=6, k=2, **settings):

@@ -17,7 +17,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from testutil import python_cmd
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "compat"

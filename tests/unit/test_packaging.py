@@ -12,7 +12,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from testutil import REPO
 
 BUILD_INPUTS = ["alignloop", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "setup.py", "setup.cfg"]

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from testutil import REPO
 
 DOCS = ["README.md", "docs", "examples", "benchmarks"]
