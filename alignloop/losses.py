@@ -1,7 +1,7 @@
 """Every loss and RL estimator as a pure tensor function. Imports only torch.
 
 Each function documents its formula; each has a test that computes the expected value by hand
-(``tests/test_losses*.py``). Sections: token-level (SFT), reward models, DPO family, PPO / GRPO / RLOO.
+(``tests/unit/test_losses*.py``). Sections: token-level (SFT), reward models, DPO family, PPO / GRPO / RLOO.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Batches are *flattened*: the sequences of a micro-batch are concatenated into one row with position ids that
 restart at 0 for each sequence. transformers detects this from the position ids (with no attention mask) and
 builds a block-diagonal causal mask, so no sequence sees another and no compute is spent on padding tokens
-(``tests/test_batching.py`` checks the logits equal those of separate forward passes).
+(``tests/unit/data/test_batching.py`` checks the logits equal those of separate forward passes).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ Three backbones:
 Scoring is batched and *prefix-shared* for causal backbones: the answers to one prompt are laid out after a single
 copy of the prompt in one padding-free row, each answer attending to the prompt and to itself only (a custom
 block mask, with position ids that restart after the prompt for each answer), so a pair costs one prompt forward,
-not two. ``tests/test_reward.py`` checks the scores equal separate forward passes.
+not two. ``tests/unit/trainers/test_reward.py`` checks the scores equal separate forward passes.
 
 ``load_reward_model`` is the only reader of a reward-model folder: ``reward score`` / ``reward eval``, the
 ``rm:DIR`` reward of the RL stages, the reward judge, evaluation and PPO's critic (``models.value``) all load

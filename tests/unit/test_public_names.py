@@ -1,6 +1,6 @@
 """The public surface: every dotted name that the README, docs/, examples/ and benchmarks/ name still imports
 (today's files, and a frozen list of what they named before the package restructuring), and every command's
-``--help`` imports no torch (tests/test_config.py checks the top-level ``alignloop --help``)."""
+``--help`` imports no torch (tests/unit/core/test_config.py checks the top-level ``alignloop --help``)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import pytest
 from alignloop.pipelines.stages import COMMANDS
 from alignloop.pipelines.stages import load_ref as _load
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[3] / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

@@ -186,7 +186,7 @@ def test_hh_file_imports_with_the_pairs_the_trainers_read(db, tmp_path):
 
     from alignloop.data.readers import read_preferences
 
-    src = Path(__file__).resolve().parents[2] / "data" / "hh-harmless" / "dev.jsonl.gz"
+    src = Path(__file__).resolve().parents[3] / "data" / "hh-harmless" / "dev.jsonl.gz"
     with gzip.open(src, "rt", encoding="utf-8") as fh:
         lines = list(itertools.islice(fh, 4))
     hh = tmp_path / "hh.jsonl"

@@ -29,7 +29,7 @@ def _fake_runner(cfg):
 @pytest.fixture
 def db(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNLOOP_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(SFTConfig, "runner", "tests.test_registry:_fake_runner")
+    monkeypatch.setattr(SFTConfig, "runner", "tests.unit.registry.test_registry:_fake_runner")
     return f"sqlite:///{tmp_path / 'reg.db'}"
 
 
@@ -70,7 +70,7 @@ def test_failed_run_is_recorded(tmp_path, db, monkeypatch):
     def boom(cfg):
         raise RuntimeError("loss became nan")
 
-    monkeypatch.setattr("tests.test_registry._fake_runner", boom)
+    monkeypatch.setattr("tests.unit.registry.test_registry._fake_runner", boom)
     d = _data(tmp_path, "d.jsonl", [{"prompt": "q", "completion": "a"}])
     with pytest.raises(RuntimeError):
         cli.run(SFTConfig(model="tiny", data=str(d), output=str(tmp_path / "bad"), db=db).validate())
@@ -82,7 +82,7 @@ def test_failed_run_is_recorded(tmp_path, db, monkeypatch):
 
 
 def test_unreachable_database_never_fails_the_run(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(SFTConfig, "runner", "tests.test_registry:_fake_runner")
+    monkeypatch.setattr(SFTConfig, "runner", "tests.unit.registry.test_registry:_fake_runner")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     d = _data(tmp_path, "d.jsonl", [{"prompt": "q", "completion": "a"}])

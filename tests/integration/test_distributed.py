@@ -16,7 +16,7 @@ from testutil import python_cmd, write_jsonl
 
 from alignloop.cli.launch import LaunchConfig, accelerate_command, accelerate_config_problems
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ACCEL = REPO / "configs" / "accelerate"
 ACCEL_CONFIGS = sorted(ACCEL.glob("*.yaml"))
 

@@ -17,7 +17,7 @@ import alignloop
 from alignloop import feedback_bridge
 
 KEY = "sdk-key"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:

@@ -13,7 +13,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "feedback_load.py"
+BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "feedback_load.py"
 
 
 def _load_bench():

@@ -61,6 +61,6 @@ def db(db_url):
 
 @pytest.fixture
 def artifacts() -> Path:
-    root = Path(__file__).resolve().parents[2] / "test-artifacts"
+    root = Path(__file__).resolve().parents[1] / "test-artifacts"
     root.mkdir(exist_ok=True)
     return root

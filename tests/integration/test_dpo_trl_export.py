@@ -11,7 +11,7 @@ from alignloop.data.readers import read_preferences
 from alignloop.trainers.dpo import write_preferences
 
 TRL_PYTHON = Path(os.environ.get("ALIGNLOOP_TRL_PYTHON", "/work/venv-trl/bin/python"))
-HH = Path(__file__).resolve().parents[1] / "data" / "hh-harmless" / "dev.jsonl.gz"
+HH = Path(__file__).resolve().parents[2] / "data" / "hh-harmless" / "dev.jsonl.gz"
 
 TRL_SCRIPT = r"""
 import json, sys

@@ -12,7 +12,7 @@ import torch
 
 from alignloop.losses import bradley_terry_loss, bradley_terry_losses
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 HH_DEV = ROOT / "data" / "hh-harmless" / "dev.jsonl.gz"
 
 
