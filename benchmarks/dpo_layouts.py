@@ -32,7 +32,8 @@ def main() -> None:
     model, tok = load_causal_lm(a.model)
     if a.lora:
         from alignloop.models.load import add_lora
-        model = add_lora(model, 16, 32, 0.0, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        model = add_lora(model, 16, 32, 0.0,
+                         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     prefs = read_preferences("data/hh-harmless/train.jsonl.gz", limit=200)
     segs, _ = tokenize_pairs(prefs, tok, a.max_length, "skip")
     segs = segs[: a.pairs]

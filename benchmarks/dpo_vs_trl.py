@@ -75,13 +75,15 @@ def main() -> None:
     tokens = work / "pairs.tokens.jsonl"
     with open(tokens, "w") as fh:
         for s in segs:
-            fh.write(json.dumps({"prompt_ids": s.prompt_ids, "chosen_ids": s.answers[0], "rejected_ids": s.answers[1]}) + "\n")
+            fh.write(json.dumps({"prompt_ids": s.prompt_ids, "chosen_ids": s.answers[0],
+                                 "rejected_ids": s.answers[1]}) + "\n")
     real = sum(2 * len(s.prompt_ids) + len(s.answers[0]) + len(s.answers[1]) for s in segs)
     shared = sum(len(s) for s in segs)
     steps = a.pairs // a.batch_size
     rates = {"fp32": matmul_rate(torch.float32), "bf16": matmul_rate(torch.bfloat16)}
     print(f"# {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, torch {torch.__version__} threads "
-          f"{torch.get_num_threads()}; matmul rate fp32 {rates['fp32'] / 1e9:.0f} GFLOP/s, bf16 {rates['bf16'] / 1e9:.0f} GFLOP/s")
+          f"{torch.get_num_threads()}; matmul rate fp32 {rates['fp32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {rates['bf16'] / 1e9:.0f} GFLOP/s")
     print(f"# {len(segs)} pairs, {real} real tokens (prompt+chosen, prompt+rejected), {shared} with the prompt "
           f"once per pair; {n_params / 1e6:.1f}M parameters; batch {a.batch_size}, {steps} steps, lr {a.lr}")
 

@@ -32,7 +32,8 @@ def sft_throughput(model_name: str, lora: bool, precision: str, steps: int, warm
     model, tok = load_causal_lm(model_name)
     disable_dropout(model)
     if lora:
-        model = add_lora(model, 16, 32, 0.0, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        model = add_lora(model, 16, 32, 0.0,
+                         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     examples, _ = tokenize_examples(read_records(DATA), tok, 512, "left")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     model.train()
@@ -41,7 +42,8 @@ def sft_throughput(model_name: str, lora: bool, precision: str, steps: int, warm
         batch = examples[(step * 4) % len(examples):(step * 4) % len(examples) + 4]
         fb = flatten([(e.input_ids, answer_mask(e)) for e in batch])
         t0 = time.perf_counter()
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
+        ctx = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
+               else torch.autocast("cpu", enabled=False))
         with ctx:
             out = model(input_ids=fb.input_ids, position_ids=fb.position_ids, use_cache=False,
                         logits_to_keep=fb.logit_positions())

@@ -1,8 +1,9 @@
 """Reward-model probe, step 1: per-layer features of the frozen default backbone for the HH train/dev/test splits.
 
 For every answer: each layer's output through the final norm, at the answer's last token and meaned over the
-answer's tokens ([n_answers, 30 layers, 2, 576], float16), and the answer's own log-likelihood (sum, mean), one fp32 forward pass (prefix-shared packed rows, as
-alignloop scores). Written to /tmp/rw/{split}-{max_length}.pt for reward_probe_fit.py.
+answer's tokens ([n_answers, 30 layers, 2, 576], float16), and the answer's own log-likelihood (sum, mean), one fp32
+forward pass (prefix-shared packed rows, as alignloop scores). Written to /tmp/rw/{split}-{max_length}.pt for
+reward_probe_fit.py.
 
     PYTHONPATH=. python benchmarks/reward_probe_features.py 512      # ~18 min on the 2-core AVX2 CPU
 """
@@ -26,16 +27,20 @@ for split in ["dev", "test", "train"]:
     order = token_budget_batches([len(u.group) for u in units], 16, 4096)
     out = [None] * len(units)
     lp = [None] * len(units)
-    t0 = time.time(); ntok = 0
+    t0 = time.time()
+    ntok = 0
     with torch.no_grad():
         for bi, idx in enumerate(order):
             groups = [units[i].group for i in idx]
             b = shared_batch(groups, "cpu", rm.row_tokens, 0)
             taken = []
-            hooks = [l.register_forward_hook(lambda m, i, o: taken.append(o[0] if isinstance(o, tuple) else o)) for l in bb.layers]
+            hooks = [layer.register_forward_hook(
+                         lambda m, i, o, taken=taken: taken.append(o[0] if isinstance(o, tuple) else o))
+                     for layer in bb.layers]
             if True:
                 bb(input_ids=b.input_ids, position_ids=b.position_ids, attention_mask=b.attention_mask, use_cache=False)
-            for h in hooks: h.remove()
+            for h in hooks:
+                h.remove()
             lens = [len(a) for g in groups for a in g.answers]
             last = b.last.tolist()
             per = []
@@ -44,25 +49,30 @@ for split in ["dev", "test", "train"]:
             ids = b.input_ids.reshape(-1)
             hf = bb.norm(taken[-1]).float().reshape(-1, taken[-1].shape[-1])
             lps = []
-            for l, n in zip(last, lens):
+            for end, n in zip(last, lens):
                 if n < 2:
-                    lps.append(torch.zeros(2)); continue
-                logits = hf[l - n + 1:l] @ bb.embed_tokens.weight.float().T
-                tok = torch.log_softmax(logits, -1).gather(1, ids[l - n + 2:l + 1, None])[:, 0]
+                    lps.append(torch.zeros(2))
+                    continue
+                logits = hf[end - n + 1:end] @ bb.embed_tokens.weight.float().T
+                tok = torch.log_softmax(logits, -1).gather(1, ids[end - n + 2:end + 1, None])[:, 0]
                 lps.append(torch.stack([tok.sum(), tok.mean()]))
             lps = torch.stack(lps)
             for h in taken:
                 h = bb.norm(h).float().reshape(-1, h.shape[-1])
                 lt = h[b.last]
-                mn = torch.stack([h[l - n + 1:l + 1].mean(0) for l, n in zip(last, lens)])
+                mn = torch.stack([h[end - n + 1:end + 1].mean(0) for end, n in zip(last, lens)])
                 per.append(torch.stack([lt, mn], 1))
             feats = torch.stack(per, 1).half()  # [n_ans, L, 2, d]
             k = 0
             for i in idx:
                 na = len(units[i].group.answers)
-                out[i] = feats[k:k + na]; lp[i] = lps[k:k + na]; k += na
+                out[i] = feats[k:k + na]
+                lp[i] = lps[k:k + na]
+                k += na
             ntok += b.input_ids.numel()
-            if bi % 20 == 0: print(split, bi, len(order), f"{time.time()-t0:.0f}s", f"{ntok/(time.time()-t0):.0f} tok/s", flush=True)
+            if bi % 20 == 0:
+                print(split, bi, len(order), f"{time.time()-t0:.0f}s", f"{ntok/(time.time()-t0):.0f} tok/s",
+                      flush=True)
     meta = [(u.better, u.worse, u.answer_chars, u.tie) for u in units]
     torch.save({"feats": out, "logp": lp, "meta": meta}, f"/tmp/rw/{split}-{ML}.pt")
     print(split, "done", time.time() - t0, flush=True)

@@ -17,16 +17,25 @@ def load(split):
     X, L = [], []
     for f, (bt, wr, ch, tie) in zip(d["feats"], d["meta"]):
         for b, w, t in zip(bt, wr, tie):
-            if t: continue
-            X.append((f[b].float() - f[w].float()).numpy()); L.append(ch[b] - ch[w])
+            if t:
+                continue
+            X.append((f[b].float() - f[w].float()).numpy())
+            L.append(ch[b] - ch[w])
     return np.stack(X), np.array(L)
-tr, trl = load("train"); dv, dvl = load("dev"); te, tel = load("test")
+tr, trl = load("train")
+dv, dvl = load("dev")
+te, tel = load("test")
 print(tr.shape, dv.shape, te.shape)
 def run(sel, C, name):
-    Xtr = sel(tr); Xtr = np.concatenate([Xtr, -Xtr]); y = np.r_[np.ones(len(tr)), np.zeros(len(tr))]
+    Xtr = sel(tr)
+    Xtr = np.concatenate([Xtr, -Xtr])
+    y = np.r_[np.ones(len(tr)), np.zeros(len(tr))]
     sd = Xtr.std(0) + 1e-6
     clf = LogisticRegression(C=C, fit_intercept=False, max_iter=3000).fit(Xtr / sd, y)
-    a = lambda X: float(((sel(X) / sd) @ clf.coef_[0] > 0).mean())
+
+    def a(X):
+        return float(((sel(X) / sd) @ clf.coef_[0] > 0).mean())
+
     hd = ((sel(te) / sd) @ clf.coef_[0] > 0)
     print(f"{name:28s} C={C:<7} train {a(tr):.3f} dev {a(dv):.3f} test {a(te):.3f} {boot(hd)}", flush=True)
     return a(dv)
@@ -34,7 +43,7 @@ res = []
 for kind, kn in [(0, "last"), (1, "mean")]:
     for layer in [8, 12, 16, 20, 24, 29]:
         for C in [0.001, 0.01, 0.1]:
-            res.append((run(lambda X: X[:, layer, kind], C, f"{kn} L{layer+1}"), kn, layer, C))
+            res.append((run(lambda X, layer=layer, kind=kind: X[:, layer, kind], C, f"{kn} L{layer+1}"), kn, layer, C))
 for C in [0.0003, 0.001, 0.01]:
     run(lambda X: X[:, 10:, :, :].reshape(len(X), -1), C, "all L11-30 both")
     run(lambda X: X[:, ::3, 1].reshape(len(X), -1), C, "mean every3rd")

@@ -47,7 +47,7 @@ for name, kinds in [("last", [0]), ("mean", [1]), ("both", [0, 1])]:
         print(f"avg {name:4s} C={C:<6} cv {cv:.3f} dev {((flat(dv) @ w) > 0).mean():.3f} test {hit.mean():.3f} "
               f"{boot(hit)}", flush=True)
 for name, kinds in [("last", [0]), ("mean", [1]), ("both", [0, 1])]:
-    sel = lambda X: flat(X[:, :, kinds])  # noqa: E731
+    sel = lambda X, kinds=kinds: flat(X[:, :, kinds])  # noqa: E731
     for C in [0.0003, 0.001]:
         cv = np.mean([((sel(tr[v]) @ fit(sel(tr[t]), C)) > 0).mean() for t, v in folds])
         w = fit(sel(tr), C)

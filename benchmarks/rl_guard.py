@@ -24,7 +24,8 @@ import re
 from pathlib import Path
 
 REFUSAL = re.compile(r"\b(I can(?:'|no)t|I cannot|I'm sorry|I am sorry|I apologi[sz]e|as an AI|I am unable|I'm unable|"
-                     r"I (?:will|won't|do not|don't) (?:not )?(?:help|assist|provide)|not able to (?:help|assist|provide))",
+                     r"I (?:will|won't|do not|don't) (?:not )?(?:help|assist|provide)|"
+                     r"not able to (?:help|assist|provide))",
                      re.IGNORECASE)
 
 
@@ -81,7 +82,8 @@ def main() -> None:
 
         rm2 = RewardModelSource(args.second_rm)
         for name, rows in (("before", before), ("after", after)):
-            ps = [Prompt(r["prompt"]) if isinstance(r["prompt"], list) else Prompt([{"role": "user", "content": r["prompt"]}])
+            ps = [Prompt(r["prompt"]) if isinstance(r["prompt"], list)
+                  else Prompt([{"role": "user", "content": r["prompt"]}])
                   for r in rows]
             s = rm2.score(ps, [r["completion"] for r in rows], [{"ended": r["ended"]} for r in rows])
             out[f"second_rm_{name}"] = bootstrap(s)

@@ -1,8 +1,8 @@
 """Rollout speed: alignloop's rollout engine against plain ``model.generate`` on the same model and prompts, at
 batch sizes 1, 8 and 32, and the time breakdown of one PPO iteration.
 
-* engine: ``alignloop.generation.rollout.generate_rollout`` (prompts bucketed by length, left-padded, KV-cached, stop at EOS,
-  answers cut after the stop token) followed by the padding-free log-prob forward the trainer needs;
+* engine: ``alignloop.generation.rollout.generate_rollout`` (prompts bucketed by length, left-padded, KV-cached,
+  stop at EOS, answers cut after the stop token) followed by the padding-free log-prob forward the trainer needs;
 * plain: ``model.generate`` on the prompts in their file order, left-padded in chunks of the batch size, no
   log-probs (what a user would write by hand).
 
@@ -63,7 +63,8 @@ def main() -> None:
                                      pad_token_id=tok.pad_token_id)
                 plain_tokens += sum(len(truncate_after_stop(r, stop)[0]) for r in out[:, x.shape[1]:].tolist())
         t_plain = time.perf_counter() - t
-        row = {"batch_size": bs, "prompts": len(ids), "engine_tokens": ro.num_tokens, "engine_generate_s": round(t_gen, 2),
+        row = {"batch_size": bs, "prompts": len(ids), "engine_tokens": ro.num_tokens,
+               "engine_generate_s": round(t_gen, 2),
                "engine_logprob_s": round(t_lp, 2), "engine_tokens_per_s": round(ro.num_tokens / t_gen, 1),
                "engine_with_logprobs_tokens_per_s": round(ro.num_tokens / (t_gen + t_lp), 1),
                "plain_tokens": plain_tokens, "plain_s": round(t_plain, 2),

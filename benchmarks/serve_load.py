@@ -31,8 +31,8 @@ def serve(model: str, max_batch_size: int, wait_ms: float):
     from alignloop.serve.app import build
     from alignloop.serve.config import ServeConfig
 
-    cfg = ServeConfig(model=model, db=f"sqlite:///{tempfile.mkdtemp()}/bench.db", jobs=False, max_batch_size=max_batch_size,
-                      batch_wait_ms=wait_ms, store_answers=False).validate()
+    cfg = ServeConfig(model=model, db=f"sqlite:///{tempfile.mkdtemp()}/bench.db", jobs=False,
+                      max_batch_size=max_batch_size, batch_wait_ms=wait_ms, store_answers=False).validate()
     app, srv = build(cfg)
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -1,15 +1,16 @@
-"""Incremental fine-tuning through the Python SDK, notebook style: train on 20, then 40, then 60 labeled
+("""Incremental fine-tuning through the Python SDK, notebook style: train on 20, then 40, then 60 labeled
 FinanceBench questions (each round continuing from the previous round's model), and after each round write
 the model's answers to held-out questions to a CSV.
 
     # against a running server
     python examples/incremental_sdk.py --base-url http://127.0.0.1:8000 --api-key KEY
     # or let the script start `alignloop serve` itself (quick check on the tiny model):
-    python examples/incremental_sdk.py --model tiny --sizes 2,4,6 --eval-questions 2 --max-steps 1 --output runs/sdk-tiny
+    python examples/incremental_sdk.py --model tiny --sizes 2,4,6 --eval-questions 2 --max-steps 1 """
+ """--output runs/sdk-tiny
 
 Outputs: OUTPUT/predictions-stage{1,2,3}.csv (stage, model_id, n_train, question_id, question, gold, prediction)
 and OUTPUT/models.json (the model id of each stage; `alignloop models lineage ID` shows its data).
-"""
+""")
 
 # %% setup
 from __future__ import annotations

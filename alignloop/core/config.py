@@ -193,7 +193,8 @@ def _check_type(name: str, value: Any, tp: Any) -> list[str]:
     if inner is bool:
         return [] if isinstance(value, bool) else [f"{name}: expected true or false, got {value!r}"]
     if inner is int:
-        return [] if isinstance(value, int) and not isinstance(value, bool) else [f"{name}: expected an integer, got {value!r}"]
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return [] if ok else [f"{name}: expected an integer, got {value!r}"]
     if inner is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return [] if ok else [f"{name}: expected a number, got {value!r}"]

@@ -71,7 +71,8 @@ def read_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        raise DataError(f"malformed JSON ({exc.msg} at column {exc.colno})", path=str(p), line=n) from None
+                        raise DataError(f"malformed JSON ({exc.msg} at column {exc.colno})",
+                                        path=str(p), line=n) from None
                     if not isinstance(row, dict):
                         raise DataError(f"expected a JSON object, got {type(row).__name__}", path=str(p), line=n)
                     yield n, row
@@ -384,7 +385,8 @@ def row_to_record(r: _Row, kind: str) -> Record:
                           meta=r.meta({"prompt", "chosen", "rejected", "margin", "strength", "tie"}))
     if kind == "ranking":
         completions, ranks = row.get("completions"), row.get("ranks")
-        if not isinstance(completions, list) or len(completions) < 2 or not all(isinstance(c, str) for c in completions):
+        if (not isinstance(completions, list) or len(completions) < 2
+                or not all(isinstance(c, str) for c in completions)):
             raise r.error("completions", "expected a list of at least 2 strings")
         if not isinstance(ranks, list) or len(ranks) != len(completions):
             raise r.error("ranks", f"expected a list of {len(completions)} integers (one per completion)")

@@ -14,7 +14,8 @@ from alignloop.core.config import (
     positive,
 )
 
-DB_HELP = "Database URL: sqlite:///FILE.db or postgresql+psycopg://USER@HOST:PORT/DB; default: alignloop.db in the alignloop home."
+DB_HELP = ("Database URL: sqlite:///FILE.db or postgresql+psycopg://USER@HOST:PORT/DB; "
+           "default: alignloop.db in the alignloop home.")
 
 
 TaskType = Literal["pairwise", "ranking", "rating", "rewrite", "binary"]

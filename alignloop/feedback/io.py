@@ -361,8 +361,8 @@ class _Importer:
         prompt = _text_or_messages(data.get("prompt"), where, "data.prompt")
         a1 = _text_or_messages(data.get("answer1"), where, "data.answer1")
         a2 = _text_or_messages(data.get("answer2"), where, "data.answer2")
-        rec = {"id": f"labelstudio-{item['id']}" if "id" in item else None, **{k: v for k, v in data.items()
-                                                                              if k not in ("prompt", "answer1", "answer2")}}
+        rec = {"id": f"labelstudio-{item['id']}" if "id" in item else None,
+               **{k: v for k, v in data.items() if k not in ("prompt", "answer1", "answer2")}}
         if rec["id"] is None:
             rec.pop("id")
         p, comps = self.prompt(rec, where, prompt, [a1, a2])

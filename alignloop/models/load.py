@@ -305,7 +305,8 @@ def save_model(model: Any, tokenizer: Any, folder: str | os.PathLike, merge_lora
         if state_dict is not None and is_peft(model) and merge_lora:
             import warnings
 
-            warnings.warn("sharded run: the LoRA adapter is saved unmerged; merge it with peft's merge_and_unload")
+            warnings.warn("sharded run: the LoRA adapter is saved unmerged; merge it with peft's merge_and_unload",
+                          stacklevel=2)
             merge_lora = False
         if is_peft(model) and merge_lora:
             import copy

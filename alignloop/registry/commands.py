@@ -19,7 +19,8 @@ def _registry(url: Optional[str]):
     try:
         return open_registry(url)
     except Exception as exc:
-        raise AlignloopError(f"cannot open the registry {url or default_db_url()}: {exc.__class__.__name__}: {exc}") from None
+        raise AlignloopError(f"cannot open the registry {url or default_db_url()}: "
+                             f"{exc.__class__.__name__}: {exc}") from None
 
 
 def run_list(cfg: ModelsListConfig) -> int:
@@ -51,7 +52,8 @@ def format_lineage(lin: dict) -> str:
         for d in c["data"]:
             lines.append(f"{pad}  {d['field']}: {d['path']} (sha256 {d['sha256'][:12]})")
             for e in d["exports"]:
-                lines.append(f"{pad}    = export {e['export_id']} of project '{e['project']}' ({e['format']}, {e['rows']} rows)")
+                lines.append(f"{pad}    = export {e['export_id']} of project '{e['project']}' "
+                             f"({e['format']}, {e['rows']} rows)")
         ids = c["judgment_ids"]
         if ids:
             kinds = ", ".join(f"{n} {k}" for k, n in sorted(c["labelers"].items()))

@@ -7,7 +7,8 @@ from typing import ClassVar, Optional
 
 from alignloop.core.config import StageConfig, check_db_url, opt
 
-DB_HELP = "Registry database URL (sqlite:///FILE.db or postgresql+psycopg://...); default: alignloop.db in the alignloop home."
+DB_HELP = ("Registry database URL (sqlite:///FILE.db or postgresql+psycopg://...); "
+           "default: alignloop.db in the alignloop home.")
 
 
 @dataclass

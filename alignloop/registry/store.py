@@ -128,7 +128,8 @@ class Registry(Database):
             return {}
         with self.read() as s:
             rows = s.execute(text("SELECT l.kind, COUNT(*) FROM judgments j JOIN labelers l ON l.id = j.labeler_id "
-                                  f"WHERE j.id IN ({','.join(str(int(i)) for i in judgment_ids)}) GROUP BY l.kind")).all()
+                                  f"WHERE j.id IN ({','.join(str(int(i)) for i in judgment_ids)}) "
+                                  "GROUP BY l.kind")).all()
         return {str(k): int(n) for k, n in rows}
 
 

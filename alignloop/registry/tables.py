@@ -60,7 +60,8 @@ class JobRow(RegistryBase):
     stage: Mapped[str] = mapped_column(String(40))
     config: Mapped[dict] = mapped_column(JSON, default=dict)
     model_name: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
-    status: Mapped[str] = mapped_column(String(12), default="queued", index=True)  # queued|running|completed|failed|cancelled
+    # queued|running|completed|failed|cancelled
+    status: Mapped[str] = mapped_column(String(12), default="queued", index=True)
     folder: Mapped[str] = mapped_column(Text, default="")
     pid: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     model_id: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)

@@ -122,8 +122,10 @@ def test_sft_two_processes_match_one_process_with_the_same_global_batch(sft_runs
     one, two = _losses(tmp / "one" / "metrics.jsonl"), _losses(tmp / "ddp" / "metrics.jsonl")
     assert len(one) == len(two) == 3
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5
-    eval_one = [r for r in map(json.loads, (tmp / "one" / "metrics.jsonl").read_text().splitlines()) if "eval/loss" in r]
-    eval_two = [r for r in map(json.loads, (tmp / "ddp" / "metrics.jsonl").read_text().splitlines()) if "eval/loss" in r]
+    eval_one = [r for r in map(json.loads, (tmp / "one" / "metrics.jsonl").read_text().splitlines())
+                if "eval/loss" in r]
+    eval_two = [r for r in map(json.loads, (tmp / "ddp" / "metrics.jsonl").read_text().splitlines())
+                if "eval/loss" in r]
     assert abs(eval_one[0]["eval/loss"] - eval_two[0]["eval/loss"]) < 1e-5
     _same_model(tmp / "one" / "final" / "model.safetensors", tmp / "ddp" / "final" / "model.safetensors")
 

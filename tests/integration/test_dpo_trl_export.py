@@ -44,12 +44,14 @@ def test_export_round_trips_through_alignloop(tmp_path):
 
 
 @pytest.mark.skipif(not TRL_PYTHON.exists(), reason=f"TRL's venv ({TRL_PYTHON}) is absent: TRL is installed only in "
-                    "the benchmark environment (python3 -m venv /work/venv-trl && pip install torch==2.13.0 trl==1.16.0)")
+                    "the benchmark environment "
+                    "(python3 -m venv /work/venv-trl && pip install torch==2.13.0 trl==1.16.0)")
 def test_trl_dpo_trainer_trains_on_alignloop_export(tmp_path):
     from alignloop.models.load import resolve_model
 
     path = write_preferences(tmp_path / "prefs.jsonl", read_preferences(HH, limit=2))
-    p = subprocess.run([str(TRL_PYTHON), "-c", TRL_SCRIPT, str(path), str(resolve_model("tiny")), str(tmp_path / "trl")],
+    p = subprocess.run([str(TRL_PYTHON), "-c", TRL_SCRIPT, str(path), str(resolve_model("tiny")),
+                        str(tmp_path / "trl")],
                        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ""})
     assert p.returncode == 0, p.stderr[-3000:]
     losses = json.loads(p.stdout.strip().splitlines()[-1])["losses"]

@@ -33,7 +33,8 @@ def server(tmp_path_factory):
     old = os.environ.get("ALIGNLOOP_HOME")
     os.environ["ALIGNLOOP_HOME"] = str(tmp / "home")
     cfg = ServeConfig(model="tiny", api_key=[KEY], db=f"sqlite:///{tmp / 'serve.db'}", jobs=False,
-                      max_prompt_tokens=64, max_tokens_limit=32, default_max_tokens=8, max_request_bytes=4000, batch_wait_ms=5).validate()
+                      max_prompt_tokens=64, max_tokens_limit=32, default_max_tokens=8, max_request_bytes=4000,
+                      batch_wait_ms=5).validate()
     app, srv = build(cfg)
     port = free_port()
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -111,7 +112,8 @@ def test_limits_give_clear_4xx(server):
     c = _client(url)
     with pytest.raises(openai.UnprocessableEntityError, match="at most 32"):
         c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=33)
-    with pytest.raises(openai.UnprocessableEntityError, match=r"the prompt is \d+ tokens; this server accepts at most 64"):
+    with pytest.raises(openai.UnprocessableEntityError,
+                       match=r"the prompt is \d+ tokens; this server accepts at most 64"):
         c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "word " * 80}], max_tokens=2)
     with pytest.raises(openai.APIStatusError) as e:
         c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x" * 5000}], max_tokens=2)
@@ -122,7 +124,8 @@ def test_limits_give_clear_4xx(server):
                    json={"model": "tiny", "messages": [], "temperature": 3})
     assert r.status_code == 422
     msg = r.json()["error"]["message"]
-    assert "messages: List should have at least 1 item" in msg and "temperature: Input should be less than or equal to 2" in msg
+    assert "messages: List should have at least 1 item" in msg
+    assert "temperature: Input should be less than or equal to 2" in msg
 
 
 def test_served_answers_are_stored_masked(server):

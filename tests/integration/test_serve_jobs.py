@@ -106,7 +106,8 @@ def test_sdk_trains_predicts_and_lineage_names_the_labels(served):
     # bad jobs are refused with every problem listed
     with pytest.raises(alignloop.client.ClientError) as e:
         client.train(QA, fine_tuning_type="sft", max_steps=-1, batch_size=0, wait=False)
-    assert e.value.status == 422 and "max_steps: must be > 0" in str(e.value) and "batch_size: must be > 0" in str(e.value)
+    assert (e.value.status == 422 and "max_steps: must be > 0" in str(e.value)
+            and "batch_size: must be > 0" in str(e.value))
 
 
 def test_feedback_from_use_lands_in_the_store_and_its_export(server_state):
@@ -147,7 +148,8 @@ def test_next_round_trains_on_the_feedback_export(server_state):
         pytest.skip("needs test_feedback_from_use_lands_in_the_store_and_its_export")
     out, judgment_id = server_state["feedback_export"]
     client = alignloop.Client(server_state["url"], api_key=KEY)
-    model_id = client.train(out, initial_model_id="tiny", fine_tuning_type="sft", max_steps=1, batch_size=1, timeout=600)
+    model_id = client.train(out, initial_model_id="tiny", fine_tuning_type="sft", max_steps=1, batch_size=1,
+                            timeout=600)
     lin = client.lineage(model_id)
     assert lin["judgment_ids"] == [judgment_id] and lin["chain"][0]["labelers"] == {"user": 1}
 

@@ -23,7 +23,8 @@ def test_every_invalid_value_is_reported_at_once(tmp_path):
 
 def test_yaml_keys_are_the_flags_and_flags_override(tmp_path, sft_file):
     cfg_file = tmp_path / "sft.yaml"
-    cfg_file.write_text(f"model: tiny\ndata: {sft_file}\noutput: {tmp_path}/out\nmax-steps: 3\nbatch_size: 2\nlora: true\n")
+    cfg_file.write_text(f"model: tiny\ndata: {sft_file}\noutput: {tmp_path}/out\n"
+                        "max-steps: 3\nbatch_size: 2\nlora: true\n")
     _, cfg = parse(["sft", "--config", str(cfg_file), "--batch-size", "5"])
     assert (cfg.model, cfg.max_steps, cfg.batch_size, cfg.lora) == ("tiny", 3, 5, True)
 

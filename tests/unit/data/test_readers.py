@@ -69,7 +69,8 @@ def test_question_context_answer_csv(tmp_path):
     f.write_text('question,context,answer\n"What was revenue?","Revenue was $5,000 million.","$5.0 billion"\n')
     (rec,) = read_records(f)
     assert rec.completion == "$5.0 billion"
-    assert rec.prompt.messages[0]["content"] == qa_prompt("What was revenue?", "Revenue was $5,000 million.").messages[0]["content"]
+    expected = qa_prompt("What was revenue?", "Revenue was $5,000 million.").messages[0]["content"]
+    assert rec.prompt.messages[0]["content"] == expected
 
 
 @pytest.mark.parametrize("rows,kind", [
@@ -92,7 +93,8 @@ def test_conversational_preference_and_implicit_string_prompt(tmp_path):
             ]
     (rec,) = read_records(write_jsonl(tmp_path / "c.jsonl", rows))
     assert (rec.prompt.messages, rec.chosen, rec.rejected) == ([{"role": "user", "content": "Q"}], "good", "bad")
-    (rec,) = read_records(write_jsonl(tmp_path / "s.jsonl", [{"chosen": "Q: why? A: because", "rejected": "Q: why? A: no"}]))
+    (rec,) = read_records(write_jsonl(tmp_path / "s.jsonl",
+                                      [{"chosen": "Q: why? A: because", "rejected": "Q: why? A: no"}]))
     assert rec.prompt.raw and rec.prompt.text == "Q: why? A: " and (rec.chosen, rec.rejected) == ("because", "no")
 
 
@@ -122,7 +124,8 @@ def test_malformed_json_names_file_and_line(tmp_path):
 
 
 def test_missing_column_names_the_field(tmp_path):
-    f = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b"}])
+    f = write_jsonl(tmp_path / "p.jsonl",
+                    [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b"}])
     with pytest.raises(DataError) as err:
         read_records(f)
     assert str(err.value) == f"{f}:2: field 'rejected': missing"

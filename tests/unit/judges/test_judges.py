@@ -139,9 +139,10 @@ def judge_server():
         return {"id": "x", "object": "chat.completion", "model": body["model"],
                 "choices": [{"index": 0, "finish_reason": "length",
                              "message": {"role": "assistant", "content": "A" if pa > 0.5 else "B"},
-                             "logprobs": {"content": [{"token": "A" if pa > 0.5 else "B", "logprob": math.log(max(pa, 1 - pa)),
-                                                       "top_logprobs": [{"token": "A", "logprob": math.log(pa)},
-                                                                        {"token": "B", "logprob": math.log(1 - pa)}]}]}}]}
+                             "logprobs": {"content": [{
+                                 "token": "A" if pa > 0.5 else "B", "logprob": math.log(max(pa, 1 - pa)),
+                                 "top_logprobs": [{"token": "A", "logprob": math.log(pa)},
+                                                  {"token": "B", "logprob": math.log(1 - pa)}]}]}}]}
 
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))

@@ -299,7 +299,8 @@ def test_online_without_a_pool_every_label_is_on_policy(tiny_path, tmp_path, mon
     l4 = _read_jsonl(run / "stage_4" / "labels.jsonl")
     assert [r["source"] for r in l4] == ["online"] * 4
     assert [r["id"].rsplit(":", 1)[0] for r in l4] == ["online:stage_2"] * 2 + ["online:stage_4"] * 2
-    assert {r["prompt_id"] for r in l4[:2]} == set(shuffled[:2]) and {r["prompt_id"] for r in l4[2:]} == set(shuffled[2:])
+    assert ({r["prompt_id"] for r in l4[:2]} == set(shuffled[:2])
+            and {r["prompt_id"] for r in l4[2:]} == set(shuffled[2:]))
     assert json.loads((run / "stage_4" / "metrics.json").read_text())["dev_reward_accuracy"] == 0.5
 
 

@@ -328,7 +328,8 @@ def test_frozen_backbone_head_fit_and_ties_equal(tmp_path):
     from alignloop.trainers.config import RewardTrainConfig
     from alignloop.trainers.reward import run_train
 
-    rows = [{"prompt": "Say something kind", "chosen": "You are great.", "rejected": "Go away.", "margin": "much better"},
+    rows = [{"prompt": "Say something kind", "chosen": "You are great.", "rejected": "Go away.",
+             "margin": "much better"},
             {"prompt": "Say something kind", "chosen": "Nice to meet you.", "rejected": "Ugh.", "strength": 0.25},
             {"prompt": "Greet me", "chosen": "Hello!", "rejected": "Hi!", "tie": True}]
     data = tmp_path / "p.jsonl"

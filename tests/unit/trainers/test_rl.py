@@ -201,9 +201,11 @@ def test_python_source_and_weights(tmp_path):
     f.write_text("def longer(prompt, completion, **row):\n    return len(completion) + (100 if row['ended'] else 0)\n")
     rw = Rewards.from_specs(reward_specs([f"python:{f}:longer:0.5", "python:alignloop.rewards:financebench_numeric:2"]))
     p = Prompt([{"role": "user", "content": "q"}])
-    total, parts = rw([p, p], ["it is 24.26", "no"], [{"answer": "24.26", "ended": True}, {"answer": "24.26", "ended": False}])
+    total, parts = rw([p, p], ["it is 24.26", "no"],
+                      [{"answer": "24.26", "ended": True}, {"answer": "24.26", "ended": False}])
     assert total.tolist() == pytest.approx([0.5 * (11 + 100) + 2.0, 0.5 * 2])
-    assert parts == {"objective/reward/python:longer": pytest.approx(56.5), "objective/reward/python:financebench_numeric": 0.5}
+    assert parts == {"objective/reward/python:longer": pytest.approx(56.5),
+                     "objective/reward/python:financebench_numeric": 0.5}
 
 
 def test_rm_source_averages_normalised_ensemble_heads(tmp_path):
@@ -495,7 +497,8 @@ def test_rm_source_reads_a_mean_pooled_reward_model_as_reward_score_does(tmp_pat
     save_reward_model(rm, tmp_path / "rm")
     src = RewardModelSource(str(tmp_path / "rm"))
     assert src.pooling == "mean"
-    prompts = [Prompt([{"role": "user", "content": "How do I bake bread?"}]), Prompt([{"role": "user", "content": "Hi"}])]
+    prompts = [Prompt([{"role": "user", "content": "How do I bake bread?"}]),
+               Prompt([{"role": "user", "content": "Hi"}])]
     answers = ["Mix flour, water and yeast, then wait.", "Hello!"]
     got = src.score(prompts, answers, [{}, {}])
     want = load_reward_model(tmp_path / "rm").score(prompts, answers)
