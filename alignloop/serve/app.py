@@ -25,6 +25,7 @@ from typing import Any, Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from alignloop import __version__
 from alignloop.core.errors import AlignloopError
 from alignloop.core.paths import alignloop_home
 from alignloop.registry.store import open_registry
@@ -81,7 +82,7 @@ def create_app(cfg: ServeConfig, pool: ModelPool | None = None, registry: Any = 
                start_background: bool = True) -> FastAPI:
     """The FastAPI app. ``run_serve`` builds the pool, registry and job manager; tests may pass their own."""
     srv = Server(cfg, pool, registry, jobs)
-    app = FastAPI(title="alignloop serve", version="0.1.0", lifespan=_lifespan(srv, start_background))
+    app = FastAPI(title="alignloop serve", version=__version__, lifespan=_lifespan(srv, start_background))
     app.state.server = srv
     install_error_handlers(app)
     app.middleware("http")(_guard)
