@@ -1,6 +1,10 @@
-"""Nothing a user already has breaks: files written by the code before the package restructuring (commit ca9066a;
-``tests/fixtures/compat/make_fixtures.py`` made them) still upgrade, resume and load, with the values the old
-code recorded in ``expected.json``.
+"""Nothing a user already has breaks: files written by the code before the package restructuring (commit ca9066a)
+still upgrade, resume and load, with the values the old code recorded in ``expected.json``.
+
+The old files are made, not committed (no model weights in the repository): the ``old`` fixture extracts the old
+package with ``git archive`` and runs ``tests/fixtures/compat/make_fixtures.py`` against it, once, in this
+environment; the result is kept under ``.pytest_cache`` keyed by the script, the commit and the torch and
+transformers versions.
 
 Only public entry points are used (the CLI, ``Database``, ``open_registry``, ``load_reward_model``), so the tests
 hold whichever module a name moves to. Subprocesses run on the CPU, as the fixtures were made."""
@@ -13,18 +17,55 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from testutil import python_cmd
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "compat"
-EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
-ROOT = Path(EXPECTED["root"])  # fixed: the DPO reference-cache key holds the models' absolute paths
+REPO = Path(__file__).resolve().parents[2]
+MAKER = REPO / "tests" / "fixtures" / "compat" / "make_fixtures.py"
+OLD_COMMIT = "ca9066a"
 FEEDBACK_VERSION_TABLE = "alembic_version"
 REGISTRY_VERSION_TABLE = "alignloop_registry_version"
 PG_BASE = os.environ.get("ALIGNLOOP_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def fixtures_key() -> str:
+    import torch
+    import transformers
+
+    parts = [OLD_COMMIT, hashlib.sha256(MAKER.read_bytes()).hexdigest(), torch.__version__, transformers.__version__]
+    return hashlib.sha256(" ".join(parts).encode()).hexdigest()[:16]
+
+
+def make_old_fixtures(where: Path) -> None:
+    """The old package from git, then make_fixtures.py run against it into ``where/fixtures``."""
+    tar = subprocess.run(["git", "-C", str(REPO), "archive", OLD_COMMIT, "alignloop"], capture_output=True)
+    if tar.returncode != 0:
+        pytest.skip(f"the compatibility fixtures are made by commit {OLD_COMMIT}, which this checkout lacks "
+                    f"(a shallow clone or no git?): {tar.stderr.decode().strip()}")
+    shutil.rmtree(where, ignore_errors=True)
+    (where / "old").mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(where / "old")], input=tar.stdout, check=True)
+    proc = subprocess.run([sys.executable, str(MAKER), "--out", str(where / "fixtures"), "--root", str(where / "root")],
+                          capture_output=True, text=True, cwd=where / "old", timeout=900,
+                          env={**os.environ, "PYTHONPATH": str(where / "old"), "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, f"make_fixtures.py against {OLD_COMMIT} failed:\n{proc.stdout[-2000:]}\n" \
+                                 f"{proc.stderr[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def old(request) -> SimpleNamespace:
+    """The old code's files (``folder``), what it reported (``expected``) and the folder it worked in (``root``)."""
+    where = Path(request.config.cache.mkdir(f"compat-{fixtures_key()}"))
+    if not (where / "fixtures" / "expected.json").exists():
+        make_old_fixtures(where)
+    folder = where / "fixtures"
+    expected = json.loads((folder / "expected.json").read_text())
+    return SimpleNamespace(folder=folder, expected=expected, root=Path(expected["root"]))
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -78,8 +119,8 @@ def assert_rows_intact(engine, tables: dict[str, dict]) -> None:
             assert rows == old["rows"], f"table {name} changed"
 
 
-def copy_db(tmp_path: Path, name: str) -> str:
-    shutil.copy(FIXTURES / name, tmp_path / name)
+def copy_db(old: SimpleNamespace, tmp_path: Path, name: str) -> str:
+    shutil.copy(old.folder / name, tmp_path / name)
     return f"sqlite:///{tmp_path / name}"
 
 
@@ -99,9 +140,9 @@ def open_registry(url: str):
 
 
 @pytest.mark.parametrize("which", ["feedback", "registry"])
-def test_existing_migrations_are_unchanged_and_one_head_each(which):
+def test_existing_migrations_are_unchanged_and_one_head_each(old, which):
     versions = migrations_folder(which) / "versions"
-    for name, digest in EXPECTED["migrations"][which].items():
+    for name, digest in old.expected["migrations"][which].items():
         assert (versions / name).exists(), f"migration {name} is gone from {versions}"
         assert hashlib.sha256((versions / name).read_bytes()).hexdigest() == digest, f"migration {name} was edited"
     head(which)  # exactly one
@@ -110,26 +151,26 @@ def test_existing_migrations_are_unchanged_and_one_head_each(which):
 # ---- the two databases on SQLite -------------------------------------------------------------------------
 
 
-def test_old_studio_database_upgrades_with_its_rows(tmp_path):
-    url = copy_db(tmp_path, "studio.sqlite")
+def test_old_studio_database_upgrades_with_its_rows(old, tmp_path):
+    url = copy_db(old, tmp_path, "studio.sqlite")
     db = open_studio(url)
     try:
         assert version(db.engine, FEEDBACK_VERSION_TABLE) == head("feedback")
-        assert_rows_intact(db.engine, EXPECTED["studio"]["tables"])
+        assert_rows_intact(db.engine, old.expected["studio"]["tables"])
     finally:
         db.dispose()
     out = tmp_path / "export.jsonl"
     cli("label", "export", "--db", url, "--project", "compat", "--format", "trl", "--output", str(out))
-    assert out.read_text().splitlines() == EXPECTED["studio"]["export_trl"]
+    assert out.read_text().splitlines() == old.expected["studio"]["export_trl"]
 
 
-def test_old_registry_database_upgrades_with_its_rows(tmp_path):
-    url = copy_db(tmp_path, "registry.sqlite")
+def test_old_registry_database_upgrades_with_its_rows(old, tmp_path):
+    url = copy_db(old, tmp_path, "registry.sqlite")
     reg = open_registry(url)
     try:
         assert version(reg.engine, REGISTRY_VERSION_TABLE) == head("registry")
-        assert_rows_intact(reg.engine, EXPECTED["registry"]["tables"])
-        models = EXPECTED["registry"]["tables"]["models"]
+        assert_rows_intact(reg.engine, old.expected["registry"]["tables"])
+        models = old.expected["registry"]["tables"]["models"]
         want = [dict(zip(models["columns"], r))["id"] for r in models["rows"]]
         assert sorted(m["id"] for m in reg.list_models()) == sorted(want)
     finally:
@@ -138,15 +179,16 @@ def test_old_registry_database_upgrades_with_its_rows(tmp_path):
     assert want[0] in shown
 
 
-def test_old_files_take_the_other_chain_beside_theirs(tmp_path):
+def test_old_files_take_the_other_chain_beside_theirs(old, tmp_path):
     """One old file may hold both chains (the default database): each upgrades without touching the other."""
-    studio_url = copy_db(tmp_path, "studio.sqlite")
+    studio_url = copy_db(old, tmp_path, "studio.sqlite")
     reg = open_registry(studio_url)
     reg.dispose()
-    registry_url = copy_db(tmp_path, "registry.sqlite")
+    registry_url = copy_db(old, tmp_path, "registry.sqlite")
     db = open_studio(registry_url)
     db.dispose()
-    for url, tables in ((studio_url, EXPECTED["studio"]["tables"]), (registry_url, EXPECTED["registry"]["tables"])):
+    tables_of = {studio_url: old.expected["studio"]["tables"], registry_url: old.expected["registry"]["tables"]}
+    for url, tables in tables_of.items():
         db = open_studio(url)
         try:
             assert version(db.engine, FEEDBACK_VERSION_TABLE) == head("feedback")
@@ -209,9 +251,9 @@ def metric_lines(run: Path) -> list[str]:
     return [ln for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
 
 
-def test_interrupted_sft_run_resumes_from_its_checkpoint(tmp_path):
+def test_interrupted_sft_run_resumes_from_its_checkpoint(old, tmp_path):
     run = tmp_path / "sft-run"
-    shutil.copytree(FIXTURES / "sft-run", run)
+    shutil.copytree(old.folder / "sft-run", run)
     before = metric_lines(run)
     cli("sft", "--config", str(run / "config.yaml"), "--resume", "--max-steps", "3", "--data", str(run / "sft.jsonl"),
         "--output", str(run))
@@ -220,27 +262,27 @@ def test_interrupted_sft_run_resumes_from_its_checkpoint(tmp_path):
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
     # steps 1 and 2 are the old run's lines, untouched: the run continued rather than starting over
     assert [ln for ln in after if json.loads(ln)["step"] <= 2] == before
-    assert rows[-1]["loss"] == pytest.approx(EXPECTED["sft"]["resumed_step3_loss"], rel=1e-5)
+    assert rows[-1]["loss"] == pytest.approx(old.expected["sft"]["resumed_step3_loss"], rel=1e-5)
     assert (run / "final" / "config.json").exists()
 
 
-def test_old_reward_model_folder_loads_and_scores_the_same():
+def test_old_reward_model_folder_loads_and_scores_the_same(old):
     load_reward_model = first_module("alignloop.models.reward_model", "alignloop.models.heads").load_reward_model
-    want = EXPECTED["reward"]
-    rm = load_reward_model(FIXTURES / "reward-model")
+    want = old.expected["reward"]
+    rm = load_reward_model(old.folder / "reward-model")
     scores, spread = rm.score(want["prompts"], want["completions"], return_std=True)
     assert scores == pytest.approx(want["scores"], abs=1e-5)
     assert spread == pytest.approx(want["spread"], abs=1e-5)
 
 
-def put_back_dpo_inputs() -> None:
+def put_back_dpo_inputs(old: SimpleNamespace) -> None:
     """The models, data and cache at the paths and mtimes the old run saw (the cache key is made of both)."""
-    shutil.rmtree(ROOT, ignore_errors=True)
-    shutil.copytree(FIXTURES / "dpo" / "models", ROOT / "models")
-    shutil.copytree(FIXTURES / "dpo" / "home", ROOT / "home")
-    shutil.copy(FIXTURES / "dpo" / "prefs.jsonl", ROOT / "prefs.jsonl")
-    for rel, mtime in EXPECTED["dpo"]["mtimes"].items():
-        os.utime(ROOT / rel, (mtime, mtime))
+    shutil.rmtree(old.root, ignore_errors=True)
+    shutil.copytree(old.folder / "dpo" / "models", old.root / "models")
+    shutil.copytree(old.folder / "dpo" / "home", old.root / "home")
+    shutil.copy(old.folder / "dpo" / "prefs.jsonl", old.root / "prefs.jsonl")
+    for rel, mtime in old.expected["dpo"]["mtimes"].items():
+        os.utime(old.root / rel, (mtime, mtime))
 
 
 def cache_files(home: Path) -> dict[str, str]:
@@ -249,16 +291,17 @@ def cache_files(home: Path) -> dict[str, str]:
             for p in sorted((home / "cache").rglob("*")) if p.is_file() and "tokens" not in p.relative_to(home).parts}
 
 
-def test_dpo_reuses_the_old_reference_cache(tmp_path):
-    want = EXPECTED["dpo"]
-    put_back_dpo_inputs()
+def test_dpo_reuses_the_old_reference_cache(old, tmp_path):
+    want = old.expected["dpo"]
+    put_back_dpo_inputs(old)
     try:
-        home = ROOT / "home"
+        home = old.root / "home"
         before = cache_files(home)
         assert sorted(Path(k).name for k in before) == want["cache_files"]
         out = tmp_path / "dpo-run"
-        cli("dpo", "--model", str(ROOT / "models" / "policy"), "--reference", str(ROOT / "models" / "reference"),
-            "--data", str(ROOT / "prefs.jsonl"), "--output", str(out), *want["flags"],
+        models = old.root / "models"
+        cli("dpo", "--model", str(models / "policy"), "--reference", str(models / "reference"),
+            "--data", str(old.root / "prefs.jsonl"), "--output", str(out), *want["flags"],
             env={"ALIGNLOOP_HOME": str(home)})
         # a cache miss would compute the reference again and write it under a new key
         assert cache_files(home) == before, "the old reference log-probs were not reused (a new cache entry)"
@@ -266,4 +309,4 @@ def test_dpo_reuses_the_old_reference_cache(tmp_path):
         (step1,) = [r["loss"] for r in rows if r.get("step") == 1 and "loss" in r]
         assert step1 == pytest.approx(want["step1_loss"], rel=1e-5)
     finally:
-        shutil.rmtree(ROOT, ignore_errors=True)
+        shutil.rmtree(old.root, ignore_errors=True)
