@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install lint demo test test-all bench clean
+.PHONY: install lint docs demo test test-all bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,6 +26,11 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
+
+# the option tables in README.md and docs/*.md, from the config dataclasses (tests/unit/cli/test_option_docs.py
+# fails when one is stale)
+docs: install
+	$(PY) scripts/gen_option_docs.py
 
 test: install lint
 	bash scripts/test-deps.sh

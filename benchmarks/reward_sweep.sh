@@ -13,7 +13,7 @@ PY=${PYTHON:-python3}
 model=${MODEL:-smollm2-135m-instruct}
 common=(--model "$model" --data data/hh-harmless/train.jsonl.gz --dev-data data/hh-harmless/dev.jsonl.gz
         --max-length 512 --precision "${PRECISION:-fp32}" --seed 0 --batch-size 16 ${EXTRA:-})
-lora_mean=(--lora --warm-start --pooling mean)
+lora_mean=(--no-freeze-backbone --lora --warm-start --pooling mean)
 declare -A recipe=(
   [frozen-mean-l19]="--freeze-backbone --pooling mean --backbone-layers 19"
   [frozen-mean-l19-ens8]="--freeze-backbone --pooling mean --backbone-layers 19 --ensemble 8"
@@ -21,7 +21,7 @@ declare -A recipe=(
   [lora-mean-l19-lr3e-5-e3]="${lora_mean[*]} --backbone-layers 19 --learning-rate 3e-5 --num-epochs 3"
   [lora-mean-l30-lr1e-4-e2]="${lora_mean[*]} --learning-rate 1e-4 --num-epochs 2"
   [lora-mean-l19-lr1e-4-e2-ens5]="${lora_mean[*]} --backbone-layers 19 --learning-rate 1e-4 --num-epochs 2 --ensemble 5"
-  [full-mean-l19-lr5e-6-e2]="--warm-start --pooling mean --backbone-layers 19 --learning-rate 5e-6 --num-epochs 2"
+  [full-mean-l19-lr5e-6-e2]="--no-freeze-backbone --warm-start --pooling mean --backbone-layers 19 --learning-rate 5e-6 --num-epochs 2"
 )
 order=(frozen-mean-l19 frozen-mean-l19-ens8 lora-mean-l19-lr1e-4-e2 lora-mean-l19-lr3e-5-e3 lora-mean-l30-lr1e-4-e2
        lora-mean-l19-lr1e-4-e2-ens5 full-mean-l19-lr5e-6-e2)

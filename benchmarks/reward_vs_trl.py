@@ -58,6 +58,7 @@ def run_alignloop(args, pairs, folder: Path, precision: str) -> dict:
     out = folder / f"alignloop-{precision}"
     cfg = RewardTrainConfig.from_dict(dict(
         model=args.model, data=str(data), output=str(out), max_steps=len(pairs) // args.batch_size,
+        freeze_backbone=False, pooling="last",  # full fine-tuning read at the last token, as TRL's RewardTrainer
         batch_size=args.batch_size, max_length=args.max_length, learning_rate=args.learning_rate,
         lr_schedule="constant", precision=precision, seed=args.seed, norm_samples=8, truncation="error")).validate()
     run_train(cfg)

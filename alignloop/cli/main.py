@@ -14,6 +14,7 @@ import sys
 import typing
 from typing import Any, Literal, Sequence
 
+from alignloop.cli.options_doc import default_text, field_default
 from alignloop.core.config import ConfigError, StageConfig, _is_optional
 from alignloop.core.errors import AlignloopError
 from alignloop.pipelines.stages import COMMANDS, load_ref, run
@@ -66,10 +67,9 @@ def build_parser(cls: type[StageConfig]) -> argparse.ArgumentParser:
     for f in dataclasses.fields(cls):
         meta = f.metadata
         tp = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        default = default_text(field_default(f))  # as the docs' option tables show it (options_doc)
         help_text = meta.get("help", "")
-        if default not in (None, "", []):
+        if default:
             help_text += f" [default: {default}]"
         help_text = help_text.replace("%", "%%")
         if meta.get("positional"):

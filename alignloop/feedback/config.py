@@ -51,13 +51,18 @@ class LabelImportConfig(StageConfig):
     db: str = opt("", DB_HELP)
     project: str = opt("", "Project to import into; created when new.")
     task_type: Optional[TaskType] = opt(None, "Task type of a new project; default: from the data (2 completions: "
-                                        "pairwise, more: ranking, preference files: pairwise).")
-    overlap: Optional[int] = opt(None, "Distinct labelers per task (new projects: 3).")
-    gold_rate: Optional[float] = opt(None, "Share of assignments that are gold tasks, 0..1 (new projects: 0).")
+                                        "pairwise, more: ranking, preference files: pairwise). In a pairwise "
+                                        "project, a prompt with K>2 completions becomes one task per pair.")
+    overlap: Optional[int] = opt(None, "Distinct labelers per task (new projects: 3); agreement needs at least 2.")
+    gold_rate: Optional[float] = opt(None, "Share of assignments that are gold tasks (records with a 'gold' answer), "
+                                     "0..1, mixed in evenly (new projects: 0).")
     order: Optional[Literal["import", "uncertainty"]] = opt(
-        None, "Hand out tasks in import order, or least certain first (needs an 'uncertainty' column).")
+        None, "Hand out tasks in import order (new projects), or least certain first: active learning on the "
+        "'uncertainty' column that `alignloop reward score` writes with an ensemble.")
     criteria: Optional[list[str]] = opt(None, "Rating criteria (default: helpfulness, honesty, harmlessness).")
-    guidelines: Optional[str] = opt(None, "Markdown file with the labeling guidelines (a new version if changed).")
+    guidelines: Optional[str] = opt(None, "Markdown file with the labeling guidelines; importing a changed file "
+                                    "makes a new version, and every judgment records the version it was made "
+                                    "under.")
     content_warning: Optional[str] = opt(None, "Warning shown before labeling starts (e.g. for red-teaming data).")
     labeler: Optional[str] = opt(None, "Who made the judgments in a preference file; default: import:<file name>.")
 

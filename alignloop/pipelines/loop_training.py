@@ -134,7 +134,9 @@ def train_stage(cfg: LoopConfig, folder: Path, seed: int, policy: str, m: dict[s
         common["learning_rate"] = cfg.learning_rate
     reward_model = None
     if "reward" in cfg.methods:
-        reward_model = str(alignloop.run_stage("reward train", output=str(folder / "reward"), **common))
+        # fine-tuned for --max-steps (the stage's step budget), not the frozen-feature recipe `reward train` defaults to
+        reward_model = str(alignloop.run_stage("reward train", output=str(folder / "reward"), freeze_backbone=False,
+                                               pooling="last", **common))
         m["reward_model"] = reward_model
     if "dpo" in cfg.methods:
         # each stage trains from `model` on all its labels (aggregate and retrain), so the curve stays metric vs

@@ -80,7 +80,7 @@ class RewardTrainConfig(TrainOptions):
     runner: ClassVar[str] = "alignloop.trainers.reward:run"
 
     backbone: Literal["auto", "causal", "encoder"] = opt(
-        "auto", "causal: a causal LM with a scalar head read at the last token; encoder: a sentence encoder "
+        "auto", "causal: a causal LM with a scalar head on its final states (--pooling); encoder: a sentence encoder "
         "(e.g. --model all-minilm-l6-v2) with mean pooling; auto: encoder for encoder aliases/folders, else causal.")
     ensemble: int = opt(1, "Number of reward heads on one backbone, each trained on its own bootstrap resample "
                         "of the pairs; score returns their mean and spread (reward_std / uncertainty).")
@@ -88,28 +88,31 @@ class RewardTrainConfig(TrainOptions):
                                          "toward equal reward.")
     use_margin: bool = opt(True, "Use a margin / strength column when the data has one: loss -log σ(r_w - r_l - m).")
     margin_scale: float = opt(1.0, "Multiplier on the margin column.")
-    freeze_backbone: bool = opt(False, "Train only the head, on features of the frozen backbone computed once (and "
-                                "cached): minutes instead of hours on a CPU.")
-    pooling: Literal["last", "mean"] = opt("last", "Causal backbones: the head reads the answer's last token (as "
-                                           "transformers' ForSequenceClassification does) or the mean of the "
-                                           "answer's tokens (better with --freeze-backbone on HH, see docs/reward.md).")
-    warm_start: bool = opt(False, "Fit the head on frozen-backbone features first, then fine-tune (full or --lora) "
-                           "from there.")
+    freeze_backbone: bool = opt(True, "Train only the head, on features of the frozen backbone computed once (and "
+                                "cached): minutes instead of hours on a CPU, and the recipe docs/reward.md measures. "
+                                "--no-freeze-backbone fine-tunes the backbone as well (all weights, or --lora).")
+    pooling: Literal["last", "mean"] = opt("mean", "Causal backbones: the head reads the mean of the answer's tokens "
+                                           "(the recipe with the frozen backbone, see docs/reward.md) or the "
+                                           "answer's last token (as transformers' ForSequenceClassification does).")
+    warm_start: bool = opt(False, "With --no-freeze-backbone: fit the head on frozen-backbone features first, then "
+                           "fine-tune (full or --lora) from there.")
     head_epochs: int = opt(200, "Most L-BFGS iterations of head training on frozen features (freeze_backbone / "
                            "warm_start).")
     head_learning_rate: float = opt(1.0, "First step size of the L-BFGS head fit on frozen features.")
     head_weight_decay: float = opt(0.03, "L2 penalty on the head (frozen-feature training) on standardised "
                                    "features, in loss units: loss + wd/2 |w|^2.")
     backbone_layers: Optional[int] = opt(None, "Keep only the first N transformer layers of a causal backbone. "
-                                         "Default: all, except with --freeze-backbone and --dev-data, where the "
-                                         "head is fit on every layer from a third of the depth up and the best on "
-                                         "dev is kept (the backbone is cut there: faster to score, too).")
+                                         "Default: with the frozen backbone and --dev-data, the head is fit on "
+                                         "every layer from a third of the depth up and the best on dev is kept "
+                                         "(the backbone is cut there: faster to score, too); without --dev-data, "
+                                         "or when fine-tuning, all layers.")
     reference_data: Optional[str] = opt(None, "Completions whose scores are normalised to mean 0 / std 1 after "
                                         "training; default: the training data's chosen and rejected answers.")
     norm_samples: int = opt(512, "Completions of the reference data used for normalisation.")
     batch_size: int = opt(8, "Preference pairs (or ranked groups) per micro-batch.")
-    max_length: int = opt(384, "Longest prompt + answer in tokens; longer prompts are cut from the left.")
-    learning_rate: float = opt(1e-5, "Peak learning rate (AdamW) for fine-tuning the backbone and head.")
+    max_length: int = opt(512, "Longest prompt + answer in tokens; longer prompts are cut from the left.")
+    learning_rate: float = opt(1e-5, "Peak learning rate (AdamW) for fine-tuning the backbone and head "
+                               "(--no-freeze-backbone).")
 
     def check(self) -> list[str]:
         p = super().check()
@@ -118,7 +121,11 @@ class RewardTrainConfig(TrainOptions):
         p += positive(self, "head_weight_decay", allow_zero=True)
         p += existing_file(self, "reference_data")
         if self.freeze_backbone and self.lora:
-            p.append("freeze_backbone and lora exclude each other (use --warm-start --lora to fit the head first)")
+            p.append("lora: LoRA fine-tunes the backbone, which freeze_backbone (the default) keeps frozen: add "
+                     "--no-freeze-backbone (with --warm-start to fit the head on frozen features first)")
+        if self.freeze_backbone and self.warm_start:
+            p.append("warm_start: the head fit is followed by fine-tuning only with --no-freeze-backbone (the "
+                     "backbone is frozen by default)")
         return p
 
 

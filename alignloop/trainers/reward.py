@@ -347,6 +347,30 @@ def add_score_lora(rm: RewardModel, cfg: RewardTrainConfig) -> Any:
     return peft_model
 
 
+def describe_recipe(cfg: RewardTrainConfig, rm: RewardModel) -> str:
+    """One line naming what the run trains: frozen or fine-tuned backbone, the pooling, and which layer the head
+    reads (chosen on ``--dev-data``, given by ``--backbone-layers``, or the last)."""
+    if cfg.freeze_backbone:
+        mode = "frozen backbone (head fit on cached features)"
+    else:
+        mode = ("LoRA" if cfg.lora else "full") + " fine-tuning" + (
+            " after a frozen-feature head fit" if cfg.warm_start else "")
+    if rm.info.backbone != "causal":
+        return f"recipe: {mode}, sentence-encoder mean pooling"
+    pooling = "answer-mean pooling" if cfg.pooling == "mean" else "last-token pooling"
+    n = len(rm.backbone.layers)
+    head_fit = cfg.freeze_backbone or cfg.warm_start
+    if cfg.backbone_layers and head_fit:
+        layers = f"backbone cut at layer {min(cfg.backbone_layers, n)} of {n} (--backbone-layers)"
+    elif cfg.freeze_backbone and cfg.dev_data:
+        layers = f"layer chosen on --dev-data among {max(1, n // 3)}..{n}"
+    elif cfg.freeze_backbone:
+        layers = f"last layer ({n} of {n}; with --dev-data, dev would choose among {max(1, n // 3)}..{n})"
+    else:
+        layers = f"all {n} layers"
+    return f"recipe: {mode}, {pooling}, {layers}"
+
+
 def load_train_and_dev(cfg: RewardTrainConfig, rm: RewardModel, r: engine.Run) -> tuple[list[Unit], list[Unit] | None]:
     """The training units (reported, never empty) and the dev units, if any."""
     units, report, n_rows = load_units(cfg.data, rm, cfg.max_length, cfg.truncation, cfg.limit, cfg.use_margin,
@@ -544,6 +568,7 @@ def run(cfg: RewardTrainConfig) -> Path:
     rm = build_reward_model(cfg.model, cfg.backbone, cfg.ensemble, cfg.seed, cfg.max_length, cfg.chat_template,
                             cfg.pooling)
     disable_dropout(rm.model)
+    r.log(describe_recipe(cfg, rm))
     units, dev = load_train_and_dev(cfg, rm, r)
     boot = bootstrap_weights(len(units), cfg.ensemble, cfg.seed)
     autocast = r.autocast()

@@ -219,8 +219,9 @@ def test_reward_and_dpo_two_processes_match_one_process(stage, tmp_path, pairs_f
     cls, runner = (RewardTrainConfig, module.run_train) if stage == "reward" else (DPOConfig, module.run)
     common = dict(model="tiny", data=str(pairs_file), max_steps=3, grad_accum=2, precision="fp32",
                   learning_rate=1e-3, max_length=64)
-    runner(cls.from_dict({**common, "output": str(tmp_path / "one"), "batch_size": 4}).validate())
-    words = ["reward", "train"] if stage == "reward" else ["dpo"]
+    fine_tune = dict(freeze_backbone=False, pooling="last") if stage == "reward" else {}
+    runner(cls.from_dict({**common, **fine_tune, "output": str(tmp_path / "one"), "batch_size": 4}).validate())
+    words = ["reward", "train", "--no-freeze-backbone", "--pooling", "last"] if stage == "reward" else ["dpo"]
     flags = ["--model", "tiny", "--data", str(pairs_file), "--max-steps", "3", "--grad-accum", "2", "--precision",
              "fp32", "--learning-rate", "1e-3", "--max-length", "64", "--batch-size", "2"]
     proc = launch(ACCEL / "ddp_cpu.yaml", [*words, *flags, "--output", str(tmp_path / "two")])

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from alignloop.core.config import ConfigError
 from alignloop.losses import bradley_terry_loss, bradley_terry_losses
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -241,8 +242,10 @@ def trained(tmp_path_factory):
         rows = [json.loads(next(fh)) for _ in range(12)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     # (alignloop.train("reward train", ...) is shadowed by the alignloop.train package once it is imported)
+    # full fine-tuning read at the last token (not the frozen-feature default): what plain transformers computes
     cfg = RewardTrainConfig.from_dict(dict(model="tiny", data=str(data), output=str(out / "run"), max_steps=2,
-                                           batch_size=4, max_length=256, ensemble=2, norm_samples=64)).validate()
+                                           batch_size=4, max_length=256, ensemble=2, norm_samples=64,
+                                           freeze_backbone=False, pooling="last")).validate()
     final = run_train(cfg)
     return final, data
 
@@ -335,13 +338,73 @@ def test_frozen_backbone_head_fit_and_ties_equal(tmp_path):
     data = tmp_path / "p.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = RewardTrainConfig.from_dict(dict(model="tiny", data=str(data), output=str(tmp_path / "run"),
-                                           freeze_backbone=True, head_epochs=300, head_learning_rate=0.05,
+                                           freeze_backbone=True, pooling="last", head_epochs=300,
+                                           head_learning_rate=0.05,
                                            ties="equal", max_length=64)).validate()
     rm = load_reward_model(run_train(cfg))
     r = rm.score(["Say something kind"] * 2 + ["Greet me"] * 2, ["You are great.", "Go away.", "Hello!", "Hi!"])
     assert r[0] > r[1] + 1.0  # the margin pair learned with room to spare
     assert abs(r[2] - r[3]) < abs(r[0] - r[1])
     assert rm.info.extra["trained_with"] == "frozen backbone"
+
+
+def test_reward_train_defaults_are_the_documented_recipe():
+    """Issue 17 item 10: `reward train` with no recipe flags runs the recipe README.md and docs/reward.md document
+    (frozen backbone, answer-mean pooling, max length 512, the layer chosen on --dev-data), not full fine-tuning
+    read at the last token with max length 384 as before."""
+    from alignloop.cli.main import parse
+
+    quick_start = ["reward", "train", "--model", "smollm2-135m-instruct", "--data", "data/hh-harmless/train.jsonl.gz",
+                   "--dev-data", "data/hh-harmless/dev.jsonl.gz", "--output", "runs/rm"]
+    _, cfg = parse([str(ROOT / a) if a.startswith("data/") else a for a in quick_start])
+    assert (cfg.freeze_backbone, cfg.pooling, cfg.max_length, cfg.backbone_layers, cfg.lora, cfg.warm_start) == (
+        True, "mean", 512, None, False, False)
+    # the benchmarked command (benchmarks/README.md) spells the recipe out: the same config
+    _, spelled = parse([str(ROOT / a) if a.startswith("data/") else a for a in quick_start]
+                       + ["--freeze-backbone", "--pooling", "mean", "--max-length", "512"])
+    assert spelled == cfg
+    # the old behaviour is two flags away
+    _, old = parse(quick_start[:2] + ["--data", str(HH_DEV), "--output", "o", "--no-freeze-backbone",
+                                      "--pooling", "last"])
+    assert (old.freeze_backbone, old.pooling) == (False, "last")
+
+
+def test_lora_or_warm_start_with_the_frozen_default_says_which_flag_to_add():
+    from alignloop.trainers.config import RewardTrainConfig
+
+    with pytest.raises(ConfigError) as e:
+        RewardTrainConfig.from_dict(dict(data=str(HH_DEV), output="o", lora=True, warm_start=True)).validate()
+    assert e.value.problems == [
+        "lora: LoRA fine-tunes the backbone, which freeze_backbone (the default) keeps frozen: add "
+        "--no-freeze-backbone (with --warm-start to fit the head on frozen features first)",
+        "warm_start: the head fit is followed by fine-tuning only with --no-freeze-backbone (the backbone is frozen "
+        "by default)"]
+    RewardTrainConfig.from_dict(dict(data=str(HH_DEV), output="o", lora=True, warm_start=True,
+                                     freeze_backbone=False)).validate()
+
+
+@pytest.mark.parametrize("dev", [True, False])
+def test_default_run_logs_its_recipe_and_chooses_the_layer_on_dev(tmp_path, capsys, dev):
+    """No recipe flags on tiny (2 layers): the log names the recipe; with --dev-data the head is fit on layers 1
+    and 2 and the better on dev is kept, without it the head reads the last layer."""
+    from alignloop.cli.main import main
+
+    rows = [{"prompt": "Say something kind", "chosen": "You are great.", "rejected": "Go away."},
+            {"prompt": "Greet me", "chosen": "Hello!", "rejected": "Whatever."},
+            {"prompt": "Say thanks", "chosen": "Thank you!", "rejected": "No."}]
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    assert main(["reward", "train", "--model", "tiny", "--data", str(data), "--output", str(out)]
+                + (["--dev-data", str(data)] if dev else [])) == 0
+    err = capsys.readouterr().err
+    want = ("layer chosen on --dev-data among 1..2" if dev else
+            "last layer (2 of 2; with --dev-data, dev would choose among 1..2)")
+    assert f"recipe: frozen backbone (head fit on cached features), answer-mean pooling, {want}\n" in err
+    assert ("  head on layer 1: " in err) == dev and ("  head on layer 2: " in err) == dev
+    meta = json.loads((out / "final" / "alignloop_reward.json").read_text())
+    assert (meta["pooling"], meta["max_length"], meta["trained_with"], meta["steps"]) == (
+        "mean", 512, "frozen backbone", 0)
 
 
 def test_encoder_backbone_roundtrip(tmp_path):
