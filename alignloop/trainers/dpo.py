@@ -157,7 +157,7 @@ def load_segments(cfg: DPOConfig, tok: Any, path: str, limit: int | None) -> tup
 
     kind = "unpaired" if cfg.loss == "kto" else "pairs"
     key = ("dpo", kind, file_fingerprint(path), tok.name_or_path, len(tok), cfg.max_length, cfg.truncation,
-           cfg.chat_template, limit)
+           cfg.chat_template, limit, "rank-weights-2")  # ranking pairs weighted by the pairs kept (#17.8)
     hit = cached_examples(key, alignloop_home() / "cache" / "tokens", build)
     return hit["segments"], hit["report"], hit["n"]
 

@@ -54,7 +54,7 @@ def test_vllm_prefix_cache_is_reset_after_every_weight_push(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", fake)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     policy = Policy()
-    for step in range(2):
+    for _ in range(2):
         out = rollout.generate_rollout(policy, Tok(), [[5, 6], [8]], max_new_tokens=4, temperature=1.0,
                                        backend="vllm")
         assert out.response_ids == [[7, 2], [7, 2]] and out.ended == [True, True]
