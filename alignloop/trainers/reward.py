@@ -377,6 +377,8 @@ def fit_head_on_features(cfg: RewardTrainConfig, r: engine.Run, rm: RewardModel,
     cut = [len(rm.backbone.layers)] if rm.info.backbone == "causal" else []
     key = [str(cfg.model), file_fingerprint(cfg.data), cfg.max_length, cfg.truncation, cfg.limit, r.precision,
            cfg.chat_template, *cut]
+    if cfg.ties == "equal":  # a ranking's tied pairs are units' pairs then: its answers may come in another order
+        key.append("ties-equal")
     feats = features(rm, units, key, autocast, cfg.batch_size, r.log, r.is_main)
     dev_feats = None
     if dev is not None:
