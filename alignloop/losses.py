@@ -93,8 +93,8 @@ def bradley_terry_losses(chosen: torch.Tensor, rejected: torch.Tensor, margin: t
 
 def pair_weights(weight: torch.Tensor | None, tie: torch.Tensor | None, tie_mode: str, n: int,
                  device: torch.device | str = "cpu") -> torch.Tensor:
-    """Weight of each pair in the loss: the given weight (1/C(K,2) for pairs from a K-way ranking, else 1), and 0
-    for ties that are skipped."""
+    """Weight of each pair in the loss: the given weight (for pairs from a K-way ranking its share of the ranking's
+    weight 1, see ``data.readers.read_preferences``; else 1), and 0 for ties that are skipped."""
     w = torch.ones(n, device=device) if weight is None else weight.float()
     if tie is not None and tie_mode == "skip":
         w = w * (~tie.bool()).float()
@@ -106,9 +106,9 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, weight: tor
                        tie_mode: str = "skip") -> torch.Tensor:
     """Weighted mean Bradley-Terry loss ``Σ_i w_i ℓ_i / Σ_i w_i`` with ``ℓ_i`` from ``bradley_terry_losses``.
 
-    Pairs expanded from a ranking of K completions carry ``w = 1/C(K,2)``, so one ranking weighs as much as one
-    labelled pair (InstructGPT); skipped ties carry ``w = 0``. Trainers that accumulate gradients divide the
-    weighted sum by the step's total weight instead (see ``train/reward.py``).
+    Pairs expanded from a ranking of K completions carry ``w = 1/C(K,2)`` (1/(pairs kept) when its ties are left
+    out), so one ranking weighs as much as one labelled pair (InstructGPT); skipped ties carry ``w = 0``. Trainers
+    that accumulate gradients divide the weighted sum by the step's total weight instead (see ``train/reward.py``).
     """
     losses = bradley_terry_losses(chosen, rejected, margin, tie, tie_mode)
     w = pair_weights(weight, tie, tie_mode, losses.numel(), losses.device)

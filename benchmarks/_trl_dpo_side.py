@@ -1,4 +1,5 @@
-"""TRL's side of benchmarks/dpo_vs_trl.py; runs in the TRL venv (/work/venv-trl). Prints one JSON line.
+"""TRL's side of benchmarks/dpo_vs_trl.py; runs in TRL's environment (dpo_vs_trl.py --trl-python). Prints one
+JSON line.
 
 TRL 1.16 DPOTrainer with its defaults (sigmoid loss, β 0.1, reference model = a frozen copy, padding collator,
 AdamW, linear schedule, grad clip 1.0), fp32, on pre-tokenised pairs handed over by the benchmark so both

@@ -5,7 +5,7 @@
   shared-1  : prefix sharing, all pairs in one row, dense 4D mask (build_batch, budget = everything)
   shared-N  : prefix sharing, pairs packed first-fit into rows of N tokens
 
-Usage: flock /tmp/alignloop-cpu.lock python benchmarks/dpo_layouts.py [--model smollm2-135m-instruct] [--pairs 8]
+Usage: python benchmarks/dpo_layouts.py [--model smollm2-135m-instruct] [--pairs 8]
 """
 
 import argparse

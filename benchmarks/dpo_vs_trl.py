@@ -8,9 +8,10 @@ alignloop precomputes them once, and that time is counted), the ratio, peak memo
 the FLOP floor: 8 x parameters x real tokens / the measured matmul rate (6 for the policy's forward+backward,
 2 for the reference forward; real tokens = prompt+chosen and prompt+rejected, no padding).
 
-  flock /tmp/alignloop-cpu.lock /work/main/.venv/bin/python benchmarks/dpo_vs_trl.py
+  python benchmarks/dpo_vs_trl.py --trl-python /path/to/venv-with-trl/bin/python
 
-TRL runs in its own venv (--trl-python, default /work/venv-trl/bin/python); alignloop from this checkout.
+TRL runs in its own environment (--trl-python: its python, with trl 1.16; needed by the 'trl' mode, which is in
+the default --modes); alignloop from this checkout.
 """
 
 import argparse
@@ -56,10 +57,17 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--max-length", type=int, default=512)
-    ap.add_argument("--trl-python", default="/work/venv-trl/bin/python")
+    ap.add_argument("--trl-python", metavar="PATH",
+                    help="the python of an environment with trl 1.16 installed (needed by the 'trl' mode)")
     ap.add_argument("--modes", default="trl,fp32,bf16,bf16-lora")
     ap.add_argument("--model", default="smollm2-135m-instruct", help="tiny for a smoke test of the script")
     a = ap.parse_args()
+    if "trl" in a.modes.split(","):
+        if not a.trl_python:
+            ap.error("--trl-python PATH is needed for the 'trl' mode: the python of an environment with trl 1.16 "
+                     "(e.g. /path/to/venv-with-trl/bin/python); or leave 'trl' out of --modes")
+        if not Path(a.trl_python).is_file():
+            ap.error(f"--trl-python {a.trl_python}: no such file")
 
     from alignloop.data.readers import read_preferences
     from alignloop.models.load import load_causal_lm, resolve_model
@@ -92,9 +100,6 @@ def main() -> None:
     runs = {}
     for mode in a.modes.split(","):
         if mode == "trl":
-            if not Path(a.trl_python).exists():
-                print(f"# TRL skipped: {a.trl_python} not found")
-                continue
             res = side(a.trl_python, "_trl_dpo_side.py", dict(common, output=str(work / "trl")))
             res["seconds"], res["precision"] = res["train_s"], "fp32"
         else:

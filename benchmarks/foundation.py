@@ -1,6 +1,6 @@
 """SFT and sampling throughput on the default model (issue 2's benchmark).
 
-    flock /tmp/alignloop-cpu.lock .venv/bin/python benchmarks/foundation.py [--model smollm2-135m-instruct]
+    .venv/bin/python benchmarks/foundation.py [--model smollm2-135m-instruct]
 
 Prints one JSON line per measurement: SFT tokens/s (LoRA and full fine-tuning, fp32 and bf16 autocast, batch 4,
 FinanceBench question + evidence truncated to 512 tokens) and sampling tokens/s (new tokens per second, K

@@ -1,14 +1,14 @@
 """Reward-model learning curve: how test-level accuracy grows with the number of labelled training pairs.
 
 Question (issue 3): is the default backbone's reward model limited by the 1,435 HH harmless training pairs? Uses
-the cached frozen features of reward_probe_features.py (/tmp/rw/{split}-512.pt) and alignloop's default frozen
+the cached frozen features of reward_probe_features.py (runs/reward-probe/{split}-512.pt) and alignloop's default frozen
 recipe (answer-mean pooling at layer 19, L2 logistic regression with C 0.01 ≈ --head-weight-decay 0.03). For n in
 180, 360, 720 and 1,435 training pairs, 20 random subsets each (seed 0): fit a head (and a bagged ensemble of 8
 heads, --ensemble 8's recipe), score the 377 held-out pairs (dev + test: nothing is chosen here, so both serve as
 one larger evaluation set), and fit accuracy = a + b·log2(n). The 95% interval of b resamples the held-out pairs
 (1,000 resamples). Prints one JSON line per size and one for the fit.
 
-    PYTHONPATH=. python benchmarks/reward_probe_features.py 512     # ~14 min on 2 cores, if /tmp/rw is empty
+    PYTHONPATH=. python benchmarks/reward_probe_features.py 512     # ~14 min on 2 cores, if runs/reward-probe is empty
     PYTHONPATH=. python benchmarks/reward_learning_curve.py          # ~1 min
 """
 import json

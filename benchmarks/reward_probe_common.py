@@ -1,16 +1,27 @@
 """What the reward-model probe scripts (reward_probe_fit.py, reward_probe_cv.py, reward_probe_layers.py,
 reward_learning_curve.py) share: the pair differences of the cached features, the test-accuracy bootstrap and the
 L2 logistic regression on standardised feature differences."""
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
+#: where reward_probe_features.py writes the features and the probe scripts read them: $REWARD_PROBE_DIR, by
+#: default runs/reward-probe in the repository
+FEATURES = Path(os.environ.get("REWARD_PROBE_DIR") or Path(__file__).resolve().parents[1] / "runs" / "reward-probe")
+
+
+def features_file(split, ml) -> Path:
+    return FEATURES / f"{split}-{ml}.pt"
+
 
 def pair_diffs(split, ml="512", select=lambda f: f):
     """(better − worse feature differences, the prompt index of each pair) of reward_probe_features.py's
-    ``/tmp/rw/{split}-{ml}.pt``, tied pairs left out; ``select`` picks from each prompt's ``[n_answers, layers, 2, d]``
+    ``FEATURES/{split}-{ml}.pt``, tied pairs left out; ``select`` picks from each prompt's ``[n_answers, layers, 2, d]``
     features (e.g. one layer and pooling) before the difference."""
-    d = torch.load(f"/tmp/rw/{split}-{ml}.pt")
+    d = torch.load(features_file(split, ml))
     X, G = [], []
     for g, (f, (better, worse, _, tie)) in enumerate(zip(d["feats"], d["meta"])):
         f = select(f)

@@ -1,11 +1,12 @@
 """Reward-model probe, step 2b: choose the frozen-feature recipe by grouped k-fold cross-validation on the train
 split instead of by the 194-pair dev split alone, then report test once for the chosen recipe.
 
-Reads the features of reward_probe_features.py (/tmp/rw/{split}-{max_length}.pt). For every candidate (pooling,
-layer, L2 strength C, with/without the answer's own log-likelihood), fits scikit-learn's L2 logistic regression on
-standardised feature differences (the same model alignloop's --freeze-backbone head fits) and prints 5-fold CV
-accuracy on train (folds grouped by prompt), dev accuracy, and test accuracy with its 95% bootstrap interval
-(1,000 resamples, seed 0). The selection rule is fixed before looking at test: highest mean of CV and dev accuracy.
+Reads the features of reward_probe_features.py (runs/reward-probe/{split}-{max_length}.pt). For every candidate
+(pooling, layer, L2 strength C, with/without the answer's own log-likelihood), fits scikit-learn's L2 logistic
+regression on standardised feature differences (the same model alignloop's --freeze-backbone head fits) and prints
+5-fold CV accuracy on train (folds grouped by prompt), dev accuracy, and test accuracy with its 95% bootstrap
+interval (1,000 resamples, seed 0). The selection rule is fixed before looking at test: highest mean of CV and dev
+accuracy.
 
     PYTHONPATH=. python benchmarks/reward_probe_cv.py 512
 """
@@ -13,14 +14,14 @@ import sys
 
 import numpy as np
 import torch
-from reward_probe_common import boot, fit
+from reward_probe_common import boot, features_file, fit
 from sklearn.model_selection import GroupKFold
 
 ML = sys.argv[1] if len(sys.argv) > 1 else "512"
 
 
 def load(split):
-    d = torch.load(f"/tmp/rw/{split}-{ML}.pt")
+    d = torch.load(features_file(split, ML))
     X, LP, L, G = [], [], [], []
     for g, (f, lp, (bt, wr, ch, tie)) in enumerate(zip(d["feats"], d["logp"], d["meta"])):
         for b, w, t in zip(bt, wr, tie):

@@ -2,7 +2,8 @@
 
 For every answer: each layer's output through the final norm, at the answer's last token and meaned over the
 answer's tokens ([n_answers, 30 layers, 2, 576], float16), and the answer's own log-likelihood (sum, mean), one fp32
-forward pass (prefix-shared packed rows, as alignloop scores). Written to /tmp/rw/{split}-{max_length}.pt for
+forward pass (prefix-shared packed rows, as alignloop scores). Written to runs/reward-probe/{split}-{max_length}.pt
+($REWARD_PROBE_DIR to change it) for
 reward_probe_fit.py.
 
     PYTHONPATH=. python benchmarks/reward_probe_features.py 512      # ~18 min on the 2-core AVX2 CPU
@@ -12,6 +13,7 @@ import sys
 import time
 
 import torch
+from reward_probe_common import FEATURES, features_file
 
 from alignloop.models.reward_model import build_reward_model, shared_batch, token_budget_batches
 from alignloop.trainers.reward import load_units
@@ -74,5 +76,6 @@ for split in ["dev", "test", "train"]:
                 print(split, bi, len(order), f"{time.time()-t0:.0f}s", f"{ntok/(time.time()-t0):.0f} tok/s",
                       flush=True)
     meta = [(u.better, u.worse, u.answer_chars, u.tie) for u in units]
-    torch.save({"feats": out, "logp": lp, "meta": meta}, f"/tmp/rw/{split}-{ML}.pt")
+    FEATURES.mkdir(parents=True, exist_ok=True)
+    torch.save({"feats": out, "logp": lp, "meta": meta}, features_file(split, ML))
     print(split, "done", time.time() - t0, flush=True)

@@ -8,12 +8,12 @@ import sys
 
 import numpy as np
 import torch
-from reward_probe_common import boot
+from reward_probe_common import boot, features_file
 from sklearn.linear_model import LogisticRegression
 
 ML = sys.argv[1] if len(sys.argv) > 1 else "512"
 def load(split):
-    d = torch.load(f"/tmp/rw/{split}-{ML}.pt")
+    d = torch.load(features_file(split, ML))
     X, L = [], []
     for f, (bt, wr, ch, tie) in zip(d["feats"], d["meta"]):
         for b, w, t in zip(bt, wr, tie):

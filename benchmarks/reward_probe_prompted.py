@@ -13,8 +13,8 @@ family's choice, and the family whose choice scores best on that same mean is th
 for every family's choice and chooses nothing. Writes OUT/prompted.json, and each family's features as
 OUT/{family}-{split}.pt (a rerun reads them back instead of running the forward again).
 
-    PYTHONPATH=. python benchmarks/reward_probe_prompted.py OUT [--families harmless ...] [--mean-features /tmp/rw]
-                                                               [--model tiny] [--limit N]
+    PYTHONPATH=. python benchmarks/reward_probe_prompted.py OUT [--families harmless ...] \
+        [--mean-features runs/reward-probe] [--model tiny] [--limit N]
 """
 import argparse
 import json

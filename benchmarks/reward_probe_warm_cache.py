@@ -6,6 +6,7 @@ skips its ~17-minute forward). Units are matched by their token ids; a unit miss
 """
 
 import torch
+from reward_probe_common import features_file
 
 from alignloop.core.paths import alignloop_home
 from alignloop.data.batching import cache_key, file_fingerprint, save_cached
@@ -17,7 +18,7 @@ for split, policy in (("train", "left"), ("dev", "score"), ("dev", "left")):
     path = f"data/hh-harmless/{split}.jsonl.gz"
     units, _, _ = load_units(path, rm, 512, policy, None)
     exp_units, _, _ = load_units(path, rm, 512, "score", None)
-    d = torch.load(f"/tmp/rw/{split}-512.pt")
+    d = torch.load(features_file(split, 512))
     key = lambda u: (tuple(u.group.prompt_ids), tuple(map(tuple, u.group.answers)))  # noqa: E731
     by = {key(u): f for u, f in zip(exp_units, d["feats"])}
     feats = [by[key(u)][:, :, 1].contiguous() for u in units]  # [n_ans, L, d] answer-mean states; KeyError if not same

@@ -6,18 +6,23 @@ pre-tokenised as chosen_ids / rejected_ids), the same order (TRL's sampler set t
 epoch-0 order), max length, batch size, learning rate, fp32. Prints pairs/s for both (time inside the training
 steps only, setup excluded), their ratio and both first-step losses.
 
-TRL is not an alignloop dependency: run this with the benchmark's own environment, which has trl 1.16 installed
-beside torch 2.13 (alignloop is imported from the repository):
+TRL is not an alignloop dependency: the benchmark runs under the python of an environment with trl 1.16 installed
+beside torch 2.13 (``--trl-python``: the script re-runs itself there, importing alignloop from the repository;
+without the flag, the current python must import trl):
 
-    python3 -m venv /work/venv-trl && /work/venv-trl/bin/pip install torch==2.13.0 trl==1.16.0
-    PYTHONPATH=. /work/venv-trl/bin/python benchmarks/reward_vs_trl.py [--model tiny] [--pairs 64]
+    python3 -m venv /path/to/venv-with-trl && /path/to/venv-with-trl/bin/pip install torch==2.13.0 trl==1.16.0
+    python benchmarks/reward_vs_trl.py --trl-python /path/to/venv-with-trl/bin/python [--model tiny] [--pairs 64]
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -110,8 +115,27 @@ def run_trl(args, pairs, order: list[int], folder: Path) -> dict:
             "pairs_per_s_after_first": (len(pairs) - args.batch_size) / sum(timer.steps[1:])}
 
 
+def run_under_trl_python(ap: argparse.ArgumentParser, trl_python: str | None) -> None:
+    """Re-run this script under ``--trl-python`` (and exit with its status), or check that trl imports here."""
+    if trl_python:
+        if not Path(trl_python).is_file():
+            ap.error(f"--trl-python {trl_python}: no such file")
+        rest, drop = [], False
+        for x in sys.argv[1:]:
+            if not drop and x != "--trl-python" and not x.startswith("--trl-python="):
+                rest.append(x)
+            drop = x == "--trl-python"
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        sys.exit(subprocess.run([trl_python, __file__, *rest], env=dict(os.environ, PYTHONPATH=path)).returncode)
+    if importlib.util.find_spec("trl") is None:
+        ap.error("trl is not importable by this python: pass --trl-python PATH, the python of an environment with "
+                 "trl 1.16 and torch 2.13 (e.g. --trl-python /path/to/venv-with-trl/bin/python)")
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    ap.add_argument("--trl-python", metavar="PATH",
+                    help="the python of an environment with trl 1.16 (this script re-runs itself there)")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--pairs", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -120,6 +144,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bf16", action="store_true", help="also time alignloop with bf16 autocast")
     args = ap.parse_args()
+    run_under_trl_python(ap, args.trl_python)
     torch.manual_seed(args.seed)
 
     from alignloop.data.batching import batches

@@ -8,7 +8,7 @@ batch sizes 1, 8 and 32, and the time breakdown of one PPO iteration.
 
 Tokens/s counts answer tokens (up to and including the stop token). Run under the CPU lock:
 
-    flock /tmp/alignloop-cpu.lock python benchmarks/rl_rollout.py --prompts FILE --max-new-tokens 48
+    python benchmarks/rl_rollout.py --prompts FILE --max-new-tokens 48
 """
 
 from __future__ import annotations

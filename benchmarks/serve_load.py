@@ -1,7 +1,7 @@
 """Load test for ``alignloop serve``: 16 concurrent clients, batched serving vs one-at-a-time serving of the
 same model (the same server with --max-batch-size 1). Prints one JSON line per mode and the speed-up.
 
-    flock /tmp/alignloop-cpu.lock python benchmarks/serve_load.py --model smollm2-135m-instruct
+    python benchmarks/serve_load.py --model smollm2-135m-instruct
 
 Each client sends --requests chat requests (greedy, max_tokens fixed, different questions) through the official
 openai client and waits for each answer before sending its next one. Throughput = completion tokens / wall time.

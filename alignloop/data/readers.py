@@ -468,8 +468,13 @@ def _convert(rec: Record, want: str) -> Record:
     raise DataError(f"cannot use {type(rec).__name__} as {want}")
 
 
-def read_preferences(path: str | os.PathLike, limit: int | None = None) -> list[Preference]:
-    """Preference pairs from a preference file, or from a ranking file expanded to its K·(K-1)/2 pairs."""
+def read_preferences(path: str | os.PathLike, limit: int | None = None, ties: str = "skip") -> list[Preference]:
+    """Preference pairs from a preference file, or from a ranking file expanded to its pairs, each ranking counting
+    as one comparison: ``ties="skip"`` leaves tied completions out and weights each kept pair 1/(pairs kept);
+    ``ties="equal"`` keeps all K·(K-1)/2 pairs, the tied ones as ties (``tie=True``), each weighted 1/C(K,2).
+    (Tied pairs of a preference file are returned either way, flagged; the trainer decides.)"""
+    if ties not in ("skip", "equal"):
+        raise ValueError(f"ties must be 'skip' or 'equal', got {ties!r}")
     records = read_records(path, limit=limit)
     out: list[Preference] = []
     for rec in records:
@@ -477,11 +482,10 @@ def read_preferences(path: str | os.PathLike, limit: int | None = None) -> list[
             out.append(rec)
         elif isinstance(rec, Ranking):
             group = rec.meta.get("id", rec.meta["_where"])
-            k = len(rec.completions)
-            npairs = k * (k - 1) // 2  # each pair weighted 1/C(K,2): one ranking counts as one comparison
-            for i, j in rec.pairs():
-                meta = dict(rec.meta, group=group, weight=1.0 / npairs)
-                out.append(Preference(rec.prompt, rec.completions[i], rec.completions[j], meta=meta))
+            pairs = rec.pairs(keep_ties=ties == "equal")
+            for i, j, tie in pairs:
+                meta = dict(rec.meta, group=group, weight=1.0 / len(pairs))
+                out.append(Preference(rec.prompt, rec.completions[i], rec.completions[j], tie=tie, meta=meta))
         else:
             raise DataError(f"expected preference or ranking data, found {type(rec).__name__}",
                             path=rec.meta.get("_where") if hasattr(rec, "meta") else str(path))

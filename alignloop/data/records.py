@@ -100,16 +100,19 @@ class Ranking:
     ranks: list[int]
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def pairs(self) -> list[tuple[int, int]]:
-        """(better, worse) index pairs: the K·(K-1)/2 comparisons, ties left out."""
+    def pairs(self, keep_ties: bool = False) -> list[tuple[int, int, bool]]:
+        """``(better, worse, tie)`` index triples among the K·(K-1)/2 comparisons: tied completions are left out,
+        or with ``keep_ties`` kept as ``(i, j, True)`` with ``i < j``."""
         out = []
         k = len(self.completions)
         for i in range(k):
             for j in range(i + 1, k):
                 if self.ranks[i] < self.ranks[j]:
-                    out.append((i, j))
+                    out.append((i, j, False))
                 elif self.ranks[j] < self.ranks[i]:
-                    out.append((j, i))
+                    out.append((j, i, False))
+                elif keep_ties:
+                    out.append((i, j, True))
         return out
 
 

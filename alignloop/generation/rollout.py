@@ -71,7 +71,8 @@ def generate_rollout(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[i
 def _vllm_rollout(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
                   temperature: float) -> Rollout:
     """Sampling through vLLM (GPU only). The policy's current weights (LoRA merged) are pushed into the vLLM
-    engine before each rollout; the engine is created once and kept on the model object.
+    engine before each rollout, and its prefix cache emptied; the engine is created once and kept on the model
+    object.
 
     Untested on the CPU development machine (vLLM needs CUDA); the log-probs still come from the trainer's own
     forward, so vLLM only changes which answers are drawn, not how they are scored.
@@ -109,7 +110,8 @@ def _vllm_rollout(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]
 
 
 def _push_weights(model: Any, engine: Any) -> None:
-    """Load the policy's weights into the vLLM engine (LoRA merged for the copy, then unmerged)."""
+    """Load the policy's weights into the vLLM engine (LoRA merged for the copy, then unmerged), then empty its
+    prefix cache: the KV blocks of shared prompt prefixes were computed with the old weights (TRL does the same)."""
     peft = hasattr(model, "merge_adapter")
     if peft:
         model.merge_adapter()
@@ -123,6 +125,7 @@ def _push_weights(model: Any, engine: Any) -> None:
         runner = engine.llm_engine.model_executor.driver_worker
         target = getattr(runner, "worker", runner).model_runner.model
         target.load_weights(state.items())
+        engine.reset_prefix_cache()
     except AttributeError as exc:
         raise NotImplementedError(f"this vLLM version does not expose its model for weight updates ({exc}); "
                                   "use --backend transformers") from None

@@ -22,6 +22,7 @@ Speed (2 CPU cores or a GPU alike):
 
 from __future__ import annotations
 
+import random
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -105,11 +106,28 @@ def unpair(prefs: Sequence[Preference]) -> list[Unpaired]:
     return out
 
 
-def kl_segments(segs: list[Segment]) -> list[Segment]:
-    """KTO's KL estimate uses mismatched prompt/answer pairs: example i's prompt with example (i+1)'s answer
-    (fixed, so the reference's log-probs for them can be cached like the others)."""
+def kl_segments(segs: list[Segment], seed: int = 0) -> list[Segment]:
+    """KTO's KL estimate z0 uses mismatched prompt/answer pairs: example i's prompt with another example's answer.
+    As in TRL (shuffle, then shift the answers by one) but over the whole data set, and so that no prompt gets an
+    answer written for that same prompt (e.g. the other answer of its own preference pair) where avoidable:
+    examples sharing a prompt form a group, the groups and their members are shuffled with ``seed``, and the
+    example at position j takes the answer at position j + m (m = the largest group's size; any shift from m to
+    n - m leaves every group). Every answer is used exactly once, and the pairing is fixed given the data and
+    ``seed``, so the reference's log-probs for them are cached like the others (the seed is in that cache key)."""
     n = len(segs)
-    return [Segment(s.prompt_ids, [segs[(i + 1) % n].answers[0]], index=s.index) for i, s in enumerate(segs)]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(segs):
+        groups.setdefault(tuple(s.prompt_ids), []).append(i)
+    rng = random.Random(seed)
+    shuffled = list(groups.values())
+    rng.shuffle(shuffled)
+    for g in shuffled:
+        rng.shuffle(g)
+    seq = [i for g in shuffled for i in g]
+    m = max((len(g) for g in shuffled), default=0)
+    shift = m if 2 * m <= n else n // 2  # one prompt holding most examples: some must get an answer to it
+    source = {seq[j]: seq[(j + shift) % n] for j in range(n)}
+    return [Segment(s.prompt_ids, [segs[source[i]].answers[0]], index=s.index) for i, s in enumerate(segs)]
 
 
 def read_data(path: str, loss: str, limit: int | None) -> list[Any]:
@@ -139,7 +157,7 @@ def load_segments(cfg: DPOConfig, tok: Any, path: str, limit: int | None) -> tup
 
     kind = "unpaired" if cfg.loss == "kto" else "pairs"
     key = ("dpo", kind, file_fingerprint(path), tok.name_or_path, len(tok), cfg.max_length, cfg.truncation,
-           cfg.chat_template, limit)
+           cfg.chat_template, limit, "rank-weights-2")  # ranking pairs weighted by the pairs kept (#17.8)
     hit = cached_examples(key, alignloop_home() / "cache" / "tokens", build)
     return hit["segments"], hit["report"], hit["n"]
 
@@ -331,8 +349,9 @@ def segment_logps(model: Any, segments: Sequence[Segment], budget: int, pad_id: 
 
 
 def reference_logps(cfg: DPOConfig, run: engine.Run, model: Any, segments: list[Segment], path: str, what: str,
-                    budget: int, pad_id: int) -> torch.Tensor:
-    """Reference log-probs of every answer, from the disk cache when model, data and settings match."""
+                    budget: int, pad_id: int, extra: tuple[Any, ...] = ()) -> torch.Tensor:
+    """Reference log-probs of every answer, from the disk cache when model, data and settings match (``extra``:
+    whatever else decides ``segments``, e.g. the seed of KTO's KL pairing)."""
     computed = []
 
     def compute() -> torch.Tensor:
@@ -343,7 +362,7 @@ def reference_logps(cfg: DPOConfig, run: engine.Run, model: Any, segments: list[
     if not cfg.cache_reference:
         return compute()
     key = ("dpo-ref", what, model_fingerprint(cfg.reference or cfg.model), file_fingerprint(path), cfg.max_length,
-           cfg.truncation, cfg.chat_template, cfg.limit, run.precision, cfg.loss == "kto", len(segments))
+           cfg.truncation, cfg.chat_template, cfg.limit, run.precision, cfg.loss == "kto", len(segments), *extra)
     folder = alignloop_home() / "cache" / "reference"
     ref = cached_examples(key, folder, compute, run.is_main)
     if not computed:
@@ -585,8 +604,9 @@ def run(cfg: DPOConfig) -> Path:
         torch.zeros((len(segs), 2))
     kl_segs = kl_ref = None
     if cfg.loss == "kto":
-        kl_segs = kl_segments(segs)
-        kl_ref = reference_logps(cfg, r, reference, kl_segs, cfg.data, "kto-kl", budget, pad)
+        kl_segs = kl_segments(segs, cfg.seed)
+        kl_ref = reference_logps(cfg, r, reference, kl_segs, cfg.data, "kto-kl", budget, pad,
+                                 extra=("kl-pairing-v2", cfg.seed))
     dev_ref = None
     if dev is not None and needs_ref:
         dev_ref = reference_logps(cfg.replace(loss="dpo", limit=None), r, reference, dev, cfg.dev_data, "dev", budget,

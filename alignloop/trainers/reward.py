@@ -4,9 +4,10 @@ Training, top to bottom: read pairs (or rankings, expanded to their K·(K-1)/2 p
 prompt into one *unit* (its answers are scored once, after one shared copy of the prompt, and its pairs always
 land in the same micro-batch: the InstructGPT recipe) → tokenise once (cached) → optionally fit the head on frozen
 backbone features (``--freeze-backbone`` stops there; ``--warm-start`` goes on) → fine-tune (full or ``--lora``)
-with the Bradley-Terry loss ``-log σ(r_w - r_l - m)``, each pair weighted (1/C(K,2) for ranking pairs, 0 for
-skipped ties) and the loss normalised by the step's total weight → normalise scores to mean 0 / std 1 on a
-reference set → save a plain transformers folder + ``alignloop_reward.json`` → report dev accuracy.
+with the Bradley-Terry loss ``-log σ(r_w - r_l - m)``, each pair weighted (a ranking's pairs share weight 1:
+1/C(K,2) each with ``--ties equal``, 1/(pairs kept) when its ties are skipped; 0 for skipped tied pairs) and the
+loss normalised by the step's total weight → normalise scores to mean 0 / std 1 on a reference set → save a plain
+transformers folder + ``alignloop_reward.json`` → report dev accuracy.
 
 ``--ensemble N`` trains N heads on one backbone, each on its own Poisson(1) bootstrap resample of the units
 (bagging), so their spread is a usable uncertainty for active learning.
@@ -105,17 +106,19 @@ def make_units(prefs: Sequence[Preference], rm: RewardModel, max_length: int, po
 
 
 def load_units(path: str, rm: RewardModel, max_length: int, policy: str, limit: int | None,
-               use_margin: bool = True, margin_scale: float = 1.0, run: engine.Run | None = None
-               ) -> tuple[list[Unit], SkipReport, int]:
-    """Read and tokenise once; cached on disk keyed by the file, tokenizer and length settings."""
+               use_margin: bool = True, margin_scale: float = 1.0, run: engine.Run | None = None,
+               ties: str = "skip") -> tuple[list[Unit], SkipReport, int]:
+    """Read and tokenise once; cached on disk keyed by the file, tokenizer, length and tie settings (``ties``:
+    how rankings expand, see ``read_preferences``)."""
 
     def build() -> dict[str, Any]:
-        prefs = read_preferences(path, limit=limit)
+        prefs = read_preferences(path, limit=limit, ties=ties)
         units, report = make_units(prefs, rm, max_length, policy, use_margin, margin_scale)
         return {"units": units, "report": report, "n": len(prefs)}
 
-    key = ("reward-units-1", file_fingerprint(path), rm.info.backbone, rm.tokenizer.name_or_path, len(rm.tokenizer),
-           max_length, policy, rm.info.chat_template, limit, use_margin, margin_scale)
+    # -2: ranking pairs are weighted by the pairs kept (#17.8)
+    key = ("reward-units-2", file_fingerprint(path), rm.info.backbone, rm.tokenizer.name_or_path, len(rm.tokenizer),
+           max_length, policy, rm.info.chat_template, limit, use_margin, margin_scale, ties)
     cached = cached_examples(key, alignloop_home() / "cache" / "tokens", build, run.is_main if run else None)
     return cached["units"], cached["report"], cached["n"]
 
@@ -210,7 +213,7 @@ def fit_head(head: torch.nn.Linear, feats: Sequence[torch.Tensor], units: Sequen
     chosen-minus-rejected differences, so that one L2 strength suits every layer and pooling; the scaling is folded
     back into the head's weights. Convex for each head: an L2-regularised logistic regression on feature
     differences, as scikit-learn's ``LogisticRegression`` solves it, but written here because the BT loss carries
-    pair weights (ensemble bootstrap, 1/C(K,2)), margins and ties that it does not take.
+    pair weights (ensemble bootstrap, a ranking's share), margins and ties that it does not take.
     Returns the final train loss and, with ``dev``, dev accuracy."""
     x = torch.cat(list(feats), 0).float()
     better, worse, w, m, t = pair_tensors(units, boot, _offsets(units), tie_mode)
@@ -374,7 +377,7 @@ def describe_recipe(cfg: RewardTrainConfig, rm: RewardModel) -> str:
 def load_train_and_dev(cfg: RewardTrainConfig, rm: RewardModel, r: engine.Run) -> tuple[list[Unit], list[Unit] | None]:
     """The training units (reported, never empty) and the dev units, if any."""
     units, report, n_rows = load_units(cfg.data, rm, cfg.max_length, cfg.truncation, cfg.limit, cfg.use_margin,
-                                       cfg.margin_scale, r)
+                                       cfg.margin_scale, r, cfg.ties)
     r.log(f"data: {cfg.data}: {report.summary(n_rows)}; {sum(u.n_pairs for u in units)} pairs in {len(units)} prompts")
     if not units:
         raise DataError("no usable rows (all were skipped; see the report above)", path=cfg.data)
@@ -398,6 +401,8 @@ def fit_head_on_features(cfg: RewardTrainConfig, r: engine.Run, rm: RewardModel,
     cut = [len(rm.backbone.layers)] if rm.info.backbone == "causal" else []
     key = [str(cfg.model), file_fingerprint(cfg.data), cfg.max_length, cfg.truncation, cfg.limit, r.precision,
            cfg.chat_template, *cut]
+    if cfg.ties == "equal":  # a ranking's tied pairs are units' pairs then: its answers may come in another order
+        key.append("ties-equal")
     feats = features(rm, units, key, autocast, cfg.batch_size, r.log, r.is_main)
     dev_feats = None
     if dev is not None:

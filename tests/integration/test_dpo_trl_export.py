@@ -10,7 +10,8 @@ import pytest
 from alignloop.data.readers import read_preferences
 from alignloop.trainers.dpo import write_preferences
 
-TRL_PYTHON = Path(os.environ.get("ALIGNLOOP_TRL_PYTHON", "/work/venv-trl/bin/python"))
+#: the python of an environment with TRL (not an alignloop dependency), e.g. /path/to/venv-with-trl/bin/python
+TRL_PYTHON = os.environ.get("ALIGNLOOP_TRL_PYTHON", "")
 HH = Path(__file__).resolve().parents[2] / "data" / "hh-harmless" / "dev.jsonl.gz"
 
 TRL_SCRIPT = r"""
@@ -43,14 +44,23 @@ def test_export_round_trips_through_alignloop(tmp_path):
         [(p.prompt.messages, p.chosen, p.rejected) for p in prefs]
 
 
-@pytest.mark.skipif(not TRL_PYTHON.exists(), reason=f"TRL's venv ({TRL_PYTHON}) is absent: TRL is installed only in "
-                    "the benchmark environment "
-                    "(python3 -m venv /work/venv-trl && pip install torch==2.13.0 trl==1.16.0)")
+def trl_python() -> str:
+    """ALIGNLOOP_TRL_PYTHON, or a skip that says how to set it."""
+    how = ("python3 -m venv /path/to/venv-with-trl && /path/to/venv-with-trl/bin/pip install torch==2.13.0 "
+           "trl==1.16.0, then ALIGNLOOP_TRL_PYTHON=/path/to/venv-with-trl/bin/python")
+    if not TRL_PYTHON:
+        pytest.skip(f"ALIGNLOOP_TRL_PYTHON is unset: TRL lives in its own environment ({how})")
+    if not Path(TRL_PYTHON).is_file():  # set, but wrong: an error, not a silent skip
+        pytest.fail(f"ALIGNLOOP_TRL_PYTHON={TRL_PYTHON} is not a file ({how})")
+    return TRL_PYTHON
+
+
 def test_trl_dpo_trainer_trains_on_alignloop_export(tmp_path):
     from alignloop.models.load import resolve_model
 
+    python = trl_python()
     path = write_preferences(tmp_path / "prefs.jsonl", read_preferences(HH, limit=2))
-    p = subprocess.run([str(TRL_PYTHON), "-c", TRL_SCRIPT, str(path), str(resolve_model("tiny")),
+    p = subprocess.run([python, "-c", TRL_SCRIPT, str(path), str(resolve_model("tiny")),
                         str(tmp_path / "trl")],
                        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ""})
     assert p.returncode == 0, p.stderr[-3000:]

@@ -106,6 +106,29 @@ def test_ranking_expands_to_weighted_pairs(tmp_path):
     assert len({p.meta["group"] for p in pairs}) == 1
 
 
+def test_ranking_ties_kept_as_ties_or_left_out_with_weights_of_the_pairs_kept(tmp_path):
+    """Issue #17, item 8: ties inside a ranking were always dropped while the 1/C(K,2) weights still counted them
+    (ranks [1, 1, 2]: two pairs of 1/3, the ranking weighing 2/3 of a comparison)."""
+    f = write_jsonl(tmp_path / "r.jsonl", [{"prompt": "p", "completions": ["a", "b", "c"], "ranks": [1, 1, 2]},
+                                           {"prompt": "q", "completions": ["x", "y"], "ranks": [1, 1]}])
+    skip = read_preferences(f, ties="skip")  # the default
+    assert [(p.chosen, p.rejected, p.tie, p.meta["weight"]) for p in skip] == [("a", "c", False, 0.5),
+                                                                              ("b", "c", False, 0.5)]
+    assert [(p.chosen, p.rejected, p.tie, p.meta["weight"]) for p in read_preferences(f)] == \
+        [(p.chosen, p.rejected, p.tie, p.meta["weight"]) for p in skip]
+    equal = read_preferences(f, ties="equal")
+    assert [(p.chosen, p.rejected, p.tie) for p in equal] == [("a", "b", True), ("a", "c", False),
+                                                              ("b", "c", False), ("x", "y", True)]
+    assert [p.meta["weight"] for p in equal] == pytest.approx([1 / 3, 1 / 3, 1 / 3, 1.0])
+    assert len({p.meta["group"] for p in equal[:3]}) == 1 and equal[3].meta["group"] != equal[0].meta["group"]
+    ranking = Ranking(None, ["a", "b", "c", "d"], [2, 1, 2, 3])
+    assert ranking.pairs() == [(1, 0, False), (0, 3, False), (1, 2, False), (1, 3, False), (2, 3, False)]
+    assert ranking.pairs(keep_ties=True) == [(1, 0, False), (0, 2, True), (0, 3, False), (1, 2, False),
+                                             (1, 3, False), (2, 3, False)]
+    with pytest.raises(ValueError, match="ties"):
+        read_preferences(f, ties="half")
+
+
 def test_strength_column_becomes_a_margin(tmp_path):
     f = write_jsonl(tmp_path / "m.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b", "strength": "much better"},
                                            {"prompt": "p", "chosen": "a", "rejected": "b", "margin": 0.3}])

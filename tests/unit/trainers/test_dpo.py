@@ -17,8 +17,10 @@ from alignloop.trainers.dpo import (
     answer_logps,
     build_batch,
     build_flat_batch,
+    kl_segments,
     ordered,
     pack_rows,
+    tokenize_unpaired,
     unpair,
 )
 
@@ -78,6 +80,35 @@ def test_unpair():
     p = Preference(Prompt([{"role": "user", "content": "hi"}]), "good", "bad")
     u = unpair([p])
     assert [(x.completion, x.label) for x in u] == [("good", True), ("bad", False)]
+
+
+def test_kto_kl_pairs_take_answers_from_other_prompts(tiny):
+    """z0 must come from mismatched pairs: unpair() puts a pair's chosen and rejected side by side, so a shift by
+    one gave each prompt the other answer of its own pair (issue #17, item 5)."""
+    _, tok = tiny
+    prefs = [Preference(Prompt([{"role": "user", "content": f"question {k}?"}]), f"good answer {k}",
+                        f"bad answer {k}") for k in range(3)]
+    segs, report = tokenize_unpaired(unpair(prefs), tok, 64, "left")
+    assert len(segs) == 6 and [s.index for s in segs] == [0, 1, 2, 3, 4, 5]
+    answers = [tuple(s.answers[0]) for s in segs]
+    assert len(set(answers)) == 6
+
+    def source(seed):  # which example's answer each KL example uses
+        kl = kl_segments(segs, seed)
+        assert [k.prompt_ids for k in kl] == [s.prompt_ids for s in segs] and [k.index for k in kl] == list(range(6))
+        return [answers.index(tuple(k.answers[0])) for k in kl]
+
+    src = source(0)
+    assert all(j // 2 != i // 2 for i, j in enumerate(src)), src  # never an answer of the prompt's own pair
+    assert src == [5, 4, 1, 0, 2, 3]  # seed 0: pair 0's prompt takes pair 2's answers, 1 takes 0's, 2 takes 1's
+    assert source(0) == src  # fixed given the seed (the reference log-probs of these pairs are cached)
+    assert source(1) == [2, 3, 5, 4, 1, 0]
+    # one completion per prompt (native KTO data): TRL's shuffle, then shift by one; every answer used once
+    single = [Segment([10 + k], [[100 + k]], index=k) for k in range(4)]
+    assert [k.answers[0][0] - 100 for k in kl_segments(single, 0)] == [1, 3, 0, 2]
+    # a prompt holding 3 of 4 examples: unavoidable for some, but never an example's own answer
+    crowded = [Segment([10], [[100 + k]], index=k) for k in range(3)] + [Segment([11], [[103]], index=3)]
+    assert [k.answers[0][0] - 100 for k in kl_segments(crowded, 0)] == [3, 2, 1, 0]
 
 
 def test_bootstrap_and_length_baseline():

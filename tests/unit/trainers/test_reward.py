@@ -105,6 +105,31 @@ def test_ranking_expands_to_weighted_pairs_in_one_unit(tmp_path, tiny_rm):
     assert loss.item() == pytest.approx(want, abs=1e-6)
 
 
+def test_reward_training_units_follow_ties_mode_for_rankings(tmp_path, tiny_rm):
+    """--ties equal keeps a ranking's tied pair (as a tie, 1/C(K,2) each); --ties skip drops it and the two pairs
+    kept share the ranking's weight (issue #17, item 8)."""
+    from types import SimpleNamespace
+
+    from alignloop.trainers.config import RewardTrainConfig
+    from alignloop.trainers.reward import load_train_and_dev
+
+    f = tmp_path / "rank.jsonl"
+    f.write_text(json.dumps({"prompt": "Pick a fruit", "completions": ["apple", "pear", "plum"], "ranks": [1, 1, 2]})
+                 + "\n")
+    run = SimpleNamespace(log=lambda *a: None, is_main=True)
+    got = {}
+    for ties in ("skip", "equal", "skip"):  # the tie setting is in the token cache's key
+        cfg = RewardTrainConfig.from_dict(dict(model="tiny", data=str(f), output=str(tmp_path / "o"), ties=ties,
+                                               max_length=128))
+        (unit,), _ = load_train_and_dev(cfg, tiny_rm, run)
+        text = [tiny_rm.tokenizer.decode(a[:-1]) for a in unit.group.answers]
+        got[ties] = [(text[b], text[w], t, wt) for b, w, t, wt in zip(unit.better, unit.worse, unit.tie, unit.weight)]
+    assert got["skip"] == [("apple", "plum", False, 0.5), ("pear", "plum", False, 0.5)]
+    third = pytest.approx(1 / 3)
+    assert got["equal"] == [("apple", "pear", True, third), ("apple", "plum", False, third),
+                            ("pear", "plum", False, third)]
+
+
 def test_malformed_preference_file_names_file_and_line(tmp_path, capsys):
     from alignloop.cli.main import main
 
