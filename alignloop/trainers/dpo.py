@@ -130,11 +130,27 @@ def kl_segments(segs: list[Segment], seed: int = 0) -> list[Segment]:
     return [Segment(s.prompt_ids, [segs[source[i]].answers[0]], index=s.index) for i, s in enumerate(segs)]
 
 
-def read_data(path: str, loss: str, limit: int | None) -> list[Any]:
+TIED = "tied pair (tie / both-bad: the DPO family has no tie term)"
+
+
+def without_ties(prefs: Sequence[Preference], report: SkipReport) -> list[Preference]:
+    """Tied pairs say neither answer is better, which DPO/KTO cannot train on: left out and counted in ``report``
+    (before, they were trained as chosen > rejected). Use ``reward train --ties equal`` to learn from them."""
+    kept = []
+    for p in prefs:
+        if p.tie:
+            report.skip(TIED, p.meta.get("_where"))
+        else:
+            kept.append(p)
+    return kept
+
+
+def read_data(path: str, loss: str, limit: int | None, report: SkipReport) -> list[Any]:
+    """The rows the loss trains on; tied preference pairs are left out (and counted in ``report``)."""
     recs = read_records(path, limit=limit)
     if loss == "kto":
         if all(isinstance(r, Preference) for r in recs):
-            return unpair(recs)
+            return unpair(without_ties(recs, report))
         if all(isinstance(r, Unpaired) for r in recs):
             return recs
         raise DataError("kto needs prompt/completion/label rows or preference pairs", path=path)
@@ -143,21 +159,24 @@ def read_data(path: str, loss: str, limit: int | None) -> list[Any]:
         raise DataError(f"--loss {loss} needs preference pairs (prompt/chosen/rejected or HH transcripts), "
                         f"found {type(bad).__name__}; for unpaired labelled data use --loss kto",
                         path=getattr(bad, "meta", {}).get("_where", path))
-    return read_preferences(path, limit=limit)
+    return without_ties(read_preferences(path, limit=limit), report)
 
 
 def load_segments(cfg: DPOConfig, tok: Any, path: str, limit: int | None) -> tuple[list[Segment], SkipReport, int]:
     """Tokenise once; cached on disk by data file, tokenizer and length settings (written by the main process)."""
 
     def build() -> dict[str, Any]:
-        recs = read_data(path, cfg.loss, limit)
+        ties = SkipReport()
+        recs = read_data(path, cfg.loss, limit, ties)
         fn = tokenize_unpaired if cfg.loss == "kto" else tokenize_pairs
         segs, report = fn(recs, tok, cfg.max_length, cfg.truncation, cfg.chat_template)
-        return {"segments": segs, "report": report, "n": len(recs)}
+        report.reasons.update(ties.reasons)
+        report.where.update(ties.where)
+        return {"segments": segs, "report": report, "n": len(recs) + sum(ties.reasons.values())}
 
     kind = "unpaired" if cfg.loss == "kto" else "pairs"
     key = ("dpo", kind, file_fingerprint(path), tok.name_or_path, len(tok), cfg.max_length, cfg.truncation,
-           cfg.chat_template, limit, "rank-weights-2")  # ranking pairs weighted by the pairs kept (#17.8)
+           cfg.chat_template, limit, "rank-weights-2", "ties-left-out")  # #17.8; tied pairs left out
     hit = cached_examples(key, alignloop_home() / "cache" / "tokens", build)
     return hit["segments"], hit["report"], hit["n"]
 

@@ -222,3 +222,25 @@ def test_preference_accuracy_of_a_model_against_itself_is_one_half(tmp_path):
     # identical policy and reference: every margin is 0, a tie, which counts half
     assert res["n"] == 8 and res["accuracy"] == 0.5 and list(res["ci95"]) == [0.5, 0.5]
     assert res["length_baseline"] == 1.0 and res["mean_margin"] == 0.0
+
+
+def test_tied_pairs_are_left_out_of_dpo_and_kto_and_counted(tiny, tmp_path):
+    """A tie / both-bad pair says neither answer is better: DPO and KTO leave it out (and say so) instead of
+    training it as chosen > rejected (#17, found with item 8)."""
+    from alignloop.trainers.dpo import TIED, load_segments
+
+    _, tok = tiny
+    rows = [{"prompt": "q0?", "chosen": "yes", "rejected": "no"},
+            {"prompt": "q1?", "chosen": "maybe", "rejected": "perhaps", "tie": True},
+            {"prompt": "q2?", "chosen": "a", "rejected": "b", "choice": "both_bad"},
+            {"prompt": "q3?", "chosen": "right", "rejected": "wrong"}]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    cfg = DPOConfig(model="tiny", data=str(data), output=str(tmp_path / "o"), max_length=64)
+    segs, report, n = load_segments(cfg, tok, str(data), None)
+    assert ["q0?" in tok.decode(s.prompt_ids) for s in segs] == [True, False]  # q0 then q3; q1, q2 left out
+    assert ["q3?" in tok.decode(s.prompt_ids) for s in segs] == [False, True]
+    assert len(segs) == 2 and n == 4
+    assert report.reasons[TIED] == 2
+    assert report.summary(n).startswith("2 of 4 rows used")
+    kto, kreport, kn = load_segments(cfg.replace(loss="kto"), tok, str(data), None)
+    assert len(kto) == 4 and kreport.reasons[TIED] == 2  # two pairs -> 2 desirable + 2 undesirable examples

@@ -147,7 +147,8 @@ def test_dpo_token_cache_is_written_by_the_main_process_only_under_its_old_key(t
     assert not (home / "cache" / "tokens").exists()
     monkeypatch.setenv("RANK", "0")
     load_segments(cfg, tok, str(data), None)
-    key = cache_key("dpo", "pairs", file_fingerprint(data), tok.name_or_path, len(tok), 64, "left", True, None)
+    key = cache_key("dpo", "pairs", file_fingerprint(data), tok.name_or_path, len(tok), 64, "left", True, None,
+                    "rank-weights-2", "ties-left-out")
     assert [p.name for p in (home / "cache" / "tokens").iterdir()] == [f"{key}.pt"]
 
 
