@@ -25,10 +25,16 @@ import time
 from pathlib import Path
 
 import alignloop
+from alignloop.data.context import build_context
 from alignloop.data.readers import qa_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXT_CHARS = 1500  # evidence pages are long; keep prompts within the server's --max-prompt-tokens
+
+
+def context(q: dict) -> str:
+    """The evidence's passages most relevant to the question (docs/data.md), for training and predicting alike."""
+    return build_context(q["question"], q.get("evidence"), CONTEXT_CHARS)
 
 
 def load_questions(path: Path) -> list[dict]:
@@ -37,7 +43,7 @@ def load_questions(path: Path) -> list[dict]:
 
 def sft_record(q: dict) -> dict:
     """A labeled question as an SFT example: the same prompt `predict` builds, the gold answer as completion."""
-    prompt = qa_prompt(q["question"], str(q.get("evidence") or "")[:CONTEXT_CHARS])
+    prompt = qa_prompt(q["question"], context(q))
     return {"id": q["financebench_id"], "prompt": prompt.to_json(), "completion": q["answer"]}
 
 
@@ -114,8 +120,7 @@ def run(args: argparse.Namespace, base_url: str, out: Path) -> None:
             w = csv.DictWriter(fh, ["stage", "model_id", "n_train", "question_id", "question", "gold", "prediction"])
             w.writeheader()
             for q in held_out:
-                answer = client.predict(model_id, q["question"], context=str(q.get("evidence") or "")[:CONTEXT_CHARS],
-                                        max_tokens=args.max_tokens)
+                answer = client.predict(model_id, q["question"], context=context(q), max_tokens=args.max_tokens)
                 w.writerow({"stage": stage, "model_id": model_id, "n_train": n, "question_id": q["financebench_id"],
                             "question": q["question"], "gold": q["answer"], "prediction": str(answer)})
         stages.append({"stage": stage, "n_train": n, "model_id": model_id, "predictions": str(path)})

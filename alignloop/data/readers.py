@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from alignloop.core.errors import DataError
+from alignloop.data.context import CONTEXT_CHARS, build_context, evidence_passages
 from alignloop.data.records import (
     Preference,
     Prompt,
@@ -283,21 +284,22 @@ def _answer(r: _Row, field: str) -> str:
     return r.text(field)
 
 
-def _question_prompt(r: _Row) -> tuple[Prompt, set[str]]:
-    """question (+ context or FinanceBench evidence) → prompt."""
+def _question_prompt(r: _Row, context_chars: int | None = CONTEXT_CHARS) -> tuple[Prompt, set[str]]:
+    """question (+ context, or FinanceBench evidence) → prompt. A ``context`` is used as given; ``evidence`` (a list
+    of ``{"evidence_text": ...}`` items, or a string) becomes the context :func:`build_context` picks for the
+    question within ``context_chars`` characters (``None`` or 0: all of it)."""
     question = r.text("question")
     context = None
     used = {"question"}
     if "context" in r.row and r.row["context"] not in (None, ""):
         context = r.text("context")
         used.add("context")
-    elif isinstance(r.row.get("evidence"), list):  # FinanceBench
-        parts = []
-        for i, ev in enumerate(r.row["evidence"]):
-            if not isinstance(ev, dict) or not isinstance(ev.get("evidence_text"), str):
-                raise r.error("evidence", f"item {i} needs an 'evidence_text' string")
-            parts.append(ev["evidence_text"].strip())
-        context = "\n\n".join(p for p in parts if p)
+    elif r.row.get("evidence") not in (None, ""):  # FinanceBench
+        try:
+            passages = evidence_passages(r.row["evidence"])
+        except ValueError as exc:
+            raise r.error("evidence", str(exc)) from None
+        context = build_context(question, passages, context_chars)
         used.add("evidence")
     return qa_prompt(question, context), used
 
@@ -372,7 +374,8 @@ def _bool(r: _Row, field: str) -> bool:
     raise r.error(field, f"expected true or false, got {v!r}")
 
 
-def row_to_record(r: _Row, kind: str) -> Record:
+def row_to_record(r: _Row, kind: str, context_chars: int | None = CONTEXT_CHARS) -> Record:
+    """``r`` as a record of ``kind``; FinanceBench evidence becomes a context of ``context_chars`` characters."""
     row = r.row
     if kind == "preference":
         if "prompt" in row and row["prompt"] not in (None, ""):
@@ -408,13 +411,13 @@ def row_to_record(r: _Row, kind: str) -> Record:
                 raise r.error("messages", "empty final answer")
             return PromptCompletion(Prompt(msgs[:-1]), msgs[-1]["content"], meta=r.meta({"messages"}))
         if "question" in row and "prompt" not in row:
-            prompt, used = _question_prompt(r)
+            prompt, used = _question_prompt(r, context_chars)
             field = "completion" if "completion" in row else "answer"
             return PromptCompletion(prompt, _answer(r, field), meta=r.meta(used | {field}))
         return PromptCompletion(_prompt(r), _answer(r, "completion"), meta=r.meta({"prompt", "completion"}))
     if kind == "prompt":
         if "question" in row and "prompt" not in row:
-            prompt, used = _question_prompt(r)
+            prompt, used = _question_prompt(r, context_chars)
             return PromptRecord(prompt, meta=r.meta(used))
         return PromptRecord(_prompt(r), meta=r.meta({"prompt"}))
     if kind == "text":
@@ -422,8 +425,13 @@ def row_to_record(r: _Row, kind: str) -> Record:
     raise ValueError(kind)
 
 
-def read_records(path: str | os.PathLike, kind: str | None = None, limit: int | None = None) -> list[Record]:
+def read_records(path: str | os.PathLike, kind: str | None = None, limit: int | None = None,
+                 context_chars: int | None = CONTEXT_CHARS) -> list[Record]:
     """Read a whole file into records of one kind (detected from the first row's columns when not given).
+
+    Question rows with FinanceBench ``evidence`` get the context :func:`alignloop.data.context.build_context` picks
+    for the question within ``context_chars`` characters (``None`` or 0: all of it); a ``context`` column is used
+    as given.
 
     ``kind="prompt"`` also accepts files of other kinds and keeps only their prompts (with the reference answer
     in ``meta["answer"]`` when the file has one), so any data file can feed ``generate`` and the RL stages.
@@ -441,7 +449,7 @@ def read_records(path: str | os.PathLike, kind: str | None = None, limit: int | 
             if kind is not None and kind != detected and not _convertible(detected, kind):
                 raise DataError(f"expected {kind} data but the columns say {detected} "
                                 f"({', '.join(sorted(row))})", path=path, line=n)
-        rec = row_to_record(r, detected)
+        rec = row_to_record(r, detected, context_chars)
         if kind is not None and kind != detected:
             rec = _convert(rec, kind)
         records.append(rec)

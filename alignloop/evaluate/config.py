@@ -7,6 +7,7 @@ from typing import ClassVar, Literal, Optional
 
 from alignloop.core.config import StageConfig, existing_file, opt, positive
 from alignloop.core.paths import REPO_DATA
+from alignloop.data.context import CONTEXT_CHARS
 
 FINANCEBENCH = REPO_DATA / "financebench" / "questions.jsonl"
 
@@ -28,6 +29,9 @@ class EvalConfig(StageConfig):
     compare: Optional[str] = opt(None, "A second model (e.g. the base) evaluated on the same items, side by side.")
     tasks: list[str] = opt(["qa"], "What to evaluate, comma-separated: qa, refusal, winrate, best_of_n, reward, kl.")
     data: str = opt(str(FINANCEBENCH), "QA items with a gold 'answer' (question + context/evidence).")
+    context_chars: int = opt(CONTEXT_CHARS, "FinanceBench evidence becomes the passages most relevant to the "
+                             "question within this many characters (docs/data.md); 0 keeps all of it. A 'context' "
+                             "column is used as given.")
     split: Literal["all", "train", "test"] = opt("all", "FinanceBench rows to use: all, or the fixed train/test "
                                                  "split of the demo (test = held-out questions).")
     harmful: str = opt(str(HH_TEST), "Harmful prompts for the refusal rate (HH pairs: their prompts).")
@@ -59,4 +63,5 @@ class EvalConfig(StageConfig):
             p.append("best_of_n/reward: need --reward-model DIR")
         p += existing_file(self, "data")
         p += positive(self, "num_samples", "max_new_tokens", "max_prompt_length", "batch_size", "limit")
+        p += positive(self, "context_chars", allow_zero=True)
         return p

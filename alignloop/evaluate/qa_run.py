@@ -12,6 +12,7 @@ import sys
 from typing import Any, Sequence
 
 from alignloop.core.errors import DataError
+from alignloop.data.context import CONTEXT_CHARS
 from alignloop.data.readers import read_records
 from alignloop.evaluate.metrics import bootstrap_ci
 from alignloop.evaluate.qa import LLMWARE_POINTS, grade, summarize
@@ -34,9 +35,11 @@ def in_split(fid: str, test: set[str], split: str) -> bool:
     return split == "all" or (fid in test) == (split == "test")
 
 
-def qa_items(path: str, split: str = "all", limit: int | None = None) -> list[Any]:
-    """Prompt records with ``meta['answer']`` (gold) and ``meta['id']``; ``split`` filters FinanceBench rows."""
-    records = read_records(path, kind="prompt")
+def qa_items(path: str, split: str = "all", limit: int | None = None,
+             context_chars: int | None = CONTEXT_CHARS) -> list[Any]:
+    """Prompt records with ``meta['answer']`` (gold) and ``meta['id']``; ``split`` filters FinanceBench rows, whose
+    evidence becomes the context :func:`alignloop.data.context.build_context` picks within ``context_chars``."""
+    records = read_records(path, kind="prompt", context_chars=context_chars)
     ids = record_ids(records)
     test = heldout_ids(ids)
     out = []

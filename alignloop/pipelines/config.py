@@ -8,6 +8,7 @@ from typing import ClassVar, Literal, Optional
 
 from alignloop.core.config import StageConfig, existing_file, opt, positive
 from alignloop.core.paths import REPO_DATA
+from alignloop.data.context import CONTEXT_CHARS
 
 FINANCEBENCH = REPO_DATA / "financebench" / "questions.jsonl"
 
@@ -130,7 +131,8 @@ class DemoConfig(StageConfig):
     model: str = opt("smollm2-135m-instruct", "Base model.")
     output: str = opt("runs/demo", "Folder for every stage's output and the report.")
     data: str = opt(str(FINANCEBENCH), "FinanceBench-style questions (question, evidence/context, answer).")
-    context_chars: int = opt(800, "Keep this many characters of each question's context (CPU time).")
+    context_chars: int = opt(CONTEXT_CHARS, "Each question's context: the passages of its evidence most relevant to "
+                             "the question within this many characters (CPU time; docs/data.md).")
     sft_steps: int = opt(20, "SFT optimizer steps (LoRA).")
     sft_learning_rate: float = opt(1e-3, "SFT learning rate (LoRA).")
     num_candidates: int = opt(2, "Answers sampled per training question for the judge.")

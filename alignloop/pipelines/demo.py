@@ -3,7 +3,9 @@
 Stages (each writes a ``done`` marker; a second run skips finished stages and reuses their outputs):
 
 1. ``data``      split the 100 questions by the fixed held-out rule (``heldout_ids``: 70 train / 30
-                 test), contexts cut to ``context_chars`` to keep CPU time down;
+                 test); each context is the passages of the evidence most relevant to the question within
+                 ``context_chars`` (:func:`alignloop.data.context.build_context`, as ``alignloop eval`` reads raw
+                 FinanceBench rows), to keep CPU time down;
 2. ``base_eval`` the base model answers the held-out questions (greedy), graded by the QA scorer;
 3. ``sft``       LoRA SFT on the training questions' gold answers;
 4. ``sample``    the SFT model samples ``num_candidates`` answers per training question;
@@ -27,7 +29,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from alignloop.core.errors import DataError
 from alignloop.core.files import write_json, write_jsonl, write_text
+from alignloop.data.context import build_context
 from alignloop.data.readers import qa_prompt, read_rows
 from alignloop.evaluate.qa_run import answer, heldout_ids, qa_items, score_qa
 from alignloop.evaluate.report import grouped_bars_png, html_report, image, table_html
@@ -63,17 +67,22 @@ def stage(out: Path, name: str, cfg: DemoConfig, fn: Callable[[Path], Any], key:
 
 
 def split_data(cfg: DemoConfig, folder: Path) -> dict[str, Any]:
-    rows = [json.loads(line) for line in Path(cfg.data).read_text().splitlines() if line.strip()]
+    """The fixed train/test split; each question's context is :func:`build_context` of its ``context`` or
+    FinanceBench ``evidence`` within ``context_chars`` (the passages most relevant to the question), the same
+    builder ``alignloop eval`` applies to raw FinanceBench rows."""
+    rows = list(read_rows(cfg.data))
     rows = rows[: cfg.limit] if cfg.limit else rows
     parts: dict[str, list[dict]] = {"train": [], "test": []}
-    ids = [str(r.get("financebench_id", r.get("id", n))) for n, r in enumerate(rows)]
+    ids = [str(r.get("financebench_id", r.get("id", n))) for n, (_, r) in enumerate(rows)]
     test = heldout_ids(ids)
-    for fid, r in zip(ids, rows):
-        ctx = r.get("context")
-        if ctx is None and isinstance(r.get("evidence"), list):
-            ctx = "\n\n".join(e.get("evidence_text", "").strip() for e in r["evidence"] if isinstance(e, dict))
+    for fid, (line, r) in zip(ids, rows):
+        field = "context" if r.get("context") not in (None, "") else "evidence"
+        try:
+            ctx = build_context(r["question"], r.get(field), cfg.context_chars)
+        except ValueError as exc:
+            raise DataError(str(exc), path=cfg.data, line=line, field=field) from None
         parts["test" if fid in test else "train"].append({"id": fid, "question": r["question"],
-                                              "context": (ctx or "")[: cfg.context_chars], "answer": r["answer"]})
+                                                          "context": ctx, "answer": r["answer"]})
     for name, part in parts.items():
         write_jsonl(folder / f"{name}.jsonl", part)
     # SFT demonstrations: the prompt exactly as the model sees it at evaluation, the gold answer as completion

@@ -62,7 +62,7 @@ def make_judge(kind: str, model: str | None = None, base_url: str | None = None,
 
 def evaluate_qa(cfg: EvalConfig, out: Path, models: dict[str, str | tuple]) -> dict[str, Any]:
     """Each model answers the same items; per-item CSV (side by side) and a summary per model."""
-    records = qa_items(cfg.data, cfg.split, cfg.limit)
+    records = qa_items(cfg.data, cfg.split, cfg.limit, cfg.context_chars)
     summaries, per_model = {}, {}
     for label, m in models.items():
         answers = first_answers(cfg, m, [r.prompt for r in records], f"qa {label}", seed=cfg.seed)
@@ -85,7 +85,7 @@ def evaluate_qa(cfg: EvalConfig, out: Path, models: dict[str, str | tuple]) -> d
 def run_refusal(cfg: EvalConfig, out: Path, models: dict[str, str]) -> dict[str, Any]:
     """Refusal rate on harmful prompts and over-refusal on harmless ones, per model (``refusal_items.csv``)."""
     harmful = read_records(cfg.harmful, limit=cfg.limit)
-    harmless = read_records(cfg.harmless, kind="prompt", limit=cfg.limit)
+    harmless = read_records(cfg.harmless, kind="prompt", limit=cfg.limit, context_chars=cfg.context_chars)
     result, rows = {}, []
     for label, m in models.items():
         ha = first_answers(cfg, m, [r.prompt for r in harmful], f"harmful {label}")
@@ -100,7 +100,7 @@ def run_refusal(cfg: EvalConfig, out: Path, models: dict[str, str]) -> dict[str,
 
 
 def run_winrate(cfg: EvalConfig, out: Path) -> dict[str, Any]:
-    records = qa_items(cfg.data, cfg.split, cfg.limit)
+    records = qa_items(cfg.data, cfg.split, cfg.limit, cfg.context_chars)
     prompts = [r.prompt for r in records]
     a = first_answers(cfg, cfg.model, prompts, "winrate model")
     b = first_answers(cfg, cfg.compare, prompts, "winrate compare")
@@ -115,7 +115,7 @@ def run_best_of_n(cfg: EvalConfig, out: Path) -> dict[str, Any]:
     """Best-of-N: sample N answers, keep the reward model's favourite, score it: the cheapest alternative to RL."""
     from alignloop.models.reward_model import load_reward_model
 
-    records = qa_items(cfg.data, cfg.split, cfg.limit)
+    records = qa_items(cfg.data, cfg.split, cfg.limit, cfg.context_chars)
     prompts = [r.prompt for r in records]
     samples = answer(cfg.model, prompts, cfg.max_new_tokens, cfg.max_prompt_length, max(cfg.temperature, 0.7),
                      cfg.batch_size, num=cfg.num_samples, seed=cfg.seed, desc="best-of-n")
@@ -133,7 +133,7 @@ def run_kl(cfg: EvalConfig, out: Path) -> dict[str, Any]:
     """KL(policy || reference) estimated on the policy's own samples: mean of log p(y) - log q(y)."""
     from alignloop.models.load import load_causal_lm
 
-    records = qa_items(cfg.data, cfg.split, cfg.limit)
+    records = qa_items(cfg.data, cfg.split, cfg.limit, cfg.context_chars)
     prompts = [r.prompt for r in records]
     pol = load_causal_lm(cfg.model)
     ref = load_causal_lm(cfg.compare or "smollm2-135m-instruct")
@@ -161,7 +161,7 @@ def run_reward_accuracy(cfg: EvalConfig, out: Path) -> dict[str, Any]:
         rows = [{"chosen_reward": a, "rejected_reward": b, "correct": a > b} for a, b in zip(c, r)]
         write_csv(out / "reward_pairs.csv", rows)
         result["accuracy"] = sum(x["correct"] for x in rows) / len(rows) if rows else math.nan
-    records = qa_items(cfg.data, cfg.split, cfg.limit)
+    records = qa_items(cfg.data, cfg.split, cfg.limit, cfg.context_chars)
     ans = first_answers(cfg, cfg.model, [r.prompt for r in records], "reward answers")
     scores = [float(s) for s in rm.score([r.prompt for r in records], ans)]
     result["mean_reward"] = sum(scores) / len(scores) if scores else math.nan
