@@ -15,12 +15,14 @@ command's ``--help`` and the dataclass cannot disagree.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from alignloop.core.config import StageConfig, _is_optional
+from alignloop.core.paths import REPO_DATA
 from alignloop.pipelines.stages import COMMANDS, load_ref
 
 REGION = re.compile(r"(<!-- options: (?P<cmd>[^>]*?) -->\n)(?P<body>.*?)(<!-- /options -->)", re.S)
@@ -37,14 +39,17 @@ def field_default(f: dataclasses.Field) -> Any:
 
 
 def default_text(value: Any) -> str:
-    """A default as the command line and YAML spell it (``true``, ``q_proj k_proj``); empty for none."""
+    """A default as the command line and YAML spell it (``true``, ``q_proj k_proj``); empty for none. A file of
+    the repository's ``data/`` is written ``<repo>/data/...``, so the docs hold no path of one machine."""
     if value is None or value == "" or value == []:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):
         return " ".join(map(str, value))
-    return str(value)
+    text = str(value)
+    repo = str(REPO_DATA.parent) + os.sep
+    return "<repo>/" + text[len(repo):] if text.startswith(repo) else text
 
 
 def flag_text(f: dataclasses.Field, tp: Any) -> str:

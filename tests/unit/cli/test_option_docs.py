@@ -64,3 +64,15 @@ def test_every_config_class_renders():
     for words, (_, ref) in COMMANDS.items():
         table = render_table(load_ref(ref))
         assert table.count("\n") >= 2, words
+
+
+def test_defaults_inside_the_repository_are_written_without_this_machines_path():
+    from alignloop.cli.options_doc import default_text
+    from alignloop.core.paths import REPO_DATA
+
+    assert default_text(str(REPO_DATA / "financebench" / "questions.jsonl")) == \
+        "<repo>/data/financebench/questions.jsonl"
+    assert default_text("/elsewhere/data.jsonl") == "/elsewhere/data.jsonl"
+    root = str(REPO_DATA.parent)
+    for page in (REPO_DATA.parent / "docs").glob("*.md"):
+        assert root not in page.read_text(), f"{page} holds this checkout's path {root}"
