@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
 from alignloop.core.errors import AlignloopError
+from alignloop.core.files import write_text
 
 
 class ConfigError(AlignloopError, ValueError):
@@ -127,11 +128,7 @@ class StageConfig:
 
     def save(self, folder: str | os.PathLike, name: str = "config.yaml") -> Path:
         """Write the resolved config beside a checkpoint (atomically)."""
-        path = Path(folder) / name
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.to_yaml())
-        os.replace(tmp, path)
-        return path
+        return write_text(Path(folder) / name, self.to_yaml())
 
     def replace(self, **changes: Any) -> "StageConfig":
         return dataclasses.replace(self, **changes)

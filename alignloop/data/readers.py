@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from alignloop.core.errors import DataError
+from alignloop.core.files import write_jsonl  # noqa: F401  (the one atomic JSONL writer; re-exported)
 from alignloop.data.context import CONTEXT_CHARS, build_context, evidence_passages
 from alignloop.data.records import (
     Preference,
@@ -498,19 +499,6 @@ def read_preferences(path: str | os.PathLike, limit: int | None = None, ties: st
             raise DataError(f"expected preference or ranking data, found {type(rec).__name__}",
                             path=rec.meta.get("_where") if hasattr(rec, "meta") else str(path))
     return out
-
-
-def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
-    """Write rows atomically (temp file, then rename): a crash never leaves half a file behind."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    opener = gzip.open if p.suffix == ".gz" else open
-    with opener(tmp, "wt", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, p)
-    return p
 
 
 def public_meta(meta: dict[str, Any]) -> dict[str, Any]:

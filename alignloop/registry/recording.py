@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
-from alignloop.core.db import default_db_url, utcnow
+from alignloop.core.db import DatabaseError, default_db_url, utcnow
 from alignloop.registry.cards import write_model_card
 from alignloop.registry.store import Registry, model_dict, open_registry, resolve_model_ref, run_dict
 from alignloop.registry.tables import ModelRow, RunRow, new_id
@@ -82,10 +83,16 @@ def _export_judgments(reg: Registry, hashes: dict[str, dict]) -> list[int]:
     shas = [h["sha256"] for h in hashes.values()]
     if not shas or not reg.has_tables("export_judgments", "exports"):
         return []
-    with reg.read() as s:
-        rows = s.execute(text("SELECT ej.judgment_id FROM export_judgments ej JOIN exports e ON e.id = ej.export_id "
-                              "WHERE e.sha256 IN (" + ",".join(f":h{i}" for i in range(len(shas))) + ")"),
-                         {f"h{i}": h for i, h in enumerate(shas)}).all()
+    try:
+        with reg.read() as s:
+            rows = s.execute(text("SELECT ej.judgment_id FROM export_judgments ej JOIN exports e ON "
+                                  "e.id = ej.export_id WHERE e.sha256 IN ("
+                                  + ",".join(f":h{i}" for i in range(len(shas))) + ")"),
+                             {f"h{i}": h for i, h in enumerate(shas)}).all()
+    except (DatabaseError, SQLAlchemyError) as exc:  # recorded without the judgments behind its data (as before 0.2)
+        print(f"warning: registry: cannot read the studio's exports ({exc}); the run is recorded without the "
+              "judgments behind its data", file=sys.stderr)
+        return []
     return [int(r[0]) for r in rows]
 
 

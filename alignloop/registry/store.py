@@ -21,11 +21,13 @@ hide a broken database: they raise ``DatabaseError``, which the CLI prints as a 
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from alignloop.core import db as core_db
 from alignloop.core.db import NAMING_CONVENTION, Database, DatabaseError, default_db_url, make_parent_folder, utcnow  # noqa: F401  (the registry's names for them)
@@ -167,17 +169,16 @@ def open_registry(url: str | None = None) -> Registry:
         return _registries[url]
 
 
-# --------------------------------------------------------------------------------------------------
-# Recording runs (called once, from cli.run, for every trainer)
-# --------------------------------------------------------------------------------------------------
-
-
 def resolve_model_ref(ref: str, db: str | None = None) -> tuple[str, str | None]:
     """``(path or name to load, registry model id or None)``: registry ids and names map to their folder;
     aliases, folders and .gguf files pass through (with the id of the registered model at that folder)."""
     if not ref:
         return ref, None
-    m = open_registry(db).find_model(ref)
+    try:
+        m = open_registry(db).find_model(ref)
+    except (DatabaseError, SQLAlchemyError) as exc:  # a broken registry does not stop a folder loading (as before 0.2)
+        print(f"warning: registry: cannot look {ref!r} up ({exc}); loading it as given", file=sys.stderr)
+        return ref, None
     if m is None:
         return ref, None
     if Path(ref).exists():

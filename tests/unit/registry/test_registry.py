@@ -158,13 +158,26 @@ def test_a_broken_database_is_an_error_not_an_empty_answer(tmp_path, db, capsys)
     capsys.readouterr()
     assert cli.main(["models", "lineage", m["id"], "--db", db]) == 2
     assert "no such column" in capsys.readouterr().err
-    # a training run is never failed by the registry: it warns and goes on
+    # a training run is never failed by the registry: it warns and goes on, recorded without the judgments
+    # behind its data (the studio's tables could not be read)
     assert cli.run(SFTConfig(model="tiny", data=str(d), output=str(tmp_path / "again"), db=db).validate()) == \
         tmp_path / "again" / "final"
-    assert "warning: registry: cannot record the run" in capsys.readouterr().err
+    assert "warning: registry: cannot read the studio's exports" in capsys.readouterr().err
+    assert len(reg.list_models()) == 2
     with sqlite3.connect(path) as con:
         con.execute("DROP TABLE models")
     with pytest.raises(DatabaseError, match="no such table: models"):
         reg.list_models()
     assert cli.main(["models", "list", "--db", db]) == 2
     assert "no such table: models" in capsys.readouterr().err
+
+
+def test_a_broken_registry_does_not_stop_a_model_loading_by_its_folder_or_alias(tmp_path, capsys):
+    """Serving and jobs resolve model names through the registry; a file that is not a database gives a warning
+    and the name as given (0.1 behaviour), not a failed server start."""
+    from alignloop.registry.store import resolve_model_ref
+
+    bad = tmp_path / "bad.sqlite"
+    bad.write_text("this is not a database " * 20)
+    assert resolve_model_ref("tiny", f"sqlite:///{bad}") == ("tiny", None)
+    assert "cannot look 'tiny' up" in capsys.readouterr().err
