@@ -182,8 +182,8 @@ def new_labels(cfg: LoopConfig, ins: Inputs, folder: Path, labels: list[dict[str
 
 
 def train_stage(cfg: LoopConfig, folder: Path, seed: int, policy: str, m: dict[str, Any]) -> tuple[str, str | None]:
-    """Train the stage's methods on ``folder/labels.jsonl``; returns (policy, reward model) and records both in
-    ``m``."""
+    """Train the stage's methods on ``folder/labels.jsonl``; returns (policy, reward model) and records the reward
+    model in ``m``."""
     common = dict(model=cfg.model, data=str(folder / "labels.jsonl"), max_steps=cfg.max_steps,
                   batch_size=cfg.batch_size, max_length=cfg.max_length, seed=seed, db=cfg.db)
     if cfg.learning_rate:
