@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Optional
 
-from alignloop.core.config import StageConfig, existing_file, opt, positive
+from alignloop.core.config import StageConfig, check_db_url, existing_file, opt, positive
 from alignloop.core.paths import REPO_DATA
 from alignloop.data.context import CONTEXT_CHARS
 
@@ -29,7 +29,8 @@ class LoopConfig(StageConfig):
     dev_data: str = opt(str(HH / "dev.jsonl.gz"), "Fixed evaluation set (dev accuracy in simulated mode).")
     test_data: Optional[str] = opt(None, "Test set: pairs (simulated mode: test accuracy beside dev accuracy) or, "
                                    "in training mode, QA rows with gold answers.")
-    stages: list[int] = opt([100, 200, 300, 400, 500, 600, 700, 800], "Label counts, increasing.")
+    stages: list[int] = opt([100, 200, 300, 400, 500, 600, 700, 800], "Label counts, increasing; training mode "
+                            "takes 0: the starting model (--model) with no preference training.")
     strategies: list[str] = opt(["random", "uncertainty"], "Selection strategies to run: random, uncertainty.")
     simulated: bool = opt(True, "Reveal known labels in the order the strategy picks them (compare strategies).")
     methods: list[str] = opt(["reward"], "Training mode: what to train per stage: reward, dpo.")
@@ -64,13 +65,18 @@ class LoopConfig(StageConfig):
                                          "(default: each trainer's own; the demo's LoRA DPO uses 5e-4).")
     seeds: list[int] = opt([0], "Seeds: each strategy runs once per seed; curves show the mean (and a 95% band).")
     limit: Optional[int] = opt(None, "Use only the first N pool rows and N dev rows (quick runs, tests).")
+    db: Optional[str] = opt(None, "Training mode: registry database URL where the trainers' runs and each stage's "
+                            "model (rlhf_<n>_labels) are recorded; default: the SQLite file under the alignloop home.")
 
     def check(self) -> list[str]:
         p = []
         if not self.output:
             p.append("output: an output folder is required (--output DIR)")
-        if not self.stages or any(b <= a for a, b in zip(self.stages, self.stages[1:])) or self.stages[0] <= 0:
-            p.append(f"stages: must be positive and increasing, got {self.stages}")
+        if not self.stages or any(b <= a for a, b in zip(self.stages, self.stages[1:])) or self.stages[0] < 0:
+            p.append(f"stages: must be label counts (0 or more), increasing, got {self.stages}")
+        elif self.simulated and self.stages[0] == 0:
+            p.append("stages: stage 0 (the starting model, no labels) is a training-mode stage (simulated: false); "
+                     "simulated mode's reward heads need at least one label")
         bad = [s for s in self.strategies if s not in ("random", "uncertainty")]
         if bad:
             p.append(f"strategies: unknown {', '.join(bad)} (random, uncertainty)")
@@ -84,6 +90,7 @@ class LoopConfig(StageConfig):
         elif not self.data:
             p.append("data: a pool of preference pairs is required (only online training runs without one)")
         p += existing_file(self, "data", "dev_data", "test_data", "prompts")
+        p += check_db_url(self.db)
         p += positive(self, "ensemble", "l2", "max_length", "max_steps", "limit", "batch_size", "max_new_tokens",
                       "num_candidates", "prompts_per_round", "learning_rate")
         p += positive(self, "temperature", allow_zero=True)
@@ -94,8 +101,9 @@ class LoopConfig(StageConfig):
         if self.simulated:
             p.append("online: on-policy rounds train and sample a policy; they need simulated: false (simulated "
                      "mode only reveals labels the pool already has)")
-        if len(self.stages) < 2:
-            p.append("online: the on-policy rounds feed the stages after the first; give at least 2 stages")
+        if len([n for n in self.stages if n > 0]) < 2:
+            p.append("online: the on-policy rounds feed the stages after the first; give at least 2 stages with "
+                     "labels")
         if self.num_candidates < 2 and not (self.add_gold and self.judge == "reference"):
             p.append("num_candidates: the judge compares pairs; sample at least 2 per prompt (or 1 with add_gold "
                      "and the reference judge)")

@@ -39,6 +39,7 @@ from alignloop.evaluate.tables import write_csv
 from alignloop.judges import labeling
 from alignloop.judges.reference import ReferenceJudge
 from alignloop.pipelines.config import FINANCEBENCH, DemoConfig  # noqa: F401  (re-exported)
+from alignloop.pipelines.resume import run_once
 
 
 def log(msg: str) -> None:
@@ -47,23 +48,8 @@ def log(msg: str) -> None:
 
 def stage(out: Path, name: str, cfg: DemoConfig, fn: Callable[[Path], Any], key: Any = None) -> Any:
     """Run ``fn(folder)`` unless ``folder/done`` exists with the same ``key`` (what the stage's input was); the
-    marker holds the stage's JSON result."""
-    folder = out / name
-    marker = folder / "done"
-    if marker.exists() and not cfg.force:
-        done = json.loads(marker.read_text())
-        if done.get("key") == key:
-            log(f"{name}: done before, reusing {folder}")
-            return done
-        log(f"{name}: its input changed ({done.get('key')} -> {key}), redoing it")
-    folder.mkdir(parents=True, exist_ok=True)
-    log(f"{name}: running")
-    t0 = time.perf_counter()
-    result = fn(folder)
-    result = {"result": result, "seconds": round(time.perf_counter() - t0, 1), "key": key}
-    write_json(marker, result, indent=None)
-    log(f"{name}: finished in {result['seconds']} s")
-    return result
+    marker holds the stage's JSON result (:func:`alignloop.pipelines.resume.run_once`)."""
+    return run_once(out / name, fn, key=key, force=cfg.force, log=log)
 
 
 def split_data(cfg: DemoConfig, folder: Path) -> dict[str, Any]:

@@ -1,10 +1,13 @@
 """``alignloop loop``: the staged RLHF loop. Did each increment of labels make the model better?
 
-For stages of increasing label counts (100, 200, …), stage n takes the first n labels in the order the selection
-strategy picks them, trains, evaluates on a fixed test set, and writes ``stage_<n>/`` (``metrics.json``,
-``predictions.csv`` with ``id`` and answer, ``labels.json``: the label ids in pick order). A finished stage
-(its ``metrics.json`` exists) is never redone: a killed run resumes at the first unfinished stage, and the pick
-order is read back from the last finished stage so the next picks continue it exactly.
+For stages of increasing label counts (0, 100, 200, …; a *label* is one preference judgment between two answers to
+one question), stage n takes the first n labels in the order the selection strategy picks them, trains, evaluates on
+a fixed held-out set and writes ``stage_<n>/``: ``submission.csv`` (``id``, ``answer``: one row per held-out item,
+in the held-out set's order), ``grades.jsonl`` (every item's grade), ``metrics.json`` (the stage's figures, wall time
+included) and ``labels.json`` (the label ids in pick order). Stage 0 (training mode) is the starting model with no
+preference training. Each stage runs through :func:`alignloop.pipelines.resume.run_once`, the demo's stage helper:
+its ``done`` marker, written last, means a second or killed run never redoes it, and the pick order is read back
+from the finished stages so the next picks continue it exactly.
 
 Strategies (which unlabeled items the next labels come from):
 
@@ -20,10 +23,12 @@ Bradley-Terry heads on frozen sentence-encoder features.
 
 **Training mode** (``simulated: false``, :mod:`alignloop.pipelines.loop_training`) trains the real stages per label
 count on a preference pool (``data``): ``methods`` among ``reward`` (``alignloop reward train``) and ``dpo``
-(``alignloop dpo``, LoRA), each stage from ``model`` on all of its n labels. Each stage writes ``labels.jsonl`` (the
-label rows it trained on, with ``id`` and ``source``) and is evaluated: the policy (the stage's DPO output, else
-``model``) answers ``test_data`` (QA rows with gold answers; ``predictions.csv``, graded in ``items.csv``) and the
-reward model is scored on ``dev_data`` pairs (``reward_eval.json``).
+(``alignloop dpo``, LoRA), each stage from ``model`` on all of its n labels (stage 0 trains nothing). Each stage
+writes ``labels.jsonl`` (the label rows it trained on, with ``id`` and ``source``) and is evaluated: the policy (the
+stage's DPO output, else ``model``) answers ``test_data`` (QA rows with gold answers; ``submission.csv``, graded in
+``grades.jsonl``) and the reward model is scored on ``dev_data`` pairs (``reward_eval.json``). The stage's policy is
+registered in the model registry (``db``) as ``rlhf_<n>_labels``: its label count in the model's metrics, its parent
+the previous stage's model (the first stage's: ``model``, when that is registered, e.g. an SFT output).
 
 **Online** (``online: true``, training mode; iterative / on-policy RLHF; :mod:`alignloop.pipelines.loop_online`):
 stage n's labels are the previous stage's plus n - n_prev new ones, and the new ones come first from an *on-policy

@@ -41,8 +41,9 @@ def curves_from(results: dict[str, Any], metric: str) -> tuple[dict[str, list[tu
     for strategy, per_seed in results.items():
         by_n: dict[int, list[float]] = {}
         for ms in per_seed.values():
-            for m in ms:
-                by_n.setdefault(m["labels"], []).append(m[metric])
+            for m in ms:  # a stage without the metric (stage 0 has no reward model) is left off that curve
+                if metric in m:
+                    by_n.setdefault(m["labels"], []).append(m[metric])
         ns = sorted(by_n)
         curves[strategy] = [(n, float(np.mean(by_n[n]))) for n in ns]
         if all(len(by_n[n]) > 1 for n in ns):

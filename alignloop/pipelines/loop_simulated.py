@@ -13,18 +13,20 @@ import hashlib
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from alignloop.core.config import ConfigError
-from alignloop.core.files import atomic_path
+from alignloop.core.files import atomic_path, write_jsonl
 from alignloop.core.paths import alignloop_home
 from alignloop.data.readers import read_preferences
 from alignloop.evaluate.tables import write_csv
 from alignloop.pipelines.config import LoopConfig
 from alignloop.pipelines.loop_report import log, stage_dir, write_stage_json
+from alignloop.pipelines.resume import run_once
 
 # --------------------------------------------------------------------------------------------------
 # Features: a frozen sentence encoder, cached on disk
@@ -137,39 +139,50 @@ def next_picks(strategy: str, picked: list[int], n_new: int, pool_size: int, see
 # --------------------------------------------------------------------------------------------------
 
 
+def simulated_stage(cfg: LoopConfig, folder: Path, strategy: str, seed: int, n: int, picked: list[int],
+                    model: HeadEnsemble | None, pool_ids: list[str], pool: np.ndarray, dev_ids: list[str],
+                    dev: np.ndarray, test: np.ndarray | None) -> dict[str, Any]:
+    """Stage ``n``: pick up to ``n`` labels, fit the ensemble, score dev (and test). Writes ``submission.csv``
+    (``id``, ``answer``: which answer of each dev pair the ensemble prefers), ``grades.jsonl`` (its margin and
+    whether that is the known choice), ``labels.json`` and ``metrics.json``."""
+    t0 = time.perf_counter()
+    picked = picked + next_picks(strategy, picked, n - len(picked), len(pool_ids), seed, model, pool)
+    model = HeadEnsemble(cfg.ensemble, cfg.l2, seed * 1000 + n).fit(pool[picked])
+    margins = model.margins(dev).mean(0)
+    m: dict[str, Any] = {"strategy": strategy, "seed": seed, "labels": n, "dev_accuracy": float((margins > 0).mean()),
+                         "dev_items": len(dev_ids), "pool_uncertainty_mean": float(model.uncertainty(pool).mean())}
+    if test is not None:
+        m["test_accuracy"] = model.accuracy(test)
+    answers = ["chosen" if g > 0 else "rejected" for g in margins]
+    write_csv(folder / "submission.csv", [{"id": i, "answer": a} for i, a in zip(dev_ids, answers)])
+    write_jsonl(folder / "grades.jsonl", [{"id": i, "answer": a, "margin": float(g), "correct": bool(g > 0)}
+                                          for i, a, g in zip(dev_ids, answers, margins)])
+    write_stage_json(folder / "labels.json", [pool_ids[i] for i in picked])
+    m["seconds"] = round(time.perf_counter() - t0, 2)
+    write_stage_json(folder / "metrics.json", m)
+    log(f"{strategy} seed {seed} stage {n}: dev accuracy {m['dev_accuracy']:.3f}")
+    return m
+
+
 def run_strategy(cfg: LoopConfig, strategy: str, seed: int, pool_ids: list[str], pool: np.ndarray,
                  dev_ids: list[str], dev: np.ndarray, test: np.ndarray | None) -> list[dict[str, Any]]:
-    """Every stage of one strategy and seed: pick, fit the ensemble, score dev (and test); finished stages are
-    read back, and their pick order continued."""
+    """Every stage of one strategy and seed; a finished stage (its ``done`` marker) is read back, and its pick
+    order continued."""
+    from tqdm.auto import tqdm
+
     out = Path(cfg.output)
     picked: list[int] = []
     model: HeadEnsemble | None = None
     done: list[dict[str, Any]] = []
-    for n in cfg.stages:
+    for n in tqdm(cfg.stages, desc=f"loop {strategy} seed {seed}", unit="stage", file=sys.stderr):
         folder = stage_dir(out, strategy, seed, n, len(cfg.seeds))
-        if (folder / "metrics.json").exists():  # finished before: reuse, and continue its pick order
-            m = json.loads((folder / "metrics.json").read_text())
-            picked = [pool_ids.index(i) for i in json.loads((folder / "labels.json").read_text())]
-            model = HeadEnsemble(cfg.ensemble, cfg.l2, seed * 1000 + n).fit(pool[picked])
-            done.append(m)
-            log(f"{strategy} seed {seed} stage {n}: done before (dev accuracy {m['dev_accuracy']:.3f})")
-            continue
-        t0 = time.perf_counter()
-        picked += next_picks(strategy, picked, n - len(picked), len(pool_ids), seed, model, pool)
+        fn = partial(simulated_stage, cfg, strategy=strategy, seed=seed, n=n, picked=picked, model=model,
+                     pool_ids=pool_ids, pool=pool, dev_ids=dev_ids, dev=dev, test=test)
+        m = run_once(folder, fn, log=log, name=f"{strategy} seed {seed} stage {n}")["result"]
+        # the stage's picks (read back when it finished before) and its ensemble (the same seed: the same fit)
+        picked = [pool_ids.index(i) for i in json.loads((folder / "labels.json").read_text())]
         model = HeadEnsemble(cfg.ensemble, cfg.l2, seed * 1000 + n).fit(pool[picked])
-        margins = model.margins(dev).mean(0)
-        m = {"strategy": strategy, "seed": seed, "labels": n, "dev_accuracy": float((margins > 0).mean()),
-             "dev_items": len(dev_ids), "pool_uncertainty_mean": float(model.uncertainty(pool).mean()),
-             "seconds": round(time.perf_counter() - t0, 2)}
-        if test is not None:
-            m["test_accuracy"] = model.accuracy(test)
-        write_csv(folder / "predictions.csv", [
-            {"id": i, "answer": "chosen" if g > 0 else "rejected", "margin": float(g)}
-            for i, g in zip(dev_ids, margins)])
-        write_stage_json(folder / "labels.json", [pool_ids[i] for i in picked])
-        write_stage_json(folder / "metrics.json", m)  # last: its presence marks the stage finished
         done.append(m)
-        log(f"{strategy} seed {seed} stage {n}: dev accuracy {m['dev_accuracy']:.3f}")
     return done
 
 

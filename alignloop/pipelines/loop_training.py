@@ -1,21 +1,25 @@
 """The loop's training mode (``simulated: false``): per stage, its n labels train a reward model and/or a DPO
-policy (each from ``model``), then the stage is evaluated.
+policy (each from ``model``; stage 0 trains nothing), then the stage is evaluated and its policy registered as
+``rlhf_<n>_labels`` (parent: the previous stage's model).
 
 Stage n's labels are the previous stage's plus n - n_prev new ones: with ``online``, the pairs of the on-policy
 round that the previous stage's policy answered (as many as fit), then the pool's next picks in strategy order for
 the rest (all of them without ``online``, and at the first stage). The policy (the stage's DPO output, else
-``model``) answers ``test_data`` (``predictions.csv``, graded in ``items.csv``) and the reward model is scored on
+``model``) answers ``test_data`` (``submission.csv``, graded in ``grades.jsonl``) and the reward model is scored on
 ``dev_data`` pairs (``reward_eval.json``).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 import alignloop
 from alignloop.core.config import ConfigError
@@ -26,6 +30,7 @@ from alignloop.evaluate.tables import write_csv
 from alignloop.pipelines.config import LoopConfig
 from alignloop.pipelines.loop_online import make_judge, online_prompts, online_round
 from alignloop.pipelines.loop_report import log, read_jsonl, stage_dir, write_stage_json
+from alignloop.pipelines.resume import run_once
 
 
 def read_pool(cfg: LoopConfig) -> list[dict[str, Any]]:
@@ -63,15 +68,16 @@ def pool_order(strategy: str, pool: list[dict[str, Any]], seed: int) -> list[int
 
 def evaluate_stage(cfg: LoopConfig, folder: Path, n: int, policy: str, reward_model: str | None,
                    test: list[Any] | None, seed: int) -> dict[str, Any]:
-    """Test answers of ``policy`` graded by the QA scorer (``predictions.csv``, ``items.csv``) and the reward
-    model's accuracy on ``dev_data`` pairs (``reward_eval.json``)."""
+    """Test answers of ``policy`` graded by the QA scorer (``submission.csv``: ``id``, ``answer``, one row per
+    test item in the test set's order; ``grades.jsonl``: every item's grade) and the reward model's accuracy on
+    ``dev_data`` pairs (``reward_eval.json``)."""
     m: dict[str, Any] = {}
     if test is not None:
         ans = [a[0] for a in answer(policy, [r.prompt for r in test], cfg.max_new_tokens, 10_000, 0.0, 8, seed=seed,
                                     desc=f"stage {n}: test answers")]
         rows, summ = score_qa(test, ans)
-        write_csv(folder / "items.csv", rows)
-        write_csv(folder / "predictions.csv", [{"id": r["id"], "answer": r["answer"]} for r in rows])
+        write_csv(folder / "submission.csv", [{"id": r["id"], "answer": r["answer"]} for r in rows])
+        write_jsonl(folder / "grades.jsonl", rows)
         m.update({f"test_{k}": v for k, v in summ.items() if isinstance(v, (int, float))})
     if reward_model and cfg.dev_data:
         r = alignloop.run_stage("reward eval", model=reward_model, data=cfg.dev_data, limit=cfg.limit,
@@ -80,17 +86,66 @@ def evaluate_stage(cfg: LoopConfig, folder: Path, n: int, policy: str, reward_mo
     return m
 
 
+def registry_on() -> bool:
+    return os.environ.get("ALIGNLOOP_REGISTRY") != "off"
+
+
+def starting_model(cfg: LoopConfig) -> tuple[str, str | None]:
+    """(what to load, registry id): ``model`` may name a registered model (its folder is loaded); the id is stage 0's
+    parent (the first stage's, without a stage 0). The registry never makes the loop fail."""
+    if not registry_on():
+        return cfg.model, None
+    from alignloop.registry.store import resolve_model_ref
+
+    try:
+        return resolve_model_ref(cfg.model, cfg.db)
+    except Exception as exc:
+        log(f"warning: registry: cannot look up {cfg.model}: {exc.__class__.__name__}: {exc}")
+        return cfg.model, None
+
+
+def model_name(cfg: LoopConfig, strategy: str, seed: int, n: int) -> str:
+    """A stage's registry name: ``rlhf_<n>_labels`` (plus ``-<strategy>`` / ``-seed<k>`` when a run has several)."""
+    return (f"rlhf_{n}_labels" + (f"-{strategy}" if len(cfg.strategies) > 1 else "")
+            + (f"-seed{seed}" if len(cfg.seeds) > 1 else ""))
+
+
+def register_stage(cfg: LoopConfig, folder: Path, name: str, policy: str, parent: str | None,
+                   m: dict[str, Any]) -> str | None:
+    """Record the stage's policy as model ``name`` (stage ``loop``): parent, label count (``labels`` in its
+    metrics), the sha256 of its ``labels.jsonl``; returns its id (None when not recorded)."""
+    if not registry_on():
+        return None
+    from alignloop.models.load import resolve_model
+    from alignloop.registry import recording
+
+    try:
+        path = str(resolve_model(policy))  # an alias or an --output folder: the model folder itself
+    except Exception:
+        path = policy
+    labels = folder / "labels.jsonl"
+    hashes = {"data": {"path": str(labels.resolve()), "sha256": recording.file_sha256(labels)}}
+    # the folder is the stage's DPO output (its trainer's run wrote its card) or the starting model: no new card
+    model_id = recording.record_run(cfg, path, metrics=m, parent=parent, hashes=hashes, stage="loop", name=name,
+                                    judgment_ids=recording.judgment_ids_in(labels), db=cfg.db, card=False)
+    if model_id is None:
+        log(f"{name}: not registered ({path} is not a model folder, or the registry is unavailable)")
+    return model_id
+
+
 class Inputs:
     """What every stage of a training-mode run reads: the pool, the test items, and (online) the prompt set and
     the judge."""
 
     def __init__(self, cfg: LoopConfig):
         self.pool = read_pool(cfg) if cfg.data else []
-        need = 0 if cfg.online and not self.pool else cfg.stages[0] if cfg.online else cfg.stages[-1]
+        first = next((n for n in cfg.stages if n > 0), 0)  # the first stage with labels (stage 0 has none)
+        need = 0 if cfg.online and not self.pool else first if cfg.online else cfg.stages[-1]
         if need > len(self.pool):
             raise ConfigError([f"stages: {'the first' if cfg.online else 'the last'} stage needs {need} labels from "
                                f"the pool; {cfg.data} has {len(self.pool)} untied pairs"])
         self.test = qa_items(cfg.test_data, cfg.test_split) if cfg.test_data else None
+        self.start, self.start_id = starting_model(cfg)  # stage 0's policy, and its parent in the registry
         self.prompts: list[Any] | None = None
         self.judge: Any = None
         if cfg.online:
@@ -107,10 +162,11 @@ class Inputs:
 
 def new_labels(cfg: LoopConfig, ins: Inputs, folder: Path, labels: list[dict[str, Any]], order: list[int],
                policy: str, seed: int, k: int, n: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Stage ``n``'s new labels: (on-policy rows, pool rows that fill the rest)."""
+    """Stage ``n``'s new labels: (on-policy rows, pool rows that fill the rest); ``k`` counts the stages with
+    labels before this one."""
     new: list[dict[str, Any]] = []
-    # the pool seeds the first stage (the same start as an offline run); without a pool, `model` answers a first
-    # round too
+    # the pool seeds the first stage with labels (the same start as an offline run); without a pool, the
+    # starting model answers a first round too
     round_no = k + (0 if ins.pool else 1)
     if cfg.online and round_no > 0:
         assert ins.prompts is not None
@@ -126,10 +182,10 @@ def new_labels(cfg: LoopConfig, ins: Inputs, folder: Path, labels: list[dict[str
 
 
 def train_stage(cfg: LoopConfig, folder: Path, seed: int, policy: str, m: dict[str, Any]) -> tuple[str, str | None]:
-    """Train the stage's methods on ``folder/labels.jsonl``; returns (policy, reward model) and records both in
-    ``m``."""
+    """Train the stage's methods on ``folder/labels.jsonl``; returns (policy, reward model) and records the reward
+    model in ``m``."""
     common = dict(model=cfg.model, data=str(folder / "labels.jsonl"), max_steps=cfg.max_steps,
-                  batch_size=cfg.batch_size, max_length=cfg.max_length, seed=seed)
+                  batch_size=cfg.batch_size, max_length=cfg.max_length, seed=seed, db=cfg.db)
     if cfg.learning_rate:
         common["learning_rate"] = cfg.learning_rate
     reward_model = None
@@ -142,43 +198,61 @@ def train_stage(cfg: LoopConfig, folder: Path, seed: int, policy: str, m: dict[s
         # each stage trains from `model` on all its labels (aggregate and retrain), so the curve stays metric vs
         # number of labels; online changes where the labels come from
         policy = str(alignloop.run_stage("dpo", output=str(folder / "dpo"), lora=True, **common))
-        m["policy"] = policy
     return policy, reward_model
 
 
+class Progress:
+    """What carries from one stage to the next: its labels, its policy, its registered model (the next one's
+    parent), and how many stages with labels came before."""
+
+    def __init__(self, ins: Inputs):
+        self.labels: list[dict[str, Any]] = []
+        self.policy, self.model_id, self.labelled = ins.start, ins.start_id, 0
+
+
+def one_stage(cfg: LoopConfig, ins: Inputs, folder: Path, p: Progress, order: list[int], strategy: str, seed: int,
+              n: int) -> dict[str, Any]:
+    """Stage ``n``: its labels, training (none at stage 0: the starting model), evaluation, registration;
+    ``metrics.json`` (the stage's figures, wall time included) is its last file before the ``done`` marker."""
+    t0 = time.perf_counter()
+    new, fill = new_labels(cfg, ins, folder, p.labels, order, p.policy, seed, p.labelled, n) if n else ([], [])
+    labels = p.labels + new + fill
+    write_jsonl(folder / "labels.jsonl", labels)
+    sources = [r["source"] for r in labels]
+    m: dict[str, Any] = {"strategy": strategy, "seed": seed, "labels": n, "labels_pool": sources.count("pool"),
+                         "labels_online": sources.count("online"), "new_online": len(new), "new_pool": len(fill)}
+    log(f"{strategy} seed {seed} stage {n}: {n} labels ({m['labels_pool']} pool, "
+        f"{m['labels_online']} on-policy; new: {len(new)} on-policy, {len(fill)} pool)")
+    policy, reward_model = train_stage(cfg, folder, seed, p.policy, m) if n else (ins.start, None)
+    m["policy"] = policy
+    t1 = time.perf_counter()
+    m.update(evaluate_stage(cfg, folder, n, policy, reward_model, ins.test, seed))
+    m["seconds_train"], m["seconds_eval"] = round(t1 - t0, 1), round(time.perf_counter() - t1, 1)
+    m["model_name"] = model_name(cfg, strategy, seed, n)
+    m["parent_id"] = p.model_id
+    m["model_id"] = register_stage(cfg, folder, m["model_name"], policy, p.model_id, m)
+    m["seconds"] = round(time.perf_counter() - t0, 1)
+    write_stage_json(folder / "labels.json", [r["id"] for r in labels])
+    write_stage_json(folder / "metrics.json", m)
+    return m
+
+
 def run_strategy(cfg: LoopConfig, ins: Inputs, strategy: str, seed: int) -> list[dict[str, Any]]:
-    """Every stage of one strategy and seed; a finished stage's labels and policy carry on to the next."""
+    """Every stage of one strategy and seed; a finished stage (its ``done`` marker) is not redone: its labels,
+    policy and registered model carry on to the next."""
     out = Path(cfg.output)
     order = pool_order(strategy, ins.pool, seed)
-    labels: list[dict[str, Any]] = []
-    policy = cfg.model
+    p = Progress(ins)
     done: list[dict[str, Any]] = []
-    for k, n in enumerate(cfg.stages):
+    for n in tqdm(cfg.stages, desc=f"loop {strategy} seed {seed}", unit="stage", file=sys.stderr):
         folder = stage_dir(out, strategy, seed, n, len(cfg.seeds))
-        if (folder / "metrics.json").exists():  # finished before: its labels and policy carry on
-            m = json.loads((folder / "metrics.json").read_text())
-            labels = read_jsonl(folder / "labels.jsonl")
-            policy = m.get("policy", cfg.model)
-            done.append(m)
-            log(f"{strategy} seed {seed} stage {n}: done before, reusing {folder}")
-            continue
-        t0 = time.perf_counter()
-        new, fill = new_labels(cfg, ins, folder, labels, order, policy, seed, k, n)
-        labels = labels + new + fill
-        write_jsonl(folder / "labels.jsonl", labels)
-        sources = [r["source"] for r in labels]
-        m: dict[str, Any] = {"strategy": strategy, "seed": seed, "labels": n, "labels_pool": sources.count("pool"),
-                             "labels_online": sources.count("online"), "new_online": len(new), "new_pool": len(fill)}
-        log(f"{strategy} seed {seed} stage {n}: {n} labels ({m['labels_pool']} pool, "
-            f"{m['labels_online']} on-policy; new: {len(new)} on-policy, {len(fill)} pool)")
-        policy, reward_model = train_stage(cfg, folder, seed, policy, m)
-        m.update(evaluate_stage(cfg, folder, n, policy, reward_model, ins.test, seed))
-        m["seconds"] = round(time.perf_counter() - t0, 1)
-        write_stage_json(folder / "labels.json", [r["id"] for r in labels])
-        write_stage_json(folder / "metrics.json", m)  # last: its presence marks the stage finished
+        m = run_once(folder, lambda f, n=n: one_stage(cfg, ins, f, p, order, strategy, seed, n), log=log,
+                     name=f"{strategy} seed {seed} stage {n}")["result"]
+        p.labels, p.policy, p.model_id = read_jsonl(folder / "labels.jsonl"), m["policy"], m.get("model_id")
+        p.labelled += n > 0
         done.append(m)
-        shown = {k2: m[k2] for k2 in ("test_correct", "test_n", "dev_reward_accuracy") if k2 in m}
-        log(f"{strategy} seed {seed} stage {n}: finished in {m['seconds']} s {json.dumps(shown)}")
+        shown = {k: m[k] for k in ("test_correct", "test_n", "dev_reward_accuracy", "seconds") if k in m}
+        log(f"{strategy} seed {seed} stage {n}: {json.dumps(shown)}")
     return done
 
 

@@ -204,9 +204,10 @@ def _add_model(s: Any, run: RunRow, final: Path, name: str | None, output: Path)
 
 def record_run(cfg: Any, output: str | os.PathLike, metrics: dict | None = None, parent: str | None = None,
                hashes: dict | None = None, judgment_ids: list[int] | None = None, stage: str | None = None,
-               name: str | None = None, db: str | None = None) -> str | None:
+               name: str | None = None, db: str | None = None, card: bool = True) -> str | None:
     """Record a finished run in one call (for code that trains outside ``alignloop <stage>``); returns the
-    model id when ``output`` holds a model. Never raises."""
+    model id when ``output`` holds a model. ``card=False`` leaves the folder's model card alone (a folder another
+    run made and described, registered again under another name). Never raises."""
     try:
         reg = open_registry(db or getattr(cfg, "db", None))
         out = Path(output)
@@ -222,7 +223,8 @@ def record_run(cfg: Any, output: str | os.PathLike, metrics: dict | None = None,
             if final is None:
                 return None
             run_view, model_view = _add_model(s, run, final, name, out)
-        write_model_card(final, model_view, run_view, reg)
+        if card:
+            write_model_card(final, model_view, run_view, reg)
         return model_view["id"]
     except Exception as exc:
         _warn(f"{exc.__class__.__name__}: {exc}")

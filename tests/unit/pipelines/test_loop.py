@@ -68,9 +68,13 @@ def test_simulated_loop_writes_stages_and_resumes(tmp_path, fake_encoder):
     loop.run(half)
     s10 = tmp_path / "run" / "uncertainty" / "stage_10"
     mtime = (s10 / "metrics.json").stat().st_mtime_ns
-    with open(s10 / "predictions.csv") as fh:
+    with open(s10 / "submission.csv") as fh:
         preds = list(csv.DictReader(fh))
-    assert len(preds) == 30 and set(preds[0]) == {"id", "answer", "margin"} and preds[0]["id"] == "p1000"
+    assert [p["id"] for p in preds] == [f"p{1000 + i}" for i in range(30)] and list(preds[0]) == ["id", "answer"]
+    grades = [json.loads(line) for line in (s10 / "grades.jsonl").read_text().splitlines()]
+    assert [g["id"] for g in grades] == [p["id"] for p in preds]
+    assert [g["answer"] for g in grades] == [p["answer"] for p in preds] == \
+        ["chosen" if g["margin"] > 0 else "rejected" for g in grades]
     # the first stage is random for both strategies (same seed): same labels
     assert json.loads((s10 / "labels.json").read_text()) == \
         json.loads((tmp_path / "run" / "random" / "stage_10" / "labels.json").read_text())
@@ -204,7 +208,7 @@ def test_training_mode_reward_and_dpo_on_tiny_writes_stages_and_resumes(tiny_pat
         assert m["policy"] == str(run / f"stage_{n}" / "dpo" / "final")
         assert (Path(m["reward_model"]) / "config.json").exists() and 0 <= m["dev_reward_accuracy"] <= 1
         assert m["test_correct"] + m["test_incorrect"] + m["test_refusal"] == 3
-        with open(run / f"stage_{n}" / "predictions.csv") as fh:
+        with open(run / f"stage_{n}" / "submission.csv") as fh:
             preds = list(csv.DictReader(fh))
         assert list(preds[0]) == ["id", "answer"] and [p["id"] for p in preds] == ["q0", "q1", "q2"]
     curves = json.loads((tmp_path / "run" / "curves.json").read_text())
@@ -332,3 +336,84 @@ def test_online_refuses_test_prompts_before_any_work(tiny_path, tmp_path):
     with pytest.raises(ConfigError) as e:
         loop.run(cfg)
     assert "3 of the prompts" in str(e.value) and not (tmp_path / "run" / "random").exists()
+
+
+# ---- stage 0, submissions, the registry, reuse (issue 18) ---------------------------------------------------
+
+def test_loop_accepts_stage_0_in_training_mode(tmp_path):
+    from alignloop.core.config import ConfigError
+
+    cfg = LoopConfig(output=str(tmp_path), simulated=False, stages=[0, 2, 4]).validate()
+    assert cfg.stages == [0, 2, 4]
+    with pytest.raises(ConfigError, match=r"stages: must be label counts \(0 or more\), increasing, got \[-1, 2\]"):
+        LoopConfig(output=str(tmp_path), simulated=False, stages=[-1, 2]).validate()
+    with pytest.raises(ConfigError, match="stage 0 .* is a training-mode stage"):
+        LoopConfig(output=str(tmp_path), stages=[0, 10]).validate()
+    with pytest.raises(ConfigError, match="at least 2 stages with labels"):  # stage 0 feeds no on-policy round
+        LoopConfig(output=str(tmp_path), simulated=False, online=True, stages=[0, 10], judge="http",
+                   judge_base_url="http://x", judge_model="m").validate()
+
+
+def test_staged_loop_on_tiny_writes_submissions_registers_models_and_reuses_stages(tiny_path, tmp_path, monkeypatch):
+    """Stage 0 (the starting model, no preference training) and stage 2 (DPO on 2 labels): each writes the
+    held-out split's submission and grades, and is registered as rlhf_<n>_labels with its label count and parent;
+    a second run trains, answers and registers nothing."""
+    from testutil import write_jsonl
+
+    from alignloop.pipelines import loop_training
+    from alignloop.registry import recording
+    from alignloop.registry.store import open_registry
+
+    db = f"sqlite:///{tmp_path / 'registry.db'}"
+    sft_id = recording.record_run({"model": "tiny"}, tiny_path, metrics={}, stage="sft", name="sft", db=db, card=False)
+    questions = write_jsonl(tmp_path / "questions.jsonl", [_qa(i) for i in range(10)])
+    cfg = _training_cfg(tiny_path, tmp_path, stages=[0, 2], methods=["dpo"], test_data=str(questions),
+                        test_split="test", db=db)
+    run = tmp_path / "run" / "random"
+    calls = _spy_stages(monkeypatch)
+    loop.run(cfg)
+    assert [(s, o.split("/random/")[1]) for s, o in calls] == [("dpo", "stage_2/dpo")]  # stage 0 trains nothing
+
+    for n in (0, 2):
+        with open(run / f"stage_{n}" / "submission.csv", newline="") as fh:
+            sub = list(csv.reader(fh))
+        # the held-out split of q0..q9 (the 30 % of ids with the smallest SHA-256), in file order
+        assert sub[0] == ["id", "answer"] and [r[0] for r in sub[1:]] == ["q4", "q5", "q7"]
+        grades = _read_jsonl(run / f"stage_{n}" / "grades.jsonl")
+        assert [(g["id"], g["gold"], g["answer"]) for g in grades] == \
+            [(r[0], _qa(int(r[0][1:]))["answer"], r[1]) for r in sub[1:]]
+        m = json.loads((run / f"stage_{n}" / "metrics.json").read_text())
+        assert (m["labels"], m["test_n"], m["model_name"]) == (n, 3, f"rlhf_{n}_labels")
+        assert m["seconds"] >= m["seconds_train"] + m["seconds_eval"] - 0.2 and m["seconds_eval"] > 0
+    m0 = json.loads((run / "stage_0" / "metrics.json").read_text())
+    m2 = json.loads((run / "stage_2" / "metrics.json").read_text())
+    assert m0["policy"] == str(tiny_path) and (run / "stage_0" / "labels.jsonl").read_text() == ""
+    assert m2["policy"] == str(run / "stage_2" / "dpo" / "final")
+    assert [r["id"] for r in _read_jsonl(run / "stage_2" / "labels.jsonl")] == \
+        [f"p{i}" for i in np.random.default_rng(0).permutation(10)[:2]]
+    curves = json.loads((tmp_path / "run" / "curves.json").read_text())
+    assert [n for n, _ in curves["curves"]["random"]] == [0, 2]
+
+    reg = open_registry(db)
+    stages = {m["name"]: m for m in reg.list_models() if m["stage"] == "loop"}
+    assert sorted(stages) == ["rlhf_0_labels", "rlhf_2_labels"]
+    r0, r2 = stages["rlhf_0_labels"], stages["rlhf_2_labels"]
+    assert (r0["parent_id"], r0["metrics"]["labels"], r0["path"]) == (sft_id, 0, str(tiny_path.resolve()))
+    assert (r2["parent_id"], r2["metrics"]["labels"]) == (r0["id"], 2)
+    assert r2["path"] == str((run / "stage_2" / "dpo" / "final").resolve())
+    assert (m0["model_id"], m2["model_id"], m2["parent_id"]) == (r0["id"], r2["id"], r0["id"])
+    assert [c["name"] for c in reg.lineage("rlhf_2_labels")["chain"]] == ["rlhf_2_labels", "rlhf_0_labels", "sft"]
+    # the DPO trainer's own run went to the same registry (the loop passes --db on)
+    assert [m["name"] for m in reg.list_models() if m["stage"] == "dpo"] == ["dpo-dpo"]
+
+    markers = {n: (run / f"stage_{n}" / "done").stat().st_mtime_ns for n in (0, 2)}
+    calls = _spy_stages(monkeypatch)
+
+    def no_answers(*a, **k):
+        raise AssertionError("a finished stage answered its test questions again")
+
+    monkeypatch.setattr(loop_training, "answer", no_answers)
+    loop.run(cfg)
+    assert calls == []
+    assert {n: (run / f"stage_{n}" / "done").stat().st_mtime_ns for n in (0, 2)} == markers
+    assert len([m for m in reg.list_models() if m["stage"] == "loop"]) == 2
