@@ -17,16 +17,25 @@ from typing import Any
 
 from alignloop.core.errors import DataError
 from alignloop.core.files import write_jsonl
+from alignloop.judges import factory
 from alignloop.judges.config import JudgeConfig
-from alignloop.judges.factory import build_judge, principles_text  # noqa: F401  (re-exported)
+from alignloop.judges.factory import principles_text  # noqa: F401  (re-exported)
 from alignloop.judges.labeling import judge_rows, sample_and_judge  # noqa: F401  (re-exported)
+
+
+def build_judge(cfg_or_kind: JudgeConfig | str, *args: Any, **kwargs: Any) -> Any:
+    """``build_judge(cfg)`` as this module spelled it before 0.2 (a ``JudgeConfig``), or the factory's
+    ``build_judge(kind, model, base_url, ...)``: both build through ``judges.factory``, the one owner."""
+    if isinstance(cfg_or_kind, JudgeConfig):
+        return judge_for(cfg_or_kind)
+    return factory.build_judge(cfg_or_kind, *args, **kwargs)
 
 
 def judge_for(cfg: JudgeConfig) -> Any:
     """The judge ``cfg`` describes (``--model`` is the reward-model folder for ``--judge reward``)."""
-    return build_judge(cfg.judge, cfg.model, cfg.base_url, api_key_env=cfg.api_key_env, principles=cfg.principles,
-                       cache_dir=cfg.cache_dir, timeout=cfg.timeout, retries=cfg.retries,
-                       concurrency=cfg.concurrency, margin=cfg.margin)
+    return factory.build_judge(cfg.judge, cfg.model, cfg.base_url, api_key_env=cfg.api_key_env,
+                               principles=cfg.principles, cache_dir=cfg.cache_dir, timeout=cfg.timeout,
+                               retries=cfg.retries, concurrency=cfg.concurrency, margin=cfg.margin)
 
 
 def read_candidates(path: str, limit: int | None = None) -> list[dict[str, Any]]:

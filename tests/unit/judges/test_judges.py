@@ -264,3 +264,17 @@ def test_judge_writes_ai_judgments_into_the_feedback_store(tmp_path):
     with db.read() as s:
         jvh = fstats.project_stats(s, store.get_project(s, "fin"))["judge_vs_human"]
     assert (jvh["items"], jvh["percent_agreement"]) == (2, 0.5)
+
+
+def test_commands_build_judge_still_takes_a_judge_config_as_before_0_2(monkeypatch):
+    """``alignloop.judges.commands.build_judge(cfg)`` was the 0.1 spelling; it now also takes the factory's
+    ``(kind, model, base_url)``. Both give the judge the factory builds."""
+    from alignloop.judges.commands import build_judge as commands_build_judge
+    from alignloop.judges.config import JudgeConfig
+
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    url = "http://127.0.0.1:9/v1"
+    old = commands_build_judge(JudgeConfig(judge="http", model="m", base_url=url))
+    new = commands_build_judge("http", "m", url)
+    assert (old.api_key, old.url, old.cache_dir) == (new.api_key, new.url, new.cache_dir) == \
+        ("k", url + "/chat/completions", new.cache_dir)
