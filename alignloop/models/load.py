@@ -207,6 +207,14 @@ def _adapter_base(folder: Path) -> str | None:
     return None
 
 
+def adapter_base(where: Path | str) -> str | None:
+    """The base model of an unmerged peft adapter folder (``--no-merge-lora`` output), or None for a full model
+    (a resolved folder or hub id, as ``resolve_model`` returns)."""
+    if isinstance(where, str) or (Path(where) / "config.json").exists():
+        return None
+    return _adapter_base(Path(where))
+
+
 def quiet_transformers() -> None:
     """transformers' per-load progress bars and advisory warnings drown alignloop's own progress output."""
     from transformers.utils import logging as hf_logging
@@ -215,21 +223,26 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def load_causal_lm(name_or_path: str, dtype: Any = None, trainable: bool = False) -> tuple[Any, Any]:
-    """(model, tokenizer) for a causal LM; a peft adapter folder is loaded onto its base model."""
+def load_causal_lm(name_or_path: str, dtype: Any = None, trainable: bool = False,
+                   merge_adapter: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) for a causal LM; a peft adapter folder is loaded onto its base model (merged into it
+    with ``merge_adapter``: a plain model that equals base + adapter). An adapter whose base is itself an adapter
+    folder (a ``--no-merge-lora`` run started from one) gets that base merged first."""
     import torch
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     where = resolve_model(name_or_path)
     dtype = dtype or torch.float32
-    base = _adapter_base(Path(where)) if not isinstance(where, str) else None
+    base = adapter_base(where)
     try:
-        if base is not None and not (Path(where) / "config.json").exists():
+        if base is not None:
             from peft import PeftModel
 
-            model = AutoModelForCausalLM.from_pretrained(str(resolve_model(base)), dtype=dtype, local_files_only=True)
+            model = load_causal_lm(base, dtype=dtype, merge_adapter=True)[0]
             model = PeftModel.from_pretrained(model, str(where), is_trainable=trainable)
+            if merge_adapter:  # a plain model, as from_pretrained gives one (peft froze the base's weights)
+                model = model.merge_and_unload().requires_grad_(True)
         else:
             model = AutoModelForCausalLM.from_pretrained(str(where), dtype=dtype, local_files_only=True)
     except OSError:
@@ -272,8 +285,15 @@ def add_lora(model: Any, r: int, alpha: int, dropout: float, targets: list[str])
 
 def load_trainable(cfg: Any) -> tuple[Any, Any]:
     """(model, tokenizer) a trainer starts from: ``cfg.model`` loaded, dropout off, LoRA adapters with
-    ``cfg.lora``, gradient checkpointing with ``cfg.gradient_checkpointing`` (LoRA then needs input grads)."""
-    model, tok = load_causal_lm(cfg.model)
+    ``cfg.lora``, gradient checkpointing with ``cfg.gradient_checkpointing`` (LoRA then needs input grads).
+
+    An unmerged LoRA folder (``--no-merge-lora``) is merged into its base on loading, so the starting policy is
+    a plain model equal to base + adapter, whatever folder alignloop wrote: a full fine-tune trains all of it,
+    ``--lora`` adds a fresh adapter (``cfg.lora_r`` ...) on top. Continuing the old adapter instead would make the
+    adapter-off reference the bare base, not the starting policy, and would ignore the LoRA options. TRL takes
+    the same line: given a PeftModel together with a new peft_config it asks for merge_and_unload first (its
+    other route, continuing the adapter, needs a copy of it loaded as a second "ref" adapter)."""
+    model, tok = load_causal_lm(cfg.model, merge_adapter=True)
     disable_dropout(model)
     if cfg.lora:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
@@ -282,6 +302,32 @@ def load_trainable(cfg: Any) -> tuple[Any, Any]:
         if cfg.lora:
             model.enable_input_require_grads()
     return model, tok
+
+
+def load_reference(name: str, device: Any) -> Any:
+    """A frozen reference model on ``device``: ``name`` loaded as saved (an adapter folder merged into its base),
+    dropout off, eval mode, no gradients."""
+    model, _ = load_causal_lm(name, merge_adapter=True)
+    disable_dropout(model)
+    return model.eval().requires_grad_(False).to(device)
+
+
+def load_policy_and_reference(cfg: Any, device: Any, keep_reference: bool = True) -> tuple[Any, Any, Any]:
+    """(policy, reference or None, tokenizer): the one place a trainer gets its starting policy and reference.
+
+    * ``cfg.reference`` names a model other than ``cfg.model``: that model, frozen, on ``device`` (also with
+      ``--lora``: the reference is what the config names);
+    * otherwise the reference is the starting policy. None with LoRA (the policy with its adapter off is exactly
+      the starting model, so one model sits in memory) or without ``keep_reference`` (DPO takes its reference
+      log-probs before the first step); else a frozen copy on ``device`` (the RL trainers need it throughout).
+    """
+    named = getattr(cfg, "reference", None)
+    ref = load_reference(named, device) if named and named != cfg.model else None
+    policy, tok = load_trainable(cfg)
+    policy.to(device)
+    if ref is None and keep_reference and not cfg.lora:
+        ref = load_reference(cfg.model, device)
+    return policy, ref, tok
 
 
 def is_peft(model: Any) -> bool:

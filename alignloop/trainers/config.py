@@ -202,10 +202,12 @@ class DPOConfig(TrainOptions):
     simpo_gamma: float = opt(1.0, "SimPO's target reward margin γ (the paper's γ/β = 0.5 with β = 2).")
     kto_desirable_weight: float = opt(1.0, "KTO's weight λ_D on desirable answers.")
     kto_undesirable_weight: float = opt(1.0, "KTO's weight λ_U on undesirable answers.")
-    reference: Optional[str] = opt(None, "Reference model; default: the starting model (with --lora, the same "
-                                   "weights with the adapter switched off, so one model is in memory).")
+    reference: Optional[str] = opt(None, "Reference model, frozen on the run's device (with --lora too); default: "
+                                   "the starting model (with --lora, the same weights with the adapter switched "
+                                   "off, so one model is in memory).")
     cache_reference: bool = opt(True, "Compute the reference log-probs once before training and cache them on "
-                                "disk (keyed by model, data and length settings) for later epochs and runs.")
+                                "disk (keyed by the reference model, the token ids and the precision) for later "
+                                "epochs and runs.")
     prefix_sharing: bool = opt(True, "Run the prompt once per pair: one row [prompt, chosen, rejected] where the "
                                "rejected answer attends to the prompt but not to the chosen one.")
     row_tokens: int = opt(0, "Token budget of one packed row of pairs (0: 2 x max_length); pairs are packed into "

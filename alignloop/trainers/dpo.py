@@ -1,9 +1,10 @@
 """Direct preference optimisation (``alignloop dpo``): DPO, IPO, robust DPO, hinge, SimPO and KTO.
 
 The loop, top to bottom: load the model (+LoRA) → tokenise once (cached) → reference log-probs once, before the
-first step (the frozen starting model; with LoRA the same weights with the adapter off), cached on disk → for each
-step: gradient-accumulated micro-batches of packed pairs → one forward/backward of the policy → the loss of
-``alignloop.losses`` → clip, step, schedule → metrics (``rewards/*``, ``logps/*``), dev accuracy → final model.
+first step (the ``--reference`` model, else the starting model; with LoRA the same weights with the adapter off),
+cached on disk → for each step: gradient-accumulated micro-batches of packed pairs → one forward/backward of the
+policy → the loss of ``alignloop.losses`` → clip, step, schedule → metrics (``rewards/*``, ``logps/*``), dev
+accuracy → final model.
 
 Speed (2 CPU cores or a GPU alike):
 
@@ -22,7 +23,9 @@ Speed (2 CPU cores or a GPU alike):
 
 from __future__ import annotations
 
+import hashlib
 import random
+from array import array
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -113,7 +116,8 @@ def kl_segments(segs: list[Segment], seed: int = 0) -> list[Segment]:
     examples sharing a prompt form a group, the groups and their members are shuffled with ``seed``, and the
     example at position j takes the answer at position j + m (m = the largest group's size; any shift from m to
     n - m leaves every group). Every answer is used exactly once, and the pairing is fixed given the data and
-    ``seed``, so the reference's log-probs for them are cached like the others (the seed is in that cache key)."""
+    ``seed``, so the reference's log-probs for them are cached like the others (the cache key hashes their token
+    ids, so another pairing is another entry)."""
     n = len(segs)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, s in enumerate(segs):
@@ -339,13 +343,31 @@ def reference_mode(model: Any):
 
 
 def model_fingerprint(name: str) -> Any:
-    from alignloop.models.load import resolve_model
+    """A model's identity: its folder and the fingerprints of its weight and config files (tokenizer included);
+    for an unmerged adapter folder also its adapter state, merged into its base (as the trainers load it), and
+    the base's identity, since both make the weights."""
+    from alignloop.models.load import adapter_base, resolve_model
 
     where = resolve_model(name)
     if isinstance(where, str):
         return where
     files = sorted(p for p in Path(where).iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
-    return [str(Path(where).resolve())] + [(p.name, file_fingerprint(p)) for p in files]
+    out: list[Any] = [str(Path(where).resolve())] + [(p.name, file_fingerprint(p)) for p in files]
+    base = adapter_base(where)
+    if base is not None:
+        out.append({"adapter": "merged into its base", "base": model_fingerprint(base)})
+    return out
+
+
+def tokens_digest(segments: Sequence[Segment]) -> str:
+    """The tokenisation the log-probs were computed on: a hash of every segment's prompt and answer ids."""
+    h = hashlib.sha256()
+    for s in segments:
+        h.update(array("q", [len(s.prompt_ids), *(len(a) for a in s.answers)]).tobytes())
+        h.update(array("q", s.prompt_ids).tobytes())
+        for a in s.answers:
+            h.update(array("q", a).tobytes())
+    return h.hexdigest()
 
 
 def segment_logps(model: Any, segments: Sequence[Segment], budget: int, pad_id: int, device: Any,
@@ -367,10 +389,21 @@ def segment_logps(model: Any, segments: Sequence[Segment], budget: int, pad_id: 
     return out
 
 
-def reference_logps(cfg: DPOConfig, run: engine.Run, model: Any, segments: list[Segment], path: str, what: str,
-                    budget: int, pad_id: int, extra: tuple[Any, ...] = ()) -> torch.Tensor:
-    """Reference log-probs of every answer, from the disk cache when model, data and settings match (``extra``:
-    whatever else decides ``segments``, e.g. the seed of KTO's KL pairing)."""
+def reference_key(cfg: DPOConfig, what: str, segments: Sequence[Segment], precision: str) -> tuple[Any, ...]:
+    """The reference cache's key: what the log-probs are a function of. The reference is the model the config
+    names (``--reference``, else the starting model), as the trainers load it (an adapter folder merged into its
+    base; with ``--lora`` and no ``--reference`` the policy with its fresh adapter off, the same weights), so its
+    identity and adapter state are ``model_fingerprint``'s; the tokenisation is the token ids themselves.
+    Up to 0.2.0 the key named the data file and length settings instead of the tokens, and ``--lora
+    --reference X`` cached the base model's log-probs under X's name, so those entries are not read."""
+    return ("dpo-ref/2", what, {"reference": model_fingerprint(cfg.reference or cfg.model)},
+            tokens_digest(segments), precision)
+
+
+def reference_logps(cfg: DPOConfig, run: engine.Run, model: Any, segments: list[Segment], what: str,
+                    budget: int, pad_id: int) -> torch.Tensor:
+    """Reference log-probs of every answer under ``model`` in ``reference_mode``, from the disk cache when the
+    reference, the token ids and the precision match."""
     computed = []
 
     def compute() -> torch.Tensor:
@@ -380,8 +413,7 @@ def reference_logps(cfg: DPOConfig, run: engine.Run, model: Any, segments: list[
 
     if not cfg.cache_reference:
         return compute()
-    key = ("dpo-ref", what, model_fingerprint(cfg.reference or cfg.model), file_fingerprint(path), cfg.max_length,
-           cfg.truncation, cfg.chat_template, cfg.limit, run.precision, cfg.loss == "kto", len(segments), *extra)
+    key = reference_key(cfg, what, segments, run.precision)
     folder = alignloop_home() / "cache" / "reference"
     ref = cached_examples(key, folder, compute, run.is_main)
     if not computed:
@@ -593,15 +625,11 @@ def log_accuracy(run: engine.Run, name: str, result: dict[str, Any]) -> None:
 
 
 def run(cfg: DPOConfig) -> Path:
-    from alignloop.models.load import load_causal_lm, load_trainable
+    from alignloop.models.load import load_policy_and_reference
 
     r = engine.setup(cfg)
-    if cfg.reference and not cfg.lora and cfg.reference != cfg.model:
-        ref_model, _ = load_causal_lm(cfg.reference)
-    else:
-        ref_model = None
-    model, tok = load_trainable(cfg)
-    model.to(r.device)
+    # ref_model: the --reference model, frozen on the run's device; None: the starting policy (adapter off)
+    model, ref_model, tok = load_policy_and_reference(cfg, r.device, keep_reference=False)
     pad = tok.pad_token_id
     budget = cfg.row_tokens or 2 * cfg.max_length
 
@@ -615,27 +643,25 @@ def run(cfg: DPOConfig) -> Path:
         dev, dev_report, n_dev = load_segments(cfg.replace(loss="dpo"), tok, cfg.dev_data, None)
         r.log(f"dev data: {cfg.dev_data}: {dev_report.summary(n_dev)}")
 
-    # reference log-probs, once, before any weight changes (the starting model is the reference)
-    reference = ref_model or model
+    # reference log-probs, once, before any weight changes (without --reference: the starting model)
+    reference = ref_model if ref_model is not None else model
     t_ref = engine.StepTimer()
     needs_ref = cfg.loss != "simpo"
-    ref = reference_logps(cfg, r, reference, segs, cfg.data, "train", budget, pad) if needs_ref else \
+    ref = reference_logps(cfg, r, reference, segs, "train", budget, pad) if needs_ref else \
         torch.zeros((len(segs), 2))
     kl_segs = kl_ref = None
     if cfg.loss == "kto":
         kl_segs = kl_segments(segs, cfg.seed)
-        kl_ref = reference_logps(cfg, r, reference, kl_segs, cfg.data, "kto-kl", budget, pad,
-                                 extra=("kl-pairing-v2", cfg.seed))
+        kl_ref = reference_logps(cfg, r, reference, kl_segs, "kto-kl", budget, pad)  # the key hashes the pairing
     dev_ref = None
     if dev is not None and needs_ref:
-        dev_ref = reference_logps(cfg.replace(loss="dpo", limit=None), r, reference, dev, cfg.dev_data, "dev", budget,
-                                  pad)
+        dev_ref = reference_logps(cfg.replace(loss="dpo", limit=None), r, reference, dev, "dev", budget, pad)
     test = test_ref = None
     if cfg.test_data:  # scored after training, but its reference must be taken before the weights move
         test, _, _ = load_segments(cfg.replace(loss="dpo", limit=None), tok, cfg.test_data, None)
-        test_ref = reference_logps(cfg.replace(loss="dpo", limit=None), r, reference, test, cfg.test_data, "test",
-                                   budget, pad) if needs_ref else None
-    del ref_model
+        test_ref = reference_logps(cfg.replace(loss="dpo", limit=None), r, reference, test, "test", budget,
+                                   pad) if needs_ref else None
+    del ref_model, reference  # a --reference model is not needed after this: free its memory
     r.metrics.write(0, {"time/reference_s": t_ref.lap()})  # one-off (0 on a cache hit): count it in throughput
 
     def make_epoch(epoch: int) -> list[list[int]]:

@@ -21,7 +21,7 @@ from alignloop.data.records import Prompt
 from alignloop.data.templates import encode_prompt
 from alignloop.generation.rollout import Rollout, generate_rollout, pad_responses, sequence_logprobs
 from alignloop.losses import kl_estimate
-from alignloop.models.load import add_lora, disable_dropout, is_peft, load_causal_lm
+from alignloop.models.load import load_policy_and_reference
 from alignloop.trainers import engine
 from alignloop.trainers.reward_sources import Rewards, reward_specs
 
@@ -61,24 +61,9 @@ def load_prompts(path: str, tokenizer: Any, max_prompt_length: int, chat_templat
 
 
 def build_policy(cfg: Any, run: engine.Run) -> tuple[Any, Any, Any]:
-    """(policy, reference or None, tokenizer). With LoRA the reference is the policy with its adapter off, so one
-    model sits in memory; otherwise a frozen copy."""
-    policy, tok = load_causal_lm(cfg.model)
-    disable_dropout(policy)
-    ref = None
-    if cfg.lora:
-        if not is_peft(policy):
-            policy = add_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-    else:
-        ref, _ = load_causal_lm(cfg.model)
-        disable_dropout(ref)
-        ref.eval().requires_grad_(False).to(run.device)
-    if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
-        if cfg.lora:
-            policy.enable_input_require_grads()
-    policy.to(run.device)
-    return policy, ref, tok
+    """(policy, reference or None, tokenizer) on the run's device (``load_policy_and_reference``): with LoRA the
+    reference is the policy with its adapter off, so one model sits in memory; otherwise a frozen copy."""
+    return load_policy_and_reference(cfg, run.device)
 
 
 @dataclass

@@ -291,22 +291,34 @@ def cache_files(home: Path) -> dict[str, str]:
             for p in sorted((home / "cache").rglob("*")) if p.is_file() and "tokens" not in p.relative_to(home).parts}
 
 
-def test_dpo_reuses_the_old_reference_cache(old, tmp_path):
+def test_dpo_recomputes_an_old_reference_cache_once(old, tmp_path):
+    """0.2.0's reference-cache key named the reference model, not what was computed with it: ``--lora --reference
+    X`` cached the adapter-off policy's log-probs under X's name (issue #17). The key now names the reference, the
+    token ids and the precision, so an old entry is never read: the log-probs are computed once more (the same
+    model, so the old run's step-1 loss) and the next run reads the new entry."""
     want = old.expected["dpo"]
     put_back_dpo_inputs(old)
     try:
         home = old.root / "home"
         before = cache_files(home)
         assert sorted(Path(k).name for k in before) == want["cache_files"]
-        out = tmp_path / "dpo-run"
         models = old.root / "models"
-        cli("dpo", "--model", str(models / "policy"), "--reference", str(models / "reference"),
-            "--data", str(old.root / "prefs.jsonl"), "--output", str(out), *want["flags"],
-            env={"ALIGNLOOP_HOME": str(home)})
-        # a cache miss would compute the reference again and write it under a new key
-        assert cache_files(home) == before, "the old reference log-probs were not reused (a new cache entry)"
-        rows = [json.loads(ln) for ln in metric_lines(out)]
-        (step1,) = [r["loss"] for r in rows if r.get("step") == 1 and "loss" in r]
+
+        def run(name: str) -> tuple[float, str]:
+            proc = cli("dpo", "--model", str(models / "policy"), "--reference", str(models / "reference"),
+                       "--data", str(old.root / "prefs.jsonl"), "--output", str(tmp_path / name), *want["flags"],
+                       env={"ALIGNLOOP_HOME": str(home)})
+            rows = [json.loads(ln) for ln in metric_lines(tmp_path / name)]
+            (step1,) = [r["loss"] for r in rows if r.get("step") == 1 and "loss" in r]
+            return step1, proc.stderr
+
+        step1, log = run("dpo-run")
+        after = cache_files(home)
+        assert "from cache" not in log
+        assert len(after) == len(before) + 1 and before.items() <= after.items()  # one new entry, the old kept
+        assert step1 == pytest.approx(want["step1_loss"], rel=1e-5)
+        step1, log = run("dpo-rerun")
+        assert "reference log-probs for train: from cache" in log and cache_files(home) == after
         assert step1 == pytest.approx(want["step1_loss"], rel=1e-5)
     finally:
         shutil.rmtree(old.root, ignore_errors=True)

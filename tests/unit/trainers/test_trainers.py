@@ -155,7 +155,7 @@ def test_dpo_token_cache_is_written_by_the_main_process_only_under_its_old_key(t
 def test_dpo_reference_cache_keeps_its_key_and_is_written_by_the_main_process(tmp_path, monkeypatch, capsys):
     from alignloop.models.load import load_causal_lm
     from alignloop.trainers.config import DPOConfig
-    from alignloop.trainers.dpo import Segment, model_fingerprint, reference_logps
+    from alignloop.trainers.dpo import Segment, model_fingerprint, reference_logps, tokens_digest
 
     home = _home(tmp_path, monkeypatch)
     data = tmp_path / "pairs.jsonl"
@@ -165,15 +165,15 @@ def test_dpo_reference_cache_keeps_its_key_and_is_written_by_the_main_process(tm
     cfg = DPOConfig(model="tiny", data=str(data), output="x", max_length=64)
     logs = []
     run = SimpleNamespace(is_main=False, device="cpu", autocast=nullcontext, precision="fp32", log=logs.append)
-    ref = reference_logps(cfg, run, model, segs, str(data), "train", 128, 0)
+    ref = reference_logps(cfg, run, model, segs, "train", 128, 0)
     assert ref.shape == (2, 2) and not (home / "cache" / "reference").exists()
     run.is_main = True
-    assert torch.equal(reference_logps(cfg, run, model, segs, str(data), "train", 128, 0), ref)
-    key = cache_key("dpo-ref", "train", model_fingerprint("tiny"), file_fingerprint(data), 64, "left", True, None,
-                    "fp32", False, 2)
+    assert torch.equal(reference_logps(cfg, run, model, segs, "train", 128, 0), ref)
+    # the key names the reference, the token ids and the precision (changed after 0.2.0: CHANGELOG)
+    key = cache_key("dpo-ref/2", "train", {"reference": model_fingerprint("tiny")}, tokens_digest(segs), "fp32")
     assert [p.name for p in (home / "cache" / "reference").iterdir()] == [f"{key}.pt"]
     assert not logs
-    assert torch.equal(reference_logps(cfg, run, model, segs, str(data), "train", 128, 0), ref)
+    assert torch.equal(reference_logps(cfg, run, model, segs, "train", 128, 0), ref)
     assert logs == [f"reference log-probs for train: from cache ({home / 'cache' / 'reference' / key}.pt)"]
 
 
