@@ -33,7 +33,8 @@ class LoopConfig(StageConfig):
                             "takes 0: the starting model (--model) with no preference training.")
     strategies: list[str] = opt(["random", "uncertainty"], "Selection strategies to run: random, uncertainty.")
     simulated: bool = opt(True, "Reveal known labels in the order the strategy picks them (compare strategies).")
-    methods: list[str] = opt(["reward"], "Training mode: what to train per stage: reward, dpo.")
+    methods: list[str] = opt(["reward"], "Training mode: what to train per stage, in this order: reward, dpo, grpo "
+                             "(a short GRPO from the stage's DPO output, else from --model, on --prompts).")
     model: str = opt("smollm2-135m-instruct", "Training mode: the policy / reward-model backbone.")
     encoder: str = opt("all-minilm-l6-v2", "Simulated mode: the frozen sentence encoder of the head ensemble.")
     ensemble: int = opt(3, "Reward-model ensemble members (disagreement = uncertainty).")
@@ -43,7 +44,8 @@ class LoopConfig(StageConfig):
                        "pool), the latest policy answers fresh prompts, the judge labels the pairs, and those "
                        "on-policy pairs are that stage's new labels (the pool fills any shortfall).")
     prompts: Optional[str] = opt(None, "Online: the questions the policy answers each round (QA rows: question, "
-                                 "context, 'answer' gold for the reference judge); default: the pool's prompts.")
+                                 "context, 'answer' gold for the reference judge); default: the pool's prompts. "
+                                 "The grpo method's questions (required with it).")
     prompts_split: Literal["all", "train", "test"] = opt("all", "Online: prompts rows to use: all, or the demo's "
                                                          "fixed FinanceBench train/test split (train for prompts).")
     test_split: Literal["all", "train", "test"] = opt("all", "Training mode: test_data rows to use: all, or the "
@@ -59,7 +61,23 @@ class LoopConfig(StageConfig):
     judge_model: Optional[str] = opt(None, "Online: the local judge's model, or the http judge's model name.")
     judge_base_url: Optional[str] = opt(None, "Online: the http judge's OpenAI-compatible base URL.")
     max_new_tokens: int = opt(48, "Training mode: longest answer in tokens (test answers, online candidates).")
-    max_steps: int = opt(50, "Training mode: optimizer steps per stage and method.")
+    max_steps: int = opt(50, "Training mode: optimizer steps per stage of the reward and DPO trainers (DPO sees at "
+                         "most max_steps x batch_size of the stage's labels: a seeded sample of them).")
+    reward_recipe: Literal["finetune", "frozen"] = opt(
+        "finetune", "Training mode: the reward model: finetune (the backbone too, last-token pooling, --max-steps) or "
+        "frozen (frozen-backbone features, answer-mean pooling, a logistic-regression head: minutes on a CPU).")
+    reward_layers: Optional[int] = opt(None, "Frozen reward recipe: cut the backbone at this layer (default: the "
+                                       "trainer's choice).")
+    rl_steps: int = opt(2, "grpo method: GRPO steps per stage.")
+    rl_prompts_per_step: int = opt(2, "grpo method: questions per GRPO step.")
+    rl_generations: int = opt(4, "grpo method: answers per question (the group its baseline is taken over).")
+    rl_temperature: float = opt(0.8, "grpo method: sampling temperature of the GRPO answers.")
+    rl_learning_rate: float = opt(2e-4, "grpo method: GRPO learning rate (LoRA).")
+    rl_reward: list[str] = opt(["python:alignloop.rewards:financebench_graded"],
+                               "grpo method: the rule reward(s), KIND:ARG[:weight] (docs/rl.md); the stage's reward "
+                               "model is added as rm:<stage>/reward:<rm_weight>.")
+    rm_weight: float = opt(0.5, "grpo method: weight of the stage's reward model in the GRPO reward (0: the rule "
+                           "alone; needs the reward method).")
     batch_size: int = opt(4, "Training mode: pairs per micro-batch of the reward and DPO trainers.")
     learning_rate: Optional[float] = opt(None, "Training mode: peak learning rate of the reward and DPO trainers "
                                          "(default: each trainer's own; the demo's LoRA DPO uses 5e-4).")
@@ -80,9 +98,11 @@ class LoopConfig(StageConfig):
         bad = [s for s in self.strategies if s not in ("random", "uncertainty")]
         if bad:
             p.append(f"strategies: unknown {', '.join(bad)} (random, uncertainty)")
-        badm = [m for m in self.methods if m not in ("reward", "dpo")]
+        badm = [m for m in self.methods if m not in ("reward", "dpo", "grpo")]
         if badm:
-            p.append(f"methods: unknown {', '.join(badm)} (reward, dpo)")
+            p.append(f"methods: unknown {', '.join(badm)} (reward, dpo, grpo)")
+        if "grpo" in self.methods:
+            p += self._rl_problems()
         if "uncertainty" in self.strategies and self.ensemble < 2:
             p.append("ensemble: uncertainty needs at least 2 members")
         if self.online:
@@ -94,6 +114,22 @@ class LoopConfig(StageConfig):
         p += positive(self, "ensemble", "l2", "max_length", "max_steps", "limit", "batch_size", "max_new_tokens",
                       "num_candidates", "prompts_per_round", "learning_rate")
         p += positive(self, "temperature", allow_zero=True)
+        return p
+
+    def _rl_problems(self) -> list[str]:
+        p = []
+        if self.simulated:
+            p.append("methods: grpo trains a policy; it needs simulated: false")
+        if not self.prompts:
+            p.append("prompts: the grpo method needs the questions its policy answers (QA rows with a gold 'answer', "
+                     "e.g. --prompts data/financebench/questions.jsonl --prompts-split train)")
+        if self.rm_weight and "reward" not in self.methods:
+            p.append(f"rm_weight: {self.rm_weight} weights the stage's reward model in the GRPO reward, but methods "
+                     f"has no reward; add reward to methods, or --rm-weight 0 for the rule reward alone")
+        if not self.rl_reward and not self.rm_weight:
+            p.append("rl_reward: the grpo method needs a reward: a rule (rl_reward) or the reward model (rm_weight)")
+        p += positive(self, "rl_steps", "rl_prompts_per_step", "rl_generations", "rl_learning_rate", "reward_layers")
+        p += positive(self, "rl_temperature", "rm_weight", allow_zero=True)
         return p
 
     def _online_problems(self) -> list[str]:
@@ -129,34 +165,79 @@ class LoopConfig(StageConfig):
         return p
 
 
+def stage_count(spec: str, total: int) -> int:
+    """A demo stage's label count out of ``total`` labels: ``all``, a fraction (``1/2``, ``0.25``, ``50%``, ``1.0``:
+    rounded to the nearest label) or a count (``0``, ``40``: a whole number without a decimal point)."""
+    s = str(spec).strip().lower()
+    try:
+        if s == "all":
+            return total
+        if s.endswith("%"):
+            frac = float(s[:-1]) / 100
+        elif "/" in s:
+            num, den = s.split("/")
+            frac = int(num) / int(den)
+        elif "." in s:
+            frac = float(s)
+        else:
+            count = int(s)
+            if count < 0:
+                raise ValueError
+            return count
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"'{spec}' is not a label count (40), a fraction (1/2, 0.5, 50%) or all") from None
+    if not 0 <= frac <= 1:
+        raise ValueError(f"'{spec}' is a fraction outside 0..1")
+    return round(frac * total)
+
+
 @dataclass
 class DemoConfig(StageConfig):
-    """The whole pipeline on the built-in FinanceBench questions: SFT, AI feedback, reward model, DPO, evaluation."""
+    """The staged loop on the built-in FinanceBench questions: shared SFT and AI feedback, then per stage of labels a
+    reward model, DPO and a GRPO step rewarded by a graded rule plus the reward model; the report."""
 
     command: ClassVar[tuple[str, ...]] = ("demo",)
     runner: ClassVar[str] = "alignloop.pipelines.demo:run"
 
     model: str = opt("smollm2-135m-instruct", "Base model.")
-    output: str = opt("runs/demo", "Folder for every stage's output and the report.")
+    output: str = opt("runs/demo", "Folder for every stage's output and the report (report.md, report.json).")
     data: str = opt(str(FINANCEBENCH), "FinanceBench-style questions (question, evidence/context, answer).")
     context_chars: int = opt(CONTEXT_CHARS, "Each question's context: the passages of its evidence most relevant to "
                              "the question within this many characters (CPU time; docs/data.md).")
-    sft_steps: int = opt(20, "SFT optimizer steps (LoRA).")
+    sft_steps: int = opt(20, "SFT optimizer steps (LoRA), shared by every stage.")
     sft_learning_rate: float = opt(1e-3, "SFT learning rate (LoRA).")
-    num_candidates: int = opt(2, "Answers sampled per training question for the judge.")
-    dpo_steps: int = opt(10, "DPO optimizer steps (0 skips DPO).")
-    reward_model: bool = opt(True, "Train a reward model on the judge's preferences: frozen backbone, answer-mean "
-                             "pooling (one forward pass, then an L2 logistic-regression head; minutes on a CPU).")
-    rl_steps: int = opt(2, "GRPO steps after DPO with the numeric-answer reward (0 skips GRPO).")
+    num_candidates: int = opt(2, "Answers sampled per training question for the judge (with the gold answer, every "
+                              "pair of them is one label).")
+    stages: list[str] = opt(["0", "1/2", "all"], "Stages of the loop, in labels: 0 (the SFT model alone, required), "
+                            "a fraction of the judge's labels (1/2, 0.25, 50%), all, or a count (40).")
+    dpo_steps: int = opt(5, "DPO optimizer steps per stage (LoRA, from the SFT model; it sees dpo_steps x batch_size "
+                         "of the stage's labels); 0 skips DPO.")
+    reward_model: bool = opt(True, "Train a reward model per stage on its labels: frozen backbone, answer-mean pooling "
+                             "(one forward pass, then an L2 logistic-regression head); its score enters the GRPO "
+                             "reward (rm:).")
+    rm_weight: float = opt(0.5, "Weight of the stage's reward model in the GRPO reward (0: the graded rule alone).")
+    rl_steps: int = opt(1, "GRPO steps per stage after DPO, rewarded by the graded rule (the answer's llmware points) "
+                        "plus the reward model (0 skips GRPO).")
     rl_generations: int = opt(4, "GRPO answers per question (the group its baseline is taken over).")
     max_new_tokens: int = opt(48, "Longest answer in tokens.")
     max_length: int = opt(512, "Longest training sequence in tokens.")
     batch_size: int = opt(4, "Training micro-batch.")
     limit: Optional[int] = opt(None, "Use only the first N questions (quick runs, tests).")
     seed: int = opt(0, "Seed for every stage.")
+    db: Optional[str] = opt(None, "Registry database URL where the SFT run and each stage's model (rlhf_<n>_labels) "
+                            "are recorded; default: the SQLite file under the alignloop home.")
     force: bool = opt(False, "Redo every stage even if its output exists.")
 
     def check(self) -> list[str]:
-        return positive(self, "context_chars", "sft_steps", "num_candidates", "max_new_tokens", "max_length",
-                        "batch_size", "limit", "rl_generations") + \
-            positive(self, "dpo_steps", "rl_steps", allow_zero=True)
+        p = positive(self, "context_chars", "sft_steps", "num_candidates", "max_new_tokens", "max_length",
+                     "batch_size", "limit", "rl_generations") + \
+            positive(self, "dpo_steps", "rl_steps", "rm_weight", allow_zero=True)
+        for spec in self.stages:
+            try:
+                stage_count(spec, 100)
+            except ValueError as exc:
+                p.append(f"stages: {exc}")
+        if "0" not in [str(s).strip() for s in self.stages] or len(self.stages) < 2:
+            p.append(f"stages: the demo's curve starts at 0 (the SFT model alone) and needs a stage with labels, "
+                     f"got {self.stages}")
+        return p + check_db_url(self.db)

@@ -1,6 +1,6 @@
-"""``alignloop demo``: the whole pipeline on the built-in FinanceBench questions, offline, on a CPU.
+"""``alignloop demo``: the staged RLHF loop on the built-in FinanceBench questions, offline, on a CPU.
 
-Stages (each writes a ``done`` marker; a second run skips finished stages and reuses their outputs):
+Shared steps (each writes a ``done`` marker; a second run skips finished steps and reuses their outputs):
 
 1. ``data``      split the 100 questions by the fixed held-out rule (``heldout_ids``: 70 train / 30
                  test); each context is the passages of the evidence most relevant to the question within
@@ -8,38 +8,49 @@ Stages (each writes a ``done`` marker; a second run skips finished stages and re
                  FinanceBench rows), to keep CPU time down;
 2. ``base_eval`` the base model answers the held-out questions (greedy), graded by the QA scorer;
 3. ``sft``       LoRA SFT on the training questions' gold answers;
-4. ``sample``    the SFT model samples ``num_candidates`` answers per training question;
-5. ``judge``     the reference-guided judge (standing in for human labellers) turns them into preferences;
-6. ``reward``    a reward model on those preferences (frozen backbone, answer-mean pooling);
-7. ``dpo``       a short DPO from the SFT model (``dpo_steps``; 0 skips it);
-8. ``grpo``      a short GRPO from the DPO model on the training questions, rewarded by the rule-based
-                 numeric-answer check (``alignloop.rewards:financebench_numeric``: does the answer contain the gold
-                 figure?), K answers per question, LoRA;
-9. ``final_eval`` the final model answers the same held-out questions;
-10. ``report``   the HTML report: base vs final side by side, correct / incorrect / refusal counts.
+4. ``judge``     the SFT model samples ``num_candidates`` answers per training question and the reference-guided
+                 judge (standing in for human labellers: correct > declining > inventing) compares every pair,
+                 the gold answer among them: the pool of labels.
+
+Then ``alignloop loop`` in training mode (:mod:`alignloop.pipelines.loop_training`, ``loop/random/stage_<n>/``)
+over the ``stages`` label counts: stage 0 is the SFT model alone; every later stage trains, on the first n labels,
+a reward model (frozen backbone, answer-mean pooling), DPO from the SFT model, then a short GRPO from the DPO model
+whose reward is the graded rule (``alignloop.rewards:financebench_graded``: the answer's llmware points) plus
+``rm_weight`` x the stage's reward model (``rm:<stage>/reward``). Each stage writes ``submission.csv`` and
+``grades.jsonl`` for the held-out questions and registers its model as ``rlhf_<n>_labels`` (parent: the previous
+stage's; stage 0's: the SFT run).
+
+5. ``ablation``  the last stage's DPO model answers the held-out questions too, so SFT only (stage 0), + DPO and
+                 + RL (the last stage's model) are compared on the same items;
+6. the report    ``report.md`` and ``report.json`` (:mod:`alignloop.pipelines.demo_report`).
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import random
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from tqdm.auto import tqdm
+
+from alignloop.core.config import ConfigError
 from alignloop.core.errors import DataError
-from alignloop.core.files import write_json, write_jsonl, write_text
+from alignloop.core.files import write_json, write_jsonl
 from alignloop.data.context import build_context
 from alignloop.data.readers import qa_prompt, read_rows
-from alignloop.evaluate.qa_run import answer, heldout_ids, qa_items, score_qa
-from alignloop.evaluate.report import grouped_bars_png, html_report, image, table_html
-from alignloop.evaluate.tables import write_csv
+from alignloop.evaluate.qa_run import heldout_ids, qa_items
 from alignloop.judges import labeling
 from alignloop.judges.reference import ReferenceJudge
-from alignloop.pipelines.config import FINANCEBENCH, DemoConfig  # noqa: F401  (re-exported)
+from alignloop.pipelines.config import FINANCEBENCH, DemoConfig, LoopConfig, stage_count  # noqa: F401  (re-exported)
+from alignloop.pipelines.loop_report import stage_dir
+from alignloop.pipelines.loop_training import answer_and_grade
 from alignloop.pipelines.resume import run_once
+
+#: the staged loop's folder under the demo's output, and its one strategy
+LOOP, STRATEGY = "loop", "random"
 
 
 def log(msg: str) -> None:
@@ -47,8 +58,8 @@ def log(msg: str) -> None:
 
 
 def stage(out: Path, name: str, cfg: DemoConfig, fn: Callable[[Path], Any], key: Any = None) -> Any:
-    """Run ``fn(folder)`` unless ``folder/done`` exists with the same ``key`` (what the stage's input was); the
-    marker holds the stage's JSON result (:func:`alignloop.pipelines.resume.run_once`)."""
+    """Run ``fn(folder)`` unless ``folder/done`` exists with the same ``key`` (what the step's input was); the
+    marker holds the step's JSON result (:func:`alignloop.pipelines.resume.run_once`)."""
     return run_once(out / name, fn, key=key, force=cfg.force, log=log)
 
 
@@ -78,16 +89,13 @@ def split_data(cfg: DemoConfig, folder: Path) -> dict[str, Any]:
 
 
 def qa_eval(cfg: DemoConfig, model: str, data: Path, folder: Path, label: str) -> dict[str, Any]:
-    records = qa_items(str(data))
-    answers = [a[0] for a in answer(model, [r.prompt for r in records], cfg.max_new_tokens, 10_000, 0.0, 16,
-                                    seed=cfg.seed, desc=f"eval {label}")]
-    rows, summary = score_qa(records, answers)
-    write_csv(folder / "items.csv", rows)
-    write_csv(folder / "predictions.csv", [{"id": r["id"], "answer": r["answer"]} for r in rows])
+    """``model``'s greedy answers to the held-out questions: ``submission.csv`` and ``grades.jsonl`` (the loop's
+    :func:`answer_and_grade`) and ``summary.json``."""
+    summary = answer_and_grade(model, qa_items(str(data)), folder, cfg.max_new_tokens, cfg.seed, f"eval {label}")
     write_json(folder / "summary.json", summary)
     log(f"{label}: {int(summary['correct'])} correct, {int(summary['incorrect'])} incorrect, "
         f"{int(summary['refusal'])} refusal of {int(summary['n'])}; llmware points {summary['llmware_points']:+.1f}")
-    return summary
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float))}
 
 
 def sample_and_judge(cfg: DemoConfig, model: str, data: Path, folder: Path) -> dict[str, Any]:
@@ -98,120 +106,95 @@ def sample_and_judge(cfg: DemoConfig, model: str, data: Path, folder: Path) -> d
                                      batch_size=32, seed=cfg.seed)
 
 
-def report(cfg: DemoConfig, out: Path, results: dict[str, Any]) -> Path:
-    # grade the stored answers again with the current scorer, so a cached run's report follows scorer fixes
-    records = qa_items(str(out / "data" / "test.jsonl"))
-    graded = {}
-    for label in ("base", "final"):
-        with open(out / f"{label}_eval" / "predictions.csv") as fh:
-            answers = {r["id"]: r["answer"] for r in csv.DictReader(fh)}
-        rows, summary = score_qa(records, [answers[r.meta["id"]] for r in records])
-        write_csv(out / "report" / f"{label}_items.csv", rows)
-        graded[label] = (rows, summary)
-    (b_rows, base), (f_list, final) = graded["base"], graded["final"]
-    f_rows = {r["id"]: r for r in f_list}
-    cats = ("correct", "incorrect", "refusal")
-    png = grouped_bars_png({"base": {c: base[c] for c in cats}, "final": {c: final[c] for c in cats}},
-                           out / "report" / "qa_counts.png", "Held-out FinanceBench questions")
-    side = [{"id": r["id"], "question": r["question"], "gold": r["gold"], "base answer": r["answer"],
-             "base grade": r["grade"], "final answer": f_rows[r["id"]]["answer"],
-             "final grade": f_rows[r["id"]]["grade"]} for r in b_rows]
-    both = {"both correct": 0, "only final correct": 0, "only base correct": 0}
-    for r in side:
-        b, f = r["base grade"] == "correct", r["final grade"] == "correct"
-        if b and f:
-            both["both correct"] += 1
-        elif f:
-            both["only final correct"] += 1
-        elif b:
-            both["only base correct"] += 1
-    d_correct = final["correct"] - base["correct"]
-    d_points = final["llmware_points"] - base["llmware_points"]
-    def ci(row: dict) -> str:
-        lo_hi = row.get("correct_rate_ci95")
-        return f"[{lo_hi[0]:.2f}, {lo_hi[1]:.2f}]" if lo_hi else "n/a"
+def label_counts(cfg: DemoConfig, pool: int) -> list[int]:
+    """The stages' label counts out of the ``pool`` labels the judge gave; increasing, or a ConfigError."""
+    counts = [stage_count(s, pool) for s in cfg.stages]
+    if any(b <= a for a, b in zip(counts, counts[1:])) or counts[-1] > pool:
+        raise ConfigError([f"stages: {cfg.stages} are {counts} of the judge's {pool} labels; they must increase "
+                           f"and stay within {pool}"])
+    return counts
 
-    verdict = (f"The final model ({results['final_model']}) answers {int(final['correct'])}/{int(final['n'])} held-out "
-               f"questions correctly against the base model's {int(base['correct'])}/{int(base['n'])} "
-               f"({d_correct:+.0f}); llmware points {final['llmware_points']:+.1f} vs {base['llmware_points']:+.1f} "
-               f"({d_points:+.1f}). With {int(base['n'])} items a difference of a few answers is within noise: "
-               f"95% intervals of the correct rate: base {ci(base)}, "
-               f"final {ci(final)}. Paired on the same items: {both['only final correct']} "
-               f"questions only the final model gets right, {both['only base correct']} only the base model.")
-    summary_rows = [{"model": "base", **{c: int(base[c]) for c in cats}, "llmware points": base["llmware_points"]},
-                    {"model": "final", **{c: int(final[c]) for c in cats}, "llmware points": final["llmware_points"]}]
-    stages = [{"stage": k, "seconds": v.get("seconds"), "result": json.dumps(v.get("result"), default=str)[:200]}
-              for k, v in results.items() if isinstance(v, dict) and "seconds" in v]
-    path = html_report(out / "report" / "index.html", "alignloop demo: FinanceBench, base vs final", [
-        ("Verdict", f"<p class='verdict'>{verdict}</p>"),
-        ("Held-out scores", table_html(summary_rows) + image(png)),
-        ("Side by side (same held-out items)", table_html(side)),
-        ("Stages", table_html(stages)),
-    ])
-    write_text(out / "report" / "verdict.txt", verdict + "\n")
-    return path
+
+def loop_config(cfg: DemoConfig, out: Path, sft_model: str, counts: list[int]) -> LoopConfig:
+    """The staged loop the demo runs: training mode on the judge's labels, the SFT model as stage 0."""
+    methods = ["reward"] * cfg.reward_model + ["dpo"] * bool(cfg.dpo_steps) + ["grpo"] * bool(cfg.rl_steps)
+    data = out / "data"
+    return LoopConfig(
+        output=str(out / LOOP), data=str(out / "judge" / "preferences.jsonl"), dev_data="",
+        test_data=str(data / "test.jsonl"), prompts=str(data / "train.jsonl"), stages=counts,
+        strategies=[STRATEGY], simulated=False, methods=methods, model=sft_model, seeds=[cfg.seed], db=cfg.db,
+        max_steps=max(cfg.dpo_steps, 1), batch_size=cfg.batch_size, learning_rate=5e-4, max_length=cfg.max_length,
+        max_new_tokens=cfg.max_new_tokens,
+        # the reward recipe that ranked best per CPU minute on HH (benchmarks/README.md): frozen features, mean pooling
+        reward_recipe="frozen", reward_layers=15,
+        rl_steps=max(cfg.rl_steps, 1), rl_generations=cfg.rl_generations,
+        rm_weight=cfg.rm_weight if cfg.reward_model else 0.0).validate()
+
+
+def stage_metrics(out: Path, cfg: DemoConfig, counts: list[int]) -> list[dict[str, Any]]:
+    """Each finished stage's ``metrics.json`` with its folder (``dir``)."""
+    rows = []
+    for n in counts:
+        folder = stage_dir(out / LOOP, STRATEGY, cfg.seed, n, 1)
+        rows.append({**json.loads((folder / "metrics.json").read_text()), "dir": str(folder)})
+    return rows
+
+
+def ablation(cfg: DemoConfig, out: Path, last: dict[str, Any]) -> dict[str, Any] | None:
+    """The last stage's DPO model answers the held-out questions (``ablation/dpo/``), when the stage went on to
+    an RL step (otherwise its own answers are the DPO model's)."""
+    dpo = last.get("dpo_policy")
+    if not dpo or dpo == last["policy"]:
+        return None
+    test = out / "data" / "test.jsonl"
+    return run_once(out / "ablation" / "dpo", lambda f: qa_eval(cfg, dpo, test, f, "ablation: + DPO"), key=dpo,
+                    force=cfg.force, log=log, name="ablation (+ DPO)")
 
 
 def run(cfg: DemoConfig) -> Path:
     import torch
 
+    import alignloop
+    from alignloop.pipelines import demo_report, loop
+
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    results: dict[str, Any] = {}
     t0 = time.perf_counter()
-    data_dir = out / "data"
-    results["data"] = stage(out, "data", cfg, lambda f: split_data(cfg, f))
-    results["base_eval"] = stage(out, "base_eval", cfg,
-                                 lambda f: qa_eval(cfg, cfg.model, data_dir / "test.jsonl", f, "base"))
+    data = out / "data"
+    bar = tqdm(total=7, desc="demo", unit="step", file=sys.stderr)
+    steps: dict[str, Any] = {}
 
-    import alignloop
+    def step(name: str, fn: Callable[[Path], Any], key: Any = None) -> Any:
+        steps[name] = stage(out, name, cfg, fn, key)
+        bar.update()
+        return steps[name]["result"]
 
-    def sft(folder: Path) -> str:
-        return str(alignloop.train("sft", model=cfg.model, data=str(data_dir / "sft.jsonl"), output=str(folder),
-                                   lora=True, max_steps=cfg.sft_steps, batch_size=cfg.batch_size,
-                                   learning_rate=cfg.sft_learning_rate, max_length=cfg.max_length,
-                                   warmup_steps=2, seed=cfg.seed, log_every=5))
-
-    policy = stage(out, "sft", cfg, sft)["result"]
-    results["sft"] = {"result": policy}
-    results["judge"] = stage(out, "judge", cfg, lambda f: sample_and_judge(cfg, policy, data_dir / "train.jsonl", f))
-    prefs = str(out / "judge" / "preferences.jsonl")
-
-    if cfg.reward_model:
-        # the recipe that ranked best per CPU minute on HH (benchmarks/README.md): frozen features, mean pooling
-        results["reward"] = stage(out, "reward", cfg, lambda f: str(alignloop.train(
-            "reward train", model=cfg.model, data=prefs, output=str(f), freeze_backbone=True, pooling="mean",
-            backbone_layers=15,
-            batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed)))
-    if cfg.dpo_steps:
-        def dpo_run(folder: Path) -> str:
-            # the pairs the short run will see, drawn at random (seeded) from all of them: DPO first scores every
-            # pair of its data with the reference model, so pairs it would never reach cost time for nothing
-            rows = [row for _, row in read_rows(prefs)]
-            n_pick = min(len(rows), cfg.dpo_steps * cfg.batch_size)
-            pick = sorted(random.Random(cfg.seed).sample(range(len(rows)), n_pick))
-            data = write_jsonl(folder / "pairs.jsonl", [rows[i] for i in pick])
-            return str(alignloop.train("dpo", model=policy, data=str(data), output=str(folder), lora=True,
-                                       max_steps=cfg.dpo_steps, batch_size=cfg.batch_size, learning_rate=5e-4,
-                                       max_length=cfg.max_length, seed=cfg.seed))
-        dpo = stage(out, "dpo", cfg, dpo_run)
-        results["dpo"] = dpo
-        policy = dpo["result"]
-    if cfg.rl_steps:
-        start = policy
-        grpo = stage(out, "grpo", cfg, lambda f: str(alignloop.train(
-            "grpo", model=start, prompts=str(data_dir / "train.jsonl"), output=str(f), lora=True,
-            reward=["python:alignloop.rewards:financebench_numeric"], max_steps=cfg.rl_steps, batch_size=2,
-            num_generations=cfg.rl_generations, max_new_tokens=cfg.max_new_tokens, temperature=0.8,
-            learning_rate=2e-4, seed=cfg.seed)), key=start)
-        results["grpo"] = grpo
-        policy = grpo["result"]
-    results["final_model"] = policy
-    results["final_eval"] = stage(out, "final_eval", cfg,
-                                  lambda f: qa_eval(cfg, policy, data_dir / "test.jsonl", f, "final"), key=policy)
-    path = report(cfg, out, results)
-    log((out / "report" / "verdict.txt").read_text().strip())
+    step("data", lambda f: split_data(cfg, f))
+    step("base_eval", lambda f: qa_eval(cfg, cfg.model, data / "test.jsonl", f, "base model"))
+    sft = step("sft", lambda f: str(alignloop.train(
+        "sft", model=cfg.model, data=str(data / "sft.jsonl"), output=str(f), lora=True, max_steps=cfg.sft_steps,
+        batch_size=cfg.batch_size, learning_rate=cfg.sft_learning_rate, max_length=cfg.max_length, warmup_steps=2,
+        seed=cfg.seed, log_every=5, db=cfg.db)))
+    judged = step("judge", lambda f: sample_and_judge(cfg, sft, data / "train.jsonl", f))
+    counts = label_counts(cfg, judged["preferences"])
+    log(f"stages: {counts} labels of {judged['preferences']} (one label: one judged pair of answers)")
+    if cfg.force:  # the loop's stages have no key of their own: a forced run starts them afresh
+        for folder in (out / LOOP, out / "ablation"):
+            shutil.rmtree(folder, ignore_errors=True)
+    t_loop = time.perf_counter()
+    loop.run(loop_config(cfg, out, sft, counts))
+    steps["loop"] = {"seconds": round(time.perf_counter() - t_loop, 1)}
+    bar.update()
+    stages = stage_metrics(out, cfg, counts)
+    abl = ablation(cfg, out, stages[-1])
+    if abl is not None:
+        steps["ablation"] = abl
+    bar.update()
+    path = demo_report.write_report(cfg, out, steps, stages)
+    bar.update()
+    bar.close()
+    log((out / "verdict.txt").read_text().strip())
     log(f"total {time.perf_counter() - t0:.0f} s")
     print(f"report: {path.resolve()}")
     return path

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 import alignloop
 from alignloop.core.config import ConfigError
 from alignloop.core.files import write_jsonl
-from alignloop.data.readers import read_preferences
+from alignloop.data.readers import public_meta, read_preferences
 from alignloop.evaluate.qa_run import answer, qa_items, score_qa
 from alignloop.evaluate.tables import write_csv
 from alignloop.pipelines.config import LoopConfig
@@ -66,18 +67,26 @@ def pool_order(strategy: str, pool: list[dict[str, Any]], seed: int) -> list[int
     return [int(i) for i in np.random.default_rng(seed).permutation(len(pool))]
 
 
+def answer_and_grade(policy: str, test: list[Any], folder: Path, max_new_tokens: int, seed: int,
+                     desc: str) -> dict[str, Any]:
+    """``policy``'s greedy answers to the test items, graded by the QA scorer: ``submission.csv`` (``id``,
+    ``answer``: one row per test item, in the test set's order) and ``grades.jsonl`` (every item's grade) in
+    ``folder``; returns the summary (counts, rates, llmware points)."""
+    ans = [a[0] for a in answer(policy, [r.prompt for r in test], max_new_tokens, 10_000, 0.0, 8, seed=seed,
+                                desc=desc)]
+    rows, summ = score_qa(test, ans)
+    write_csv(folder / "submission.csv", [{"id": r["id"], "answer": r["answer"]} for r in rows])
+    write_jsonl(folder / "grades.jsonl", rows)
+    return summ
+
+
 def evaluate_stage(cfg: LoopConfig, folder: Path, n: int, policy: str, reward_model: str | None,
                    test: list[Any] | None, seed: int) -> dict[str, Any]:
-    """Test answers of ``policy`` graded by the QA scorer (``submission.csv``: ``id``, ``answer``, one row per
-    test item in the test set's order; ``grades.jsonl``: every item's grade) and the reward model's accuracy on
-    ``dev_data`` pairs (``reward_eval.json``)."""
+    """Test answers of ``policy`` (:func:`answer_and_grade`) and the reward model's accuracy on ``dev_data`` pairs
+    (``reward_eval.json``)."""
     m: dict[str, Any] = {}
     if test is not None:
-        ans = [a[0] for a in answer(policy, [r.prompt for r in test], cfg.max_new_tokens, 10_000, 0.0, 8, seed=seed,
-                                    desc=f"stage {n}: test answers")]
-        rows, summ = score_qa(test, ans)
-        write_csv(folder / "submission.csv", [{"id": r["id"], "answer": r["answer"]} for r in rows])
-        write_jsonl(folder / "grades.jsonl", rows)
+        summ = answer_and_grade(policy, test, folder, cfg.max_new_tokens, seed, f"stage {n}: test answers")
         m.update({f"test_{k}": v for k, v in summ.items() if isinstance(v, (int, float))})
     if reward_model and cfg.dev_data:
         r = alignloop.run_stage("reward eval", model=reward_model, data=cfg.dev_data, limit=cfg.limit,
@@ -133,6 +142,19 @@ def register_stage(cfg: LoopConfig, folder: Path, name: str, policy: str, parent
     return model_id
 
 
+def rl_prompts(cfg: LoopConfig, test: list[Any] | None) -> str:
+    """The grpo method's questions: ``prompts`` (``prompts_split`` of it) as prompt rows in ``rl_prompts.jsonl``
+    (prompt, gold ``answer``, ``id``); none of them may be a test question."""
+    assert cfg.prompts
+    recs = qa_items(cfg.prompts, cfg.prompts_split)
+    leaked = {json.dumps(r.prompt.to_json()) for r in recs} & {json.dumps(r.prompt.to_json()) for r in (test or [])}
+    if leaked:
+        raise ConfigError([f"prompts: {len(leaked)} of the questions GRPO would learn from are test_data questions; "
+                           f"give a prompt set disjoint from the test set (e.g. --prompts-split train)"])
+    return str(write_jsonl(Path(cfg.output) / "rl_prompts.jsonl",
+                           [{"prompt": r.prompt.to_json(), **public_meta(r.meta)} for r in recs]))
+
+
 class Inputs:
     """What every stage of a training-mode run reads: the pool, the test items, and (online) the prompt set and
     the judge."""
@@ -158,6 +180,7 @@ class Inputs:
             self.judge = make_judge(cfg)
             log(f"online: {len(self.prompts)} prompts, {cfg.prompts_per_round or len(self.prompts)} per round, "
                 f"{cfg.num_candidates} candidates each, {self.judge.name} judge")
+        self.rl_prompts = rl_prompts(cfg, self.test) if "grpo" in cfg.methods else None
 
 
 def new_labels(cfg: LoopConfig, ins: Inputs, folder: Path, labels: list[dict[str, Any]], order: list[int],
@@ -181,23 +204,67 @@ def new_labels(cfg: LoopConfig, ins: Inputs, folder: Path, labels: list[dict[str
     return new, fill
 
 
-def train_stage(cfg: LoopConfig, folder: Path, seed: int, policy: str, m: dict[str, Any]) -> tuple[str, str | None]:
-    """Train the stage's methods on ``folder/labels.jsonl``; returns (policy, reward model) and records the reward
-    model in ``m``."""
-    common = dict(model=cfg.model, data=str(folder / "labels.jsonl"), max_steps=cfg.max_steps,
-                  batch_size=cfg.batch_size, max_length=cfg.max_length, seed=seed, db=cfg.db)
+def dpo_pairs(cfg: LoopConfig, folder: Path, seed: int) -> Path:
+    """The labels DPO trains on: all of ``labels.jsonl`` when its steps reach them all, else the ``max_steps x
+    batch_size`` pairs it would reach, a seeded sample in label order (``dpo_pairs.jsonl``): DPO first scores every
+    pair of its data with the reference model, so pairs it would never see would cost time for nothing."""
+    labels = folder / "labels.jsonl"
+    rows = read_jsonl(labels)
+    seen = cfg.max_steps * cfg.batch_size
+    if seen >= len(rows):
+        return labels
+    pick = sorted(random.Random(seed).sample(range(len(rows)), seen))
+    return write_jsonl(folder / "dpo_pairs.jsonl", [rows[i] for i in pick])
+
+
+def rl_reward(cfg: LoopConfig, reward_model: str | None) -> list[str]:
+    """The GRPO reward specs: the rule(s), plus the stage's reward model as ``rm:<folder>:<rm_weight>``."""
+    return list(cfg.rl_reward) + ([f"rm:{reward_model}:{cfg.rm_weight}"] if reward_model and cfg.rm_weight else [])
+
+
+def timed(m: dict[str, Any], name: str, fn: Any) -> str:
+    """Run a trainer (``fn()``), record its wall time as ``seconds_<name>`` in ``m``; returns its output as str."""
+    t0 = time.perf_counter()
+    out = str(fn())
+    m[f"seconds_{name}"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def train_stage(cfg: LoopConfig, ins: "Inputs", folder: Path, seed: int, m: dict[str, Any]) -> tuple[str, str | None]:
+    """Train the stage's methods on ``folder/labels.jsonl``, each from the starting model: the reward model, DPO,
+    then GRPO from the DPO output (else from the starting model). Returns (policy, reward model) and records the
+    reward model, the DPO output (``dpo_policy``), the pairs DPO saw and each trainer's wall time in ``m``."""
+    policy = ins.start
+    common = dict(model=cfg.model, max_steps=cfg.max_steps, batch_size=cfg.batch_size, max_length=cfg.max_length,
+                  seed=seed, db=cfg.db)
     if cfg.learning_rate:
         common["learning_rate"] = cfg.learning_rate
+    labels = str(folder / "labels.jsonl")
     reward_model = None
     if "reward" in cfg.methods:
-        # fine-tuned for --max-steps (the stage's step budget), not the frozen-feature recipe `reward train` defaults to
-        reward_model = str(alignloop.run_stage("reward train", output=str(folder / "reward"), freeze_backbone=False,
-                                               pooling="last", **common))
+        # fine-tuned for --max-steps (the stage's step budget), or the frozen-feature recipe (--reward-recipe frozen)
+        recipe = dict(freeze_backbone=False, pooling="last") if cfg.reward_recipe == "finetune" else \
+            dict(freeze_backbone=True, pooling="mean", backbone_layers=cfg.reward_layers)
+        reward_model = timed(m, "reward", lambda: alignloop.run_stage(
+            "reward train", output=str(folder / "reward"), data=labels, **recipe, **common))
         m["reward_model"] = reward_model
     if "dpo" in cfg.methods:
-        # each stage trains from `model` on all its labels (aggregate and retrain), so the curve stays metric vs
+        # each stage trains from `model` on its labels (aggregate and retrain), so the curve stays metric vs
         # number of labels; online changes where the labels come from
-        policy = str(alignloop.run_stage("dpo", output=str(folder / "dpo"), lora=True, **common))
+        pairs = dpo_pairs(cfg, folder, seed)
+        m["dpo_pairs"] = len(read_jsonl(pairs))
+        policy = timed(m, "dpo", lambda: alignloop.run_stage("dpo", output=str(folder / "dpo"), data=str(pairs),
+                                                             lora=True, **common))
+        m["dpo_policy"] = policy
+    if "grpo" in cfg.methods:
+        reward = rl_reward(cfg, reward_model)
+        m["rl_reward"] = reward
+        start = policy
+        policy = timed(m, "grpo", lambda: alignloop.run_stage(
+            "grpo", model=start, prompts=ins.rl_prompts, output=str(folder / "grpo"), lora=True, reward=reward,
+            max_steps=cfg.rl_steps, batch_size=cfg.rl_prompts_per_step, num_generations=cfg.rl_generations,
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.rl_temperature, learning_rate=cfg.rl_learning_rate,
+            seed=seed, db=cfg.db))
     return policy, reward_model
 
 
@@ -223,7 +290,7 @@ def one_stage(cfg: LoopConfig, ins: Inputs, folder: Path, p: Progress, order: li
                          "labels_online": sources.count("online"), "new_online": len(new), "new_pool": len(fill)}
     log(f"{strategy} seed {seed} stage {n}: {n} labels ({m['labels_pool']} pool, "
         f"{m['labels_online']} on-policy; new: {len(new)} on-policy, {len(fill)} pool)")
-    policy, reward_model = train_stage(cfg, folder, seed, p.policy, m) if n else (ins.start, None)
+    policy, reward_model = train_stage(cfg, ins, folder, seed, m) if n else (ins.start, None)
     m["policy"] = policy
     t1 = time.perf_counter()
     m.update(evaluate_stage(cfg, folder, n, policy, reward_model, ins.test, seed))

@@ -250,3 +250,17 @@ def financebench_numeric(prompt: str, completion: str, answer: str = "", **row: 
     from alignloop.evaluate.qa import numeric_match
 
     return 1.0 if numeric_match(completion, str(answer or "")) else 0.0
+
+
+def financebench_graded(prompt: str, completion: str, answer: str = "", question: str | None = None,
+                        **row: Any) -> float:
+    """The answer's llmware points (``alignloop.evaluate.qa.llmware_points``): 1 correct, 0.5 partial or declining,
+    0 incorrect (a wrong figure copied from the context), -1 hallucination (a figure found in neither the context
+    nor the gold). The prompt is the context, as the reference judge and the QA scorer read it, so declining beats
+    inventing and a guessed bare figure is not paid; ``question`` (a row column, else the prompt's text after its
+    last "Question: ") keeps restated question words from counting as content."""
+    from alignloop.evaluate.qa import llmware_points
+
+    if question is None and "Question: " in prompt:
+        question = prompt.rsplit("Question: ", 1)[-1].strip()
+    return llmware_points(completion, str(answer or ""), question, context=prompt)
