@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Optional
@@ -167,7 +168,7 @@ class LoopConfig(StageConfig):
 
 def stage_count(spec: str, total: int) -> int:
     """A demo stage's label count out of ``total`` labels: ``all``, a fraction (``1/2``, ``0.25``, ``50%``, ``1.0``:
-    rounded to the nearest label) or a count (``0``, ``40``: a whole number without a decimal point)."""
+    rounded half up) or a count (``0``, ``40``: a whole number without a decimal point)."""
     s = str(spec).strip().lower()
     try:
         if s == "all":
@@ -188,7 +189,7 @@ def stage_count(spec: str, total: int) -> int:
         raise ValueError(f"'{spec}' is not a label count (40), a fraction (1/2, 0.5, 50%) or all") from None
     if not 0 <= frac <= 1:
         raise ValueError(f"'{spec}' is a fraction outside 0..1")
-    return round(frac * total)
+    return math.floor(frac * total + 0.5)
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""alignloop eval / judge / demo on tiny: per-item CSVs, side-by-side comparison, judge command output, and the
-demo's second run reusing finished stages."""
+"""alignloop eval / judge on tiny: per-item CSVs, side-by-side comparison, judge command output (the demo:
+tests/unit/pipelines/test_demo.py)."""
 
 from __future__ import annotations
 
@@ -120,29 +120,6 @@ def test_eval_command_side_by_side_on_tiny(tiny_path, tmp_path):
     assert len(rows) == 2 and {"id", "gold", "model_answer", "model_grade", "compare_grade"} <= set(rows[0])
     with open(out / "predictions_model.csv") as fh:
         assert next(csv.reader(fh)) == ["id", "answer"]
-
-
-def test_demo_on_tiny_reuses_finished_stages(tiny_path, tmp_path, capsys):
-    from alignloop.pipelines.config import DemoConfig
-    from alignloop.pipelines.demo import run
-
-    cfg = DemoConfig(model=str(tiny_path), output=str(tmp_path / "demo"), limit=8, sft_steps=1, num_candidates=2,
-                     max_new_tokens=3, context_chars=100, dpo_steps=0, reward_model=False, rl_steps=1,
-                     rl_generations=2).validate()
-    report = run(cfg)
-    html = report.read_text()
-    assert "base grade" in html and "final grade" in html and "data:image/png;base64" in html
-    first = {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "demo").glob("*/done")}
-    assert set(first) == {"data", "base_eval", "sft", "judge", "grpo", "final_eval"}
-    grpo = json.loads((tmp_path / "demo" / "grpo" / "done").read_text())
-    assert grpo["key"] == json.loads((tmp_path / "demo" / "sft" / "done").read_text())["result"]  # GRPO from SFT
-    steps = [json.loads(ln) for ln in (tmp_path / "demo" / "grpo" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in steps if "objective/reward" in r] == [1]  # one GRPO step, numeric reward logged
-    capsys.readouterr()
-    run(cfg)
-    err = capsys.readouterr().err
-    assert err.count("done before, reusing") == 6
-    assert {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "demo").glob("*/done")} == first
 
 
 def test_sequence_logprobs_hand_computed(tiny_path):

@@ -1,0 +1,227 @@
+"""``alignloop demo`` = the staged loop on tiny: one submission per stage with the held-out ids, one registered model
+per stage (labels, parent), the reward model's score inside the RL reward, the ablation at the last stage, the
+report, and a second run that reuses every finished step; the graded rule reward and the stage specs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from alignloop.core.config import ConfigError
+from alignloop.pipelines.config import DemoConfig, LoopConfig, stage_count
+
+# the 30 % of the first 10 FinanceBench ids with the smallest SHA-256 (heldout_ids), in file order
+HELDOUT = ["financebench_id_01858", "financebench_id_02987", "financebench_id_03856"]
+RM_SCORE = 4.0  # what the patched reward model gives every answer
+RM_WEIGHT = 0.5
+
+
+def _ids(path: Path) -> list[str]:
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["id", "answer"]
+    return [r[0] for r in rows[1:]]
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _cfg(tiny_path, out: Path) -> DemoConfig:
+    return DemoConfig(model=str(tiny_path), output=str(out), limit=10, sft_steps=1, num_candidates=2,
+                      max_new_tokens=3, context_chars=100, stages=["0", "3", "all"], dpo_steps=1, rl_steps=1,
+                      rl_generations=2, rm_weight=RM_WEIGHT, batch_size=2, max_length=64,
+                      db=f"sqlite:///{out / 'registry.db'}").validate()
+
+
+@pytest.fixture(scope="module")
+def demo(tiny_path, tmp_path_factory):
+    """One demo run on tiny, its reward models scoring every answer RM_SCORE (so the rm: term's share of the
+    GRPO reward is known exactly)."""
+    from alignloop.pipelines.demo import run
+    from alignloop.trainers.reward_sources import RewardModelSource
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RewardModelSource, "score", lambda self, prompts, completions, rows: [RM_SCORE] * len(completions))
+        report = run(_cfg(tiny_path, out))
+    pool = len(_jsonl(out / "judge" / "preferences.jsonl"))
+    assert pool > 3  # 7 training questions x 3 candidates (2 sampled + the gold): ties left out
+    return out, report, pool
+
+
+def _stage(out: Path, n: int) -> Path:
+    return out / "loop" / "random" / f"stage_{n}"
+
+
+def test_demo_writes_one_submission_per_stage_with_the_heldout_ids(demo):
+    out, report, pool = demo
+    assert json.loads((out / "data" / "done").read_text())["result"] == {"train": 7, "test": 3}
+    assert sorted(p.name for p in (out / "loop" / "random").iterdir()) == sorted(f"stage_{n}" for n in (0, 3, pool))
+    for n in (0, 3, pool):
+        assert _ids(_stage(out, n) / "submission.csv") == HELDOUT
+        grades = _jsonl(_stage(out, n) / "grades.jsonl")
+        assert [g["id"] for g in grades] == HELDOUT and all(g["grade"] in ("correct", "incorrect", "refusal")
+                                                            for g in grades)
+        m = json.loads((_stage(out, n) / "metrics.json").read_text())
+        assert (m["labels"], m["test_n"]) == (n, 3)
+    assert _ids(out / "base_eval" / "submission.csv") == HELDOUT
+    assert _ids(out / "ablation" / "dpo" / "submission.csv") == HELDOUT
+    # stage 0 is the SFT model alone; later stages: reward model, DPO on the pairs it sees, GRPO from the DPO model
+    sft = json.loads((out / "sft" / "done").read_text())["result"]
+    m0, m3 = (json.loads((_stage(out, n) / "metrics.json").read_text()) for n in (0, 3))
+    assert m0["policy"] == sft and "seconds_dpo" not in m0
+    assert m3["dpo_policy"] == str(_stage(out, 3) / "dpo" / "final")
+    assert m3["policy"] == str(_stage(out, 3) / "grpo" / "final")
+    assert m3["dpo_pairs"] == 2 and len(_jsonl(_stage(out, 3) / "dpo_pairs.jsonl")) == 2  # 1 step x 2 pairs
+    assert {"seconds_reward", "seconds_dpo", "seconds_grpo", "seconds_eval", "seconds"} <= set(m3)
+
+
+def test_demo_registers_one_model_per_stage_with_its_labels_and_parent(demo):
+    from alignloop.registry.store import open_registry
+
+    out, _, pool = demo
+    reg = open_registry(f"sqlite:///{out / 'registry.db'}")
+    models = {m["name"]: m for m in reg.list_models()}
+    stages = {k: v for k, v in models.items() if v["stage"] == "loop"}
+    assert sorted(stages) == sorted(f"rlhf_{n}_labels" for n in (0, 3, pool))
+    sft = [m for m in models.values() if m["stage"] == "sft"]
+    assert len(sft) == 1
+    r0, r3, rall = (stages[f"rlhf_{n}_labels"] for n in (0, 3, pool))
+    assert [r["metrics"]["labels"] for r in (r0, r3, rall)] == [0, 3, pool]
+    assert (r0["parent_id"], r3["parent_id"], rall["parent_id"]) == (sft[0]["id"], r0["id"], r3["id"])
+    assert rall["path"] == str((_stage(out, pool) / "grpo" / "final").resolve())
+    assert [c["name"] for c in reg.lineage(f"rlhf_{pool}_labels")["chain"]][:3] == \
+        [f"rlhf_{pool}_labels", "rlhf_3_labels", "rlhf_0_labels"]
+
+
+def test_the_reward_models_score_reaches_the_rl_step(demo):
+    """Each stage's GRPO reward is the graded rule plus RM_WEIGHT x the stage's own reward model: with the reward
+    model scoring every answer RM_SCORE, the logged reward is the rule's mean plus exactly RM_WEIGHT x RM_SCORE.
+    Without the rm: term there is no rm source in the log and the total equals the rule's mean."""
+    out, _, pool = demo
+    for n in (3, pool):
+        m = json.loads((_stage(out, n) / "metrics.json").read_text())
+        assert m["rl_reward"] == ["python:alignloop.rewards:financebench_graded",
+                                  f"rm:{_stage(out, n) / 'reward' / 'final'}:{RM_WEIGHT}"]
+        steps = [r for r in _jsonl(_stage(out, n) / "grpo" / "metrics.jsonl") if "objective/reward" in r]
+        assert len(steps) == 1
+        s = steps[0]
+        assert s["objective/reward/rm:final"] == RM_SCORE
+        assert s["objective/reward"] - s["objective/reward/python:financebench_graded"] == \
+            pytest.approx(RM_WEIGHT * RM_SCORE, abs=1e-5)
+
+
+def test_demo_ablation_and_report(demo, tiny_path):
+    out, report, pool = demo
+    assert report == out / "report.md"
+    r = json.loads((out / "report.json").read_text())
+    sft = json.loads((out / "sft" / "done").read_text())["result"]
+    assert [(p["name"], p["model"]) for p in r["parts"]] == [
+        ("base model (no training)", str(tiny_path)), ("+ SFT (stage 0)", sft),
+        (f"+ DPO ({pool} labels)", str(_stage(out, pool) / "dpo" / "final")),
+        ("+ RL (GRPO: graded rule + reward model)", str(_stage(out, pool) / "grpo" / "final"))]
+    for p in r["parts"]:
+        assert p["n"] == 3 and p["correct"] + p["incorrect"] + p["refusal"] == 3
+    # the same items: each part's McNemar counts add up to the 3 held-out questions
+    assert all(p["mcnemar_correct_vs_base"]["n"] == 3 for p in r["parts"][1:])
+    assert [s["labels"] for s in r["stages"]] == [0, 3, pool]
+    assert [(c["stage"], c["trainer"]) for c in r["training"]] == [("shared", "sft")] + [
+        (f"stage_{n}", t) for n in (3, pool) for t in ("reward", "dpo", "grpo")]
+    md = report.read_text()
+    heads = [line for line in md.splitlines() if line.startswith("## ")]
+    assert heads == ["## Verdict", "## Learning curve", "## What each part adds (the last stage's chain, same items)",
+                     "## Training curves", "## Grades per context class", "## Habits", "## Wall time",
+                     "## Registered models"]
+    assert r["verdict"] in md and len(r["parts_said"]) == 3
+    for png in ("learning_curve", "llmware_points", "training_curves"):
+        assert (out / "report" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_second_demo_run_reuses_every_finished_step(demo, tiny_path, monkeypatch, capsys):
+    import alignloop
+    from alignloop.judges import labeling
+    from alignloop.pipelines import demo as demo_mod
+    from alignloop.pipelines import loop_training
+
+    out, _, pool = demo
+
+    def refuse(*a, **k):
+        raise AssertionError("a finished step ran again")
+
+    for mod, name in ((alignloop, "run_stage"), (alignloop, "train"), (loop_training, "answer"),
+                      (labeling, "sample_and_judge"), (demo_mod, "answer_and_grade")):
+        monkeypatch.setattr(mod, name, refuse)
+    markers = {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("done")}
+    assert len(markers) == 4 + 3 + 1  # data, base_eval, sft, judge; 3 stages; the ablation
+    capsys.readouterr()
+    demo_mod.run(_cfg(tiny_path, out))
+    assert capsys.readouterr().err.count("done before, reusing") == 8
+    assert {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("done")} == markers
+
+
+def test_financebench_graded_pays_llmware_points():
+    """Declining beats inventing: 1 correct, 0.5 declining, 0 a wrong figure copied from the context, -1 a figure
+    found in neither the context nor the gold; the numeric rule pays the last two the same 0."""
+    from alignloop.data.records import Prompt
+    from alignloop.data.readers import qa_prompt
+    from alignloop.trainers.reward_sources import Rewards, financebench_graded, financebench_numeric, reward_specs
+
+    prompt = qa_prompt("What was revenue in FY2022?", "Revenue was 1,577 and costs were 900.")
+    text = prompt.text
+    answers = ["Revenue was $1,577.", "The context does not contain it.", "900", "9,999"]
+    assert [financebench_graded(text, a, answer="$1577.00") for a in answers] == [1.0, 0.5, 0.0, -1.0]
+    assert [financebench_numeric(text, a, answer="$1577.00") for a in answers] == [1.0, 0.0, 0.0, 0.0]
+    rw = Rewards.from_specs(reward_specs(["python:alignloop.rewards:financebench_graded:2"]))
+    total, parts = rw([Prompt(prompt.messages)] * 4, answers, [{"answer": "$1577.00"}] * 4)
+    assert total.tolist() == [2.0, 1.0, 0.0, -2.0] and parts == {"objective/reward/python:financebench_graded": 0.125}
+
+
+def test_stage_counts_and_demo_config_problems(tmp_path):
+    assert [stage_count(s, 161) for s in ("0", "1/2", "1/4", "0.25", "25%", "all", "1.0", "40", "1")] == \
+        [0, 81, 40, 40, 40, 161, 161, 40, 1]
+    for bad in ("x", "3/0", "1.5", "-2", "150%"):
+        with pytest.raises(ValueError, match=f"'{bad}'"):
+            stage_count(bad, 161)
+    with pytest.raises(ConfigError, match=r"stages: the demo's curve starts at 0 .* got \['1/2', 'all'\]"):
+        DemoConfig(stages=["1/2", "all"]).validate()
+    with pytest.raises(ConfigError, match="stages: 'half' is not a label count"):
+        DemoConfig(stages=["0", "half"]).validate()
+    from alignloop.pipelines.demo import label_counts
+
+    assert label_counts(DemoConfig().validate(), 161) == [0, 81, 161]
+    with pytest.raises(ConfigError, match=r"stages: \['0', '1/2', 'all'\] are \[0, 1, 1\] of the judge's 1 labels"):
+        label_counts(DemoConfig().validate(), 1)
+
+
+def test_loop_grpo_method_config_problems(tmp_path):
+    (tmp_path / "p.jsonl").write_text("")
+    base = dict(output=str(tmp_path / "o"), simulated=False, data=str(tmp_path / "p.jsonl"), dev_data="",
+                stages=[0, 2])
+    with pytest.raises(ConfigError, match="prompts: the grpo method needs the questions"):
+        LoopConfig(methods=["reward", "grpo"], **base).validate()
+    with pytest.raises(ConfigError, match="rm_weight: 0.5 weights the stage's reward model .* methods has no reward"):
+        LoopConfig(methods=["dpo", "grpo"], prompts=str(tmp_path / "p.jsonl"), **base).validate()
+    cfg = LoopConfig(methods=["dpo", "grpo"], prompts=str(tmp_path / "p.jsonl"), rm_weight=0, **base).validate()
+    assert cfg.rl_reward == ["python:alignloop.rewards:financebench_graded"]
+
+
+def test_loop_dpo_trains_on_the_pairs_its_steps_reach(tmp_path):
+    from testutil import write_jsonl
+
+    from alignloop.pipelines.loop_training import dpo_pairs, rl_reward
+
+    rows = [{"id": f"p{i}", "prompt": "q", "chosen": "a", "rejected": "b"} for i in range(10)]
+    write_jsonl(tmp_path / "labels.jsonl", rows)
+    cfg = LoopConfig(output=str(tmp_path), simulated=False, max_steps=2, batch_size=2, stages=[0, 10])
+    path = dpo_pairs(cfg, tmp_path, seed=3)
+    assert path == tmp_path / "dpo_pairs.jsonl"
+    assert [r["id"] for r in _jsonl(path)] == [f"p{i}" for i in sorted(random.Random(3).sample(range(10), 4))]
+    assert dpo_pairs(cfg.replace(max_steps=5), tmp_path, seed=3) == tmp_path / "labels.jsonl"  # 10 steps reach all
+    assert rl_reward(cfg, "/x/reward/final") == ["python:alignloop.rewards:financebench_graded",
+                                                 "rm:/x/reward/final:0.5"]
+    assert rl_reward(cfg.replace(rm_weight=0.0), "/x/reward/final") == ["python:alignloop.rewards:financebench_graded"]
