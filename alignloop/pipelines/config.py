@@ -62,8 +62,10 @@ class LoopConfig(StageConfig):
     judge_model: Optional[str] = opt(None, "Online: the local judge's model, or the http judge's model name.")
     judge_base_url: Optional[str] = opt(None, "Online: the http judge's OpenAI-compatible base URL.")
     max_new_tokens: int = opt(48, "Training mode: longest answer in tokens (test answers, online candidates).")
-    max_steps: int = opt(50, "Training mode: optimizer steps per stage of the reward and DPO trainers (DPO sees at "
-                         "most max_steps x batch_size of the stage's labels: a seeded sample of them).")
+    max_steps: int = opt(50, "Training mode: optimizer steps per stage of the reward and DPO trainers.")
+    dpo_subsample: bool = opt(False, "Training mode: DPO trains on the max_steps x batch_size pairs its steps reach, "
+                              "a seeded sample of the stage's labels, so its reference pass scores no pair it would "
+                              "never see (CPU time); the reward model still trains on all of them.")
     reward_recipe: Literal["finetune", "frozen"] = opt(
         "finetune", "Training mode: the reward model: finetune (the backbone too, last-token pooling, --max-steps) or "
         "frozen (frozen-backbone features, answer-mean pooling, a logistic-regression head: minutes on a CPU).")

@@ -123,8 +123,8 @@ def loop_config(cfg: DemoConfig, out: Path, sft_model: str, counts: list[int]) -
         output=str(out / LOOP), data=str(out / "judge" / "preferences.jsonl"), dev_data="",
         test_data=str(data / "test.jsonl"), prompts=str(data / "train.jsonl"), stages=counts,
         strategies=[STRATEGY], simulated=False, methods=methods, model=sft_model, seeds=[cfg.seed], db=cfg.db,
-        max_steps=max(cfg.dpo_steps, 1), batch_size=cfg.batch_size, learning_rate=5e-4, max_length=cfg.max_length,
-        max_new_tokens=cfg.max_new_tokens,
+        max_steps=max(cfg.dpo_steps, 1), dpo_subsample=True, batch_size=cfg.batch_size, learning_rate=5e-4,
+        max_length=cfg.max_length, max_new_tokens=cfg.max_new_tokens,
         # the reward recipe that ranked best per CPU minute on HH (benchmarks/README.md): frozen features, mean pooling
         reward_recipe="frozen", reward_layers=15,
         rl_steps=max(cfg.rl_steps, 1), rl_generations=cfg.rl_generations,

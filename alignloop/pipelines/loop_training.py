@@ -205,13 +205,13 @@ def new_labels(cfg: LoopConfig, ins: Inputs, folder: Path, labels: list[dict[str
 
 
 def dpo_pairs(cfg: LoopConfig, folder: Path, seed: int) -> Path:
-    """The labels DPO trains on: all of ``labels.jsonl`` when its steps reach them all, else the ``max_steps x
-    batch_size`` pairs it would reach, a seeded sample in label order (``dpo_pairs.jsonl``): DPO first scores every
-    pair of its data with the reference model, so pairs it would never see would cost time for nothing."""
+    """The labels DPO trains on: all of ``labels.jsonl``, or (``dpo_subsample``, when its steps do not reach them
+    all) the ``max_steps x batch_size`` pairs it would reach, a seeded sample in label order (``dpo_pairs.jsonl``):
+    DPO first scores every pair of its data with the reference model, so pairs it would never see cost time."""
     labels = folder / "labels.jsonl"
     rows = read_jsonl(labels)
     seen = cfg.max_steps * cfg.batch_size
-    if seen >= len(rows):
+    if not cfg.dpo_subsample or seen >= len(rows):
         return labels
     pick = sorted(random.Random(seed).sample(range(len(rows)), seen))
     return write_jsonl(folder / "dpo_pairs.jsonl", [rows[i] for i in pick])

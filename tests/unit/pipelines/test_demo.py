@@ -79,6 +79,13 @@ def test_demo_writes_one_submission_per_stage_with_the_heldout_ids(demo):
     assert m3["policy"] == str(_stage(out, 3) / "grpo" / "final")
     assert m3["dpo_pairs"] == 2 and len(_jsonl(_stage(out, 3) / "dpo_pairs.jsonl")) == 2  # 1 step x 2 pairs
     assert {"seconds_reward", "seconds_dpo", "seconds_grpo", "seconds_eval", "seconds"} <= set(m3)
+    import yaml
+
+    grpo = yaml.safe_load((_stage(out, 3) / "grpo" / "config.yaml").read_text())
+    assert (grpo["model"], grpo["prompts"]) == (m3["dpo_policy"], str(out / "loop" / "rl_prompts.jsonl"))
+    train_ids = [r["id"] for r in _jsonl(out / "data" / "train.jsonl")]
+    assert [r["id"] for r in _jsonl(out / "loop" / "rl_prompts.jsonl")] == train_ids and \
+        not set(train_ids) & set(HELDOUT)
 
 
 def test_demo_registers_one_model_per_stage_with_its_labels_and_parent(demo):
@@ -167,8 +174,8 @@ def test_a_second_demo_run_reuses_every_finished_step(demo, tiny_path, monkeypat
 def test_financebench_graded_pays_llmware_points():
     """Declining beats inventing: 1 correct, 0.5 declining, 0 a wrong figure copied from the context, -1 a figure
     found in neither the context nor the gold; the numeric rule pays the last two the same 0."""
-    from alignloop.data.records import Prompt
     from alignloop.data.readers import qa_prompt
+    from alignloop.data.records import Prompt
     from alignloop.trainers.reward_sources import Rewards, financebench_graded, financebench_numeric, reward_specs
 
     prompt = qa_prompt("What was revenue in FY2022?", "Revenue was 1,577 and costs were 900.")
@@ -210,7 +217,7 @@ def test_loop_grpo_method_config_problems(tmp_path):
     assert cfg.rl_reward == ["python:alignloop.rewards:financebench_graded"]
 
 
-def test_loop_dpo_trains_on_the_pairs_its_steps_reach(tmp_path):
+def test_loop_dpo_subsample_trains_on_the_pairs_its_steps_reach(tmp_path):
     from testutil import write_jsonl
 
     from alignloop.pipelines.loop_training import dpo_pairs, rl_reward
@@ -218,6 +225,8 @@ def test_loop_dpo_trains_on_the_pairs_its_steps_reach(tmp_path):
     rows = [{"id": f"p{i}", "prompt": "q", "chosen": "a", "rejected": "b"} for i in range(10)]
     write_jsonl(tmp_path / "labels.jsonl", rows)
     cfg = LoopConfig(output=str(tmp_path), simulated=False, max_steps=2, batch_size=2, stages=[0, 10])
+    assert dpo_pairs(cfg, tmp_path, seed=3) == tmp_path / "labels.jsonl"  # by default DPO gets every label
+    cfg = cfg.replace(dpo_subsample=True)
     path = dpo_pairs(cfg, tmp_path, seed=3)
     assert path == tmp_path / "dpo_pairs.jsonl"
     assert [r["id"] for r in _jsonl(path)] == [f"p{i}" for i in sorted(random.Random(3).sample(range(10), 4))]
@@ -225,3 +234,19 @@ def test_loop_dpo_trains_on_the_pairs_its_steps_reach(tmp_path):
     assert rl_reward(cfg, "/x/reward/final") == ["python:alignloop.rewards:financebench_graded",
                                                  "rm:/x/reward/final:0.5"]
     assert rl_reward(cfg.replace(rm_weight=0.0), "/x/reward/final") == ["python:alignloop.rewards:financebench_graded"]
+
+
+def test_loop_grpo_refuses_test_questions_as_prompts(tmp_path):
+    from testutil import write_jsonl
+
+    from alignloop.pipelines.loop_training import Inputs
+
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"id": f"q{i}", "question": f"What is {i} plus {i}?",
+                                              "context": f"{i} plus {i} is {2 * i}.", "answer": str(2 * i)}
+                                             for i in range(4)])
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}])
+    cfg = LoopConfig(output=str(tmp_path / "run"), simulated=False, data=str(pool), dev_data="", test_data=str(qa),
+                     prompts=str(qa), prompts_split="all", methods=["dpo", "grpo"], rm_weight=0, stages=[0, 1],
+                     model="tiny").validate()
+    with pytest.raises(ConfigError, match="prompts: 4 of the questions GRPO would learn from are test_data questions"):
+        Inputs(cfg)
