@@ -213,7 +213,7 @@ class DemoConfig(StageConfig):
                               "pair of them is one label).")
     stages: list[str] = opt(["0", "1/2", "all"], "Stages of the loop, in labels: 0 (the SFT model alone, required), "
                             "a fraction of the judge's labels (1/2, 0.25, 50%), all, or a count (40).")
-    dpo_steps: int = opt(5, "DPO optimizer steps per stage (LoRA, from the SFT model; it sees dpo_steps x batch_size "
+    dpo_steps: int = opt(4, "DPO optimizer steps per stage (LoRA, from the SFT model; it sees dpo_steps x batch_size "
                          "of the stage's labels); 0 skips DPO.")
     reward_model: bool = opt(True, "Train a reward model per stage on its labels: frozen backbone, answer-mean pooling "
                              "(one forward pass, then an L2 logistic-regression head); its score enters the GRPO "

@@ -171,7 +171,8 @@ def run(cfg: DemoConfig) -> Path:
         return steps[name]["result"]
 
     step("data", lambda f: split_data(cfg, f))
-    step("base_eval", lambda f: qa_eval(cfg, cfg.model, data / "test.jsonl", f, "base model"))
+    # keyed by the model that answers (a run made before the staged demo wrote no submission.csv and no key: redone)
+    step("base_eval", lambda f: qa_eval(cfg, cfg.model, data / "test.jsonl", f, "base model"), key=cfg.model)
     sft = step("sft", lambda f: str(alignloop.train(
         "sft", model=cfg.model, data=str(data / "sft.jsonl"), output=str(f), lora=True, max_steps=cfg.sft_steps,
         batch_size=cfg.batch_size, learning_rate=cfg.sft_learning_rate, max_length=cfg.max_length, warmup_steps=2,

@@ -22,10 +22,12 @@ strategies can be compared on the same data without a labeller. Its reward model
 Bradley-Terry heads on frozen sentence-encoder features.
 
 **Training mode** (``simulated: false``, :mod:`alignloop.pipelines.loop_training`) trains the real stages per label
-count on a preference pool (``data``): ``methods`` among ``reward`` (``alignloop reward train``) and ``dpo``
-(``alignloop dpo``, LoRA), each stage from ``model`` on all of its n labels (stage 0 trains nothing). Each stage
-writes ``labels.jsonl`` (the label rows it trained on, with ``id`` and ``source``) and is evaluated: the policy (the
-stage's DPO output, else ``model``) answers ``test_data`` (QA rows with gold answers; ``submission.csv``, graded in
+count on a preference pool (``data``): ``methods`` among ``reward`` (``alignloop reward train``), ``dpo``
+(``alignloop dpo``, LoRA) and ``grpo`` (``alignloop grpo`` from the stage's DPO output on ``prompts``, rewarded by
+``rl_reward`` plus ``rm_weight`` x the stage's reward model, ``rm:``), each stage from ``model`` on all of its n
+labels (stage 0 trains nothing); ``alignloop demo`` is this mode on FinanceBench. Each stage writes ``labels.jsonl``
+(the label rows it trained on, with ``id`` and ``source``) and is evaluated: the policy (the stage's GRPO output,
+else its DPO output, else ``model``) answers ``test_data`` (QA rows with gold answers; ``submission.csv``, graded in
 ``grades.jsonl``) and the reward model is scored on ``dev_data`` pairs (``reward_eval.json``). The stage's policy is
 registered in the model registry (``db``) as ``rlhf_<n>_labels``: its label count in the model's metrics, its parent
 the previous stage's model (the first stage's: ``model``, when that is registered, e.g. an SFT output).

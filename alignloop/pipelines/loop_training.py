@@ -1,12 +1,14 @@
 """The loop's training mode (``simulated: false``): per stage, its n labels train a reward model and/or a DPO
-policy (each from ``model``; stage 0 trains nothing), then the stage is evaluated and its policy registered as
+policy (each from ``model``; stage 0 trains nothing), optionally followed by a GRPO step from the DPO policy whose
+reward includes the stage's reward model (``grpo``), then the stage is evaluated and its policy registered as
 ``rlhf_<n>_labels`` (parent: the previous stage's model).
 
 Stage n's labels are the previous stage's plus n - n_prev new ones: with ``online``, the pairs of the on-policy
 round that the previous stage's policy answered (as many as fit), then the pool's next picks in strategy order for
-the rest (all of them without ``online``, and at the first stage). The policy (the stage's DPO output, else
-``model``) answers ``test_data`` (``submission.csv``, graded in ``grades.jsonl``) and the reward model is scored on
-``dev_data`` pairs (``reward_eval.json``).
+the rest (all of them without ``online``, and at the first stage). The policy (the stage's GRPO output, else its
+DPO output, else ``model``) answers ``test_data`` (``submission.csv``, graded in ``grades.jsonl``) and the reward
+model is scored on ``dev_data`` pairs (``reward_eval.json``). The demo (:mod:`alignloop.pipelines.demo`) is this
+mode.
 """
 
 from __future__ import annotations

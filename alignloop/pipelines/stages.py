@@ -33,7 +33,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("judge",): ("label preferences with an AI judge", "alignloop.judges.config:JudgeConfig"),
     ("loop",): ("the staged RLHF loop", "alignloop.pipelines.config:LoopConfig"),
     ("eval",): ("evaluate a model (QA scores, reward, KL, win rate)", "alignloop.evaluate.config:EvalConfig"),
-    ("demo",): ("the whole pipeline on the built-in data", "alignloop.pipelines.config:DemoConfig"),
+    ("demo",): ("the staged RLHF loop on the built-in data", "alignloop.pipelines.config:DemoConfig"),
     ("serve",): ("OpenAI-compatible serving with feedback capture", "alignloop.serve.config:ServeConfig"),
     ("models", "list"): ("list registered models", "alignloop.registry.config:ModelsListConfig"),
     ("models", "show"): ("show one model", "alignloop.registry.config:ModelsShowConfig"),
