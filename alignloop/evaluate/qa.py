@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 Grade = str  # "correct" | "partial" | "refusal" | "incorrect" | "hallucination"
 
@@ -259,8 +260,7 @@ def grade(answer: str, gold: str, question: str | None = None, context: str | No
 
 def score_answer(answer: str, gold: str, question: str | None = None) -> str:
     """FinanceBench grade: ``"correct"``, ``"incorrect"`` (a hallucination: a wrong claim) or ``"refusal"``."""
-    g, _ = grade(answer, gold, question)
-    return {"partial": "incorrect", "hallucination": "incorrect"}.get(g, g)
+    return coarse_grade(grade(answer, gold, question)[0])
 
 
 def llmware_points(answer: str, gold: str, question: str | None = None, context: str | None = None) -> float:
@@ -280,3 +280,136 @@ def summarize(grades: list[str], points: list[float] | None = None) -> dict[str,
         out["llmware_points"] = float(sum(points))
         out["llmware_mean"] = float(sum(points) / n) if n else math.nan
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# What the context holds: three classes of question, and the answers' habits
+# --------------------------------------------------------------------------------------------------
+
+IN_CONTEXT, ARITHMETIC, MISSING = "in_context", "arithmetic", "missing"
+CONTEXT_CLASSES = (IN_CONTEXT, ARITHMETIC, MISSING)
+
+# what a question (or the gold's words) asks when its figure is computed rather than quoted
+_DERIVED = re.compile(
+    r"\b(ratio|margin|change[sd]?|growth|grow|grew|increase[sd]?|decrease[sd]?|decline[sd]?|drop(?:ped)?|rise|rose|"
+    r"percentage|percent|proportion|share of|average|mean|median|difference|yoy|year[- ]over[- ]year|cagr|"
+    r"turnover|days|return on|coverage|payout|ebitda|free cash flow)\b|%",
+    re.IGNORECASE,
+)
+_YES_NO = re.compile(r"\s*(yes|no)\b[\s,.;:!-]*", re.IGNORECASE)
+DERIVABLE_DIGITS = 3  # a gold figure counts as "derivable" from two context figures only with this many digits
+
+
+def _significant_digits(n: Number) -> int:
+    if n.value == 0:
+        return 1
+    return int(math.floor(math.log10(abs(n.value)))) - int(round(math.log10(n.step))) + 1
+
+
+def _derivable(target: Number, figures: list[Number]) -> bool:
+    """Whether one of ``a + b``, ``a - b``, ``a / b`` or ``a / b - 1`` of two figures states ``target`` by
+    :func:`numbers_match` (sums and differences only of figures with the same unit; two equal figures give
+    nothing: their ratio 1 and difference 0 would match a round gold by chance)."""
+    for i, a in enumerate(figures):
+        for j, b in enumerate(figures):
+            if i == j or a.value * a.scale == b.value * b.scale:
+                continue
+            values: list[tuple[float, float]] = []  # (value, scale)
+            if a.scale == b.scale and a.percent == b.percent:
+                values += [(a.value + b.value, a.scale), (a.value - b.value, a.scale)]
+            if b.value and a.percent == b.percent:
+                ratio = a.value * a.scale / (b.value * b.scale)
+                values += [(ratio, 1.0), (ratio - 1, 1.0)]
+            for v, scale in values:
+                derived = Number(value=v, scale=scale, step=0.0, percent=a.percent and scale != 1.0, text="")
+                if numbers_match(derived, target):
+                    return True
+    return False
+
+
+def context_class(context: str, gold: str, question: str | None = None) -> str:
+    """Which of :data:`CONTEXT_CLASSES` a question falls in, given the context the model answers from.
+
+    The rule reuses the scorer's own reading of numbers and words (:func:`extract_numbers`, :func:`numbers_match`,
+    :func:`content_recall`), so "in the context" means "an answer quoting the context can be graded correct":
+
+    * the gold says the answer is not there ("not found") → ``missing``;
+    * a gold that names a figure (a non-year number; a leading "Yes"/"No" is set aside): its headline figure (the
+      first one, the number :func:`grade` checks) is ``in_context`` when some number of the context matches it;
+      otherwise ``arithmetic`` when the context holds at least two figures and either the question or the gold's
+      words ask for a computed quantity (ratio, margin, change, growth, percentage, average, difference, YoY,
+      turnover, days, return on, coverage, payout, EBITDA, free cash flow or a ``%``: :data:`_DERIVED`)
+      or the figure is one sum, difference, ratio or relative change of two context figures (only for a gold
+      written with at least :data:`DERIVABLE_DIGITS` significant digits: a coarse figure is hit by chance);
+      otherwise ``missing``;
+    * a text gold: ``in_context`` when the context holds at least 60 % of the gold's content words (the
+      scorer's "correct" threshold, words of the question left out), else ``missing``. A bare "Yes"/"No" gold
+      has nothing to look for and counts as ``missing``: the class is what the context *demonstrably* holds.
+
+    ``context`` may be the whole prompt (as :func:`grade` gets it): the question's own figures are then counted as
+    quotable too.
+    """
+    if _gold_is_not_found(gold):
+        return MISSING
+    rest = _YES_NO.sub("", gold, count=1) if _YES_NO.match(gold) else gold
+    gold_nums = [n for n in extract_numbers(rest) if not n.is_year]
+    if not gold_nums:
+        return IN_CONTEXT if rest.strip() and content_recall(context, rest, question) >= 0.6 else MISSING
+    target = gold_nums[0]
+    figures = [n for n in extract_numbers(context) if not n.is_year]
+    if any(numbers_match(n, target) for n in figures):
+        return IN_CONTEXT
+    if len(figures) < 2:
+        return MISSING
+    if _DERIVED.search(f"{question or ''} {_NUMBER.sub(' ', gold)}"):
+        return ARITHMETIC
+    if _significant_digits(target) >= DERIVABLE_DIGITS and _derivable(target, figures):
+        return ARITHMETIC
+    return MISSING
+
+
+def is_bare_figure(answer: str, max_words: int = 3) -> bool:
+    """Whether ``answer`` is just a figure (``"$1.11"``, ``"12.4%"``, ``"1,577 million"``): at least one number
+    and at most ``max_words`` words besides the numbers (scale words and currency signs belong to the number)."""
+    nums = extract_numbers(answer)
+    return bool(nums) and len(re.findall(r"[A-Za-z]+", _NUMBER.sub(" ", answer))) <= max_words
+
+
+def answer_habits(answers: Sequence[str], grades: Sequence[str], classes: Sequence[str] | None = None
+                  ) -> dict[str, Any]:
+    """How a model answers, beside how often it is right: ``bare_figure_share`` (answers that are just a figure,
+    :func:`is_bare_figure`), ``mean_length_words`` (white-space words), ``refusal_rate`` (answers graded
+    ``refusal``) and, given each item's :func:`context_class`, ``refusal_rate_in_context`` (refusals among the
+    ``in_context`` items: declining when the answer was there to quote; ``None`` without such items), with the
+    counts behind each share (``n``, ``bare_figure``, ``refusal``, ``n_in_context``, ``refusal_in_context``).
+    ``grades`` are :func:`grade`'s or :func:`score_answer`'s strings. Rates of no items are ``None``."""
+    n = len(answers)
+    if len(grades) != n or (classes is not None and len(classes) != n):
+        raise ValueError(f"answer_habits: {n} answers but {len(grades)} grades"
+                         + ("" if classes is None else f" and {len(classes)} classes"))
+    unknown = sorted(set(grades) - set(LLMWARE_POINTS))
+    if unknown:
+        raise ValueError(f"answer_habits: unknown grade {unknown[0]!r} (expected one of {sorted(LLMWARE_POINTS)})")
+    bad = sorted(set(classes or ()) - set(CONTEXT_CLASSES))
+    if bad:
+        raise ValueError(f"answer_habits: unknown context class {bad[0]!r} (expected one of {CONTEXT_CLASSES})")
+    bare = sum(map(is_bare_figure, answers))
+    refusals = sum(g == "refusal" for g in grades)
+    in_ctx = [g for g, c in zip(grades, classes or ()) if c == IN_CONTEXT]
+    refused_in_ctx = sum(g == "refusal" for g in in_ctx)
+
+    def share(k: int, m: int) -> float | None:
+        return k / m if m else None
+
+    return {"n": n, "bare_figure": bare, "bare_figure_share": share(bare, n),
+            "mean_length_words": share(sum(len(a.split()) for a in answers), n),
+            "refusal": refusals, "refusal_rate": share(refusals, n),
+            "n_in_context": len(in_ctx), "refusal_in_context": refused_in_ctx,
+            "refusal_rate_in_context": share(refused_in_ctx, len(in_ctx))}
+
+
+def coarse_grade(fine: str) -> str:
+    """FinanceBench's grade of a fine :func:`grade`: ``partial`` and ``hallucination`` count as ``incorrect``."""
+    if fine not in LLMWARE_POINTS:
+        raise ValueError(f"unknown grade {fine!r} (expected one of {sorted(LLMWARE_POINTS)})")
+    return {"partial": "incorrect", "hallucination": "incorrect"}.get(fine, fine)

@@ -15,7 +15,15 @@ from alignloop.core.errors import DataError
 from alignloop.data.context import CONTEXT_CHARS
 from alignloop.data.readers import read_records
 from alignloop.evaluate.metrics import bootstrap_ci
-from alignloop.evaluate.qa import LLMWARE_POINTS, grade, summarize
+from alignloop.evaluate.qa import (
+    CONTEXT_CLASSES,
+    LLMWARE_POINTS,
+    answer_habits,
+    coarse_grade,
+    context_class,
+    grade,
+    summarize,
+)
 
 
 def heldout_ids(ids: list[str], share: float = 0.3) -> set[str]:
@@ -85,16 +93,26 @@ def answer(model: str | tuple, prompts: Sequence[Any], max_new_tokens: int = 64,
 
 
 def score_qa(records: Sequence[Any], answers: Sequence[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Per-item rows (id, question, gold, answer, grade, fine grade, llmware points, reason) and a summary with
-    the 95% bootstrap interval of the correct rate (``correct_rate_ci95``)."""
+    """Per-item rows (id, question, gold, answer, grade, fine grade, llmware points, reason, and the item's
+    ``context_class``: :func:`alignloop.evaluate.qa.context_class` of the prompt it was answered from) and a
+    summary with the 95% bootstrap interval of the correct rate (``correct_rate_ci95``), the grades per class
+    (``by_class``: ``n``, ``correct``, ``incorrect``, ``refusal`` for each of ``in_context``, ``arithmetic``,
+    ``missing``) and the answers' habits (``habits``: :func:`alignloop.evaluate.qa.answer_habits`)."""
     rows = []
     for rec, ans in zip(records, answers):
-        fine, reason = grade(ans, rec.meta["answer"], question_of(rec), context_of(rec))
-        coarse = {"partial": "incorrect", "hallucination": "incorrect"}.get(fine, fine)
-        rows.append({"id": rec.meta["id"], "question": question_of(rec),
-                     "gold": rec.meta["answer"], "answer": ans, "grade": coarse, "fine_grade": fine,
-                     "points": LLMWARE_POINTS[fine], "reason": reason})
+        context, gold, question = context_of(rec), rec.meta["answer"], question_of(rec)
+        fine, reason = grade(ans, gold, question, context)
+        rows.append({"id": rec.meta["id"], "question": question, "gold": gold, "answer": ans,
+                     "grade": coarse_grade(fine), "fine_grade": fine, "points": LLMWARE_POINTS[fine],
+                     "reason": reason, "context_class": context_class(context, gold, question)})
     summary: dict[str, Any] = summarize([r["grade"] for r in rows], [r["points"] for r in rows])
     if rows:
         summary["correct_rate_ci95"] = list(bootstrap_ci([r["grade"] == "correct" for r in rows]))
+    summary["by_class"] = {c: {"n": 0, "correct": 0, "incorrect": 0, "refusal": 0} for c in CONTEXT_CLASSES}
+    for r in rows:
+        counts = summary["by_class"][r["context_class"]]
+        counts["n"] += 1
+        counts[r["grade"]] += 1
+    summary["habits"] = answer_habits([r["answer"] for r in rows], [r["grade"] for r in rows],
+                                      [r["context_class"] for r in rows])
     return rows, summary

@@ -8,12 +8,16 @@ from __future__ import annotations
 import base64
 import html
 import os
+import re
+from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from alignloop.core.files import atomic_path, write_text
+from alignloop.evaluate.metrics import bootstrap_ci, proportion_ci
+from alignloop.evaluate.qa import CONTEXT_CLASSES, coarse_grade
 
 
 def _plt():
@@ -116,3 +120,168 @@ def html_report(path: str | os.PathLike, title: str, sections: Sequence[tuple[st
 
 def image(path: str | os.PathLike) -> str:
     return _img(Path(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# The staged loop on held-out questions: learning-curve table, classes table and a verdict from the figures
+# --------------------------------------------------------------------------------------------------
+
+ALPHA = 0.05  # significance level of the verdict's McNemar tests
+TARGET_INCORRECT = 0.7  # the final stage's incorrect answers: at most this share of the base's
+INTERVALS_NOTE = ("Counts: 95% Wilson interval of the rate. llmware points: total, with the 95% percentile "
+                  "bootstrap interval of the total (2,000 resamples, seed 0). p: exact McNemar test against the "
+                  "base on the same questions.")
+
+
+def _stage_name(name: Any) -> str:
+    """``stage_2`` → ``Stage 2``; any other name as given."""
+    m = re.fullmatch(r"stage_(\d+)", str(name))
+    return f"Stage {m.group(1)}" if m else str(name)
+
+
+def _with_labels(stage: dict) -> str:
+    labels = stage.get("labels")
+    if labels is None:
+        return _stage_name(stage.get("name", "base"))
+    return f"{_stage_name(stage.get('name', 'base'))} ({labels} label{'' if labels == 1 else 's'})"
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.2g}"
+
+
+def _p_eq(p: float | None) -> str:
+    text = _p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
+def _test(stage: dict, key: str) -> float:
+    try:
+        return float(stage[key]["p_value"])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"stage {stage.get('name')!r} needs {key!r} with a 'p_value' (mcnemar_exact)") from exc
+
+
+def _counts(stage: dict, base: dict) -> None:
+    for key in ("correct", "incorrect", "refusal", "n"):
+        if not isinstance(stage.get(key), int):
+            raise ValueError(f"stage {stage.get('name')!r} needs an integer {key!r}")
+    if stage["n"] != base["n"]:
+        raise ValueError(f"stage {stage.get('name')!r} has {stage['n']} items, the base {base['n']}: a paired "
+                         "comparison needs the same questions")
+
+
+def _clause(now: int, before: int, n: int, p: float, noun: str, fewer_is_better: bool) -> str:
+    """How one count moved against the base, said plainly: better and significant, else within noise."""
+    goal, done, worse = ("reduce", "reduced", "increased") if fewer_is_better else ("raise", "raised", "lowered")
+    figures = f"({now} vs {before} of {n}, {_p_eq(p)}"
+    better = now < before if fewer_is_better else now > before
+    if p < ALPHA:
+        return f"{done if better else worse} {noun} {figures}: significant)"
+    return f"did not {'measurably ' if better else ''}{goal} {noun} {figures}: within noise)"
+
+
+def verdict(stages: Sequence[dict], base: dict) -> str:
+    """A plain-English verdict from the figures alone (deterministic): one line on the base, one per stage saying
+    whether it reduced incorrect answers and raised correct ones against the base (exact McNemar p of each stage's
+    ``mcnemar_incorrect_vs_base`` / ``mcnemar_correct_vs_base``; "significant" at p < :data:`ALPHA`, else "within
+    noise" — fewer errors that are not significant are not called a reduction), then whether the final stage (the
+    last given) meets the targets (incorrect at most :data:`TARGET_INCORRECT` x the base's, correct at least the
+    base's) and what that is worth. Each stage and ``base`` hold ``name``, ``labels``, ``correct``,
+    ``incorrect``, ``refusal`` and ``n``; a stage named like the base is the base itself and is not compared."""
+    _counts(base, base)
+    rest = [s for s in stages if s.get("name") != base.get("name")]
+    if not rest:
+        raise ValueError("verdict needs at least one stage besides the base")
+    n = base["n"]
+    named = "" if base.get("name", "base") == "base" else f" {_with_labels(base)}:"
+    lines = [f"Base:{named} {base['correct']} correct, {base['incorrect']} incorrect, "
+             f"{base['refusal']} refused of {n}."]
+    for s in rest:
+        _counts(s, base)
+        inc = _clause(s["incorrect"], base["incorrect"], n, _test(s, "mcnemar_incorrect_vs_base"),
+                      "incorrect answers", True)
+        cor = _clause(s["correct"], base["correct"], n, _test(s, "mcnemar_correct_vs_base"), "correct answers", False)
+        lines.append(f"{_with_labels(s)} {inc} and {cor}.")
+    final = rest[-1]
+    cap = round(TARGET_INCORRECT * base["incorrect"], 1)
+    inc_ok = final["incorrect"] * 10 <= round(TARGET_INCORRECT * 10) * base["incorrect"]
+    cor_ok = final["correct"] >= base["correct"]
+    lines.append(f"Targets for the final stage, {_with_labels(final)}: incorrect at most {TARGET_INCORRECT:g}x the "
+                 f"base's ({final['incorrect']} vs at most {cap:g}): {'met' if inc_ok else 'not met'}; correct at "
+                 f"least the base's ({final['correct']} vs {base['correct']}): {'met' if cor_ok else 'not met'}.")
+    p_inc = _test(final, "mcnemar_incorrect_vs_base")
+    if not (inc_ok and cor_ok):
+        missed = " and ".join(t for t, ok in (("incorrect", inc_ok), ("correct", cor_ok)) if not ok)
+        lines.append(f"Verdict: the final stage misses the {missed} target"
+                     f"{'s' if not (inc_ok or cor_ok) else ''}: the loop is not shown to make the model better.")
+    elif p_inc < ALPHA:
+        p_cor = _test(final, "mcnemar_correct_vs_base")
+        gain = "" if p_cor < ALPHA else f" (its gain in correct answers is within noise, {_p_eq(p_cor)})"
+        lines.append(f"Verdict: the final stage meets both targets and its drop in incorrect answers is significant "
+                     f"({_p_eq(p_inc)}){gain}: the feedback made the model measurably better on questions it never "
+                     "saw.")
+    else:
+        lines.append(f"Verdict: the final stage meets both targets, but its drop in incorrect answers is within "
+                     f"noise ({_p_eq(p_inc)}): on {n} questions that is not yet evidence that the feedback helped.")
+    return "\n".join(lines)
+
+
+def _count_cell(k: int, n: int) -> str:
+    lo, hi = proportion_ci(k, n)
+    if lo is None:
+        return f"{k}/{n}"
+    return f"{k}/{n} ({100 * lo:.0f}–{100 * hi:.0f}%)"
+
+
+def _points_cell(stage: dict) -> str:
+    points = stage.get("points")
+    if points:
+        lo, hi = bootstrap_ci(points)
+        m = len(points)
+        return f"{sum(points):g} ({lo * m:.1f} to {hi * m:.1f})"
+    return f"{stage['llmware_points']:g}" if stage.get("llmware_points") is not None else "–"
+
+
+def learning_curve_table(stages: Sequence[dict], base: dict) -> str:
+    """A markdown table, the base first and then each stage: labels, correct, incorrect and refusal counts with
+    the 95% Wilson interval of their rate, llmware points (the total with its 95% bootstrap interval when the
+    stage holds per-item ``points``, else its ``llmware_points`` total, else "–") and the exact McNemar p of
+    incorrect and of correct answers against the base; :data:`INTERVALS_NOTE` below it."""
+    lines = ["| stage | labels | correct | incorrect | refusal | llmware points | p incorrect vs base | "
+             "p correct vs base |", "|---|---:|---|---|---|---|---:|---:|"]
+    rows = [base] + [s for s in stages if s.get("name") != base.get("name")]
+    for s in rows:
+        _counts(s, base)
+        is_base = s is base
+        p_inc = "–" if is_base else _p(_test(s, "mcnemar_incorrect_vs_base"))
+        p_cor = "–" if is_base else _p(_test(s, "mcnemar_correct_vs_base"))
+        name = _stage_name(s.get("name", "base")) + (" (base)" if is_base else "")
+        cells = [name, str(s.get("labels", "–"))] + [_count_cell(s[k], s["n"]) for k in ("correct", "incorrect",
+                                                                                          "refusal")]
+        lines.append("| " + " | ".join(cells + [_points_cell(s), p_inc, p_cor]) + " |")
+    return "\n".join(lines) + "\n\n" + INTERVALS_NOTE + "\n"
+
+
+def class_table(rows_by_stage: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """A markdown table per stage and context class (:data:`CONTEXT_CLASSES`, in that order, every class listed):
+    items, correct, incorrect and refusal. ``rows_by_stage`` maps a stage's name to its per-item rows (as
+    :func:`alignloop.evaluate.qa_run.score_qa` gives them: ``context_class`` and ``grade``, a fine grade is
+    counted coarse)."""
+    lines = ["| stage | class | n | correct | incorrect | refusal |", "|---|---|---:|---:|---:|---:|"]
+    for name, rows in rows_by_stage.items():
+        counts = {c: Counter() for c in CONTEXT_CLASSES}
+        for i, r in enumerate(rows):
+            cls = r.get("context_class")
+            if cls not in counts:
+                raise ValueError(f"class_table: row {i} of {name!r} has context_class {cls!r} "
+                                 f"(expected one of {CONTEXT_CLASSES})")
+            counts[cls][coarse_grade(r.get("grade"))] += 1
+            counts[cls]["n"] += 1
+        for cls in CONTEXT_CLASSES:
+            c = counts[cls]
+            lines.append(f"| {_stage_name(name)} | {cls} | {c['n']} | {c['correct']} | {c['incorrect']} | "
+                         f"{c['refusal']} |")
+    return "\n".join(lines) + "\n"

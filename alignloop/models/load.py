@@ -223,16 +223,35 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+def refuse_reward_model(where: Path | str) -> None:
+    """A reward-model folder (``alignloop_reward.json``, or a ``*ForSequenceClassification`` model) is not a policy:
+    ``AutoModelForCausalLM`` would load it anyway, with the embeddings as its LM head or a random one."""
+    if isinstance(where, str):
+        return
+    p = Path(where)
+    arch = ""
+    if (p / "config.json").exists():
+        arch = (json.loads((p / "config.json").read_text()).get("architectures") or [""])[0]
+    if (p / "alignloop_reward.json").exists() or arch.endswith("ForSequenceClassification"):
+        what = arch or json.loads((p / "alignloop_reward.json").read_text()).get("backbone", "")
+        raise ModelError(f"{p} is a reward model ({what}), not a causal LM: generate, serve, eval and the trainers "
+                         "take a policy (an sft/dpo/ppo/grpo --output, a Hugging Face causal-LM folder); pass a "
+                         "reward model as --reward-model / --reward rm:DIR, to reward score, or to judge --judge "
+                         "reward")
+
+
 def load_causal_lm(name_or_path: str, dtype: Any = None, trainable: bool = False,
                    merge_adapter: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) for a causal LM; a peft adapter folder is loaded onto its base model (merged into it
     with ``merge_adapter``: a plain model that equals base + adapter). An adapter whose base is itself an adapter
-    folder (a ``--no-merge-lora`` run started from one) gets that base merged first."""
+    folder (a ``--no-merge-lora`` run started from one) gets that base merged first. A reward-model
+    folder is refused (``refuse_reward_model``)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     where = resolve_model(name_or_path)
+    refuse_reward_model(where)
     dtype = dtype or torch.float32
     base = adapter_base(where)
     try:

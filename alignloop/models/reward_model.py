@@ -476,7 +476,7 @@ class ClassifierRewardModel(RewardModel):
 def build_reward_model(name: str, backbone: str = "auto", num_heads: int = 1, seed: int = 0,
                        max_length: int = 512, chat_template: bool = True, pooling: str = "last") -> RewardModel:
     """A fresh reward model from a causal LM (alias, folder, GGUF) or a sentence encoder, head ~ N(0, 1/sqrt(d+1))."""
-    from alignloop.models.load import load_tokenizer, quiet_transformers, resolve_model
+    from alignloop.models.load import adapter_base, load_causal_lm, load_tokenizer, quiet_transformers, resolve_model
 
     quiet_transformers()
     enc = encoder_path(name)
@@ -497,15 +497,20 @@ def build_reward_model(name: str, backbone: str = "auto", num_heads: int = 1, se
     from transformers import AutoModelForSequenceClassification
 
     where = resolve_model(name)
+    base = adapter_base(where)  # an unmerged LoRA folder (sft --no-merge-lora): its backbone is base + adapter
     tok = load_tokenizer(name)
-    model = AutoModelForSequenceClassification.from_pretrained(str(where), num_labels=num_heads,
-                                                               local_files_only=True, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(str(resolve_model(base) if base else where),
+                                                               num_labels=num_heads, local_files_only=True,
+                                                               dtype=torch.float32)
     if not hasattr(model, "score"):
         raise ModelError(f"{name}: {type(model).__name__} has no 'score' head; use a causal LM (Llama, Qwen, ...) "
                          "or a sentence encoder (--backbone encoder)")
     model.config.pad_token_id = tok.pad_token_id
     if len(tok) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tok))
+    if base is not None:
+        merged, _ = load_causal_lm(name, merge_adapter=True)
+        model.base_model.load_state_dict(merged.base_model.state_dict())
     init_scalar_head(model.score, gen)
     info = RewardInfo("causal", num_heads, max_length=max_length, chat_template=chat_template, base_model=str(name),
                       pooling=pooling)

@@ -72,7 +72,8 @@ def evaluate_qa(cfg: EvalConfig, out: Path, models: dict[str, str | tuple]) -> d
     side = []
     for i, rec in enumerate(records):
         first = per_model[next(iter(models))][i]
-        row = {"id": rec.meta["id"], "question": first["question"], "gold": rec.meta["answer"]}
+        row = {"id": rec.meta["id"], "question": first["question"], "gold": rec.meta["answer"],
+               "context_class": first["context_class"]}
         for label in models:
             r = per_model[label][i]
             row.update({f"{label}_answer": r["answer"], f"{label}_grade": r["grade"],

@@ -118,6 +118,13 @@ def test_eval_command_side_by_side_on_tiny(tiny_path, tmp_path):
     with open(out / "qa_items.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 and {"id", "gold", "model_answer", "model_grade", "compare_grade"} <= set(rows[0])
+    # issue 18: what each held-out question's context holds, and the summary's counts per class (3M's dividend
+    # trend quotes the context; Activision's fixed asset turnover must be computed)
+    assert [(r["id"], r["context_class"]) for r in rows] == [("financebench_id_01858", "in_context"),
+                                                             ("financebench_id_02987", "arithmetic")]
+    by_class = summary["qa"]["model"]["by_class"]
+    assert [by_class[c]["n"] for c in ("in_context", "arithmetic", "missing")] == [1, 1, 0]
+    assert summary["qa"]["model"]["habits"]["n"] == 2
     with open(out / "predictions_model.csv") as fh:
         assert next(csv.reader(fh)) == ["id", "answer"]
 

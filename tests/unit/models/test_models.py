@@ -99,3 +99,31 @@ def test_models_import_no_generation_and_keep_the_library_names():
     from alignloop.models.load import AlignModel, load_model
 
     assert load_model is sampling.load_model and AlignModel is sampling.AlignModel
+
+
+def test_a_reward_model_folder_is_refused_as_a_causal_lm(tmp_path):
+    """Issue 17 (the hand-off matrix): AutoModelForCausalLM loads a LlamaForSequenceClassification folder without a
+    word (its tied embeddings become the LM head), so generate / serve / eval / dpo / RL took a reward model for a
+    policy. load_causal_lm refuses it, naming the folder and what it is; a policy folder still loads."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    from alignloop.models.load import TINY_SHAPE, load_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, num_labels=1, **TINY_SHAPE)
+    LlamaForSequenceClassification(cfg).save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    with pytest.raises(ModelError) as e:
+        load_causal_lm(str(tmp_path / "rm"))
+    assert str(e.value).startswith(f"{tmp_path / 'rm'} is a reward model (LlamaForSequenceClassification), not a "
+                                   "causal LM")
+    # an alignloop reward folder (the json beside the weights) names its backbone; a `reward train --output` too
+    (tmp_path / "out").mkdir()
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "out" / "final")
+    tok.save_pretrained(tmp_path / "out" / "final")
+    (tmp_path / "out" / "final" / "alignloop_reward.json").write_text('{"backbone": "causal"}')
+    with pytest.raises(ModelError, match=r"out/final is a reward model \(LlamaForCausalLM\), not a causal LM"):
+        load_causal_lm(str(tmp_path / "out"))
+    (tmp_path / "out" / "final" / "alignloop_reward.json").unlink()
+    model, _ = load_causal_lm(str(tmp_path / "out"))
+    assert type(model).__name__ == "LlamaForCausalLM"

@@ -248,3 +248,21 @@ def test_unmerged_output_of_a_run_started_from_an_adapter_folder_reloads(home, t
     reloaded, _ = load.load_causal_lm(str(out))
     reloaded.eval()
     assert torch.allclose(logprobs(reloaded), want, atol=1e-5)
+
+
+def test_reward_model_from_an_unmerged_lora_folder_starts_from_base_plus_adapter(home, tmp_path):
+    """``reward train --model <sft --no-merge-lora output>``: the reward model's backbone is the SFT policy
+    (base + adapter merged), not a failed load of the adapter folder nor the bare base."""
+    from alignloop.models.reward_model import build_reward_model
+
+    folder = sft_adapter(tmp_path / "sft")
+    rm = build_reward_model(str(folder), backbone="causal")
+    merged, _ = load.load_causal_lm(str(folder), merge_adapter=True)
+    bare, _ = load.load_causal_lm("tiny")
+    want = dict(merged.base_model.named_parameters())
+    got = dict(rm.model.base_model.named_parameters())
+    assert sorted(got) == sorted(want)
+    for name, p in got.items():
+        assert torch.equal(p, want[name]), name
+    q = "layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(got[q], dict(bare.base_model.named_parameters())[q])  # the adapter is in
