@@ -175,6 +175,9 @@ def _coerce(value: Any, tp: Any) -> Any:
         value = [v for v in value.split(",") if v] if "," in value else [value]
     if origin is list and isinstance(value, list) and args and args[0] in (int, float):
         return [_coerce(v, args[0]) for v in value]  # list[int] flags (e.g. --stages 100 200) arrive as strings
+    if origin is list and isinstance(value, list) and args and args[0] is str:
+        # a YAML list of numbers for a list of strings (the demo's `stages: [0, 0.5, all]`)
+        return [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value]
     return value
 
 

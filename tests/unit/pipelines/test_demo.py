@@ -198,6 +198,8 @@ def test_stage_counts_and_demo_config_problems(tmp_path):
         DemoConfig(stages=["1/2", "all"]).validate()
     with pytest.raises(ConfigError, match="stages: 'half' is not a label count"):
         DemoConfig(stages=["0", "half"]).validate()
+    # a YAML list of numbers: 0.5 is a fraction, 1 a count (all: "all" or 1.0)
+    assert DemoConfig.from_dict({"stages": [0, 0.5, 1.0, "all"]}).stages == ["0", "0.5", "1.0", "all"]
     from alignloop.pipelines.demo import label_counts
 
     assert label_counts(DemoConfig().validate(), 161) == [0, 81, 161]
