@@ -652,6 +652,7 @@ def run_score(cfg: RewardScoreConfig) -> Path:
     rows = [row for _, row in zip(range(len(records)), (row for _, row in read_rows(cfg.data)))]
     report = SkipReport()
     groups: list[Group] = []
+    sizes: list[int] = []
     for i, rec in enumerate(records):
         if isinstance(rec, PromptCompletion):
             answers = [rec.completion]
@@ -663,10 +664,15 @@ def run_score(cfg: RewardScoreConfig) -> Path:
         else:
             raise DataError(f"cannot score {type(rec).__name__} rows: need prompt+completion, prompt+completions "
                             "or preference columns", path=rec.meta.get("_where"))
-        groups.append(rm.encode(rec.prompt, answers, i, max_length, report, "score"))  # type: ignore[arg-type]
+        # one group per answer: each answer is scored on the prompt as rm:, the reward judge and eval score it,
+        # whatever the other answers of the row (a shared group cuts the prompt to fit the longest answer)
+        sizes.append(len(answers))
+        groups += [rm.encode(rec.prompt, [a], i, max_length, report, "score") for a in answers]  # type: ignore
     if report.truncated:
         print(f"score: {report.truncated} prompts cut from the left to fit max_length={max_length}", file=sys.stderr)
-    raws = rm.score_groups(groups, cfg.batch_size, autocast=scoring_autocast(rm, cfg.precision))
+    flat = rm.score_groups(groups, cfg.batch_size, autocast=scoring_autocast(rm, cfg.precision))
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+    raws = [torch.cat(flat[a:a + n], 0) for a, n in zip(starts, sizes)]
     out_rows = []
     ensemble = rm.info.num_heads > 1
     for rec, row, raw in zip(records, rows, raws):

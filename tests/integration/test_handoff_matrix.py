@@ -445,14 +445,7 @@ def test_critic_refuses_an_encoder_reward_model_by_name(made, name):
     assert msg.startswith(f"{made[name]} is {what}") and "needs a causal-LM reward model" in msg
 
 
-SHARED_CUT = pytest.mark.xfail(strict=True, reason=(
-    "issue 17 (found by the matrix): reward score encodes a pair as one group and cuts the prompt to fit the longer "
-    "answer, so a long prompt's shorter answer is scored on less context than as a prompt/completion row, by "
-    "rm:DIR, the reward judge or eval"))
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=SHARED_CUT) if n != "hf-causal-classifier" else n
-                                  for n in REWARD_MODELS])  # its max_length (2048 positions) cuts nothing here
+@pytest.mark.parametrize("name", REWARD_MODELS)
 def test_reward_score_of_preference_rows_equals_prompt_completion_rows(made, scored, name):
     """``reward score`` on preference rows (chosen_reward / rejected_reward) gives each answer the reward it gets as a
     prompt/completion row, whatever the other answer of the pair."""
