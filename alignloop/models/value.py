@@ -15,6 +15,7 @@ with a message that says so.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 import torch
@@ -50,6 +51,10 @@ def _critic_from_reward_model(folder: str) -> Any:
         raise ModelError(f"{folder} is {what}; PPO's critic reads a value at every token of the policy's answer "
                          "and needs a causal-LM reward model (reward train --backbone causal). Use it with grpo or "
                          "rloo, or as a --reward rm:DIR next to a causal --reward-model")
+    if rm.info.pooling == "mean":
+        print(f"warning: {folder} pools the mean of the answer's tokens; the critic reads the head at each token, so "
+              "at the start its value after the answer is not the reward (it is with --pooling last). PPO still "
+              "learns the values; GRPO and RLOO need no critic.", file=sys.stderr)
     critic = rm.model
     head = rl_head(critic)
     n = head.weight.shape[0]

