@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from alignloop.feedback import accounts, auth
 from alignloop.feedback.errors import Conflict, Throttled
-from alignloop.feedback.models import Labeler
+from alignloop.feedback.models import ApiToken, Labeler
 from alignloop.feedback.queries import create_labeler
 from alignloop.feedback.web.deps import (
     SESSION_COOKIE,
@@ -91,7 +91,8 @@ def my_tokens(who: CurrentLabeler, s: ReadSession) -> list[dict]:
 def new_my_token(body: TokenIn, who: CurrentLabeler, db: DbDep) -> dict:
     with db.write() as s:
         lab = s.get(Labeler, who.labeler.id)
-        return {"token": accounts.issue_token(s, lab, who.name, body.days, body.name, who.client),
+        token = accounts.issue_token(s, lab, who.name, body.days, body.name, who.client)
+        return {"token": token, "id": s.scalar(select(ApiToken.id).where(ApiToken.token_hash == auth.hash_token(token))),
                 "days": body.days}
 
 
