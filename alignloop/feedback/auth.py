@@ -65,9 +65,9 @@ def new_token(s: Session, labeler: Labeler, days: int = TOKEN_DAYS, name: str = 
     hash is stored."""
     if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_TOKEN_DAYS:
         raise Invalid(f"must be a whole number of days from 1 to {MAX_TOKEN_DAYS}", field="days")
-    token = "al_" + secrets.token_urlsafe(32)
-    s.add(ApiToken(labeler_id=labeler.id, token_hash=hash_token(token), name=name[:100],
-                   expires_at=utcnow() + dt.timedelta(days=days)))
+    token, now = "al_" + secrets.token_urlsafe(32), utcnow()
+    s.add(ApiToken(labeler_id=labeler.id, token_hash=hash_token(token), name=name[:100], created_at=now,
+                   expires_at=now + dt.timedelta(days=days)))
     return token
 
 
