@@ -28,18 +28,17 @@ def _now() -> dt.datetime:
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('projects', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('admin_only', sa.Boolean(), nullable=False, server_default=sa.false()))
-    with op.batch_alter_table('labelers', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('gold_seed', sa.String(length=64), nullable=True))
-    with op.batch_alter_table('api_tokens', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('name', sa.String(length=100), nullable=False, server_default=''))
-        batch_op.add_column(sa.Column('expires_at', sa.DateTime(), nullable=True))
-        batch_op.add_column(sa.Column('last_used_at', sa.DateTime(), nullable=True))
+    # plain ADD COLUMN, never batch mode, on tables that others reference: on SQLite batch mode copies the table
+    # and drops the old one, and with foreign keys on that DROP cascades (it emptied prompts, tasks, judgments)
+    op.add_column('projects', sa.Column('admin_only', sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.add_column('labelers', sa.Column('gold_seed', sa.String(length=64), nullable=True))
+    op.add_column('api_tokens', sa.Column('name', sa.String(length=100), nullable=False, server_default=''))
+    op.add_column('api_tokens', sa.Column('expires_at', sa.DateTime(), nullable=True))
+    op.add_column('api_tokens', sa.Column('last_used_at', sa.DateTime(), nullable=True))
     bind = op.get_bind()
     bind.execute(sa.text("UPDATE api_tokens SET expires_at = :at"),
                  {"at": _now() + dt.timedelta(days=EXISTING_TOKEN_DAYS)})
-    with op.batch_alter_table('api_tokens', schema=None) as batch_op:
+    with op.batch_alter_table('api_tokens', schema=None) as batch_op:  # (no table references api_tokens)
         batch_op.alter_column('expires_at', existing_type=sa.DateTime(), nullable=False)
 
     op.create_table('memberships',
