@@ -262,3 +262,29 @@ def test_import_upload_errors_name_the_line(studio):
     for empty in ("\n\n", "[]"):  # an empty array used to reach the importer ("upload: no records found")
         r = studio.post("/api/projects/proj/import", content=empty, headers=adm)
         assert (r.status_code, r.json()) == (422, {"detail": "no records in the request body", "field": "body"})
+
+
+def test_bounds_sizes_encodings_and_cache_headers(studio):
+    ann, adm = bearer(studio, "ann"), bearer(studio, "admin")
+    aid = studio.post("/api/projects/proj/next", headers=ann).json()["assignment_id"]
+    url = f"/api/assignments/{aid}/judgment"
+    r = studio.post(url, json={"choice": "A", "duration_ms": 10**20}, headers=ann)  # was a 500 (integer overflow)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "duration_ms"]
+    # a chunked body (no Content-Length) over the limit is a 413 too, not a 400 or a 500
+    chunks = iter([b'{"choice": "A", "rewrite": "', b"x" * (1 << 20), b'"}'])
+    r = studio.post(url, content=chunks, headers={**ann, "Content-Type": "application/json"})
+    assert (r.status_code, r.json()) == (413, {"detail": f"request body is larger than {1 << 20} bytes"})
+    chunks = iter([b'{"prompt": "a", "completions": ["x", "y"]}\n'] * ((64 << 20) // 40 + 2))
+    r = studio.post("/api/projects/proj/import", content=chunks, headers=adm)
+    assert r.status_code == 413
+    # an upload that is not UTF-8 is refused naming the line, not imported with U+FFFD in it
+    body = '{"prompt": "a", "completions": ["x", "y"]}\n{"prompt": "caf'.encode() + b"\xe9" + \
+        b'", "completions": ["x", "y"]}\n'
+    r = studio.post("/api/projects/proj/import", content=body, headers=adm)
+    assert (r.status_code, r.json()) == (422, {"detail": "line 2: not valid UTF-8 (byte 0xe9 at column 16)",
+                                               "field": "body"})
+    # answers with labels, tokens or users' prompts are never cached; HSTS for browsers on HTTPS
+    for r in (studio.get("/api/me", headers=ann), studio.post("/api/projects/proj/export", headers=adm)):
+        assert r.headers["cache-control"] == "no-store"
+        assert r.headers["strict-transport-security"] == "max-age=31536000"
+    assert "cache-control" not in studio.get("/static/app.css").headers
