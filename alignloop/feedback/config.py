@@ -65,7 +65,7 @@ class LabelImportConfig(StageConfig):
                                         "project, a prompt with K>2 completions becomes one task per pair.")
     overlap: Optional[int] = opt(None, "Distinct labelers per task (new projects: 3); agreement needs at least 2.")
     gold_rate: Optional[float] = opt(None, "Share of assignments that are gold tasks (records with a 'gold' answer), "
-                                     "0..1, mixed in evenly (new projects: 0).")
+                                     "0..1, placed at random in each labeler's queue (new projects: 0).")
     order: Optional[Literal["import", "uncertainty"]] = opt(
         None, "Hand out tasks in import order (new projects), or least certain first: active learning on the "
         "'uncertainty' column that `alignloop reward score` writes with an ensemble.")

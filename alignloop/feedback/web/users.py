@@ -92,8 +92,8 @@ def new_my_token(body: TokenIn, who: CurrentLabeler, db: DbDep) -> dict:
     with db.write() as s:
         lab = s.get(Labeler, who.labeler.id)
         token = accounts.issue_token(s, lab, who.name, body.days, body.name, who.client)
-        return {"token": token, "id": s.scalar(select(ApiToken.id).where(ApiToken.token_hash == auth.hash_token(token))),
-                "days": body.days}
+        token_id = s.scalar(select(ApiToken.id).where(ApiToken.token_hash == auth.hash_token(token)))
+        return {"token": token, "id": token_id, "days": body.days}
 
 
 @router.delete("/api/me/tokens/{token_id}")
