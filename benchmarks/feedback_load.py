@@ -3,7 +3,7 @@
     python benchmarks/feedback_load.py --db sqlite --labelers 50 --duration 20 --max-judgments 4000
     python benchmarks/feedback_load.py --db postgres --labelers 50 --duration 20 --max-judgments 4000
 
-Phase 1 (load): N concurrent labelers (asyncio + httpx, each with its own API token) loop "GET next task,
+Phase 1 (load): N concurrent labelers (asyncio + httpx, each with its own API token) loop "POST next task,
 POST a judgment with an idempotency key" against ``alignloop label serve`` in a subprocess, until the time
 or count bound. Reports judgments/s and p50/p99 latency of the submissions.
 
@@ -40,7 +40,7 @@ PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 def setup_db(url: str, n_tasks: int, n_labelers: int, overlap: int = 3) -> list[str]:
     """A pairwise project with ``n_tasks`` tasks and ``n_labelers`` labelers; returns their API tokens."""
-    from alignloop.feedback import auth
+    from alignloop.feedback import access, auth
     from alignloop.feedback.io import import_records
     from alignloop.feedback.store import Database, create_labeler, create_project
 
@@ -53,6 +53,7 @@ def setup_db(url: str, n_tasks: int, n_labelers: int, overlap: int = 3) -> list[
         tokens = []
         for i in range(n_labelers):
             lab = create_labeler(s, f"labeler{i:03d}")  # no password: tokens only (argon2 is slow on purpose)
+            access.add_member(s, p, lab, "labeler", "benchmark")  # labelers reach only their projects
             tokens.append(auth.new_token(s, lab))
     db.dispose()
     return tokens
@@ -111,7 +112,7 @@ async def labeler(i: int, token: str, client: httpx.AsyncClient, res: Results, s
     while not stop.is_set() and len(res.acked) < max_total:
         try:
             t0 = time.perf_counter()
-            r = await client.get("/api/projects/load/next", headers=auth)
+            r = await client.post("/api/projects/load/next", headers=auth)
             res.next_latencies.append(time.perf_counter() - t0)
             task = r.json()
         except (httpx.HTTPError, ValueError):

@@ -3,8 +3,10 @@
 Access: every route needs a signed-in user except ``/login``, ``/health`` and ``/static`` (CSS/JS, no data).
 Browsers sign in with a password and get a session cookie; every state-changing request made with that
 cookie must carry the session's CSRF token (``X-CSRF-Token`` header or ``csrf_token`` form field). Scripts
-use ``Authorization: Bearer <token>`` instead (no cookie, so no CSRF). Labelers reach only their own
-assignments and judgments; admins reach everything.
+use ``Authorization: Bearer <token>`` instead (no cookie, so no CSRF; tokens expire and are issued only on
+request). Labelers reach only the projects they are members of, and there only their own assignments and
+judgments; a project's lead manages it; admins reach everything (``alignloop.feedback.access``). Requests that
+change something are POST/PUT/PATCH/DELETE, never GET.
 
 In this HTTP API, a pairwise choice ``A``/``B`` means the completion shown first/second to that labeler
 (left/right); the server maps it to the task's canonical order with the assignment's stored display order.
@@ -30,6 +32,7 @@ from alignloop.feedback.web.deps import (  # noqa: F401  (the names this module 
     SESSION_COOKIE,
     HTTPProblem,
     Principal,
+    parse_proxies,
     principal,
     require_admin,
 )
@@ -41,10 +44,13 @@ WEB = Path(__file__).resolve().parent / "web"
 ROUTERS = (pages.router, users.router, projects.router, assignments.router, judgments.router, exports.router)
 
 
-def create_app(db: Database | str) -> FastAPI:
+def create_app(db: Database | str, trusted_proxies: tuple[str, ...] | list[str] = ()) -> FastAPI:
+    """The studio app on ``db``. ``trusted_proxies``: addresses or networks of reverse proxies whose
+    X-Forwarded-For is believed (for the sign-in throttle and the audit log); from anyone else it is ignored."""
     db = Database(db) if isinstance(db, str) else db
     app = FastAPI(title="alignloop feedback studio", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.db = db
+    app.state.trusted_proxies = parse_proxies(list(trusted_proxies))
     app.state.templates = Jinja2Templates(directory=str(WEB / "templates"))
     app.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
     app.add_exception_handler(HTTPProblem, _problem)

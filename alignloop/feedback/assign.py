@@ -4,14 +4,15 @@ Each task has ``overlap`` places (slots 0..overlap-1). Taking a place inserts an
 constraints ``(task_id, slot)`` and ``(task_id, labeler_id)`` make the database refuse a second labeler in
 the same place or the same labeler twice, so racing requests (PostgreSQL runs them truly in parallel) can
 never double-book: the loser of a race simply tries the next place. Gold tasks are mixed in at the project's
-``gold_rate`` and hold no slot (everyone may get them, once).
+``gold_rate`` and hold no slot (everyone may get them, once). Where they fall is random, drawn from a secret
+per-labeler seed, so a labeler cannot tell a gold task by its place in the queue.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import math
 import random
+import secrets
 
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -38,14 +39,19 @@ def open_assignment(s: Session, project: Project, labeler: Labeler) -> Assignmen
                            Assignment.status == "open").order_by(Assignment.id).limit(1))
 
 
-def _gold_turn(s: Session, project: Project, labeler: Labeler) -> bool:
-    """Deterministic mixing: the n-th assignment is gold when floor(n * rate) steps up, so a labeler sees
-    exactly ``rate`` gold over any long stretch, without random streaks."""
+def gold_turn(s: Session, project: Project, labeler: Labeler) -> bool:
+    """Whether the labeler's next assignment in ``project`` is a gold task: a draw at ``gold_rate`` from a
+    generator seeded by the labeler's secret seed, the project and how many assignments they had there. (A
+    fixed schedule, every 1/rate-th task, let labelers spot gold tasks and answer only those with care.)"""
     if project.gold_rate <= 0:
         return False
+    if not labeler.gold_seed:  # made on first use, written with the assignment this call hands out
+        row = s.get(Labeler, labeler.id)  # (``labeler`` may come from another, closed session)
+        row.gold_seed = row.gold_seed or secrets.token_hex(16)
+        labeler.gold_seed = row.gold_seed
     n = s.scalar(select(func.count(Assignment.id)).join(Task, Task.id == Assignment.task_id)
                  .where(Task.project_id == project.id, Assignment.labeler_id == labeler.id)) or 0
-    return math.floor((n + 1) * project.gold_rate) > math.floor(n * project.gold_rate)
+    return random.Random(f"{labeler.gold_seed}:{project.id}:{n}").random() < project.gold_rate
 
 
 def _not_seen_by(labeler: Labeler):
@@ -121,7 +127,7 @@ def next_assignment(s: Session, project: Project, labeler: Labeler) -> Assignmen
     current = open_assignment(s, project, labeler)
     if current is not None:
         return current
-    kinds = [True, False] if _gold_turn(s, project, labeler) else [False, True]
+    kinds = [True, False] if gold_turn(s, project, labeler) else [False, True]
     for gold in kinds:
         if gold and project.gold_rate <= 0:
             continue

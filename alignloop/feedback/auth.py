@@ -1,4 +1,4 @@
-"""Passwords (argon2), API tokens and login sessions with CSRF tokens.
+"""Passwords (argon2), API tokens (with an expiry) and login sessions with CSRF tokens.
 
 Secrets are stored only as hashes: argon2 for passwords (slow on purpose), SHA-256 for tokens and session
 ids (they are 256-bit random strings, so a fast hash is enough and keeps every request cheap).
@@ -17,9 +17,13 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from alignloop.feedback.errors import Invalid
 from alignloop.feedback.models import ApiToken, Labeler, LoginSession, utcnow
 
 SESSION_DAYS = 7
+TOKEN_DAYS = 90  # an API token's life unless asked otherwise
+MAX_TOKEN_DAYS = 366
+LAST_USED_EVERY = dt.timedelta(minutes=1)
 # argon2id with OWASP's recommended minimum (19 MiB, 2 passes, 1 lane): ~0.2 s on a small CPU, so a login
 # stays quick while a stolen hash still costs an attacker that much per guess
 _hasher = PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1)
@@ -46,26 +50,49 @@ def new_password() -> str:
     return secrets.token_urlsafe(12)
 
 
-def new_token(s: Session, labeler: Labeler) -> str:
-    """Create an API token for scripts (``Authorization: Bearer ...``); only its hash is stored."""
-    token = "al_" + secrets.token_urlsafe(32)
-    s.add(ApiToken(labeler_id=labeler.id, token_hash=hash_token(token)))
+def check_password(stored: str | None, password: str) -> bool:
+    """Whether ``password`` matches ``stored``. A missing hash (unknown, password-less or inactive account: pass
+    None) is checked against a dummy hash, so every answer costs one argon2 run and the time tells nothing.
+    Call it outside the database's write lock: it takes ~0.2 s on purpose."""
+    if not stored:
+        verify_password(_dummy_hash(), password)
+        return False
+    return verify_password(stored, password)
+
+
+def new_token(s: Session, labeler: Labeler, days: int = TOKEN_DAYS, name: str = "") -> str:
+    """Create an API token for scripts (``Authorization: Bearer ...``) that expires after ``days``; only its
+    hash is stored."""
+    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_TOKEN_DAYS:
+        raise Invalid(f"must be a whole number of days from 1 to {MAX_TOKEN_DAYS}", field="days")
+    token, now = "al_" + secrets.token_urlsafe(32), utcnow()
+    s.add(ApiToken(labeler_id=labeler.id, token_hash=hash_token(token), name=name[:100], created_at=now,
+                   expires_at=now + dt.timedelta(days=days)))
     return token
 
 
-def labeler_for_token(s: Session, token: str) -> Labeler | None:
+def token_for(s: Session, token: str) -> tuple[Labeler, ApiToken] | None:
+    """The active labeler and the token row of an unexpired API token."""
     row = s.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
-    lab = s.get(Labeler, row.labeler_id) if row else None
-    return lab if lab is not None and lab.active else None
-
-
-def login(s: Session, name: str, password: str) -> tuple[str, LoginSession] | None:
-    """Check the password; on success open a session and return (cookie value, session)."""
-    lab = s.scalar(select(Labeler).where(Labeler.name == name))
-    if lab is None or not lab.active or not verify_password(lab.password_hash, password):
-        if lab is None:
-            verify_password(_dummy_hash(), password)  # same time whether or not the name exists
+    if row is None or row.expires_at < utcnow():
         return None
+    lab = s.get(Labeler, row.labeler_id)
+    return (lab, row) if lab is not None and lab.active else None
+
+
+def labeler_for_token(s: Session, token: str) -> Labeler | None:
+    found = token_for(s, token)
+    return found[0] if found else None
+
+
+def stale_use(row: ApiToken) -> bool:
+    """Whether the token's last-used time is old enough to write again (at most once a minute per token, so
+    scripts do not queue on the write lock for it)."""
+    return row.last_used_at is None or row.last_used_at < utcnow() - LAST_USED_EVERY
+
+
+def open_session(s: Session, lab: Labeler) -> tuple[str, LoginSession]:
+    """A new login session for ``lab`` (whose password was checked); returns (cookie value, session)."""
     raw = secrets.token_urlsafe(32)
     sess = LoginSession(labeler_id=lab.id, session_hash=hash_token(raw), csrf_token=secrets.token_urlsafe(24),
                         expires_at=utcnow() + dt.timedelta(days=SESSION_DAYS))

@@ -1,4 +1,4 @@
-"""``alignloop label serve | import | export | stats | add-user``: configs and runners."""
+"""``alignloop label serve | import | export | stats | add-user | user | member``: configs and runners."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from alignloop.feedback.config import (  # noqa: F401  (re-exported)
     LabelAddUserConfig,
     LabelExportConfig,
     LabelImportConfig,
+    LabelMemberConfig,
     LabelServeConfig,
     LabelStatsConfig,
+    LabelUserConfig,
 )
 
 
@@ -62,7 +64,8 @@ def run_serve(cfg: LabelServeConfig) -> int:
             print("note: no admin yet; create one with `alignloop label add-user --role admin --name NAME"
                   f"{' --db ' + cfg.db if cfg.db else ''}`", file=sys.stderr)
     print(f"feedback studio on http://{cfg.host}:{cfg.port} (database {db.url})", file=sys.stderr)
-    uvicorn.run(create_app(db), host=cfg.host, port=cfg.port, log_level=cfg.log_level)
+    uvicorn.run(create_app(db, trusted_proxies=cfg.trusted_proxy), host=cfg.host, port=cfg.port,
+                log_level=cfg.log_level)
     return 0
 
 
@@ -119,18 +122,92 @@ def run_stats(cfg: LabelStatsConfig) -> int:
     return 0
 
 
+def _password_from(cfg) -> str | None:  # noqa: ANN001
+    """The password of --password-env (checked by the config), or of the deprecated --password (with a warning)."""
+    import os
+
+    if cfg.password_env:
+        return os.environ[cfg.password_env]
+    if getattr(cfg, "password", None):
+        print("warning: --password puts the password in the shell history and the process list; use "
+              "--password-env NAME instead", file=sys.stderr)
+        return cfg.password
+    return None
+
+
 @_store_errors
 def run_add_user(cfg: LabelAddUserConfig) -> int:
-    from alignloop.feedback import auth
+    from alignloop.feedback import accounts, auth
     from alignloop.feedback.queries import create_labeler
 
-    password = cfg.password or auth.new_password()
+    given = _password_from(cfg)
+    password = given or auth.new_password()
     with _db(cfg.db).write() as s:
         lab = create_labeler(s, cfg.name, role=cfg.role, kind=cfg.kind, identity=cfg.identity, password=password)
-        token = auth.new_token(s, lab)
+        accounts.audit(s, "user.create", accounts.CLI_ACTOR, lab.name, role=lab.role, kind=lab.kind)
+        token = accounts.issue_token(s, lab, accounts.CLI_ACTOR, cfg.token_days, "created with the user") \
+            if cfg.token else None
     print(f"created {cfg.role} '{cfg.name}'")
-    if not cfg.password:
+    if not given:
         print(f"password: {password}")
-    print(f"token: {token}")
+    if token:
+        print(f"token: {token} (expires in {cfg.token_days} days)")
     print("(shown once; only hashes are stored)", file=sys.stderr)
+    return 0
+
+
+@_store_errors
+def run_user(cfg: LabelUserConfig) -> int:
+    from alignloop.feedback import accounts, auth
+
+    db = _db(cfg.db)
+    who = accounts.CLI_ACTOR
+    if cfg.action == "audit":
+        with db.read() as s:
+            print(json.dumps(accounts.audit_rows(s, cfg.limit, cfg.name or None), indent=2))
+        return 0
+    if cfg.action == "reset-password":
+        given = _password_from(cfg)
+        password = given or auth.new_password()
+        password_hash = auth.hash_password(password)  # before the write lock: argon2 is slow on purpose
+    with db.write() as s:
+        lab = accounts.get_user(s, cfg.name)
+        if cfg.action == "deactivate":
+            out = accounts.deactivate(s, lab, who)
+            print(f"deactivated '{lab.name}': ended {out['sessions']} sessions, revoked {out['tokens']} tokens")
+        elif cfg.action == "reactivate":
+            accounts.reactivate(s, lab, who)
+            print(f"reactivated '{lab.name}' (old tokens stay revoked: issue one with new-token)")
+        elif cfg.action == "reset-password":
+            n = accounts.reset_password(s, lab, password_hash, who)
+            print(f"reset the password of '{lab.name}'; ended {n} sessions")
+            if not given:
+                print(f"password: {password}")
+        elif cfg.action == "end-sessions":
+            print(f"ended {accounts.end_sessions(s, lab, who)} sessions of '{lab.name}'")
+        elif cfg.action == "new-token":
+            token = accounts.issue_token(s, lab, who, cfg.days, cfg.token_name)
+            print(f"token: {token} (expires in {cfg.days} days; shown once)")
+        elif cfg.action == "revoke-tokens":
+            print(f"revoked {accounts.revoke_tokens(s, lab, who, token_id=cfg.token_id)} tokens of '{lab.name}'")
+        else:  # list-tokens
+            print(json.dumps(accounts.list_tokens(s, lab), indent=2))
+    return 0
+
+
+@_store_errors
+def run_member(cfg: LabelMemberConfig) -> int:
+    from alignloop.feedback import access, accounts
+    from alignloop.feedback.queries import get_project
+
+    with _db(cfg.db).write() as s:
+        p = get_project(s, cfg.project)
+        if cfg.action == "list":
+            print(json.dumps(access.members(s, p), indent=2))
+        elif cfg.action == "add":
+            m = access.add_member(s, p, accounts.get_user(s, cfg.name), cfg.role, accounts.CLI_ACTOR)
+            print(f"'{cfg.name}' is a {m.role} of '{p.name}'")
+        else:
+            access.remove_member(s, p, accounts.get_user(s, cfg.name), accounts.CLI_ACTOR)
+            print(f"'{cfg.name}' is no longer a member of '{p.name}'")
     return 0

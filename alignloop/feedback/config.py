@@ -1,4 +1,4 @@
-"""The configs of ``alignloop label serve | import | export | stats | add-user`` (torch-free)."""
+"""The configs of ``alignloop label serve | import | export | stats | add-user | user | member`` (torch-free)."""
 
 from __future__ import annotations
 
@@ -35,9 +35,19 @@ class LabelServeConfig(StageConfig):
     host: str = opt("127.0.0.1", "Interface to listen on (0.0.0.0 for every interface; put TLS in front then).")
     port: int = opt(8000, "TCP port.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = opt("info", "Server log level.")
+    trusted_proxy: list[str] = opt([], "Addresses or networks (CIDR) of reverse proxies in front of the studio: "
+                                   "only their X-Forwarded-For is believed (sign-in throttle, audit log).")
 
     def check(self) -> list[str]:
-        return check_db_url(self.db) + positive(self, "port") + in_range(self, "port", 1, 65535)
+        p = check_db_url(self.db) + positive(self, "port") + in_range(self, "port", 1, 65535)
+        import ipaddress
+
+        for v in self.trusted_proxy:
+            try:
+                ipaddress.ip_network(v, strict=False)
+            except ValueError:
+                p.append(f"trusted_proxy: '{v}' is not an address or a network like 10.0.0.0/8")
+        return p
 
 
 @dataclass
@@ -55,7 +65,7 @@ class LabelImportConfig(StageConfig):
                                         "project, a prompt with K>2 completions becomes one task per pair.")
     overlap: Optional[int] = opt(None, "Distinct labelers per task (new projects: 3); agreement needs at least 2.")
     gold_rate: Optional[float] = opt(None, "Share of assignments that are gold tasks (records with a 'gold' answer), "
-                                     "0..1, mixed in evenly (new projects: 0).")
+                                     "0..1, placed at random in each labeler's queue (new projects: 0).")
     order: Optional[Literal["import", "uncertainty"]] = opt(
         None, "Hand out tasks in import order (new projects), or least certain first: active learning on the "
         "'uncertainty' column that `alignloop reward score` writes with an ensemble.")
@@ -123,9 +133,28 @@ class LabelStatsConfig(StageConfig):
         return p
 
 
+PASSWORD_ENV_HELP = ("Name of an environment variable holding the password (at least 8 characters), so that it "
+                     "stays out of the shell history and the process list; default: a generated one.")
+
+
+def _password_problems(cfg) -> list[str]:  # noqa: ANN001
+    import os
+
+    p = []
+    if getattr(cfg, "password", None) is not None and len(cfg.password) < 8:
+        p.append("password: use at least 8 characters")
+    if cfg.password_env is not None:
+        value = os.environ.get(cfg.password_env)
+        if value is None:
+            p.append(f"password_env: the environment variable {cfg.password_env} is not set")
+        elif len(value) < 8:
+            p.append(f"password_env: the password in {cfg.password_env} has fewer than 8 characters")
+    return p
+
+
 @dataclass
 class LabelAddUserConfig(StageConfig):
-    """Create an admin or a labeler; prints their password and an API token (shown once)."""
+    """Create an admin, a lead or a labeler; prints their password (and an API token with --token), shown once."""
 
     command: ClassVar[tuple[str, ...]] = ("label", "add-user")
     runner: ClassVar[str] = "alignloop.feedback.commands:run_add_user"
@@ -133,16 +162,76 @@ class LabelAddUserConfig(StageConfig):
 
     db: str = opt("", DB_HELP)
     name: str = opt("", "Sign-in name.")
-    role: Literal["admin", "labeler"] = opt("labeler", "admin: everything incl. lead views, imports, exports; "
-                                            "labeler: only their own assignments.")
+    role: Literal["admin", "lead", "labeler"] = opt(
+        "labeler", "admin: everything, every project; lead: creates projects and manages those they lead; labeler: "
+        "labels the projects they are a member of (label member add).")
     kind: Literal["human", "ai", "user"] = opt("human", "human labeler, ai judge, or user of a served model.")
     identity: str = opt("", "For AI judges: the model and prompt that make the judgments.")
-    password: Optional[str] = opt(None, "Password (at least 8 characters); default: a generated one.")
+    password_env: Optional[str] = opt(None, PASSWORD_ENV_HELP)
+    password: Optional[str] = opt(None, "Deprecated: the password on the command line (other users of the machine "
+                                  "can read it in the process list); use --password-env.")
+    token: bool = opt(False, "Also issue an API token (for scripts); tokens are issued only on request.")
+    token_days: int = opt(90, "Days until that token expires.")
 
     def check(self) -> list[str]:
         p = check_db_url(self.db)
         if not self.name:
             p.append("name: a name is required (--name NAME)")
-        if self.password is not None and len(self.password) < 8:
-            p.append("password: use at least 8 characters")
+        return p + _password_problems(self) + in_range(self, "token_days", 1, 366)
+
+
+UserAction = Literal["deactivate", "reactivate", "reset-password", "end-sessions", "new-token", "list-tokens",
+                     "revoke-tokens", "audit"]
+
+
+@dataclass
+class LabelUserConfig(StageConfig):
+    """Manage an account: deactivate (ends every session, revokes every token), reactivate, reset-password (ends
+    sessions), end-sessions, new-token, list-tokens, revoke-tokens; or show the audit log (audit)."""
+
+    command: ClassVar[tuple[str, ...]] = ("label", "user")
+    runner: ClassVar[str] = "alignloop.feedback.commands:run_user"
+    print_config: ClassVar[bool] = False
+
+    action: Optional[UserAction] = opt(None, "What to do: deactivate, reactivate, reset-password, end-sessions, "
+                                       "new-token, list-tokens, revoke-tokens or audit.", positional=True)
+    db: str = opt("", DB_HELP)
+    name: str = opt("", "The account (for audit: show only the entries about it).")
+    password_env: Optional[str] = opt(None, "reset-password: " + PASSWORD_ENV_HELP)
+    days: int = opt(90, "new-token: days until the token expires.")
+    token_name: str = opt("", "new-token: what the token is for (shown by list-tokens).")
+    token_id: Optional[int] = opt(None, "revoke-tokens: revoke only this token (an id from list-tokens); default: all.")
+    limit: int = opt(50, "audit: how many of the latest entries to show.")
+
+    def check(self) -> list[str]:
+        p = check_db_url(self.db)
+        if self.action is None:
+            p.append("action: say what to do (alignloop label user deactivate --name NAME)")
+        if not self.name and self.action not in (None, "audit"):
+            p.append("name: the account is required (--name NAME)")
+        return p + _password_problems(self) + in_range(self, "days", 1, 366) + positive(self, "limit")
+
+
+@dataclass
+class LabelMemberConfig(StageConfig):
+    """Project membership: add (or change the role of) a member, remove one, or list a project's members."""
+
+    command: ClassVar[tuple[str, ...]] = ("label", "member")
+    runner: ClassVar[str] = "alignloop.feedback.commands:run_member"
+    print_config: ClassVar[bool] = False
+
+    action: Optional[Literal["add", "remove", "list"]] = opt(None, "add, remove or list.", positional=True)
+    db: str = opt("", DB_HELP)
+    project: str = opt("", "The project.")
+    name: str = opt("", "add/remove: the account.")
+    role: Literal["labeler", "lead"] = opt("labeler", "add: labeler (labels it) or lead (also manages it).")
+
+    def check(self) -> list[str]:
+        p = check_db_url(self.db)
+        if self.action is None:
+            p.append("action: say what to do (alignloop label member add --project P --name NAME)")
+        if not self.project:
+            p.append("project: a project name is required (--project NAME)")
+        if not self.name and self.action in ("add", "remove"):
+            p.append("name: the account is required (--name NAME)")
         return p

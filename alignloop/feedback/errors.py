@@ -23,3 +23,17 @@ class Conflict(StoreError):
 
 class Invalid(StoreError):
     status = 422
+
+
+class Forbidden(StoreError):
+    status = 403
+
+
+class Throttled(StoreError):
+    """Too many failed sign-ins for this account or client address; ``retry_after`` seconds to wait."""
+
+    status = 429
+
+    def __init__(self, retry_after: int):
+        self.retry_after = retry_after
+        super().__init__(f"too many failed sign-ins; try again in {retry_after} s")

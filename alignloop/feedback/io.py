@@ -73,11 +73,24 @@ def read_records(path: str | os.PathLike) -> tuple[str, list[tuple[int, Any]]]:
         raise DataError("file not found", path=str(p))
     opener = gzip.open if p.suffix == ".gz" else open
     try:
-        with opener(p, "rt", encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
+        with opener(p, "rb") as f:
+            data = f.read()
+    except OSError as exc:
         raise DataError(f"cannot read the file ({exc})", path=str(p)) from None
-    return parse_records(text, source=str(p))
+    return parse_records(decode_upload(data, source=str(p)), source=str(p))
+
+
+def decode_upload(data: bytes, source: str | None = None) -> str:
+    """Strict UTF-8 (an optional BOM is dropped): a byte that is not UTF-8 is an error naming its line and
+    column, never a silent U+FFFD in the labels."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        start = exc.start
+        line = data.count(b"\n", 0, start) + 1
+        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        raise DataError(f"not valid UTF-8 (byte 0x{data[start]:02x} at column {column})", path=source,
+                        line=line) from None
 
 
 def parse_records(text: str, source: str | None = None) -> tuple[str, list[tuple[int, Any]]]:

@@ -23,7 +23,8 @@ PAIRWISE_CHOICES = ("A", "B", "tie", "both_bad")
 STRENGTHS = ("much_better", "better", "slightly_better")
 BINARY_CHOICES = ("good", "bad")
 LABELER_KINDS = ("human", "ai", "user")
-ROLES = ("admin", "labeler")
+ROLES = ("admin", "lead", "labeler")  # a lead may create projects and manages those they lead
+MEMBER_ROLES = ("labeler", "lead")  # a member's role in one project
 DEFAULT_CRITERIA = ["helpfulness", "honesty", "harmlessness"]
 DEFAULT_FLAGS = ["factual_error", "unsafe"]
 
@@ -55,6 +56,8 @@ class Project(Base):
     guidelines: Mapped[str] = mapped_column(Text, default="")
     content_warning: Mapped[str] = mapped_column(Text, default="")
     guidelines_version: Mapped[int] = mapped_column(Integer, default=1)
+    # served-model feedback holds real users' prompts: only admins reach it, and it takes no members
+    admin_only: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[Created]
 
 
@@ -120,11 +123,13 @@ class Labeler(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     kind: Mapped[str] = mapped_column(String(10), default="human")  # human | ai (a judge) | user (served model)
-    role: Mapped[str] = mapped_column(String(10), default="labeler")  # admin | labeler
+    role: Mapped[str] = mapped_column(String(10), default="labeler")  # admin | lead | labeler
     identity: Mapped[str] = mapped_column(String(400), default="")  # e.g. the judge model and prompt version
     password_hash: Mapped[Optional[str]] = mapped_column(String(400), nullable=True)
     trust: Mapped[Optional[float]] = mapped_column(Float, nullable=True)  # fixed vote weight; else from gold
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # secret per-labeler seed of where gold tasks fall in their queue (never shown); made on first use
+    gold_seed: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
     created_at: Mapped[Created]
 
 
@@ -133,7 +138,58 @@ class ApiToken(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256: tokens are long random strings
+    name: Mapped[str] = mapped_column(String(100), default="")  # what it is for, shown in token lists
     created_at: Mapped[Created]
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    last_used_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime, nullable=True)
+
+
+class Membership(Base):
+    """Who may label (role ``labeler``) or manage (role ``lead``) a project. Admins need none."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (UniqueConstraint("project_id", "labeler_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[ProjectRef]
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(10), default="labeler")  # labeler | lead
+    created_at: Mapped[Created]
+
+
+class WarningAcceptance(Base):
+    """A labeler accepted a project's content warning (its text's sha256: a changed warning asks again)."""
+
+    __tablename__ = "warning_acceptances"
+    __table_args__ = (UniqueConstraint("project_id", "labeler_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[ProjectRef]
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"), index=True)
+    warning_sha256: Mapped[str] = mapped_column(String(64))
+    accepted_at: Mapped[Created]
+
+
+class AuditEvent(Base):
+    """Sign-ins (good and failed) and every change to an account, its tokens, sessions or memberships."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200), default="")  # who did it ("cli" from the command line)
+    action: Mapped[str] = mapped_column(String(40))
+    target: Mapped[str] = mapped_column(String(200), default="")  # the account or project acted on
+    client: Mapped[str] = mapped_column(String(100), default="")  # client address, for web requests
+    ok: Mapped[bool] = mapped_column(Boolean, default=True)
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class LoginThrottle(Base):
+    """Failed sign-ins per account name or client address, shared by every worker through the database."""
+
+    __tablename__ = "login_throttle"
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)  # "name:ann" or "addr:10.0.0.7"
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    locked_until: Mapped[Optional[dt.datetime]] = mapped_column(DateTime, nullable=True)
 
 
 class LoginSession(Base):

@@ -58,7 +58,8 @@ def get_project(s: Session, name: str) -> Project:
     return p
 
 
-PROJECT_FIELDS = ("task_type", "criteria", "flags", "scale", "overlap", "gold_rate", "order", "lease_minutes")
+PROJECT_FIELDS = ("task_type", "criteria", "flags", "scale", "overlap", "gold_rate", "order", "lease_minutes",
+                  "admin_only")
 
 
 def check_project_settings(settings: dict[str, Any]) -> list[str]:
@@ -74,6 +75,8 @@ def check_project_settings(settings: dict[str, Any]) -> list[str]:
     g = settings.get("gold_rate")
     if g is not None and (not isinstance(g, (int, float)) or not 0 <= g <= 1):
         p.append("gold_rate: must be a number from 0 to 1")
+    if settings.get("admin_only") is not None and not isinstance(settings["admin_only"], bool):
+        p.append("admin_only: must be true or false")
     for name in ("criteria", "flags"):
         v = settings.get(name)
         if v is not None and (not isinstance(v, list) or not all(isinstance(x, str) and x for x in v)):

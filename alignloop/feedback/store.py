@@ -9,18 +9,20 @@
 
 from alignloop.core.db import sqlite_url  # noqa: F401
 from alignloop.feedback.auth import hash_token  # noqa: F401
-from alignloop.feedback.errors import Conflict, Invalid, NotFound, StoreError  # noqa: F401
+from alignloop.feedback.errors import Conflict, Forbidden, Invalid, NotFound, StoreError, Throttled  # noqa: F401
 from alignloop.feedback.models import (  # noqa: F401
     BINARY_CHOICES,
     DEFAULT_CRITERIA,
     DEFAULT_FLAGS,
     LABELER_KINDS,
+    MEMBER_ROLES,
     PAIRWISE_CHOICES,
     ROLES,
     STRENGTHS,
     TASK_TYPES,
     ApiToken,
     Assignment,
+    AuditEvent,
     Base,
     Completion,
     Database,
@@ -31,9 +33,12 @@ from alignloop.feedback.models import (  # noqa: F401
     Judgment,
     Labeler,
     LoginSession,
+    LoginThrottle,
+    Membership,
     Project,
     Prompt,
     Task,
+    WarningAcceptance,
     open_db,
     utcnow,
 )

@@ -124,7 +124,8 @@ def _choice_feedback(answers: ServedAnswers, db_url: str, project: str, req: Fee
 def _project(s: Any, name: str, task_type: str):
     p = s.scalar(select(studio.Project).where(studio.Project.name == name))
     if p is None:
-        p = studio.create_project(s, name, task_type=task_type, overlap=1,
+        # admin-only: real users' prompts; an admin may open it to members later (PATCH admin_only: false)
+        p = studio.create_project(s, name, task_type=task_type, overlap=1, admin_only=True,
                                   guidelines="Feedback from users of a served model (alignloop serve).")
     elif p.task_type != task_type:
         raise studio.Conflict(f"project '{name}' exists with task type {p.task_type}, not {task_type}", field="project")

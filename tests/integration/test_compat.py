@@ -164,6 +164,35 @@ def test_old_studio_database_upgrades_with_its_rows(old, tmp_path):
     assert out.read_text().splitlines() == old.expected["studio"]["export_trl"]
 
 
+def test_old_studio_labelers_keep_labeling_their_projects(old, tmp_path):
+    """The upgrade that brought project membership makes every labeler with assignments a member of that project,
+    so bob and carol (labelers of "compat" before memberships existed) sign in and get their next task there."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    url = copy_db(old, tmp_path, "studio.sqlite")
+    db = open_studio(url)
+    try:
+        from alignloop.feedback.api import create_app
+
+        for name in ("bob", "carol"):
+            client = TestClient(create_app(db))
+            page = client.get("/login")
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+            r = client.post("/login", data={"name": name, "password": f"{name}-pass-1", "csrf_token": csrf},
+                            follow_redirects=False)
+            assert r.status_code == 303 and r.headers["location"] == "/", (name, r.headers.get("location"))
+            me = client.get("/api/me").json()
+            assert [p["name"] for p in client.get("/api/projects").json()] == ["compat"], name
+            r = client.post("/api/projects/compat/next", headers={"X-CSRF-Token": me["csrf_token"]})
+            assert r.status_code == 200 and "progress" in r.json(), (name, r.status_code, r.text)
+            assert client.post("/api/projects/compat-prefs/next",
+                               headers={"X-CSRF-Token": me["csrf_token"]}).status_code == 404
+    finally:
+        db.dispose()
+
+
 def test_old_registry_database_upgrades_with_its_rows(old, tmp_path):
     url = copy_db(old, tmp_path, "registry.sqlite")
     reg = open_registry(url)

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 from fastapi import APIRouter, Header, Response
 from sqlalchemy.orm import Session
 
-from alignloop.feedback import assign
+from alignloop.feedback import access, assign
 from alignloop.feedback.models import Assignment, Database, Project, Task
 from alignloop.feedback.queries import add_judgment, get_project
 from alignloop.feedback.web.deps import CurrentLabeler, DbDep, HTTPProblem, Principal, ReadSession
@@ -21,8 +21,9 @@ from alignloop.feedback.web.views import assignment_view
 router = APIRouter(prefix="/api")
 
 
-@router.get("/projects/{name}/next")
+@router.post("/projects/{name}/next")
 def next_task(name: str, who: CurrentLabeler, db: DbDep) -> dict:
+    # POST, not GET: it creates an assignment, and a GET could be set off from another site (an <img> tag)
     return next_for(db, name, who)
 
 
@@ -44,7 +45,10 @@ def submit(assignment_id: int, body: JudgmentIn, who: CurrentLabeler, db: DbDep,
 def next_for(db: Database, name: str, who: Principal) -> dict:
     """Hand the labeler their open assignment or a new one, with their progress in the project."""
     with db.write() as s:
-        p = get_project(s, name)
+        p = access.project_to_label(s, name, who.labeler)
+        if not access.warning_accepted(s, who.labeler, p):
+            raise HTTPProblem(409, f"accept the project's content warning first (POST /api/projects/{name}/"
+                              "accept-warning)", "content_warning")
         a = assign.next_assignment(s, p, who.labeler)
         view = assignment_view(s, a, p) if a is not None else None
     with db.read() as s:  # counted after the commit, outside the write lock
@@ -66,7 +70,9 @@ def submit_judgment(db: Database, assignment_id: int, who: Principal, body: Judg
 
 def own_assignment(s: Session, assignment_id: int, who: Principal) -> Assignment:
     a = s.get(Assignment, assignment_id)
-    if a is None or a.labeler_id != who.labeler.id:  # someone else's assignment looks exactly like none
+    # someone else's assignment, or one in a project the labeler left, looks exactly like none
+    if a is None or a.labeler_id != who.labeler.id or \
+            not access.can_label(s, who.labeler, s.get(Project, s.get(Task, a.task_id).project_id)):
         raise HTTPProblem(404, f"no assignment {assignment_id} for you", "assignment_id")
     if a.status == "expired":
         raise HTTPProblem(409, "this assignment expired; fetch the next task", "assignment_id")

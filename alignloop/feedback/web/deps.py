@@ -8,13 +8,14 @@ needs a thread to finish.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Annotated, Iterator, Optional
 
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
-from alignloop.feedback import auth
+from alignloop.feedback import accounts, auth
 from alignloop.feedback.consensus import METHODS
 from alignloop.feedback.models import Database, Labeler, LoginSession
 
@@ -33,9 +34,15 @@ class Principal:
     labeler: Labeler
     session: Optional[LoginSession]  # None when signed in with an API token
 
+    client: str = ""  # the client's address (``client_address``), for the audit log
+
     @property
     def is_admin(self) -> bool:
         return self.labeler.role == "admin"
+
+    @property
+    def name(self) -> str:
+        return self.labeler.name
 
 
 def get_db(request: Request) -> Database:
@@ -56,25 +63,58 @@ ReadSession = Annotated[Session, Depends(read_session, scope="function")]
 
 def principal(request: Request, db: DbDep, authorization: Annotated[Optional[str], Header()] = None,
               x_csrf_token: Annotated[Optional[str], Header()] = None) -> Principal:
-    """The signed-in labeler: by API token (``Authorization: Bearer``) or by session cookie, whose state-changing
-    requests must carry the session's CSRF token."""
+    """The signed-in labeler: by API token (``Authorization: Bearer``, unexpired) or by session cookie, whose
+    state-changing requests must carry the session's CSRF token."""
+    client = client_address(request)
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        with db.read() as s:
+            found = auth.token_for(s, token.strip()) if scheme.lower() == "bearer" else None
+        if found is None:
+            raise HTTPProblem(401, "invalid, expired or revoked API token")
+        lab, row = found
+        if auth.stale_use(row):
+            accounts.touch_token(db, row.id)
+        return Principal(lab, None, client)
     with db.read() as s:
-        if authorization:
-            scheme, _, token = authorization.partition(" ")
-            lab = auth.labeler_for_token(s, token.strip()) if scheme.lower() == "bearer" else None
-            if lab is None:
-                raise HTTPProblem(401, "invalid API token")
-            return Principal(lab, None)
         raw = request.cookies.get(SESSION_COOKIE)
         found = auth.session_for_cookie(s, raw) if raw else None
-        if found is None:
-            raise HTTPProblem(401, "sign in first (POST /login) or send Authorization: Bearer <token>")
-        lab, sess = found
-        # (the sign-out form sends its token as a form field; the /logout handler checks that one)
-        if request.method not in ("GET", "HEAD", "OPTIONS") and request.url.path != "/logout" \
-                and not auth.same(x_csrf_token, sess.csrf_token):
-            raise HTTPProblem(403, "missing or wrong CSRF token (send the X-CSRF-Token header)")
-        return Principal(lab, sess)
+    if found is None:
+        raise HTTPProblem(401, "sign in first (POST /login) or send Authorization: Bearer <token>")
+    lab, sess = found
+    # (the sign-out form sends its token as a form field; the /logout handler checks that one)
+    if request.method not in ("GET", "HEAD", "OPTIONS") and request.url.path != "/logout" \
+            and not auth.same(x_csrf_token, sess.csrf_token):
+        raise HTTPProblem(403, "missing or wrong CSRF token (send the X-CSRF-Token header)")
+    return Principal(lab, sess, client)
+
+
+def client_address(request: Request) -> str:
+    """The client's address: the peer, or, when the peer is one of the configured proxies
+    (``app.state.trusted_proxies``), the last address in X-Forwarded-For that is not one of them. A header
+    from anyone else is ignored: clients could write any address there and dodge the sign-in throttle."""
+    peer = request.client.host if request.client else ""
+    trusted = getattr(request.app.state, "trusted_proxies", ())
+    if not trusted or not _in(peer, trusted):
+        return peer
+    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _in(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+def _in(address: str, networks) -> bool:  # noqa: ANN001
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def parse_proxies(values: list[str] | tuple[str, ...]) -> tuple:
+    """``--trusted-proxy`` values (addresses or CIDR networks) as networks; a bad one raises ValueError."""
+    return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in values if v.strip())
 
 
 CurrentLabeler = Annotated[Principal, Depends(principal)]

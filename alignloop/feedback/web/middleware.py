@@ -1,4 +1,9 @@
-"""Body size limit and security headers, as pure ASGI middleware so that it also covers streamed bodies."""
+"""Body size limit and security headers, as pure ASGI middleware so that it also covers streamed bodies.
+
+A body over the limit is answered 413 whether its size was declared (Content-Length) or found while reading a
+chunked body: then the 413 goes out at once and the app is told the client left, and whatever it answers
+after that is dropped. API answers and downloads carry ``Cache-Control: no-store`` (they hold labels, tokens
+and users' prompts); every answer carries HSTS, which browsers heed only over HTTPS."""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ MAX_IMPORT_BODY = 64 << 20  # imports through the API
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-                    (b"referrer-policy", b"same-origin"), (b"x-frame-options", b"DENY")]
+                    (b"referrer-policy", b"same-origin"), (b"x-frame-options", b"DENY"),
+                    (b"strict-transport-security", b"max-age=31536000")]
+NO_STORE = [(b"cache-control", b"no-store")]
 
 
 class Limits:
@@ -25,33 +32,39 @@ class Limits:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await _too_large(send, limit)
         seen = 0
+        answered = False  # a 413 went out for a body that grew too large while being read
+        extra = SECURITY_HEADERS + ([] if scope["path"].startswith("/static/") else NO_STORE)
 
         async def counted_receive():
-            nonlocal seen
+            nonlocal seen, answered
+            if answered:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _TooLarge()
+                    answered = True
+                    await _too_large(send, limit)
+                    return {"type": "http.disconnect"}
             return message
 
         async def secured_send(message):  # noqa: ANN001
+            if answered:
+                return
             if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
+                message["headers"] = list(message.get("headers", [])) + extra
             await send(message)
 
         try:
             await self.app(scope, counted_receive, secured_send)
-        except _TooLarge:
-            await _too_large(send, limit)
-
-
-class _TooLarge(Exception):
-    pass
+        except Exception:
+            if not answered:  # the app failed on its own
+                raise
 
 
 async def _too_large(send, limit: int) -> None:  # noqa: ANN001
     body = json.dumps({"detail": f"request body is larger than {limit} bytes"}).encode()
     await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *SECURITY_HEADERS, *NO_STORE]})
     await send({"type": "http.response.body", "body": body})

@@ -6,6 +6,10 @@ from typing import Optional
 
 from pydantic import BaseModel, Field
 
+from alignloop.feedback.auth import MAX_TOKEN_DAYS, TOKEN_DAYS
+
+MAX_DURATION_MS = 7 * 24 * 3600 * 1000  # a week: longer is a client bug (and would overflow the column)
+
 
 class JudgmentIn(BaseModel):
     choice: Optional[str] = Field(None, max_length=20)
@@ -15,7 +19,7 @@ class JudgmentIn(BaseModel):
     flags: Optional[dict[str, dict[str, bool]]] = None
     rewrite: Optional[str] = None  # length checked by the queries so the message names the limit
     skip_reason: Optional[str] = None
-    duration_ms: Optional[int] = Field(None, ge=0)
+    duration_ms: Optional[int] = Field(None, ge=0, le=MAX_DURATION_MS)
     idempotency_key: Optional[str] = Field(None, max_length=100)
 
 
@@ -29,6 +33,7 @@ class ProjectPatch(BaseModel):
     gold_rate: Optional[float] = None
     order: Optional[str] = None
     lease_minutes: Optional[int] = None
+    admin_only: Optional[bool] = None  # admins only
 
 
 class ProjectIn(ProjectPatch):
@@ -49,3 +54,19 @@ class UserIn(BaseModel):
     kind: str = "human"
     identity: str = ""
     password: Optional[str] = Field(None, min_length=8, max_length=200)
+    token: bool = False  # issue an API token too (tokens are issued only on request)
+    token_days: int = Field(TOKEN_DAYS, ge=1, le=MAX_TOKEN_DAYS)
+
+
+class TokenIn(BaseModel):
+    days: int = Field(TOKEN_DAYS, ge=1, le=MAX_TOKEN_DAYS)
+    name: str = Field("", max_length=100)
+
+
+class PasswordIn(BaseModel):
+    password: Optional[str] = Field(None, min_length=8, max_length=200)  # default: a generated one
+
+
+class MemberIn(BaseModel):
+    name: str = Field(..., min_length=1, max_length=200)
+    role: str = "labeler"

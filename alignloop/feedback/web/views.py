@@ -23,10 +23,13 @@ def render(request: Request, name: str, who: Principal | None, **ctx: Any) -> HT
     return templates.TemplateResponse(request, name, {"me": who.labeler if who else None, "csrf": csrf, **ctx})
 
 
-def project_public(p: Project) -> dict:
-    return {"name": p.name, "task_type": p.task_type, "criteria": p.criteria, "flags": p.flags, "scale": p.scale,
-            "overlap": p.overlap, "gold_rate": p.gold_rate, "order": p.order, "lease_minutes": p.lease_minutes,
-            "guidelines_version": p.guidelines_version, "has_content_warning": bool(p.content_warning)}
+def project_public(p: Project, manage: bool = False) -> dict:
+    """A project's settings; ``gold_rate`` and ``admin_only`` only for those who manage it (a labeler who knows
+    the gold rate knows how often to be careful)."""
+    out = {"name": p.name, "task_type": p.task_type, "criteria": p.criteria, "flags": p.flags, "scale": p.scale,
+           "overlap": p.overlap, "order": p.order, "lease_minutes": p.lease_minutes,
+           "guidelines_version": p.guidelines_version, "has_content_warning": bool(p.content_warning)}
+    return {**out, "gold_rate": p.gold_rate, "admin_only": p.admin_only} if manage else out
 
 
 def judgment_public(j: Judgment) -> dict:

@@ -16,6 +16,7 @@ import time
 import pytest
 from sqlalchemy import select
 
+from alignloop.feedback import access
 from alignloop.feedback.io import import_records
 from alignloop.feedback.store import Database, Judgment, Labeler, Task, add_judgment, create_labeler, create_project
 
@@ -72,7 +73,9 @@ def _seed(db: Database) -> None:
         rw = create_project(s, "rewrite", task_type="rewrite", overlap=1)
         import_records(s, rw, [(1, {"id": "w1", "prompt": "Explain photosynthesis to a child.",
                                     "completions": ["Plants do chemistry."]})])
-        create_labeler(s, "ann", password=PASSWORD)
+        ann = create_labeler(s, "ann", password=PASSWORD)
+        for project in (pairs, rank, rw):  # labelers reach only the projects they are members of
+            access.add_member(s, project, ann, "labeler", "test")
         create_labeler(s, "lead", role="admin", password=PASSWORD)
 
 
@@ -122,10 +125,12 @@ def test_labeler_flow_by_keyboard(browser, server, artifacts):
     base, db = server
     ctx, page = _login(browser, base, "ann")
     assert "pairs" in page.inner_text("main")
-    with page.expect_response(lambda r: "/next" in r.url):
+    with page.expect_response(lambda r: "/next" in r.url):  # 409: the warning is not accepted yet
         page.goto(f"{base}/p/pairs")
-    assert page.is_visible("#warning") and "offensive" in page.inner_text("#warning")
-    page.keyboard.press("Enter")  # accept the content warning
+    page.wait_for_selector("#warning", state="visible")
+    assert "offensive" in page.inner_text("#warning") and not page.is_visible("#task")
+    with page.expect_response(lambda r: "/next" in r.url and r.status == 200):
+        page.keyboard.press("Enter")  # accept the content warning (recorded by the server)
     assert not page.is_visible("#warning")
 
     saw_xss, shots = False, 0

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from feedback_helpers import generate_records, numbered
 from sqlalchemy import func, select
 
-from alignloop.feedback import auth
+from alignloop.feedback import access, auth
 from alignloop.feedback.api import ROUTERS, create_app
 from alignloop.feedback.io import import_records
 from alignloop.feedback.store import Assignment, Judgment, Task, create_labeler, create_project
@@ -19,16 +19,20 @@ PASSWORD = "correct horse battery"
 
 @pytest.fixture
 def studio(db):
-    """An app with a pairwise project, an admin and two labelers (tokens in .tokens)."""
+    """An app with a pairwise project, an admin, its lead (lee) and two labelers who are its members, and carl,
+    who is not a member (tokens in .tokens)."""
     with db.write() as s:
         p = create_project(s, "proj", overlap=2, guidelines="# Be fair\n<script>alert(1)</script>")
         recs = generate_records(4)
         recs[0]["completions"][1] = "<script>window.pwned=1</script><img src=x onerror=alert(1)>"
         import_records(s, p, numbered(recs))
         tokens = {}
-        for name, role in [("admin", "admin"), ("ann", "labeler"), ("bob", "labeler")]:
+        for name, role in [("admin", "admin"), ("lee", "lead"), ("ann", "labeler"), ("bob", "labeler"),
+                           ("carl", "labeler")]:
             lab = create_labeler(s, name, role=role, password=PASSWORD if name == "ann" else None)
             tokens[name] = auth.new_token(s, lab)
+            if name != "admin" and name != "carl":
+                access.add_member(s, p, lab, "lead" if name == "lee" else "labeler", "test")
     client = TestClient(create_app(db))
     client.tokens = tokens
     client.db = db
@@ -47,7 +51,8 @@ def login(client, name="ann", password=PASSWORD):
     return r
 
 
-# every route of the app, with a request that exercises it: (method, path, json body, who may use it)
+# every route of the app, with a request that exercises it: (method, path, json body, who may use it); "manage":
+# the project's lead (lee) and admins. Order matters where a route undoes another (add then remove a member).
 ROUTES = [
     ("GET", "/health", None, "public"),
     ("GET", "/login", None, "public"),
@@ -55,24 +60,39 @@ ROUTES = [
     ("GET", "/", None, "user"),
     ("GET", "/p/{name}", None, "user"),
     ("GET", "/p/{name}/guidelines", None, "user"),
-    ("GET", "/lead/{name}", None, "admin"),
+    ("GET", "/lead/{name}", None, "manage"),
     ("POST", "/logout", None, "user"),
     ("GET", "/api/me", None, "user"),
     ("GET", "/api/me/judgments", None, "user"),
+    ("GET", "/api/me/tokens", None, "user"),
+    ("POST", "/api/me/tokens", {"days": 1, "name": "matrix"}, "user"),
+    ("DELETE", "/api/me/tokens/{token_id}", None, "user"),
     ("GET", "/api/projects", None, "user"),
-    ("POST", "/api/projects", {"name": "new-{who}"}, "admin"),
+    ("POST", "/api/projects", {"name": "new-{who}"}, "manage"),
     ("GET", "/api/projects/{name}", None, "user"),
-    ("PATCH", "/api/projects/{name}", {"overlap": 2}, "admin"),
-    ("PUT", "/api/projects/{name}/guidelines", {"text": "v2"}, "admin"),
-    ("POST", "/api/projects/{name}/import", "jsonl", "admin"),
-    ("GET", "/api/projects/{name}/stats", None, "admin"),
-    ("GET", "/api/projects/{name}/export", None, "admin"),
+    ("PATCH", "/api/projects/{name}", {"overlap": 2}, "manage"),
+    ("PUT", "/api/projects/{name}/guidelines", {"text": "v2"}, "manage"),
+    ("POST", "/api/projects/{name}/import", "jsonl", "manage"),
+    ("GET", "/api/projects/{name}/stats", None, "manage"),
+    ("POST", "/api/projects/{name}/export", None, "manage"),
+    ("GET", "/api/projects/{name}/members", None, "manage"),
+    ("POST", "/api/projects/{name}/members", {"name": "carl"}, "manage"),
+    ("DELETE", "/api/projects/{name}/members/carl", None, "manage"),
+    ("POST", "/api/projects/{name}/accept-warning", None, "user"),
     ("GET", "/api/projects/{name}/judgments", None, "user"),
-    ("GET", "/api/projects/{name}/next", None, "user"),
+    ("POST", "/api/projects/{name}/next", None, "user"),
     ("GET", "/api/assignments/{assignment_id}", None, "user"),
     ("POST", "/api/assignments/{assignment_id}/judgment", {"choice": "A"}, "user"),
     ("GET", "/api/users", None, "admin"),
     ("POST", "/api/users", {"name": "u-{who}", "role": "labeler"}, "admin"),
+    ("POST", "/api/users/bob/deactivate", None, "admin"),
+    ("POST", "/api/users/bob/reactivate", None, "admin"),
+    ("POST", "/api/users/bob/reset-password", None, "admin"),
+    ("POST", "/api/users/bob/end-sessions", None, "admin"),
+    ("GET", "/api/users/bob/tokens", None, "admin"),
+    ("POST", "/api/users/bob/tokens", {"days": 1}, "admin"),
+    ("DELETE", "/api/users/bob/tokens", None, "admin"),
+    ("GET", "/api/audit", None, "admin"),
 ]
 
 
@@ -81,15 +101,17 @@ def test_route_by_role_matrix(studio):
     # the app's own routes plus those of the routers it includes (FastAPI keeps included routers as one entry)
     routes = [r for r in app.routes if hasattr(r, "methods")] + [r for rt in ROUTERS for r in rt.routes]
     paths = {(m, r.path) for r in routes for m in r.methods if m != "HEAD"}
-    assert paths == {(m, p) for m, p, _, _ in ROUTES}, "every route must be in the matrix"
+    wanted = {(m, p.replace("/members/carl", "/members/{user}").replace("/users/bob/", "/users/{name}/"))
+              for m, p, _, _ in ROUTES}
+    assert paths == wanted, "every route must be in the matrix"
 
-    for who in ("anonymous", "ann", "admin"):
+    for who in ("anonymous", "ann", "lee", "admin"):
         headers = bearer(studio, who) if who != "anonymous" else {}
-        aid = 1
+        aid, token_id = 1, 1
         if who != "anonymous":
-            aid = studio.get("/api/projects/proj/next", headers=headers).json()["assignment_id"]
-        for method, template, body, access in ROUTES:
-            path = template.format(name="proj", assignment_id=aid)
+            aid = studio.post("/api/projects/proj/next", headers=headers).json()["assignment_id"]
+        for method, template, body, access_ in ROUTES:
+            path = template.format(name="proj", assignment_id=aid, token_id=token_id)
             if body == "form":
                 kwargs = {"data": {"name": "ann", "password": "x", "csrf_token": "x"}}
             elif body == "jsonl":
@@ -99,7 +121,10 @@ def test_route_by_role_matrix(studio):
             else:
                 kwargs = {}
             r = studio.request(method, path, headers=headers, follow_redirects=False, **kwargs)
-            allowed = access == "public" or (who != "anonymous" and (access == "user" or who == "admin"))
+            if template == "/api/me/tokens" and method == "POST" and r.status_code == 201:
+                token_id = r.json()["id"]
+            allowed = access_ == "public" or (who != "anonymous" and (
+                access_ == "user" or who == "admin" or (access_ == "manage" and who == "lee")))
             if allowed:
                 assert r.status_code in (200, 201, 303), (who, method, path, r.status_code, r.text)
             elif who == "anonymous":
@@ -119,7 +144,12 @@ def test_login_session_and_csrf(studio):
     assert r.status_code == 303 and "alignloop_session" in r.cookies
     me = studio.get("/api/me").json()
     assert me["name"] == "ann" and me["csrf_token"]
-    aid = studio.get("/api/projects/proj/next").json()["assignment_id"]
+    # handing out a task writes: it is a POST and, with a cookie, needs the CSRF token (a GET from another
+    # site's <img> used to create assignments in the labeler's name)
+    assert studio.get("/api/projects/proj/next").status_code == 405
+    assert studio.post("/api/projects/proj/next").status_code == 403
+    assert studio.get("/api/projects/proj/export", headers=bearer(studio, "admin")).status_code == 405
+    aid = studio.post("/api/projects/proj/next", headers={"X-CSRF-Token": me["csrf_token"]}).json()["assignment_id"]
     # a cookie-authenticated write without the CSRF token is refused and changes nothing
     r = studio.post(f"/api/assignments/{aid}/judgment", json={"choice": "A"})
     assert r.status_code == 403 and "CSRF" in r.json()["detail"]
@@ -143,7 +173,7 @@ def test_login_session_and_csrf(studio):
 
 def test_labeling_flow_idempotency_and_privacy(studio):
     ann, bob = bearer(studio, "ann"), bearer(studio, "bob")
-    task = studio.get("/api/projects/proj/next", headers=ann).json()
+    task = studio.post("/api/projects/proj/next", headers=ann).json()
     assert [c["label"] for c in task["completions"]] == ["A", "B"]
     assert all("model" not in c for c in task["completions"])  # model names never reach labelers
     aid = task["assignment_id"]
@@ -184,12 +214,12 @@ def test_labeling_flow_idempotency_and_privacy(studio):
 
 def test_skip_and_progress(studio):
     ann = bearer(studio, "ann")
-    task = studio.get("/api/projects/proj/next", headers=ann).json()
+    task = studio.post("/api/projects/proj/next", headers=ann).json()
     assert task["progress"] == {"done": 0, "available": 4}
     r = studio.post(f"/api/assignments/{task['assignment_id']}/judgment", json={"skip_reason": "unclear"},
                     headers=ann)
     assert r.status_code == 201 and r.json()["skipped"]
-    nxt = studio.get("/api/projects/proj/next", headers=ann).json()
+    nxt = studio.post("/api/projects/proj/next", headers=ann).json()
     assert nxt["task_id"] != task["task_id"] and nxt["progress"]["done"] == 1
 
 
@@ -202,8 +232,11 @@ def test_security_headers_and_guidelines_inert(studio):
 
 def test_admin_api_users_import_and_export(studio):
     adm = bearer(studio, "admin")
-    r = studio.post("/api/users", json={"name": "judge", "role": "labeler", "kind": "ai"}, headers=adm)
+    r = studio.post("/api/users", json={"name": "judge", "role": "labeler", "kind": "ai", "token": True},
+                    headers=adm)
     assert r.status_code == 201 and r.json()["token"].startswith("al_") and len(r.json()["password"]) >= 12
+    r = studio.post("/api/users", json={"name": "judge2"}, headers=adm)  # tokens only on request
+    assert r.status_code == 201 and "token" not in r.json()
     assert studio.post("/api/users", json={"name": "judge"}, headers=adm).status_code == 409
     assert studio.post("/api/users", json={"name": "x", "role": "root"}, headers=adm).status_code == 422
     bad = '{"prompt": "a", "completions": ["x", "y"]}\n{"prompt": "b", "completions": 3}\n'
@@ -211,7 +244,7 @@ def test_admin_api_users_import_and_export(studio):
     assert r.status_code == 422 and r.json()["line"] == 2 and r.json()["field"] == "completions"
     with studio.db.read() as s:
         assert s.scalar(select(func.count(Task.id))) == 4  # the good first line did not stay either
-    r = studio.get("/api/projects/proj/export?format=nope", headers=adm)
+    r = studio.post("/api/projects/proj/export?format=nope", headers=adm)
     assert r.status_code == 422
     assert studio.get("/api/projects/nope/stats", headers=adm).status_code == 404
 
@@ -229,3 +262,29 @@ def test_import_upload_errors_name_the_line(studio):
     for empty in ("\n\n", "[]"):  # an empty array used to reach the importer ("upload: no records found")
         r = studio.post("/api/projects/proj/import", content=empty, headers=adm)
         assert (r.status_code, r.json()) == (422, {"detail": "no records in the request body", "field": "body"})
+
+
+def test_bounds_sizes_encodings_and_cache_headers(studio):
+    ann, adm = bearer(studio, "ann"), bearer(studio, "admin")
+    aid = studio.post("/api/projects/proj/next", headers=ann).json()["assignment_id"]
+    url = f"/api/assignments/{aid}/judgment"
+    r = studio.post(url, json={"choice": "A", "duration_ms": 10**20}, headers=ann)  # was a 500 (integer overflow)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "duration_ms"]
+    # a chunked body (no Content-Length) over the limit is a 413 too, not a 400 or a 500
+    chunks = iter([b'{"choice": "A", "rewrite": "', b"x" * (1 << 20), b'"}'])
+    r = studio.post(url, content=chunks, headers={**ann, "Content-Type": "application/json"})
+    assert (r.status_code, r.json()) == (413, {"detail": f"request body is larger than {1 << 20} bytes"})
+    chunks = iter([b'{"prompt": "a", "completions": ["x", "y"]}\n'] * ((64 << 20) // 40 + 2))
+    r = studio.post("/api/projects/proj/import", content=chunks, headers=adm)
+    assert r.status_code == 413
+    # an upload that is not UTF-8 is refused naming the line, not imported with U+FFFD in it
+    body = '{"prompt": "a", "completions": ["x", "y"]}\n{"prompt": "caf'.encode() + b"\xe9" + \
+        b'", "completions": ["x", "y"]}\n'
+    r = studio.post("/api/projects/proj/import", content=body, headers=adm)
+    assert (r.status_code, r.json()) == (422, {"detail": "line 2: not valid UTF-8 (byte 0xe9 at column 16)",
+                                               "field": "body"})
+    # answers with labels, tokens or users' prompts are never cached; HSTS for browsers on HTTPS
+    for r in (studio.get("/api/me", headers=ann), studio.post("/api/projects/proj/export", headers=adm)):
+        assert r.headers["cache-control"] == "no-store"
+        assert r.headers["strict-transport-security"] == "max-age=31536000"
+    assert "cache-control" not in studio.get("/static/app.css").headers

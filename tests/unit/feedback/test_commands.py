@@ -12,7 +12,7 @@ from alignloop.cli.main import build_parser, main
 from alignloop.feedback import commands
 
 CONFIGS = [commands.LabelServeConfig, commands.LabelImportConfig, commands.LabelExportConfig,
-           commands.LabelStatsConfig, commands.LabelAddUserConfig]
+           commands.LabelStatsConfig, commands.LabelAddUserConfig, commands.LabelUserConfig, commands.LabelMemberConfig]
 
 
 @pytest.mark.parametrize("cls", CONFIGS)
@@ -38,9 +38,9 @@ def test_required_flags_parse():
 def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ALIGNLOOP_HOME", str(tmp_path / "home"))
     db = f"sqlite:///{tmp_path / 'labels.db'}"
-    assert main(["label", "add-user", "--db", db, "--name", "lead", "--role", "admin"]) == 0
+    assert main(["label", "add-user", "--db", db, "--name", "lead", "--role", "admin", "--token"]) == 0
     out = capsys.readouterr().out
-    assert "password: " in out and "token: al_" in out
+    assert "password: " in out and "token: al_" in out and "(expires in 90 days)" in out
 
     data = write_jsonl(tmp_path / "gen.jsonl", generate_records(3))
     guide = tmp_path / "guide.md"
@@ -76,3 +76,50 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "file: a file to import is required" in capsys.readouterr().err
     assert main(["label", "add-user", "--db", db, "--name", "a", "--password", "short"]) == 2
     assert main(["label", "serve", "--db", "mysql://x"]) == 2
+
+
+def test_cli_user_lifecycle_and_members(tmp_path, capsys, monkeypatch):
+    from alignloop.feedback import auth
+    from alignloop.feedback.store import Database, Labeler, LoginSession
+
+    db = f"sqlite:///{tmp_path / 'labels.db'}"
+    monkeypatch.setenv("ANN_PASSWORD", "ann's long password")
+    assert main(["label", "add-user", "--db", db, "--name", "ann", "--password-env", "ANN_PASSWORD"]) == 0
+    out = capsys.readouterr().out
+    assert out == "created labeler 'ann'\n"  # no password echoed, no token unless asked
+    assert main(["label", "add-user", "--db", db, "--name", "bob", "--password", "bob-pass-1"]) == 0
+    assert "--password-env NAME instead" in capsys.readouterr().err  # still works, with a warning
+    assert main(["label", "add-user", "--db", db, "--name", "x", "--password-env", "UNSET_VAR"]) == 2
+    assert "UNSET_VAR is not set" in capsys.readouterr().err
+
+    handle = Database(db)
+    with handle.write() as s:
+        ann = s.query(Labeler).filter_by(name="ann").one()
+        assert auth.verify_password(ann.password_hash, "ann's long password")
+        auth.open_session(s, ann)
+    assert main(["label", "user", "new-token", "--db", db, "--name", "ann", "--days", "3", "--token-name", "ci"]) == 0
+    assert "expires in 3 days" in capsys.readouterr().out
+    assert main(["label", "user", "list-tokens", "--db", db, "--name", "ann"]) == 0
+    assert [t["name"] for t in json.loads(capsys.readouterr().out)] == ["ci"]
+    assert main(["label", "user", "deactivate", "--db", db, "--name", "ann"]) == 0
+    assert capsys.readouterr().out == "deactivated 'ann': ended 1 sessions, revoked 1 tokens\n"
+    with handle.read() as s:
+        assert s.query(LoginSession).count() == 0 and not s.query(Labeler).filter_by(name="ann").one().active
+    assert main(["label", "user", "reactivate", "--db", db, "--name", "ann"]) == 0
+    assert main(["label", "user", "reset-password", "--db", db, "--name", "ann"]) == 0
+    assert "password: " in capsys.readouterr().out
+    assert main(["label", "user", "audit", "--db", db, "--name", "ann"]) == 0
+    assert [e["action"] for e in json.loads(capsys.readouterr().out)] == [
+        "user.reset_password", "user.reactivate", "user.deactivate", "tokens.revoke", "sessions.end", "token.issue",
+        "user.create"]
+    assert main(["label", "user", "deactivate", "--db", db, "--name", "nobody"]) == 2
+    assert "no user named 'nobody'" in capsys.readouterr().err
+
+    data = write_jsonl(tmp_path / "gen.jsonl", generate_records(2))
+    assert main(["label", "import", "--db", db, "--project", "demo", str(data)]) == 0
+    capsys.readouterr()
+    assert main(["label", "member", "add", "--db", db, "--project", "demo", "--name", "bob"]) == 0
+    assert main(["label", "member", "list", "--db", db, "--project", "demo"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1]) == [{"name": "bob", "role": "labeler",
+                                                                      "active": True}]
+    handle.dispose()

@@ -225,3 +225,17 @@ def test_label_studio_tasks_as_jsonl_import_like_the_json_array(db, tmp_path):
     path = write_jsonl(tmp_path / "ls.jsonl", tasks)
     summary = import_file(db, "lsl", path)
     assert (summary["tasks"], summary["judgments"], summary["cancelled_annotations"]) == (3, 5, 1)
+
+
+def test_a_file_that_is_not_utf8_is_refused_naming_file_and_line(tmp_path):
+    from alignloop.core.errors import DataError
+    from alignloop.feedback.io import read_records
+
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"prompt": "a", "completions": ["x", "y"]}\n{"prompt": "na\xefve", "completions": ["x", "y"]}\n')
+    with pytest.raises(DataError) as err:
+        read_records(bad)
+    assert str(err.value) == f"{bad}:2: not valid UTF-8 (byte 0xef at column 15)"
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b'\xef\xbb\xbf{"prompt": "a", "completions": ["x", "y"]}\n')
+    assert read_records(bom)[1] == [(1, {"prompt": "a", "completions": ["x", "y"]})]

@@ -47,7 +47,7 @@ def test_migrations_match_models(db):
     from alignloop.feedback.migrations import current, upgrade
     from alignloop.feedback.store import Base
 
-    assert current(db.engine) == "0001"
+    assert current(db.engine) == "0002"
     upgrade(db.engine)  # a second run is a no-op
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
@@ -145,6 +145,7 @@ def test_uncertainty_order_and_gold_rate(db):
             g["gold"] = {"choice": "A"}
         import_records(s, p, numbered(recs + gold))
         lab = create_labeler(s, "solo")
+        lab.gold_seed = "bravo"  # secret per labeler; fixed here so the draws are known
     got = []
     for _ in range(8):
         with db.write() as s:
@@ -154,9 +155,30 @@ def test_uncertainty_order_and_gold_rate(db):
             got.append((t.is_gold, t.uncertainty))
             add_judgment(s, t.id, s.merge(lab), "A", assignment=a)
     gold_positions = [i for i, (g, _) in enumerate(got) if g]
-    assert gold_positions == [3, 7]  # exactly a quarter, evenly spread
+    # random.Random(f"bravo:1:{n}").random() < 0.25 for n = 1, 5, 6, 10: gold at 1 and 5, then none left. (The
+    # old fixed schedule put gold at 3 and 7 for everyone: every 1/rate-th task, easy to spot.)
+    assert gold_positions == [1, 5]
     regular = [u for g, u in got if not g]
     assert regular == sorted(regular, reverse=True)  # least certain first
+
+
+def test_gold_seed_is_made_per_labeler_and_secret(db):
+    with db.write() as s:
+        p = create_project(s, "g", overlap=2, gold_rate=0.5)
+        recs = generate_records(2)
+        recs[0]["gold"] = {"choice": "A"}
+        import_records(s, p, numbered(recs))
+        a, b = create_labeler(s, "a"), create_labeler(s, "b")
+        assert a.gold_seed is None
+    with db.write() as s:
+        p = get_project(s, "g")
+        assign.next_assignment(s, p, a)  # a labeler from a closed session, as the web app passes it
+        assign.next_assignment(s, p, b)
+    from alignloop.feedback.store import Labeler
+
+    with db.read() as s:
+        seeds = [s.get(Labeler, x.id).gold_seed for x in (a, b)]
+    assert all(len(x) == 32 for x in seeds) and seeds[0] != seeds[1]
 
 
 def test_skip_frees_the_place_and_expired_leases(db):

@@ -6,7 +6,6 @@
   var project = root.dataset.project;
   var state = null; // {task, choice, strength, order, selected, startedAt, key}
   var busy = false;
-  var warningAccepted = false;
 
   function $(id) { return document.getElementById(id); }
   function el(tag, cls, text) {
@@ -33,7 +32,11 @@
                        body: body === undefined ? undefined : JSON.stringify(body)})
       .then(function (r) {
         return r.json().catch(function () { return {}; }).then(function (data) {
-          if (!r.ok) { var e = new Error(data.detail || ("request failed: " + r.status)); e.status = r.status; throw e; }
+          if (!r.ok) {
+            var e = new Error(data.detail || ("request failed: " + r.status));
+            e.status = r.status; e.field = data.field;
+            throw e;
+          }
           return data;
         });
       });
@@ -290,14 +293,28 @@
     if (!b.hidden) $("rewrite").focus();
   }
   function acceptWarning() {
-    warningAccepted = true;
-    $("warning").hidden = true;
-    $("task").hidden = false;
+    // the server records the acceptance and hands out tasks only after it
+    var url = "/api/projects/" + encodeURIComponent(project) + "/accept-warning";
+    return api("POST", url).then(function () {
+      $("warning").hidden = true;
+      return loadNext();
+    }).catch(function (e) { say(e.message, true); });
   }
   function toggleHelp() { $("help").hidden = !$("help").hidden; }
 
+  function showWarning() {
+    // the project's content warning, before anything of a task is shown
+    return api("GET", "/api/projects/" + encodeURIComponent(project)).then(function (p) {
+      $("warning-text").textContent = p.content_warning;
+      $("warning").hidden = false;
+      $("task").hidden = true;
+      $("done").hidden = true;
+    });
+  }
+
   function loadNext() {
-    return api("GET", "/api/projects/" + encodeURIComponent(project) + "/next").then(function (data) {
+    // POST: handing out a task creates an assignment
+    return api("POST", "/api/projects/" + encodeURIComponent(project) + "/next").then(function (data) {
       if (data.done) {
         state = null;
         showProgress(data.progress);
@@ -305,15 +322,13 @@
         $("done").hidden = false;
         return;
       }
-      var warn = !!(data.content_warning && !warningAccepted);
-      if (warn) {
-        $("warning-text").textContent = data.content_warning;
-        $("warning").hidden = false;
-      }
-      $("task").hidden = warn;  // nothing of the task shows until the labeler has read the warning
+      $("task").hidden = false;
       $("done").hidden = true;
       render(data, data.progress);
-    }).catch(function (e) { say(e.message, true); });
+    }).catch(function (e) {
+      if (e.status === 409 && e.field === "content_warning") return showWarning();
+      say(e.message, true);
+    });
   }
 
   // ---- keyboard -------------------------------------------------------------------------------
