@@ -605,7 +605,7 @@ def test_loop_trains_dpo_from_a_policy_with_it_as_reference(made, tmp_path, monk
     dpo_out = stage_dir / "dpo"
     assert trained_count(dpo_out) == lora_count(16)
     plain, tok = plain_policy(dpo_out / "final")
-    with open(stage_dir / "predictions.csv") as fh:
+    with open(stage_dir / "submission.csv") as fh:
         answers = [row["answer"] for row in csv.DictReader(fh)]
     assert answers == [decoded(tok, greedy_by_hand(plain, tok, prompt_ids(tok, r["prompt"]))) for r in PROMPTS]
 
