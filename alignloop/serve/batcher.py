@@ -56,7 +56,7 @@ class GenRequest:
 @dataclass
 class Choice:
     token_ids: list[int]  # answer tokens without the stop token
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # "stop" | "length" | "cancelled" (the client went away)
 
 
 class _RowStreamer:
@@ -209,13 +209,14 @@ class Batcher:
         out = sample_ids(self.model, self.tok, [r.prompt_ids for r, _ in rows], params, batch_size=len(rows),
                          streamer=streamer, stopping_criteria=StoppingCriteriaList([_AllRowsDone(streamer)]))
         results: dict[int, list[Choice | None]] = {id(r): [None] * r.n for r in reqs}
-        for (r, k), (ids, _ended) in zip(rows, out):
+        for i, ((r, k), (ids, _ended)) in enumerate(zip(rows, out)):
             ids = list(ids)
             stopped = bool(ids) and ids[-1] in self.stop_ids and len(ids) - 1 <= r.max_new_tokens
             if stopped:
                 ids = ids[:-1]
-            ids = [t for t in ids[:r.max_new_tokens] if t != self.tok.pad_token_id]
-            results[id(r)][k] = Choice(ids, "stop" if stopped else "length")
+            limit = streamer.count[i] if r.cancelled() else r.max_new_tokens  # a cancelled row: what was streamed
+            ids = [t for t in ids[:limit] if t != self.tok.pad_token_id]
+            results[id(r)][k] = Choice(ids, "cancelled" if r.cancelled() else "stop" if stopped else "length")
             self.stats["new_tokens"] += len(ids)
         for r in reqs:
             if not r.future.done():  # a request's future may have been cancelled meanwhile

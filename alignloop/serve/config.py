@@ -49,7 +49,7 @@ class ServeConfig(StageConfig):
     max_request_tokens: int = opt(4096, "Most new tokens one request may ask for: prompts x n x max_tokens "
                                   "(more: 422).")
     max_queue: int = opt(64, "Most requests waiting for a batch, per model (more: 429, retry later).")
-    max_concurrent_per_key: int = opt(8, "Most generation requests one key (or, with no keys, one client address) "
+    max_concurrent_per_key: int = opt(16, "Most generation requests one key (or, with no keys, one client address) "
                                       "may have running at once (more: 429); 0: no limit.")
     max_loaded_models: int = opt(2, "Models kept in memory at once (registry models load on first request).")
     allow_registry_models: bool = opt(False, "Let requests name any registered model, not only --model "

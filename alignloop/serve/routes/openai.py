@@ -6,6 +6,7 @@ queue answers 429, and a client that goes away has its generation cancelled."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from typing import Any
@@ -117,6 +118,8 @@ async def generate(request: Request, lm: LoadedModel, prompts: list[list[int]], 
         for g in gens:
             g.cancel()
         results.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await results
         raise ApiError(499, "the client disconnected; generation was cancelled", code="client_disconnected")
     return results.result()
 
