@@ -79,15 +79,31 @@ def _fake_model(submitted):
 
 
 def test_the_plain_route_cancels_when_the_client_disconnects():
+    """The client is gone at once; the (fake) batcher would answer five turns of the event loop later."""
+    from alignloop.serve.batcher import Choice
     from alignloop.serve.routes.openai import generate
 
     submitted = []
+
+    def submit(g):
+        loop = asyncio.get_running_loop()
+
+        def step(n):
+            if n:
+                loop.call_soon(step, n - 1)
+            elif not g.future.done():
+                g.future.set_result([Choice([5, 6], "length")])
+
+        submitted.append(g)
+        loop.call_soon(step, 5)
+        return g.future
 
     async def receive():
         return {"type": "http.disconnect"}
 
     async def main():
-        await generate(SimpleNamespace(receive=receive), _fake_model(submitted), [[1], [2]], SamplingRequest(), 8)
+        lm = SimpleNamespace(id="tiny", tokenizer=None, batcher=SimpleNamespace(submit=submit))
+        await generate(SimpleNamespace(receive=receive), lm, [[1], [2]], SamplingRequest(), 8)
 
     with pytest.raises(ApiError) as e:
         asyncio.run(main())
