@@ -51,6 +51,9 @@ class ServeConfig(StageConfig):
     max_queue: int = opt(64, "Most requests waiting for a batch, per model (more: 429, retry later).")
     max_concurrent_per_key: int = opt(16, "Most generation requests one key (or, with no keys, one client address) "
                                       "may have running at once (more: 429); 0: no limit.")
+    key_tokens_per_minute: int = opt(0, "New tokens one key (with no keys: all callers together) may ask for per "
+                                     "minute, counted as prompts x n x max_tokens when a request is admitted "
+                                     "(more: 429); 0: no budget.")
     max_loaded_models: int = opt(2, "Models kept in memory at once (registry models load on first request).")
     allow_registry_models: bool = opt(False, "Let requests name any registered model, not only --model "
                                       "(each one loads into memory on first use).")
@@ -100,7 +103,7 @@ class ServeConfig(StageConfig):
         p = positive(self, "port", "max_batch_size", "max_prompt_tokens", "max_tokens_limit", "default_max_tokens",
                      "max_n", "max_request_bytes", "max_upload_bytes", "max_loaded_models", "max_request_tokens",
                      "max_queue")
-        p += positive(self, "max_concurrent_per_key", allow_zero=True)
+        p += positive(self, "max_concurrent_per_key", "key_tokens_per_minute", allow_zero=True)
         p += positive(self, "batch_wait_ms", allow_zero=True)
         if self.default_max_tokens > self.max_tokens_limit:
             p.append(f"default_max_tokens: {self.default_max_tokens} is above max_tokens_limit {self.max_tokens_limit}")

@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from alignloop.registry.store import Registry, default_db_url
 from alignloop.serve.capture import ServedAnswers
 from alignloop.serve.config import ServeConfig
-from alignloop.serve.guard import KeyRing
+from alignloop.serve.guard import KeyRing, TokenBudget
 from alignloop.serve.jobs import JobManager
 from alignloop.serve.pii import PersonalDataFilter
 from alignloop.serve.pool import ModelPool
@@ -32,6 +32,7 @@ class Server:
         self.pool = pool
         self.jobs = jobs
         self.keys = KeyRing(cfg.keys(), cfg.admin_keys())
+        self.budget = TokenBudget(cfg.key_tokens_per_minute)
         self.pii = PersonalDataFilter(cfg.mask_kinds())
         self.answers = ServedAnswers(registry, self.pii, store=cfg.store_answers)
 
@@ -66,6 +67,10 @@ def get_answers(srv: ServerDep) -> ServedAnswers:
     return srv.answers
 
 
+def get_budget(srv: ServerDep) -> TokenBudget:
+    return srv.budget
+
+
 def get_caller(request: Request) -> str:
     """Who a request's answers and feedback are attributed to: its key (``key-`` and 10 hex digits of the
     key's SHA-256), or ``anonymous`` on a server without keys. Never a name the request gives itself."""
@@ -81,3 +86,4 @@ RegistryDep = Annotated[Optional[Registry], Depends(get_registry)]
 JobsDep = Annotated[Optional[JobManager], Depends(get_jobs)]
 AnswersDep = Annotated[ServedAnswers, Depends(get_answers)]
 CallerDep = Annotated[str, Depends(get_caller)]
+BudgetDep = Annotated[TokenBudget, Depends(get_budget)]

@@ -7,7 +7,8 @@
 * the role: training jobs (``/v1/jobs``) need an admin key (403 otherwise, before the upload is read);
 * the body size, counted as the bytes arrive and stopped at the limit (413), so neither a false
   ``Content-Length`` nor a chunked upload without one makes the server read more than the limit;
-* how many generation requests one caller has running at once (429 above ``--max-concurrent-per-key``);
+* how many generation requests one caller has running at once (429 above ``--max-concurrent-per-key``; the
+  routes also charge each request's tokens to its caller's ``TokenBudget``, ``--key-tokens-per-minute``);
 * response headers: ``Cache-Control: no-store`` (answers and keys never sit in a cache),
   ``X-Content-Type-Options: nosniff``, and ``Strict-Transport-Security`` when the request came over HTTPS.
 
@@ -19,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
-from collections import Counter
+import time
+from collections import Counter, deque
 from typing import Any, Awaitable, Callable
 
 from alignloop.serve.errors import error_response
@@ -60,6 +62,39 @@ class KeyRing:
             if hmac.compare_digest(d, h):
                 found = role
         return found
+
+
+class TokenBudget:
+    """New tokens each caller may ask for in any 60 seconds, charged when a request is admitted (prompts x n x
+    max_tokens: what it may cost, known before decoding). ``per_minute`` 0: no budget."""
+
+    WINDOW = 60.0
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic):
+        self.per_minute, self.clock = per_minute, clock
+        self.spent: dict[str, deque] = {}
+        self.lock = threading.Lock()
+
+    def charge(self, who: str, tokens: int) -> float | None:
+        """None when ``who`` may spend ``tokens`` now (they are charged), else the seconds until it may."""
+        if not self.per_minute:
+            return None
+        now = self.clock()
+        with self.lock:
+            spent = self.spent.setdefault(who, deque())
+            while spent and spent[0][0] <= now - self.WINDOW:
+                spent.popleft()
+            used = sum(n for _, n in spent)
+            if used + tokens <= self.per_minute:
+                spent.append((now, tokens))
+                return None
+            room, wait = self.per_minute - tokens, 0.0  # drop the oldest charges until this one fits
+            for t, n in spent:
+                used -= n
+                wait = t + self.WINDOW - now
+                if used <= room:
+                    break
+            return max(wait, 0.0) if tokens <= self.per_minute else float("inf")
 
 
 def presented_key(headers: dict[str, str]) -> str:

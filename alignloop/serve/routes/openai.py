@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import secrets
 import time
 from typing import Any
@@ -21,8 +22,9 @@ from alignloop.data.templates import encode_prompt
 from alignloop.serve.batcher import Choice, GenRequest, submit
 from alignloop.serve.capture import ServedAnswers
 from alignloop.serve.config import ServeConfig
-from alignloop.serve.deps import AnswersDep, CallerDep, PoolDep, SettingsDep
+from alignloop.serve.deps import AnswersDep, BudgetDep, CallerDep, PoolDep, SettingsDep
 from alignloop.serve.errors import ApiError
+from alignloop.serve.guard import TokenBudget
 from alignloop.serve.pool import LoadedModel, ModelPool
 from alignloop.serve.schemas import ChatRequest, CompletionRequest, PredictRequest, SamplingRequest
 from alignloop.serve.streaming import EventStream, cut_at_stop, stop_list, usage
@@ -49,6 +51,19 @@ def max_tokens_for(cfg: ServeConfig, req: SamplingRequest, max_tokens: int | Non
                        "(--max-request-tokens): lower max_tokens or n, or send fewer prompts", "max_tokens",
                        "request_too_large")
     return mt
+
+
+def charge(budget: TokenBudget, caller: str, tokens: int) -> None:
+    """Charge a request's tokens (prompts x n x max_tokens) to its caller's budget; 429 when it has no room."""
+    wait = budget.charge(caller, tokens)
+    if wait is None:
+        return
+    per = budget.per_minute
+    if math.isinf(wait):
+        raise ApiError(429, f"this request asks for up to {tokens} new tokens, more than a key's {per} per minute "
+                       "(--key-tokens-per-minute)", "max_tokens", "token_budget")
+    raise ApiError(429, f"this key has asked for its {per} new tokens of the last minute (--key-tokens-per-minute); "
+                   f"retry in {math.ceil(wait)} s", "max_tokens", "token_budget")
 
 
 def check_prompt(cfg: ServeConfig, ids: list[int], param: str) -> None:
@@ -150,11 +165,12 @@ def decode(lm: LoadedModel, choice: Choice, stops: list[str]) -> tuple[str, str]
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request, req: ChatRequest, pool: PoolDep, cfg: SettingsDep, answers: AnswersDep,
-                           caller: CallerDep):
+                           caller: CallerDep, budget: BudgetDep):
     lm = await model_for(pool, req.model)
     max_tokens = max_tokens_for(cfg, req, req.max_completion_tokens or req.max_tokens)
     stops = stop_list(req.stop)
     messages, ids = chat_prompt(cfg, lm, req)
+    charge(budget, caller, req.n * max_tokens)
     if req.stream:
         return stream(lm, req, ids, max_tokens, stops, "chat", messages, answers, req.user or caller)
     [choices] = await generate(request, lm, [ids], req, max_tokens)
@@ -172,7 +188,7 @@ async def chat_completions(request: Request, req: ChatRequest, pool: PoolDep, cf
 
 @router.post("/completions")
 async def completions(request: Request, req: CompletionRequest, pool: PoolDep, cfg: SettingsDep,
-                      answers: AnswersDep, caller: CallerDep):
+                      answers: AnswersDep, caller: CallerDep, budget: BudgetDep):
     lm = await model_for(pool, req.model)
     stops = stop_list(req.stop)
     prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
@@ -182,6 +198,7 @@ async def completions(request: Request, req: CompletionRequest, pool: PoolDep, c
     encoded = [lm.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
     for e in encoded:
         check_prompt(cfg, e, "prompt")
+    charge(budget, caller, len(prompts) * req.n * max_tokens)
     if req.stream:
         if len(prompts) != 1:
             raise ApiError(422, "streaming takes one prompt per request", "prompt")
@@ -203,7 +220,7 @@ async def completions(request: Request, req: CompletionRequest, pool: PoolDep, c
 
 @router.post("/predict")
 async def predict(request: Request, req: PredictRequest, pool: PoolDep, cfg: SettingsDep, answers: AnswersDep,
-                  caller: CallerDep):
+                  caller: CallerDep, budget: BudgetDep):
     """The library's ``model.predict(question, context)`` over HTTP: the same prompt, greedy by default."""
     lm = await model_for(pool, req.model)
     sampling = SamplingRequest(model=req.model, temperature=req.temperature, n=1)
@@ -211,6 +228,7 @@ async def predict(request: Request, req: PredictRequest, pool: PoolDep, cfg: Set
     prompt = qa_prompt(req.question, req.context)
     ids = encode_prompt(lm.tokenizer, prompt, cfg.chat_template)
     check_prompt(cfg, ids, "question and context")
+    charge(budget, caller, max_tokens)
     [choices] = await generate(request, lm, [ids], sampling, max_tokens)
     answer = lm.tokenizer.decode(choices[0].token_ids, skip_special_tokens=True).strip()
     rid = "pred-" + secrets.token_hex(12)

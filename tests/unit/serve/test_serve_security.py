@@ -289,3 +289,30 @@ def test_registered_models_are_served_only_when_allowed():
     assert pool._registered("qa-v1") is None
     pool.cfg = ServeConfig(allow_registry_models=True)
     assert pool._registered("qa-v1").id == "m-1"
+
+
+def test_each_key_has_a_token_budget_per_minute():
+    from alignloop.serve.errors import ApiError
+    from alignloop.serve.guard import TokenBudget
+    from alignloop.serve.routes.openai import charge
+
+    now = [1000.0]
+    budget = TokenBudget(100, clock=lambda: now[0])
+    assert budget.charge("key-a", 40) is None
+    now[0] = 1005.0
+    assert budget.charge("key-a", 50) is None
+    assert budget.charge("key-b", 100) is None  # another key has its own budget
+    now[0] = 1010.0
+    assert budget.charge("key-a", 20) == 50.0  # room once the 40 of t=1000 are a minute old
+    now[0] = 1060.0
+    assert budget.charge("key-a", 20) is None  # the 50 of t=1005 and these 20 are the last minute's
+    assert budget.charge("key-a", 101) == float("inf")  # never fits
+    assert TokenBudget(0).charge("key-a", 10**9) is None  # no budget
+
+    with pytest.raises(ApiError) as e:
+        charge(budget, "key-a", 40)
+    assert (e.value.status, e.value.code, e.value.message) == (
+        429, "token_budget", "this key has asked for its 100 new tokens of the last minute "
+        "(--key-tokens-per-minute); retry in 5 s")  # when the 50 of t=1005 leave the window
+    with pytest.raises(ApiError, match="asks for up to 101 new tokens, more than a key's 100 per minute"):
+        charge(budget, "key-a", 101)
