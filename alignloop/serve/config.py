@@ -115,7 +115,7 @@ class ServeConfig(StageConfig):
             p.append("model: which model to serve? (--model ID_OR_PATH)")
         if self.jobs and not self.admin_keys():
             p.append(f"jobs: training jobs need an admin key (--admin-key or ${ADMIN_KEYS_ENV}); "
-                     "without one, start the server with --no-jobs")
+                     "without one, leave jobs off (no --jobs)")
         both = set(self.keys()) & set(self.admin_keys())
         if both:
             p.append("admin_key: a key cannot be both an inference key and an admin key")

@@ -82,7 +82,7 @@ SettingsDep = Annotated[ServeConfig, Depends(get_settings)]
 #: None when the app was built without a model (tests); the generation routes answer 503 then
 PoolDep = Annotated[Optional[ModelPool], Depends(get_pool)]
 RegistryDep = Annotated[Optional[Registry], Depends(get_registry)]
-#: None with --no-jobs; the job routes answer 503 after checking the request, so a bad request is still a 422
+#: None without --jobs; the job routes answer 503 after checking the request, so a bad request is still a 422
 JobsDep = Annotated[Optional[JobManager], Depends(get_jobs)]
 AnswersDep = Annotated[ServedAnswers, Depends(get_answers)]
 CallerDep = Annotated[str, Depends(get_caller)]

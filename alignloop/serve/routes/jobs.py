@@ -19,7 +19,8 @@ router = APIRouter(prefix="/jobs")
 
 def _queue(jobs: JobManager | None) -> JobManager:
     if jobs is None:
-        raise ApiError(503, "this server does not run jobs (started with --no-jobs)", type="server_error")
+        raise ApiError(503, "this server does not run jobs (start it with --jobs and an admin key)",
+                       type="server_error")
     return jobs
 
 

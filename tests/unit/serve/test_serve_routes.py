@@ -153,7 +153,7 @@ def test_without_jobs_or_registry(tmp_path):
     client = TestClient(create_app(cfg, None, None, None, start_background=False), base_url=LOCAL)
     r = client.get("/v1/jobs", headers={"Authorization": "Bearer a"})
     assert r.status_code == 503 and r.json()["error"]["message"] == (
-        "this server does not run jobs (started with --no-jobs)")
+        "this server does not run jobs (start it with --jobs and an admin key)")
     # the path is checked before the missing job queue
     assert client.get("/v1/jobs/abc", headers={"Authorization": "Bearer a"}).status_code == 422
     r = client.post("/v1/feedback", json={"response_id": "x", "thumbs": "up"}, headers={"Authorization": "Bearer a"})

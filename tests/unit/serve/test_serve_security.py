@@ -75,7 +75,7 @@ def test_jobs_are_off_by_default_and_need_an_admin_key(monkeypatch):
     with pytest.raises(ConfigError) as e:
         ServeConfig(jobs=True, api_key=["k"]).validate()
     assert e.value.problems == ["jobs: training jobs need an admin key (--admin-key or $ALIGNLOOP_ADMIN_KEYS); "
-                                "without one, start the server with --no-jobs"]
+                                "without one, leave jobs off (no --jobs)"]
     monkeypatch.setenv("ALIGNLOOP_ADMIN_KEYS", "a1, a2")
     cfg = ServeConfig(jobs=True).validate()
     assert (cfg.admin_keys(), cfg.keys()) == (["a1", "a2"], [])
