@@ -1,13 +1,15 @@
 """The Python SDK: drive an ``alignloop serve`` server with the same names as the local library API.
 
     import alignloop
-    client = alignloop.Client("http://127.0.0.1:8000", api_key="...")
+    client = alignloop.Client("http://127.0.0.1:8000", api_key="...", admin_key="...")  # admin_key: for train/jobs
     model_id = client.train("questions.jsonl", initial_model_id="tiny", model_name="qa-v1", fine_tuning_type="sft")
     answer = client.predict(model_id, "What was revenue in FY2022?", context="...")
     client.feedback(answer.id, thumbs="down", correction="Revenue was $394.3 billion.")
     client.models()
 
-Only ``httpx`` is needed on the client side (no torch).
+Only ``httpx`` is needed on the client side (no torch). Keys come from the arguments or the environment
+(``$ALIGNLOOP_API_KEY``, ``$ALIGNLOOP_ADMIN_KEY``); training jobs need the server's admin key (an inference key
+gets 403), and the server runs them only when started with ``--jobs``.
 """
 
 from __future__ import annotations
@@ -59,13 +61,13 @@ class Job:
     id: int
 
     def status(self) -> dict:
-        return self.client._get(f"/v1/jobs/{self.id}")
+        return self.client._get(f"/v1/jobs/{self.id}", admin=True)
 
     def logs(self, offset: int = 0) -> str:
-        return self.client._get(f"/v1/jobs/{self.id}/logs", params={"offset": offset})["text"]
+        return self.client._get(f"/v1/jobs/{self.id}/logs", params={"offset": offset}, admin=True)["text"]
 
     def cancel(self) -> dict:
-        return self.client._post(f"/v1/jobs/{self.id}/cancel", {})
+        return self.client._post(f"/v1/jobs/{self.id}/cancel", {}, admin=True)
 
     def wait(self, timeout: float | None = None, poll: float = 0.5) -> str:
         """Block until the job ends; the new model's id, or ``JobFailed``."""
@@ -94,12 +96,19 @@ class RemoteModel:
 
 
 class Client:
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 600.0):
+    """``api_key``: the server's inference key (completions, predict, models, feedback); ``admin_key``: its admin
+    key, sent with training jobs only (``train``, ``job``, ``jobs``). Either defaults to ``$ALIGNLOOP_API_KEY`` /
+    ``$ALIGNLOOP_ADMIN_KEY``; with an admin key alone, it is sent with every request."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 600.0,
+                 admin_key: str | None = None):
         self.base_url = base_url.rstrip("/")
         if self.base_url.endswith("/v1"):
             self.base_url = self.base_url[:-3]
-        api_key = api_key or os.environ.get("ALIGNLOOP_API_KEY")
+        admin_key = admin_key or os.environ.get("ALIGNLOOP_ADMIN_KEY")
+        api_key = api_key or os.environ.get("ALIGNLOOP_API_KEY") or admin_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._admin = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
     # ---- plumbing -------------------------------------------------------------------------------
@@ -113,11 +122,11 @@ class Client:
             raise ClientError(r.status_code, str(msg), body)
         return r.json()
 
-    def _get(self, path: str, **kw: Any) -> Any:
-        return self._check(self.http.get(path, **kw))
+    def _get(self, path: str, admin: bool = False, **kw: Any) -> Any:
+        return self._check(self.http.get(path, headers=self._admin if admin else None, **kw))
 
-    def _post(self, path: str, body: dict) -> Any:
-        return self._check(self.http.post(path, json=body))
+    def _post(self, path: str, body: dict, admin: bool = False) -> Any:
+        return self._check(self.http.post(path, json=body, headers=self._admin if admin else None))
 
     def close(self) -> None:
         self.http.close()
@@ -156,9 +165,12 @@ class Client:
               timeout: float | None = None, **config: Any) -> str | Job:
         """Train on labeled examples through the server; the new model's id (``wait=True``) or a ``Job``.
 
+        Needs the server's admin key (``Client(admin_key=...)``) and a server started with ``--jobs``.
         ``train_data``: records (dicts) or a local JSONL/JSON file, uploaded with the job. ``initial_model_id``:
         a registry id or name, or an alias (``tiny``). Other keyword arguments are the stage's config fields
-        (``max_steps=20``, ``learning_rate=1e-5``, ``reward_model=...``)."""
+        (``max_steps=20``, ``learning_rate=1e-5``, ``reward_model=...``) that a job may set: the server owns
+        ``output`` and ``db``, reads files only under the job's folder or its ``--data-root`` folders, and runs only
+        the ``python:`` rewards it registers (``--reward-function``); anything else is refused with the reason."""
         if fine_tuning_type not in FINE_TUNING_TYPES:
             raise ValueError(f"fine_tuning_type must be one of {', '.join(FINE_TUNING_TYPES)}, "
                              f"not '{fine_tuning_type}'")
@@ -167,7 +179,7 @@ class Client:
         if initial_model_id:
             cfg["model"] = initial_model_id
         job = self._post("/v1/jobs", {"stage": FINE_TUNING_TYPES[fine_tuning_type], "config": cfg,
-                                      "model_name": model_name, "data": records})
+                                      "model_name": model_name, "data": records}, admin=True)
         handle = Job(self, job["id"])
         return handle.wait(timeout=timeout) if wait else handle
 
@@ -175,7 +187,7 @@ class Client:
         return Job(self, job_id)
 
     def jobs(self) -> list[dict]:
-        return self._get("/v1/jobs")["data"]
+        return self._get("/v1/jobs", admin=True)["data"]
 
     def feedback(self, response_id: str | None = None, thumbs: str | None = None, comment: str | None = None,
                  correction: str | None = None, compare: tuple[str, str] | None = None, choice: str | None = None,

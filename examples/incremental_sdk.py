@@ -2,7 +2,7 @@
 FinanceBench questions (each round continuing from the previous round's model), and after each round write
 the model's answers to held-out questions to a CSV.
 
-    # against a running server
+    # against a running server started with --jobs --allow-registry-models (KEY: its admin key)
     python examples/incremental_sdk.py --base-url http://127.0.0.1:8000 --api-key KEY
     # or let the script start `alignloop serve` itself (quick check on the tiny model):
     python examples/incremental_sdk.py --model tiny --sizes 2,4,6 --eval-questions 2 --max-steps 1 """
@@ -48,9 +48,10 @@ def sft_record(q: dict) -> dict:
 
 
 def start_server(model: str, port: int, api_key: str) -> subprocess.Popen:
-    env = {**os.environ, "ALIGNLOOP_API_KEYS": api_key, "PYTHONPATH": str(ROOT)}
+    # one admin key (training needs one; it may run inference too), jobs on, the trained models servable
+    env = {**os.environ, "ALIGNLOOP_ADMIN_KEYS": api_key, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "alignloop", "serve", "--model", model, "--port", str(port),
-                             "--log-level", "warning"], env=env)
+                             "--jobs", "--allow-registry-models", "--log-level", "warning"], env=env)
     import httpx
 
     for _ in range(600):
@@ -66,7 +67,7 @@ def start_server(model: str, port: int, api_key: str) -> subprocess.Popen:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base-url", default=None, help="a running server; default: start one on --port")
-    ap.add_argument("--api-key", default="example-key")
+    ap.add_argument("--api-key", default="example-key", help="the server's admin key (training needs one)")
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--model", default="smollm2-135m-instruct", help="the starting model")
     ap.add_argument("--data", default=str(ROOT / "data" / "financebench" / "questions.jsonl"))
@@ -95,7 +96,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace, base_url: str, out: Path) -> None:
     # %% connect and look at what the server has
-    client = alignloop.Client(base_url, api_key=args.api_key)
+    client = alignloop.Client(base_url, admin_key=args.api_key)
     print("models on the server:", [m["id"] for m in client.models()])
 
     # %% data: the first questions are for training, the last ones are held out

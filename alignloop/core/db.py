@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sqlalchemy import create_engine, event, inspect
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -55,6 +55,14 @@ def default_db_url() -> str:
 
 def sqlite_url(path: str | Path) -> str:
     return f"sqlite:///{path}"
+
+
+def display_url(url: Any) -> str:
+    """A database URL fit to print or log: its password replaced by ``***`` (the text as given when unparsable)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy knows: show nothing of it that could be a secret
+        return "(a database URL SQLAlchemy cannot parse)"
 
 
 def make_parent_folder(url: str) -> None:
@@ -135,7 +143,7 @@ class Database:
         except IntegrityError:
             raise
         except DBAPIError as exc:
-            where = self.engine.url.render_as_string(hide_password=True)
+            where = display_url(self.engine.url)
             raise DatabaseError(f"database {where}: {exc.__class__.__name__}: {exc.orig}") from exc
 
 

@@ -9,6 +9,17 @@ from pathlib import Path
 REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 
 
+#: overrides ``cache_dir()``; a server's training jobs set it to their own folder
+CACHE_ENV = "ALIGNLOOP_CACHE_DIR"
+
+
 def alignloop_home() -> Path:
     """Where alignloop keeps caches (converted models, tokenised data) and the default database."""
     return Path(os.environ.get("ALIGNLOOP_HOME") or Path.home() / ".cache" / "alignloop")
+
+
+def cache_dir(kind: str) -> Path:
+    """The cache folder of one ``kind`` (``tokens``, ``features``, ``reference``, ``judge``): under
+    ``$ALIGNLOOP_CACHE_DIR`` when set, else ``cache/`` in the alignloop home."""
+    root = os.environ.get(CACHE_ENV)
+    return (Path(root) if root else alignloop_home() / "cache") / kind

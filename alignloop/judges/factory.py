@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from alignloop.core.paths import alignloop_home
+from alignloop.core.paths import cache_dir as cache_folder
 
 KINDS = ("reference", "local", "http", "reward")
 
@@ -41,7 +41,7 @@ def build_judge(kind: str, model: str | None = None, base_url: str | None = None
         from alignloop.judges.http import HTTPJudge
 
         return HTTPJudge(base_url or "", model or "", api_key_env, principles_text(principles), timeout, retries,
-                         concurrency=concurrency, cache_dir=cache_dir or alignloop_home() / "cache" / "judge")
+                         concurrency=concurrency, cache_dir=cache_dir or cache_folder("judge"))
     if kind == "local":
         from alignloop.judges.local import LocalJudge
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from alignloop.core.config import ConfigError
 from alignloop.core.files import atomic_path, write_jsonl
-from alignloop.core.paths import alignloop_home
+from alignloop.core.paths import cache_dir
 from alignloop.data.readers import read_preferences
 from alignloop.evaluate.tables import write_csv
 from alignloop.pipelines.config import LoopConfig
@@ -47,7 +47,7 @@ def encode(texts: Sequence[str], encoder: str, max_length: int, batch_size: int 
     from alignloop.models.reward_model import encoder_path
 
     key = hashlib.sha256(json.dumps([encoder, max_length, list(texts)]).encode()).hexdigest()[:24]
-    cache = alignloop_home() / "cache" / "features" / f"{key}.npy"
+    cache = cache_dir("features") / f"{key}.npy"
     if cache.exists():
         return np.load(cache)
     path = str(encoder_path(encoder) or encoder)

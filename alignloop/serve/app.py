@@ -1,18 +1,21 @@
 """``alignloop serve``: an OpenAI-compatible HTTP API over a registry model or a folder, with request batching,
 user-feedback capture into the feedback store, and training jobs.
 
-Endpoints (all under ``/v1``, API key as ``Authorization: Bearer KEY``):
+Endpoints (all under ``/v1``, API key as ``Authorization: Bearer KEY``; who may call what: docs/security.md):
 
 * ``POST /chat/completions`` (``stream: true`` answers with server-sent events), ``POST /completions``,
   ``GET /models``, ``GET /models/{id}`` (with lineage) — the OpenAI protocol, so the ``openai`` client works.
 * ``POST /predict`` ``{model, question, context}``: the library's ``model.predict`` over HTTP (same prompt).
 * ``POST /feedback``: thumbs up/down, a comment, an edited better answer, or a choice between two served
   answers; stored as judgments of labeler kind "user" after masking personal data (``alignloop/serve/pii.py``).
-* ``POST /jobs``, ``GET /jobs``, ``GET /jobs/{id}``, ``GET /jobs/{id}/logs``, ``POST /jobs/{id}/cancel``.
+* ``POST /jobs``, ``GET /jobs``, ``GET /jobs/{id}``, ``GET /jobs/{id}/logs``, ``POST /jobs/{id}/cancel``: admin
+  key only, and only with ``--jobs``.
 
-The parts: ``batcher`` (concurrent requests decoded together), ``pool`` (loaded models), ``schemas`` (request
+The parts: ``guard`` (keys and roles, body size, per-key concurrency, headers),
+``batcher`` (concurrent requests decoded together), ``pool`` (loaded models), ``schemas`` (request
 bodies), ``routes/`` (one router per resource), ``deps`` (what routes share, as typed dependencies), ``capture``
-(served answers and the feedback rules), ``jobs`` (the job queue). This module assembles them.
+(served answers and the feedback rules), ``jobs`` (the job queue), ``job_policy`` (what a job config may say).
+This module assembles them.
 """
 
 from __future__ import annotations
@@ -20,19 +23,23 @@ from __future__ import annotations
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from alignloop import __version__
+from alignloop.core.db import display_url
 from alignloop.core.errors import AlignloopError
 from alignloop.core.paths import alignloop_home
 from alignloop.registry.store import open_registry
 from alignloop.serve.batcher import Batcher, Choice, GenRequest
 from alignloop.serve.config import ServeConfig
-from alignloop.serve.deps import Server, check_api_key, check_body_size
+from alignloop.serve.deps import Server
 from alignloop.serve.errors import ApiError, install_error_handlers
+from alignloop.serve.guard import Guard
+from alignloop.serve.job_policy import JobPolicy
 from alignloop.serve.jobs import JobManager
 from alignloop.serve.pool import LoadedModel, ModelPool
 from alignloop.serve.routes import api_router, health
@@ -66,26 +73,17 @@ def _lifespan(srv: Server, start_background: bool) -> Callable[[FastAPI], Any]:
     return lifespan
 
 
-async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """API key and body size for every ``/v1`` request, before its body is parsed (also for unknown paths)."""
-    if request.url.path.startswith("/v1"):
-        srv: Server = request.app.state.server
-        refused = check_api_key(request, srv.keys)
-        if refused is None:
-            refused = await check_body_size(request, srv.cfg)
-        if refused is not None:
-            return refused
-    return await call_next(request)
-
-
 def create_app(cfg: ServeConfig, pool: ModelPool | None = None, registry: Any = None, jobs: Any = None,
                start_background: bool = True) -> FastAPI:
     """The FastAPI app. ``run_serve`` builds the pool, registry and job manager; tests may pass their own."""
     srv = Server(cfg, pool, registry, jobs)
-    app = FastAPI(title="alignloop serve", version=__version__, lifespan=_lifespan(srv, start_background))
+    docs = {} if cfg.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="alignloop serve", version=__version__, lifespan=_lifespan(srv, start_background), **docs)
     app.state.server = srv
     install_error_handlers(app)
-    app.middleware("http")(_guard)
+    app.add_middleware(Guard, server=srv)
+    hosts = cfg.trusted_hosts()
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=["*"] if "*" in hosts else hosts)  # outermost
     app.include_router(health.router)
     app.include_router(api_router)
     return app
@@ -98,9 +96,17 @@ def build(cfg: ServeConfig, load_model: bool = True) -> tuple[FastAPI, Server]:
     jobs = None
     if cfg.jobs:
         folder = Path(cfg.jobs_folder) if cfg.jobs_folder else alignloop_home() / "jobs"
-        jobs = JobManager(reg, folder, resume_interrupted=cfg.resume_interrupted_jobs)
+        jobs = JobManager(reg, folder, resume_interrupted=cfg.resume_interrupted_jobs,
+                          policy=JobPolicy.from_config(cfg, reg.url))
     app = create_app(cfg, pool, reg, jobs)
     return app, app.state.server
+
+
+def start_line(cfg: ServeConfig, srv: Server) -> str:
+    """What the server prints when it starts (the database URL without its password)."""
+    jobs = "jobs on (admin key)" if srv.jobs is not None else "jobs off"
+    return (f"serving {srv.pool.default.id} on http://{cfg.host}:{cfg.port}/v1 ({jobs}; "
+            f"database {display_url(srv.db_url)})")
 
 
 def run_serve(cfg: ServeConfig) -> int:
@@ -115,8 +121,7 @@ def run_serve(cfg: ServeConfig) -> int:
     if not srv.keys:
         print("warning: no API key set (--api-key or $ALIGNLOOP_API_KEYS): anyone who can reach "
               f"{cfg.host}:{cfg.port} can use this server", file=sys.stderr)
-    print(f"serving {srv.pool.default.id} on http://{cfg.host}:{cfg.port}/v1 (database {srv.db_url})",
-          file=sys.stderr, flush=True)
+    print(start_line(cfg, srv), file=sys.stderr, flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
     srv.pool.close()
     return 0

@@ -10,8 +10,11 @@ has one task type, so feedback goes to up to three projects named after ``--feed
 * ``NAME-rewrite``   rewrite tasks: an edited better answer without a thumbs verdict
 * ``NAME-pairwise``  pairwise tasks: the user's choice between two served variants (A, B, tie, both_bad)
 
-The studio's judgments have no free-text comment field yet, so a comment is kept with the prompt
-(``extra["user_comments"]``, with the judgment id it came with).
+The labeler is the caller's key (``user:key-<10 hex digits of its SHA-256>``, ``user:anonymous`` on a server
+without keys), never a name the request gives itself, so one key has one vote per answer and cannot vote again as
+invented users. The request's ``user`` is kept as metadata only (``extra["user_names"]`` of the prompt, with the
+judgment id). The studio's judgments have no free-text comment field yet, so a comment is kept with the prompt
+too (``extra["user_comments"]``, with the judgment id it came with).
 """
 
 from __future__ import annotations
@@ -78,8 +81,9 @@ class ServedAnswers:
 
 
 def record_feedback(answers: ServedAnswers, db_url: str, project: str, req: FeedbackRequest, user: str) -> dict:
-    """Store one ``POST /v1/feedback``: a choice between two served answers (``compare`` + ``choice``) or a
-    verdict on one (``response_id`` + ``thumbs`` and/or ``correction``). Comment and correction are masked."""
+    """Store one ``POST /v1/feedback`` by ``user`` (the caller's key, ``deps.get_caller``): a choice between two
+    served answers (``compare`` + ``choice``) or a verdict on one (``response_id`` + ``thumbs`` and/or
+    ``correction``). Comment and correction are masked; the request's own ``user`` is metadata."""
     mask = answers.pii.mask
     comment = mask(req.comment) if req.comment else None
     correction = mask(req.correction) if req.correction else None
@@ -97,7 +101,7 @@ def record_feedback(answers: ServedAnswers, db_url: str, project: str, req: Feed
                        "a comment goes with one of them", "thumbs")
     answer_id = f"{rid}#{k}" if len(row.answers) > 1 else rid
     return add_answer_feedback(db_url, project, answer_id, row.prompt, row.answers[k], row.model_id, user,
-                               req.thumbs, correction, comment, req.idempotency_key)
+                               req.thumbs, correction, comment, req.idempotency_key, req.user)
 
 
 def _choice_feedback(answers: ServedAnswers, db_url: str, project: str, req: FeedbackRequest, user: str,
@@ -112,7 +116,7 @@ def _choice_feedback(answers: ServedAnswers, db_url: str, project: str, req: Fee
         if k >= len(row.answers):
             raise ApiError(422, f"{ref}: no choice {k}", "compare")
     return add_choice_feedback(db_url, project, f"{ida}#{ka}|{idb}#{kb}", a.prompt, [a.answers[ka], b.answers[kb]],
-                               [a.model_id, b.model_id], user, req.choice, comment, req.idempotency_key)
+                               [a.model_id, b.model_id], user, req.choice, comment, req.idempotency_key, req.user)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,18 +152,24 @@ def _task_for(s: Any, project: Any, external_id: str, prompt: Any, completions: 
     return p, task
 
 
-def _comment(p: Any, labeler: str, judgment_id: int, comment: str | None) -> None:
+def _notes(p: Any, labeler: str, judgment_id: int, comment: str | None, user_name: str | None) -> None:
+    """A judgment's comment and the user name its request gave, kept with the prompt."""
+    extra = dict(p.extra or {})
     if comment:
-        extra = dict(p.extra or {})
         extra["user_comments"] = list(extra.get("user_comments", [])) + [
             {"labeler": labeler, "judgment_id": judgment_id, "text": comment}]
-        p.extra = extra  # reassign: JSON columns track replacement, not in-place changes
+    if user_name:
+        extra["user_names"] = list(extra.get("user_names", [])) + [
+            {"labeler": labeler, "judgment_id": judgment_id, "user": user_name}]
+    p.extra = extra  # reassign: JSON columns track replacement, not in-place changes
 
 
 def add_answer_feedback(db_url: str, project: str, answer_id: str, prompt: Any, answer: str, model: str,
                         user: str, thumbs: str | None = None, correction: str | None = None,
-                        comment: str | None = None, idempotency_key: str | None = None) -> dict:
-    """A verdict on one served answer. Returns ``{"judgment_id", "project", "task_id", "created"}``."""
+                        comment: str | None = None, idempotency_key: str | None = None,
+                        user_name: str | None = None) -> dict:
+    """A verdict on one served answer by labeler ``user:USER``. Returns ``{"judgment_id", "project", "task_id",
+    "created"}``."""
     db = studio.open_db(db_url)
     labeler = f"user:{user}"
     with db.write() as s:
@@ -177,13 +187,13 @@ def add_answer_feedback(db_url: str, project: str, answer_id: str, prompt: Any, 
             raise studio.Invalid("feedback needs a thumbs verdict ('up'/'down') or a corrected answer; "
                                  "a comment goes with one of them", field="thumbs")
         if created:
-            _comment(p, labeler, j.id, comment)
+            _notes(p, labeler, j.id, comment, user_name)
         return {"judgment_id": j.id, "project": proj.name, "task_id": task.id, "created": created}
 
 
 def add_choice_feedback(db_url: str, project: str, pair_id: str, prompt: Any, answers: list[str], models: list[str],
                         user: str, choice: str, comment: str | None = None,
-                        idempotency_key: str | None = None) -> dict:
+                        idempotency_key: str | None = None, user_name: str | None = None) -> dict:
     """The user's choice between two served variants of an answer (``choice``: A, B, tie or both_bad)."""
     db = studio.open_db(db_url)
     labeler = f"user:{user}"
@@ -197,7 +207,7 @@ def add_choice_feedback(db_url: str, project: str, pair_id: str, prompt: Any, an
         j, created = studio.add_judgment(s, task.id, labeler, choice, kind="user", identity="alignloop serve",
                                          idempotency_key=idempotency_key)
         if created:
-            _comment(p, labeler, j.id, comment)
+            _notes(p, labeler, j.id, comment, user_name)
         return {"judgment_id": j.id, "project": proj.name, "task_id": task.id, "created": created}
 
 

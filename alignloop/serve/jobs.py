@@ -8,6 +8,8 @@ each in its own process (``python -m alignloop <stage> --config job.yaml``), wit
   ``failed`` with the reason "server restarted during the job", or, with ``--resume-interrupted-jobs``,
   queued again with ``resume: true`` (every trainer supports ``--resume`` from its last checkpoint; jobs save a
   checkpoint every ``save_every`` steps, which the server sets to 50 when the job does not choose).
+* What a job's config may say is ``job_policy``'s business (an allow-list per field, paths confined to the job's
+  folder and the data roots, registered reward functions only); the job's caches live in its folder.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from sqlalchemy import select
 
 from alignloop.core import files
 from alignloop.core.config import ConfigError
+from alignloop.core.paths import CACHE_ENV
 from alignloop.pipelines import stages
 from alignloop.registry.store import JobRow, Registry, RunRow, utcnow
+from alignloop.serve.job_policy import FILES, JobPolicy
 from alignloop.trainers.config import TrainOptions
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -98,8 +102,10 @@ def _alive(pid: int | None) -> bool:
 
 
 class JobManager:
-    def __init__(self, registry: Registry, folder: Path, poll_s: float = 0.25, resume_interrupted: bool = False):
+    def __init__(self, registry: Registry, folder: Path, poll_s: float = 0.25, resume_interrupted: bool = False,
+                 policy: JobPolicy | None = None):
         self.reg, self.folder, self.poll_s = registry, Path(folder), poll_s
+        self.policy = policy or JobPolicy(db=registry.url)
         self.resume_interrupted = resume_interrupted
         self.worker = worker_name()
         self._stop = threading.Event()
@@ -110,10 +116,14 @@ class JobManager:
     # ---- submitting and inspecting --------------------------------------------------------------
     def submit(self, stage: str, config: dict[str, Any], model_name: str | None = None,
                data_records: list[dict] | None = None, data_field: str | None = None) -> dict:
-        """Validate the stage config (after writing uploaded data into the job folder) and queue the job."""
+        """Check the config against the policy, write uploaded data into the job folder, validate the stage
+        config and queue the job."""
         cls = config_class(stage)
         stage = " ".join(cls.command)
         config = dict(config or {})
+        if data_field is not None and data_field not in FILES & _fields(cls):
+            raise JobError([f"data_field: '{data_field}' is not a data file of the {stage} stage; one of "
+                            f"{', '.join(sorted(FILES & _fields(cls)))}"])
         with self.reg.write() as s:
             job = JobRow(stage=stage, config={}, model_name=model_name, status="creating", folder="",
                          cancel_requested=False, attempts=0, created_at=utcnow())
@@ -123,13 +133,16 @@ class JobManager:
         folder = self.folder / f"job-{job_id}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            config, problems = self.policy.vet(config, folder.resolve())
+            if problems:
+                raise JobError(problems)
             if data_records is not None:
                 rl_prompts = "prompts" in _fields(cls) and stage in ("ppo", "grpo", "rloo")
                 field = data_field or ("prompts" if rl_prompts else "data")
                 files.write_jsonl(folder / "data.jsonl", data_records)
-                config[field] = str(folder / "data.jsonl")
-            config.setdefault("output", str(folder / "output"))
-            config.setdefault("db", self.reg.url)
+                config[field] = str(folder.resolve() / "data.jsonl")
+            config["output"] = str(folder.resolve() / "output")
+            config["db"] = self.reg.url
             if "save_every" in _fields(cls):
                 config.setdefault("save_every", 50)
             try:
@@ -261,12 +274,21 @@ class JobManager:
             except Exception as exc:
                 self._finish(job.id, "failed", f"the worker failed to run the job: {exc.__class__.__name__}: {exc}")
 
+    @staticmethod
+    def env(job: JobRow) -> dict[str, str]:
+        """The job process's environment: the server's, with the job's id and model name, and its caches in its
+        own folder (tokenised data and reference log-probs are pickles loaded back with ``torch.load``: a job
+        must never write into the caches other runs load)."""
+        env = {**os.environ, "ALIGNLOOP_JOB_ID": str(job.id), "PYTHONUNBUFFERED": "1",
+               CACHE_ENV: str(Path(job.folder) / "cache")}
+        if job.model_name:
+            env["ALIGNLOOP_MODEL_NAME"] = job.model_name
+        return env
+
     def _run(self, job: JobRow) -> None:
         folder = Path(job.folder)
         log = open(folder / "log.txt", "ab")
-        env = {**os.environ, "ALIGNLOOP_JOB_ID": str(job.id), "PYTHONUNBUFFERED": "1"}
-        if job.model_name:
-            env["ALIGNLOOP_MODEL_NAME"] = job.model_name
+        env = self.env(job)
         cmd = [sys.executable, "-m", "alignloop", *job.stage.split(), "--config", str(folder / "job.yaml")]
         log.write(f"$ {' '.join(cmd)}\n".encode())
         log.flush()

@@ -49,7 +49,8 @@ class ModelPool:
         if model_id is not None and self.reg is not None:
             name = self.reg.find_model(model_id).name
         lm = LoadedModel(model_id or ref, name, str(path), model, tok,
-                         Batcher(model, tok, self.cfg.max_batch_size, self.cfg.batch_wait_ms))
+                         Batcher(model, tok, self.cfg.max_batch_size, self.cfg.batch_wait_ms,
+                                 max_queue=self.cfg.max_queue))
         self.models[lm.id] = lm
         return lm
 

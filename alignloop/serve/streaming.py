@@ -9,7 +9,7 @@ import secrets
 import time
 from typing import Any, AsyncIterator
 
-from alignloop.serve.batcher import Choice, GenRequest
+from alignloop.serve.batcher import Choice, GenRequest, submit
 from alignloop.serve.errors import ApiError
 from alignloop.serve.pool import LoadedModel
 from alignloop.serve.schemas import SamplingRequest
@@ -98,8 +98,8 @@ class EventStream:
         def on_token(k: int, t: int) -> None:  # called from the batcher thread
             loop.call_soon_threadsafe(self.queue.put_nowait, ("token", k, t))
 
-        self.future = lm.batcher.submit(GenRequest(prompt_ids, max_tokens, req.temperature, req.top_p, req.top_k,
-                                                   req.n, on_token))
+        self.gen = GenRequest(prompt_ids, max_tokens, req.temperature, req.top_p, req.top_k, req.n, on_token)
+        self.future = submit(lm.batcher, self.gen)
         self.future.add_done_callback(lambda f: loop.call_soon_threadsafe(self.queue.put_nowait, ("done", None, None)))
 
     def chunk(self, k: int, delta: str | None, finish: str | None, role: bool = False) -> str:
@@ -116,6 +116,16 @@ class EventStream:
                      "choices": [choice]})
 
     async def events(self) -> AsyncIterator[str]:
+        """The events; when the client goes away first (the generator is cancelled or closed), the
+        generation is cancelled too."""
+        try:
+            async for event in self._events():
+                yield event
+        finally:
+            if not self.future.done():
+                self.gen.cancel()
+
+    async def _events(self) -> AsyncIterator[str]:
         if self.kind == "chat":
             for k in range(self.n):
                 yield self.chunk(k, "", None, role=True)

@@ -36,7 +36,7 @@ import torch
 
 from alignloop.core.errors import DataError
 from alignloop.core.files import write_json
-from alignloop.core.paths import alignloop_home
+from alignloop.core.paths import cache_dir
 from alignloop.data.batching import SkipReport, batches, cache_key, cached_examples, file_fingerprint, fit_length
 from alignloop.data.readers import public_meta, read_preferences, read_records, write_jsonl
 from alignloop.data.records import Preference, Unpaired
@@ -181,7 +181,7 @@ def load_segments(cfg: DPOConfig, tok: Any, path: str, limit: int | None) -> tup
     kind = "unpaired" if cfg.loss == "kto" else "pairs"
     key = ("dpo", kind, file_fingerprint(path), tok.name_or_path, len(tok), cfg.max_length, cfg.truncation,
            cfg.chat_template, limit, "rank-weights-2", "ties-left-out")  # #17.8; tied pairs left out
-    hit = cached_examples(key, alignloop_home() / "cache" / "tokens", build)
+    hit = cached_examples(key, cache_dir("tokens"), build)
     return hit["segments"], hit["report"], hit["n"]
 
 
@@ -414,7 +414,7 @@ def reference_logps(cfg: DPOConfig, run: engine.Run, model: Any, segments: list[
     if not cfg.cache_reference:
         return compute()
     key = reference_key(cfg, what, segments, run.precision)
-    folder = alignloop_home() / "cache" / "reference"
+    folder = cache_dir("reference")
     ref = cached_examples(key, folder, compute, run.is_main)
     if not computed:
         run.log(f"reference log-probs for {what}: from cache ({folder / cache_key(*key)}.pt)")

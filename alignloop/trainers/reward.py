@@ -29,7 +29,7 @@ import torch
 
 from alignloop.core.errors import DataError, ModelError
 from alignloop.core.files import write_json
-from alignloop.core.paths import alignloop_home
+from alignloop.core.paths import cache_dir
 from alignloop.data.batching import SkipReport, batches, cached_examples, file_fingerprint
 from alignloop.data.readers import read_preferences, read_records, read_rows, write_jsonl
 from alignloop.data.records import Preference, PromptCompletion, PromptRecord
@@ -119,7 +119,7 @@ def load_units(path: str, rm: RewardModel, max_length: int, policy: str, limit: 
     # -2: ranking pairs are weighted by the pairs kept (#17.8)
     key = ("reward-units-2", file_fingerprint(path), rm.info.backbone, rm.tokenizer.name_or_path, len(rm.tokenizer),
            max_length, policy, rm.info.chat_template, limit, use_margin, margin_scale, ties)
-    cached = cached_examples(key, alignloop_home() / "cache" / "tokens", build, run.is_main if run else None)
+    cached = cached_examples(key, cache_dir("tokens"), build, run.is_main if run else None)
     return cached["units"], cached["report"], cached["n"]
 
 
@@ -179,7 +179,7 @@ def features(rm: RewardModel, units: Sequence[Unit], key_parts: Sequence[Any], a
     all_layers = rm.info.backbone == "causal"
     key = ("reward-features-2", all_layers, *key_parts) if rm.info.pooling == "last" else \
         ("reward-features-3", all_layers, rm.info.pooling, *key_parts)
-    return cached_examples(key, alignloop_home() / "cache" / "features",
+    return cached_examples(key, cache_dir("features"),
                            lambda: _compute_features(rm, units, all_layers, autocast, batch_size, log), is_main)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from alignloop.core.errors import DataError
-from alignloop.core.paths import alignloop_home
+from alignloop.core.paths import cache_dir
 from alignloop.data.batching import (
     Example,
     SkipReport,
@@ -72,7 +72,7 @@ def load_examples(cfg: SFTConfig, tokenizer: Any, path: str, limit: int | None,
 
     key = ("sft", file_fingerprint(path), tokenizer.name_or_path, len(tokenizer), cfg.max_length, cfg.truncation,
            cfg.chat_template, limit)
-    cached = cached_examples(key, alignloop_home() / "cache" / "tokens", build, run.is_main)
+    cached = cached_examples(key, cache_dir("tokens"), build, run.is_main)
     return cached["examples"], cached["report"], cached["n"]
 
 

@@ -167,3 +167,29 @@ def test_batcher_runs_concurrent_requests_in_one_generate(server):
         cut = alone[:alone.index(2)] if 2 in alone else alone
         assert choice.token_ids == cut and streamed[i] == cut
         assert choice.finish_reason == ("stop" if 2 in alone else "length")
+
+
+def test_request_token_cap_and_key_budget_on_the_model(tmp_path):
+    """prompts x n x max_tokens over --max-request-tokens is a 422; a key past --key-tokens-per-minute gets 429,
+    another key does not."""
+    from fastapi.testclient import TestClient
+
+    from alignloop.serve.app import build
+    from alignloop.serve.config import ServeConfig
+
+    cfg = ServeConfig(model="tiny", api_key=["k1", "k2"], db=f"sqlite:///{tmp_path / 'b.db'}", max_request_tokens=16,
+                      key_tokens_per_minute=12, batch_wait_ms=0).validate()
+    app, srv = build(cfg)
+    client = TestClient(app, base_url="http://127.0.0.1")
+    k1, k2 = {"Authorization": "Bearer k1"}, {"Authorization": "Bearer k2"}
+    try:
+        r = client.post("/v1/completions", headers=k1, json={"prompt": ["a", "b", "c"], "max_tokens": 6})
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "request_too_large")
+        assert "up to 18 new tokens (3 prompt(s) x n=1 x max_tokens=6)" in r.json()["error"]["message"]
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0}
+        assert client.post("/v1/chat/completions", headers=k1, json=body).status_code == 200
+        r = client.post("/v1/chat/completions", headers=k1, json=body)  # 8 + 8 > 12 within the minute
+        assert (r.status_code, r.json()["error"]["code"]) == (429, "token_budget")
+        assert client.post("/v1/chat/completions", headers=k2, json=body).status_code == 200
+    finally:
+        srv.pool.close()

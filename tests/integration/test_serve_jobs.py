@@ -17,6 +17,9 @@ import alignloop
 from alignloop import feedback_bridge
 
 KEY = "sdk-key"
+ADMIN_KEY = "sdk-admin-key"
+#: who votes: the key (its SHA-256's first 10 hex digits), whatever `user` the request names
+KEY_LABELER = "user:key-" + __import__("hashlib").sha256(KEY.encode()).hexdigest()[:10]
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -32,10 +35,12 @@ def _free_port() -> int:
 
 def start_server(tmp: Path, db: str, log_name: str) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    env = {**os.environ, "ALIGNLOOP_HOME": str(tmp / "home"), "PYTHONPATH": str(ROOT), "ALIGNLOOP_API_KEYS": KEY}
+    env = {**os.environ, "ALIGNLOOP_HOME": str(tmp / "home"), "PYTHONPATH": str(ROOT), "ALIGNLOOP_API_KEYS": KEY,
+           "ALIGNLOOP_ADMIN_KEYS": ADMIN_KEY}
     log = open(tmp / log_name, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "alignloop", "serve", "--model", "tiny", "--port", str(port),
-                             "--db", db, "--jobs-folder", str(tmp / "jobs"), "--log-level", "warning"],
+                             "--db", db, "--jobs", "--allow-registry-models", "--jobs-folder", str(tmp / "jobs"),
+                             "--log-level", "warning"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tmp))
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):
@@ -82,7 +87,7 @@ QA = [{"prompt": f"What is {i} plus {i}?", "completion": f"{2 * i}", "judgment_i
 
 def test_sdk_trains_predicts_and_lineage_names_the_labels(served):
     tmp, db, url = served
-    client = alignloop.Client(url, api_key=KEY)
+    client = alignloop.Client(url, api_key=KEY, admin_key=ADMIN_KEY)
     model_id = client.train(QA, initial_model_id="tiny", model_name="sum-v1", fine_tuning_type="sft", max_steps=2,
                      batch_size=2, timeout=300)
     assert model_id.startswith("m-")
@@ -103,6 +108,11 @@ def test_sdk_trains_predicts_and_lineage_names_the_labels(served):
     card = Path(client.load_model(model_id).info["registry"]["path"], "README.md").read_text()
     assert "# sum-v1" in card and "Labels: 4 judgments" in card
 
+    # an inference key cannot train (nor list jobs); the admin key can
+    with pytest.raises(alignloop.client.ClientError) as e:
+        alignloop.Client(url, api_key=KEY).train(QA, fine_tuning_type="sft", max_steps=1, wait=False)
+    assert e.value.status == 403 and "training jobs need an admin key" in str(e.value)
+
     # bad jobs are refused with every problem listed
     with pytest.raises(alignloop.client.ClientError) as e:
         client.train(QA, fine_tuning_type="sft", max_steps=-1, batch_size=0, wait=False)
@@ -113,13 +123,13 @@ def test_sdk_trains_predicts_and_lineage_names_the_labels(served):
 def test_feedback_from_use_lands_in_the_store_and_its_export(server_state):
     pytest.importorskip("alignloop.feedback.store")
     tmp, db, url = server_state["tmp"], server_state["db"], server_state["url"]
-    client = alignloop.Client(url, api_key=KEY)
+    client = alignloop.Client(url, api_key=KEY, admin_key=ADMIN_KEY)
     ans = client.predict("tiny", "Email me at bob@example.com: what is 2 plus 2?", max_tokens=3)
     fb = client.feedback(ans.id, thumbs="down", correction="4 (call 555-123-4567)", comment="wrong, see jo@x.org",
                          user="analyst-1")
     assert fb["project"] == "served" and fb["created"] is True
-    with pytest.raises(alignloop.client.ClientError) as e:  # one verdict per user and answer
-        client.feedback(ans.id, thumbs="up", user="analyst-1")
+    with pytest.raises(alignloop.client.ClientError) as e:  # one verdict per key and answer, whatever the name
+        client.feedback(ans.id, thumbs="up", user="analyst-2")
     assert e.value.status == 409
 
     a1 = client.predict("tiny", "Say hi", max_tokens=2, temperature=1.0)
@@ -136,7 +146,7 @@ def test_feedback_from_use_lands_in_the_store_and_its_export(server_state):
     raw = tmp / "served-raw.jsonl"
     feedback_bridge.export(db, "served", "raw", str(raw))
     [j] = [json.loads(x) for x in raw.read_text().splitlines()]
-    assert (j["labeler"], j["labeler_kind"], j["choice"]) == ("user:analyst-1", "user", "bad")
+    assert (j["labeler"], j["labeler_kind"], j["choice"]) == (KEY_LABELER, "user", "bad")
 
     server_state["feedback_export"] = (out, fb["judgment_id"])
 
@@ -147,7 +157,7 @@ def test_next_round_trains_on_the_feedback_export(server_state):
     if "feedback_export" not in server_state:
         pytest.skip("needs test_feedback_from_use_lands_in_the_store_and_its_export")
     out, judgment_id = server_state["feedback_export"]
-    client = alignloop.Client(server_state["url"], api_key=KEY)
+    client = alignloop.Client(server_state["url"], api_key=KEY, admin_key=ADMIN_KEY)
     model_id = client.train(out, initial_model_id="tiny", fine_tuning_type="sft", max_steps=1, batch_size=1,
                             timeout=600)
     lin = client.lineage(model_id)
@@ -156,7 +166,7 @@ def test_next_round_trains_on_the_feedback_export(server_state):
 
 def test_killed_server_leaves_the_job_failed_with_a_reason(server_state):
     tmp_path, db, url, proc = server_state["tmp"], server_state["db"], server_state["url"], server_state["proc"]
-    client = alignloop.Client(url, api_key=KEY)
+    client = alignloop.Client(url, api_key=KEY, admin_key=ADMIN_KEY)
     job = client.train(QA, initial_model_id="tiny", fine_tuning_type="sft", max_steps=100000, batch_size=2, wait=False)
     pid = None
     for _ in range(600):
@@ -185,7 +195,7 @@ def test_killed_server_leaves_the_job_failed_with_a_reason(server_state):
 
     proc2, url2 = start_server(tmp_path, db, "second.log")
     server_state["proc"] = proc2
-    st = alignloop.Client(url2, api_key=KEY).job(job.id).status()
+    st = alignloop.Client(url2, api_key=KEY, admin_key=ADMIN_KEY).job(job.id).status()
     assert st["status"] == "failed" and st["model_id"] is None
     assert st["error"].startswith("server restarted during the job")
     from alignloop.registry.store import Registry, RunRow

@@ -22,7 +22,7 @@ async def feedback(req: FeedbackRequest, srv: ServerDep, caller: CallerDep):
         raise ApiError(503, "feedback needs the database", type="server_error")
     try:
         result = await run_in_threadpool(record_feedback, srv.answers, srv.db_url, srv.cfg.feedback_project, req,
-                                         req.user or caller)
+                                         caller)  # the key votes; req.user is metadata
     except StoreError as exc:  # the studio's own validation: 404/409/422 with its message
         raise ApiError(exc.status, str(exc), exc.field) from None
     except AlignloopError as exc:  # e.g. a served prompt the studio cannot import

@@ -1,5 +1,6 @@
 """Training jobs: ``POST /v1/jobs``, ``GET /v1/jobs``, ``GET /v1/jobs/{id}``, ``GET /v1/jobs/{id}/logs``,
-``POST /v1/jobs/{id}/cancel`` (the queue itself is ``alignloop.serve.jobs``)."""
+``POST /v1/jobs/{id}/cancel`` (the queue itself is ``alignloop.serve.jobs``, what a config may say is
+``alignloop.serve.job_policy``). Only admin keys get here (``guard.Guard`` answers 403 to the others)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from typing import Any, Callable
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from alignloop.registry.store import resolve_model_ref
-from alignloop.serve.deps import JobsDep, ServerDep
+from alignloop.serve.deps import JobsDep
 from alignloop.serve.errors import ApiError
 from alignloop.serve.jobs import JobError, JobManager
 from alignloop.serve.schemas import JobRequest
@@ -19,7 +19,8 @@ router = APIRouter(prefix="/jobs")
 
 def _queue(jobs: JobManager | None) -> JobManager:
     if jobs is None:
-        raise ApiError(503, "this server does not run jobs (started with --no-jobs)", type="server_error")
+        raise ApiError(503, "this server does not run jobs (start it with --jobs and an admin key)",
+                       type="server_error")
     return jobs
 
 
@@ -32,12 +33,10 @@ async def _found(lookup: Callable[[int], Any], job_id: int) -> Any:
 
 
 @router.post("", status_code=201)
-async def submit_job(req: JobRequest, srv: ServerDep, jobs: JobsDep):
-    config = dict(req.config)
-    if "model" in config and srv.reg is not None:  # a registry id or name → its folder
-        config["model"] = (await run_in_threadpool(resolve_model_ref, str(config["model"]), srv.db_url))[0]
-    try:
-        return await run_in_threadpool(_queue(jobs).submit, req.stage, config, req.model_name, req.data, req.data_field)
+async def submit_job(req: JobRequest, jobs: JobsDep):
+    try:  # registry ids and names as models are resolved to their folders by the policy
+        return await run_in_threadpool(_queue(jobs).submit, req.stage, dict(req.config), req.model_name, req.data,
+                                       req.data_field)
     except JobError as exc:
         raise ApiError(exc.status, "invalid job: " + "; ".join(exc.problems), "config") from None
 

@@ -1,26 +1,30 @@
 """The OpenAI protocol: ``POST /v1/chat/completions`` (``stream: true`` answers with server-sent events),
 ``POST /v1/completions``, and ``POST /v1/predict`` (the library's ``model.predict`` over HTTP). Every answer is
-kept (masked) under its response id for feedback."""
+kept (masked) under its response id for feedback. A request's work is bounded (``--max-request-tokens``), a full
+queue answers 429, and a client that goes away has its generation cancelled."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import secrets
 import time
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from alignloop.data.readers import qa_prompt
 from alignloop.data.records import Prompt
 from alignloop.data.templates import encode_prompt
-from alignloop.serve.batcher import Choice, GenRequest
+from alignloop.serve.batcher import Choice, GenRequest, submit
 from alignloop.serve.capture import ServedAnswers
 from alignloop.serve.config import ServeConfig
-from alignloop.serve.deps import AnswersDep, CallerDep, PoolDep, SettingsDep
+from alignloop.serve.deps import AnswersDep, BudgetDep, CallerDep, PoolDep, SettingsDep
 from alignloop.serve.errors import ApiError
+from alignloop.serve.guard import TokenBudget
 from alignloop.serve.pool import LoadedModel, ModelPool
 from alignloop.serve.schemas import ChatRequest, CompletionRequest, PredictRequest, SamplingRequest
 from alignloop.serve.streaming import EventStream, cut_at_stop, stop_list, usage
@@ -31,15 +35,35 @@ router = APIRouter()
 # ---- request checks -----------------------------------------------------------------------------------
 
 
-def max_tokens_for(cfg: ServeConfig, req: SamplingRequest, max_tokens: int | None) -> int:
-    """The request's token limit (the server default when it sets none); 422 above the server's limits."""
+def max_tokens_for(cfg: ServeConfig, req: SamplingRequest, max_tokens: int | None, prompts: int = 1) -> int:
+    """The request's token limit (the server default when it sets none); 422 above the server's limits,
+    including the request's whole work: prompts x n x max_tokens new tokens at most ``--max-request-tokens``."""
     mt = max_tokens if max_tokens is not None else cfg.default_max_tokens
     if mt > cfg.max_tokens_limit:
         raise ApiError(422, f"max_tokens is {mt}; this server allows at most {cfg.max_tokens_limit} "
                        "(--max-tokens-limit)", "max_tokens")
     if req.n > cfg.max_n:
         raise ApiError(422, f"n is {req.n}; this server allows at most {cfg.max_n} choices (--max-n)", "n")
+    total = prompts * req.n * mt
+    if total > cfg.max_request_tokens:
+        raise ApiError(422, f"this request asks for up to {total} new tokens ({prompts} prompt(s) x n={req.n} x "
+                       f"max_tokens={mt}); this server allows {cfg.max_request_tokens} per request "
+                       "(--max-request-tokens): lower max_tokens or n, or send fewer prompts", "max_tokens",
+                       "request_too_large")
     return mt
+
+
+def charge(budget: TokenBudget, caller: str, tokens: int) -> None:
+    """Charge a request's tokens (prompts x n x max_tokens) to its caller's budget; 429 when it has no room."""
+    wait = budget.charge(caller, tokens)
+    if wait is None:
+        return
+    per = budget.per_minute
+    if math.isinf(wait):
+        raise ApiError(429, f"this request asks for up to {tokens} new tokens, more than a key's {per} per minute "
+                       "(--key-tokens-per-minute)", "max_tokens", "token_budget")
+    raise ApiError(429, f"this key has asked for its {per} new tokens of the last minute (--key-tokens-per-minute); "
+                   f"retry in {math.ceil(wait)} s", "max_tokens", "token_budget")
 
 
 def check_prompt(cfg: ServeConfig, ids: list[int], param: str) -> None:
@@ -80,9 +104,39 @@ async def model_for(pool: ModelPool | None, ref: str) -> LoadedModel:
     return await run_in_threadpool(pool.get, ref)
 
 
-async def generate(lm: LoadedModel, prompt_ids: list[int], req: SamplingRequest, max_tokens: int) -> list[Choice]:
-    g = GenRequest(prompt_ids, max_tokens, req.temperature, req.top_p, req.top_k, req.n)
-    return await asyncio.wrap_future(lm.batcher.submit(g))
+async def _gone(request: Request) -> None:
+    """Returns when the client disconnects (the body was read already: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def generate(request: Request, lm: LoadedModel, prompts: list[list[int]], req: SamplingRequest,
+                   max_tokens: int) -> list[list[Choice]]:
+    """Each prompt's choices, decoded by the model's batcher; 429 when its queue is full, and cancelled (499 to
+    nobody) when the client disconnects first."""
+    gens = [GenRequest(ids, max_tokens, req.temperature, req.top_p, req.top_k, req.n) for ids in prompts]
+    futures = []
+    try:
+        for g in gens:
+            futures.append(asyncio.wrap_future(submit(lm.batcher, g)))
+    except ApiError:
+        for g in gens:
+            g.cancel()
+        raise
+    results = asyncio.gather(*futures)
+    watcher = asyncio.ensure_future(_gone(request))
+    try:
+        await asyncio.wait({results, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not results.done():
+        for g in gens:
+            g.cancel()
+        results.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await results
+        raise ApiError(499, "the client disconnected; generation was cancelled", code="client_disconnected")
+    return results.result()
 
 
 def stream(lm: LoadedModel, req: SamplingRequest, prompt_ids: list[int], max_tokens: int, stops: list[str],
@@ -110,15 +164,16 @@ def decode(lm: LoadedModel, choice: Choice, stops: list[str]) -> tuple[str, str]
 
 
 @router.post("/chat/completions")
-async def chat_completions(req: ChatRequest, pool: PoolDep, cfg: SettingsDep, answers: AnswersDep,
-                           caller: CallerDep):
+async def chat_completions(request: Request, req: ChatRequest, pool: PoolDep, cfg: SettingsDep, answers: AnswersDep,
+                           caller: CallerDep, budget: BudgetDep):
     lm = await model_for(pool, req.model)
     max_tokens = max_tokens_for(cfg, req, req.max_completion_tokens or req.max_tokens)
     stops = stop_list(req.stop)
     messages, ids = chat_prompt(cfg, lm, req)
+    charge(budget, caller, req.n * max_tokens)
     if req.stream:
         return stream(lm, req, ids, max_tokens, stops, "chat", messages, answers, req.user or caller)
-    choices = await generate(lm, ids, req, max_tokens)
+    [choices] = await generate(request, lm, [ids], req, max_tokens)
     rid = "chatcmpl-" + secrets.token_hex(12)
     out, texts = [], []
     for k, c in enumerate(choices):
@@ -132,22 +187,23 @@ async def chat_completions(req: ChatRequest, pool: PoolDep, cfg: SettingsDep, an
 
 
 @router.post("/completions")
-async def completions(req: CompletionRequest, pool: PoolDep, cfg: SettingsDep, answers: AnswersDep,
-                      caller: CallerDep):
+async def completions(request: Request, req: CompletionRequest, pool: PoolDep, cfg: SettingsDep,
+                      answers: AnswersDep, caller: CallerDep, budget: BudgetDep):
     lm = await model_for(pool, req.model)
-    max_tokens = max_tokens_for(cfg, req, req.max_tokens)
     stops = stop_list(req.stop)
     prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
     if not prompts or len(prompts) * req.n > cfg.max_batch_size:
         raise ApiError(422, f"give 1 to {cfg.max_batch_size // req.n} prompts per request", "prompt")
+    max_tokens = max_tokens_for(cfg, req, req.max_tokens, len(prompts))
     encoded = [lm.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
     for e in encoded:
         check_prompt(cfg, e, "prompt")
+    charge(budget, caller, len(prompts) * req.n * max_tokens)
     if req.stream:
         if len(prompts) != 1:
             raise ApiError(422, "streaming takes one prompt per request", "prompt")
         return stream(lm, req, encoded[0], max_tokens, stops, "completion", prompts[0], answers, req.user or caller)
-    results = await asyncio.gather(*[generate(lm, e, req, max_tokens) for e in encoded])
+    results = await generate(request, lm, encoded, req, max_tokens)
     rid = "cmpl-" + secrets.token_hex(12)
     out, texts, all_choices = [], [], []
     for i, choices in enumerate(results):
@@ -163,7 +219,8 @@ async def completions(req: CompletionRequest, pool: PoolDep, cfg: SettingsDep, a
 
 
 @router.post("/predict")
-async def predict(req: PredictRequest, pool: PoolDep, cfg: SettingsDep, answers: AnswersDep, caller: CallerDep):
+async def predict(request: Request, req: PredictRequest, pool: PoolDep, cfg: SettingsDep, answers: AnswersDep,
+                  caller: CallerDep, budget: BudgetDep):
     """The library's ``model.predict(question, context)`` over HTTP: the same prompt, greedy by default."""
     lm = await model_for(pool, req.model)
     sampling = SamplingRequest(model=req.model, temperature=req.temperature, n=1)
@@ -171,7 +228,8 @@ async def predict(req: PredictRequest, pool: PoolDep, cfg: SettingsDep, answers:
     prompt = qa_prompt(req.question, req.context)
     ids = encode_prompt(lm.tokenizer, prompt, cfg.chat_template)
     check_prompt(cfg, ids, "question and context")
-    choices = await generate(lm, ids, sampling, max_tokens)
+    charge(budget, caller, max_tokens)
+    [choices] = await generate(request, lm, [ids], sampling, max_tokens)
     answer = lm.tokenizer.decode(choices[0].token_ids, skip_special_tokens=True).strip()
     rid = "pred-" + secrets.token_hex(12)
     await run_in_threadpool(answers.keep, rid, lm.id, prompt.to_json(), [answer], req.user or caller)

@@ -1,7 +1,8 @@
 """The serve app's routes in process, without a model: API keys, size limits, error bodies, feedback on stored
-answers (thumbs, correction, choice between two answers, personal data masked) and the job routes. Status codes
-and messages are literal: they are the HTTP contract the SDK and OpenAI clients rely on."""
+answers (thumbs, correction, choice between two answers, personal data masked) and the job routes (admin key).
+Status codes and messages are literal: they are the HTTP contract the SDK and OpenAI clients rely on."""
 
+import hashlib
 import json
 
 import pytest
@@ -15,12 +16,17 @@ from alignloop.serve.jobs import JobManager
 
 KEY = "route-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+ADMIN_KEY = "route-admin-key"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+KEY_LABELER = "user:key-" + hashlib.sha256(KEY.encode()).hexdigest()[:10]  # who votes: the key, not a name
+LOCAL = "http://127.0.0.1"  # a trusted host (TestClient's default, testserver, is not)
 
 
 @pytest.fixture
 def app_parts(tmp_path):
     db = f"sqlite:///{tmp_path / 'serve.db'}"
-    cfg = ServeConfig(model="tiny", api_key=[KEY], db=db, max_request_bytes=2000, max_upload_bytes=50_000).validate()
+    cfg = ServeConfig(model="tiny", api_key=[KEY], admin_key=[ADMIN_KEY], db=db, max_request_bytes=2000,
+                      max_upload_bytes=50_000, jobs=True).validate()
     reg = Registry(db)
     jobs = JobManager(reg, tmp_path / "jobs")
     app = create_app(cfg, None, reg, jobs, start_background=False)
@@ -30,7 +36,7 @@ def app_parts(tmp_path):
                                       ["4", "four"]),
                                      ("cmpl-3", "Another prompt", ["x"])):
             s.add(ServedAnswer(id=rid, model_id="tiny", prompt=prompt, answers=answers, user="u", created_at=utcnow()))
-    yield TestClient(app), db, tmp_path
+    yield TestClient(app, base_url=LOCAL), db, tmp_path
     reg.dispose()
 
 
@@ -49,7 +55,7 @@ def test_keys_sizes_and_error_shapes(app_parts):
     r = client.post("/v1/chat/completions", headers=AUTH, content=b"{" + b" " * 3000 + b"}")
     assert r.status_code == 413 and r.json()["error"]["message"] == (
         "request body is 3002 bytes; the limit for /v1/chat/completions is 2000 bytes (--max-request-bytes)")
-    r = client.post("/v1/jobs", headers=AUTH, content=b"{" + b" " * 60_000 + b"}")
+    r = client.post("/v1/jobs", headers=ADMIN, content=b"{" + b" " * 60_000 + b"}")
     assert r.status_code == 413 and "(--max-upload-bytes)" in r.json()["error"]["message"]
 
     r = client.post("/v1/chat/completions", headers=AUTH, json={"messages": [{"role": "user", "content": "hi"}]})
@@ -102,7 +108,7 @@ def test_feedback_on_stored_answers(app_parts):
     raw = tmp / "raw.jsonl"
     capture.export(db, "served", "raw", str(raw))
     [j] = [json.loads(x) for x in raw.read_text().splitlines()]
-    assert (j["labeler"], j["labeler_kind"], j["choice"]) == ("user:ana", "user", "bad")
+    assert (j["labeler"], j["labeler_kind"], j["choice"]) == (KEY_LABELER, "user", "bad")
     assert j["prompt"] == [{"role": "user", "content": "2+2? mail bob@example.com"}]  # stored as served
     sft = tmp / "sft.jsonl"
     capture.export(db, "served", "sft", str(sft))
@@ -111,44 +117,46 @@ def test_feedback_on_stored_answers(app_parts):
     pairs = tmp / "pairs.jsonl"
     capture.export(db, "served-pairwise", "raw", str(pairs))
     [p] = [json.loads(x) for x in pairs.read_text().splitlines()]
-    assert p["choice"] == "B" and p["labeler"].startswith("user:key-")
+    assert p["choice"] == "B" and p["labeler"] == KEY_LABELER
 
 
 def test_job_routes(app_parts):
     client, _, _ = app_parts
-    r = client.post("/v1/jobs", headers=AUTH, json={"stage": "juggle"})
+    r = client.post("/v1/jobs", headers=ADMIN, json={"stage": "juggle"})
     assert r.status_code == 422 and r.json()["error"]["message"] == (
         "invalid job: stage: 'juggle' is not a training stage; one of dpo, grpo, ppo, reward train, rloo, sft")
-    r = client.post("/v1/jobs", headers=AUTH, json={"stage": "eval"})
+    r = client.post("/v1/jobs", headers=ADMIN, json={"stage": "eval"})
     assert r.status_code == 422 and r.json()["error"]["message"] == "invalid job: stage: 'eval' is not a training stage"
-    r = client.post("/v1/jobs", headers=AUTH, json={"stage": "sft", "config": {"model": "tiny", "max_steps": 0}})
+    r = client.post("/v1/jobs", headers=ADMIN, json={"stage": "sft", "config": {"model": "tiny", "max_steps": 0}})
     assert r.status_code == 422 and "max_steps: must be > 0" in r.json()["error"]["message"]
 
-    r = client.post("/v1/jobs", headers=AUTH, json={"stage": "reward", "config": {"model": "tiny"},
+    r = client.post("/v1/jobs", headers=ADMIN, json={"stage": "reward", "config": {"model": "tiny"},
                                                     "data": [{"prompt": "p", "chosen": "a", "rejected": "b"}]})
     assert r.status_code == 201
     job = r.json()
     assert (job["object"], job["stage"], job["status"]) == ("training_job", "reward train", "queued")
-    assert client.get("/v1/jobs", headers=AUTH).json()["data"] == [job]
-    assert client.get(f"/v1/jobs/{job['id']}/logs", headers=AUTH).json() == {"job_id": job["id"], "text": "",
+    assert client.get("/v1/jobs", headers=ADMIN).json()["data"] == [job]
+    assert client.get(f"/v1/jobs/{job['id']}/logs", headers=ADMIN).json() == {"job_id": job["id"], "text": "",
                                                                              "next_offset": 0}
-    r = client.post(f"/v1/jobs/{job['id']}/cancel", headers=AUTH)
+    r = client.post(f"/v1/jobs/{job['id']}/cancel", headers=ADMIN)
     assert (r.json()["status"], r.json()["error"]) == ("cancelled", "cancelled before it started")
     for path in ("/v1/jobs/999", "/v1/jobs/999/logs"):
-        r = client.get(path, headers=AUTH)
+        r = client.get(path, headers=ADMIN)
         assert r.status_code == 404 and r.json()["error"] == {"message": "no job 999", "type": "invalid_request_error",
                                                               "param": "job_id", "code": "job_not_found"}
-    assert client.post("/v1/jobs/999/cancel", headers=AUTH).status_code == 404
-    assert client.get("/v1/jobs/abc", headers=AUTH).status_code == 422
+    assert client.post("/v1/jobs/999/cancel", headers=ADMIN).status_code == 404
+    assert client.get("/v1/jobs/abc", headers=ADMIN).status_code == 422
 
 
 def test_without_jobs_or_registry(tmp_path):
-    cfg = ServeConfig(model="tiny", db=f"sqlite:///{tmp_path / 'x.db'}", jobs=False).validate()
-    client = TestClient(create_app(cfg, None, None, None, start_background=False))
-    r = client.get("/v1/jobs")
+    cfg = ServeConfig(model="tiny", db=f"sqlite:///{tmp_path / 'x.db'}", admin_key=["a"]).validate()
+    client = TestClient(create_app(cfg, None, None, None, start_background=False), base_url=LOCAL)
+    r = client.get("/v1/jobs", headers={"Authorization": "Bearer a"})
     assert r.status_code == 503 and r.json()["error"]["message"] == (
-        "this server does not run jobs (started with --no-jobs)")
-    assert client.get("/v1/jobs/abc").status_code == 422  # the path is checked before the missing job queue
-    r = client.post("/v1/feedback", json={"response_id": "x", "thumbs": "up"})
+        "this server does not run jobs (start it with --jobs and an admin key)")
+    # the path is checked before the missing job queue
+    assert client.get("/v1/jobs/abc", headers={"Authorization": "Bearer a"}).status_code == 422
+    r = client.post("/v1/feedback", json={"response_id": "x", "thumbs": "up"}, headers={"Authorization": "Bearer a"})
     assert r.status_code == 503 and r.json()["error"]["message"] == "feedback needs the database"
-    assert client.get("/v1/models/m-1/lineage").json()["error"]["message"] == "no registry"
+    r = client.get("/v1/models/m-1/lineage", headers={"Authorization": "Bearer a"})
+    assert r.json()["error"]["message"] == "no registry"
