@@ -316,7 +316,7 @@ def test_serve_each_policy_answers_plain_greedy(made, expected_greedy, name, tmp
                       batch_wait_ms=1).validate()
     app, srv = build(cfg)
     try:
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://127.0.0.1") as client:  # a trusted host
             for row, ids in zip(PROMPTS, want):
                 r = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
                                 json={"model": str(made[name]), "max_tokens": N_NEW, "temperature": 0,
