@@ -270,10 +270,12 @@ def write_report(cfg: DemoConfig, out: Path, steps: dict[str, Any], stages: list
     rows = {"base model": graded_rows(records, out / "base_eval")}
     for s in stages:
         rows[name_of(s)] = graded_rows(records, Path(s["dir"]))
-    base_rows = rows[name_of(stages[0])]
-    curve = [figures(name_of(s), s["labels"], rows[name_of(s)], base_rows) for s in stages]
+    # every stage is tested against the base model (no training) on the same items: the targets are
+    # stated against it; "what each part adds" below compares each part with the one before it
+    base = figures("base model", None, rows["base model"], rows["base model"])
+    curve = [figures(name_of(s), s["labels"], rows[name_of(s)], rows["base model"]) for s in stages]
     parts = chain(cfg, out, records, steps, stages, rows)  # adds "+ DPO" to rows when it was evaluated
-    said = verdict(curve, curve[0])
+    said = verdict(curve, base)
     part_lines = [part_line(p, parts[i]) for i, p in enumerate(parts[1:])]
     text = said + "\n\nWhat each part adds, on the same held-out questions:\n" + \
         "\n".join(f"- {line}" for line in part_lines)
@@ -290,7 +292,7 @@ def write_report(cfg: DemoConfig, out: Path, steps: dict[str, Any], stages: list
           f"Model `{cfg.model}`; stages of {', '.join(str(s['labels']) for s in stages)} labels (a label: one judged "
           f"pair of answers to one training question); stage 0 is the SFT model alone.\n",
           "## Verdict\n", text + "\n",
-          "## Learning curve\n", learning_curve_table(curve, curve[0]),
+          "## Learning curve\n", learning_curve_table(curve, base),
           "Hallucinations (a wrong answer with a figure found in neither the context nor the gold; counted in "
           "incorrect above): " + "; ".join(f"{c['name']} {_rate(c['rates']['hallucination'])}" for c in curve) + ".\n",
           "![rates vs labels](report/learning_curve.png)\n", "![llmware points vs labels](report/llmware_points.png)\n",

@@ -145,6 +145,9 @@ def test_demo_ablation_and_report(demo, tiny_path):
                      "## Training curves", "## Grades per context class", "## Habits", "## Wall time",
                      "## Registered models"]
     assert r["verdict"] in md and len(r["parts_said"]) == 3
+    # the targets are against the base model (no training): every stage, stage 0 included, is tested on it
+    lines = r["verdict"].splitlines()
+    assert lines[0].startswith("Base: base model: ") and lines[1].startswith("Stage 0 (0 labels) ")
     for png in ("learning_curve", "llmware_points", "training_curves"):
         assert (out / "report" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
 
