@@ -259,7 +259,8 @@ def learning_curve_table(stages: Sequence[dict], base: dict) -> str:
         p_inc = "–" if is_base else _p(_test(s, "mcnemar_incorrect_vs_base"))
         p_cor = "–" if is_base else _p(_test(s, "mcnemar_correct_vs_base"))
         name = _stage_name(s.get("name", "base")) + (" (base)" if is_base else "")
-        cells = [name, str(s.get("labels", "–"))] + [_count_cell(s[k], s["n"]) for k in ("correct", "incorrect",
+        labels = "–" if s.get("labels") is None else str(s["labels"])
+        cells = [name, labels] + [_count_cell(s[k], s["n"]) for k in ("correct", "incorrect",
                                                                                           "refusal")]
         lines.append("| " + " | ".join(cells + [_points_cell(s), p_inc, p_cor]) + " |")
     return "\n".join(lines) + "\n\n" + INTERVALS_NOTE + "\n"
