@@ -209,6 +209,9 @@ class DemoConfig(StageConfig):
                              "the question within this many characters (CPU time; docs/data.md).")
     sft_steps: int = opt(20, "SFT optimizer steps (LoRA), shared by every stage.")
     sft_learning_rate: float = opt(1e-3, "SFT learning rate (LoRA).")
+    decline_candidate: str = opt("", "An answer that declines, judged beside the sampled ones and the gold (e.g. "
+                                 "'The context does not give this figure.'), so that labels teach declining over "
+                                 "inventing; empty: none.")
     num_candidates: int = opt(2, "Answers sampled per training question for the judge (with the gold answer, every "
                               "pair of them is one label).")
     stages: list[str] = opt(["0", "1/2", "all"], "Stages of the loop, in labels: 0 (the SFT model alone, required), "

@@ -103,7 +103,7 @@ def sample_and_judge(cfg: DemoConfig, model: str, data: Path, folder: Path) -> d
     answer is one of the candidates); shared with the loop's on-policy rounds."""
     return labeling.sample_and_judge(model, qa_items(str(data)), folder, ReferenceJudge(),
                                      num_candidates=cfg.num_candidates, max_new_tokens=cfg.max_new_tokens,
-                                     batch_size=32, seed=cfg.seed)
+                                     batch_size=32, seed=cfg.seed, decline=cfg.decline_candidate or None)
 
 
 def label_counts(cfg: DemoConfig, pool: int) -> list[int]:
@@ -177,7 +177,8 @@ def run(cfg: DemoConfig) -> Path:
         "sft", model=cfg.model, data=str(data / "sft.jsonl"), output=str(f), lora=True, max_steps=cfg.sft_steps,
         batch_size=cfg.batch_size, learning_rate=cfg.sft_learning_rate, max_length=cfg.max_length, warmup_steps=2,
         seed=cfg.seed, log_every=5, db=cfg.db)))
-    judged = step("judge", lambda f: sample_and_judge(cfg, sft, data / "train.jsonl", f))
+    judged = step("judge", lambda f: sample_and_judge(cfg, sft, data / "train.jsonl", f),
+                  key=cfg.decline_candidate or None)
     counts = label_counts(cfg, judged["preferences"])
     log(f"stages: {counts} labels of {judged['preferences']} (one label: one judged pair of answers)")
     if cfg.force:  # the loop's stages have no key of their own: a forced run starts them afresh

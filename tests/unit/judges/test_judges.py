@@ -278,3 +278,25 @@ def test_commands_build_judge_still_takes_a_judge_config_as_before_0_2(monkeypat
     new = commands_build_judge("http", "m", url)
     assert (old.api_key, old.url, old.cache_dir) == (new.api_key, new.url, new.cache_dir) == \
         ("k", url + "/chat/completions", new.cache_dir)
+
+
+def test_a_declining_candidate_is_judged_so_labels_teach_declining_over_inventing(tmp_path, monkeypatch):
+    """``sample_and_judge(..., decline=TEXT)``: the declining answer joins the sampled ones and the gold, and the
+    reference judge's order (correct > declining > inventing) reaches the preferences even when no sample
+    declines (issue 18: the demo's sampled candidates never declined, so no label taught it)."""
+    from alignloop.data.readers import qa_prompt
+    from alignloop.data.records import PromptRecord
+    from alignloop.judges import labeling
+    from alignloop.judges.reference import ReferenceJudge
+
+    monkeypatch.setattr(labeling, "answer", lambda model, prompts, *a, **k: [["$1.11"] for _ in prompts])
+    rec = PromptRecord(qa_prompt("What was 3M's FY2018 capital expenditure?", "Net sales were $32,765 million."),
+                       meta={"id": "q1", "answer": "$1,577 million"})
+    decline = "The context does not give the capital expenditure."
+    summary = labeling.sample_and_judge(None, [rec], tmp_path, ReferenceJudge(), num_candidates=1, decline=decline)
+    rows = [json.loads(x) for x in (tmp_path / "candidates.jsonl").read_text().splitlines()]
+    assert rows[0]["completions"] == ["$1.11", "$1,577 million", decline]
+    prefs = [json.loads(x) for x in (tmp_path / "preferences.jsonl").read_text().splitlines()]
+    assert [(p["chosen"], p["rejected"]) for p in prefs] == [
+        ("$1,577 million", "$1.11"), (decline, "$1.11"), ("$1,577 million", decline)]
+    assert summary["pairs"] == 3
