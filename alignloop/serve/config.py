@@ -11,7 +11,7 @@ from alignloop.core.config import StageConfig, check_db_url, opt, positive
 API_KEYS_ENV = "ALIGNLOOP_API_KEYS"
 ADMIN_KEYS_ENV = "ALIGNLOOP_ADMIN_KEYS"
 #: the python: reward functions jobs may name over HTTP unless --reward-function says otherwise (the built-in ones)
-BUILT_IN_REWARDS = ["alignloop.rewards:financebench_numeric"]
+BUILT_IN_REWARDS = ["alignloop.rewards:financebench_numeric", "alignloop.rewards:financebench_graded"]
 
 
 @dataclass
