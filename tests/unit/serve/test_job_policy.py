@@ -70,14 +70,16 @@ def test_the_review_finding_is_refused_and_runs_nothing(reg, tmp_path):
                          data_records=[{"prompt": "q"}])
     assert problems == [
         f"reward: python:{evil}:f is not a reward function this server runs for jobs "
-        "(--reward-function: python:alignloop.rewards:financebench_numeric)",
+        "(--reward-function: python:alignloop.rewards:financebench_numeric, "
+        "python:alignloop.rewards:financebench_graded)",
         "output: a job may not set it: the server sets it (the job writes under its own folder; see the job's "
         "'output')"]
     assert not marker.exists()
     assert _problems(jm, "grpo", {"reward": ["python:os:system"], "db": "sqlite:////tmp/x.db", "resume": True},
                      data_records=[{"prompt": "q"}]) == [
         "reward: python:os:system is not a reward function this server runs for jobs "
-        "(--reward-function: python:alignloop.rewards:financebench_numeric)",
+        "(--reward-function: python:alignloop.rewards:financebench_numeric, "
+        "python:alignloop.rewards:financebench_graded)",
         "db: a job may not set it: the server sets it (its own database)",
         "resume: a job may not set it: the server sets it when it re-queues an interrupted job"]
 
