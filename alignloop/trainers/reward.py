@@ -22,6 +22,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -671,8 +672,8 @@ def run_score(cfg: RewardScoreConfig) -> Path:
     if report.truncated:
         print(f"score: {report.truncated} prompts cut from the left to fit max_length={max_length}", file=sys.stderr)
     flat = rm.score_groups(groups, cfg.batch_size, autocast=scoring_autocast(rm, cfg.precision))
-    starts = [sum(sizes[:k]) for k in range(len(sizes))]
-    raws = [torch.cat(flat[a:a + n], 0) for a, n in zip(starts, sizes)]
+    ends = list(accumulate(sizes))  # row k's answers are flat[ends[k] - sizes[k]:ends[k]]
+    raws = [torch.cat(flat[e - n:e], 0) for e, n in zip(ends, sizes)]
     out_rows = []
     ensemble = rm.info.num_heads > 1
     for rec, row, raw in zip(records, rows, raws):
