@@ -54,6 +54,14 @@ class SkipReport:
             if len(self.where[reason]) < 5:
                 self.where[reason].append(where)
 
+    def merge(self, other: "SkipReport") -> "SkipReport":
+        """Add ``other``'s skips (reasons, examples, truncations) to this report; returns it."""
+        self.reasons.update(other.reasons)
+        self.truncated += other.truncated
+        for reason, where in other.where.items():
+            self.where[reason] = (self.where.get(reason, []) + where)[:5]
+        return self
+
     def summary(self, total: int) -> str:
         parts = [f"{total - sum(self.reasons.values())} of {total} rows used"]
         if self.truncated:

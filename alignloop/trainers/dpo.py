@@ -174,8 +174,7 @@ def load_segments(cfg: DPOConfig, tok: Any, path: str, limit: int | None) -> tup
         recs = read_data(path, cfg.loss, limit, ties)
         fn = tokenize_unpaired if cfg.loss == "kto" else tokenize_pairs
         segs, report = fn(recs, tok, cfg.max_length, cfg.truncation, cfg.chat_template)
-        report.reasons.update(ties.reasons)
-        report.where.update(ties.where)
+        report.merge(ties)
         return {"segments": segs, "report": report, "n": len(recs) + sum(ties.reasons.values())}
 
     kind = "unpaired" if cfg.loss == "kto" else "pairs"
