@@ -184,6 +184,8 @@ def test_labeler_flow_by_keyboard(browser, server, artifacts):
     # write a better answer
     with page.expect_response(lambda r: "/next" in r.url):
         page.goto(f"{base}/p/rewrite")
+    # the page focuses the text box when it renders the task, which may be just after the /next response arrives
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'rewrite'", timeout=10_000)
     assert page.evaluate("document.activeElement.id") == "rewrite"
     page.keyboard.type("Plants use sunlight, water and air to make their own food, and they give off oxygen.")
     page.screenshot(path=str(artifacts / "feedback-labeler-rewrite.png"), full_page=True)
