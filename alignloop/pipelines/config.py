@@ -11,6 +11,10 @@ from alignloop.core.config import StageConfig, check_db_url, existing_file, opt,
 from alignloop.core.paths import REPO_DATA
 from alignloop.data.context import CONTEXT_CHARS
 
+#: the grounded SFT demonstration where the built context does not hold the answer: it says what is missing and
+#: reads as a refusal to :func:`alignloop.evaluate.qa.is_refusal` (a test checks both)
+DECLINE_TEXT = "The context does not state this figure, so it cannot be determined from the context without guessing."
+
 FINANCEBENCH = REPO_DATA / "financebench" / "questions.jsonl"
 
 
@@ -209,6 +213,12 @@ class DemoConfig(StageConfig):
                              "the question within this many characters (CPU time; docs/data.md).")
     sft_steps: int = opt(20, "SFT optimizer steps (LoRA), shared by every stage.")
     sft_learning_rate: float = opt(1e-3, "SFT learning rate (LoRA).")
+    sft_targets: Literal["grounded", "gold"] = opt(
+        "grounded", "SFT demonstrations: grounded = the gold answer where the question's built context holds it, "
+        "else decline_text (the model learns to quote the context and to say when it cannot; chosen by 3-fold "
+        "cross-validation on the training questions, benchmarks/README.md); gold = the gold answer always.")
+    decline_text: str = opt(DECLINE_TEXT, "The demonstration for a training question whose built context does not "
+                            "hold the gold answer (sft_targets: grounded).")
     decline_candidate: str = opt("", "An answer that declines, judged beside the sampled ones and the gold (e.g. "
                                  "'The context does not give this figure.'), so that labels teach declining over "
                                  "inventing; empty: none.")
@@ -238,6 +248,8 @@ class DemoConfig(StageConfig):
         p = positive(self, "context_chars", "sft_steps", "num_candidates", "max_new_tokens", "max_length",
                      "batch_size", "limit", "rl_generations") + \
             positive(self, "dpo_steps", "rl_steps", "rm_weight", allow_zero=True)
+        if self.sft_targets == "grounded" and not self.decline_text.strip():
+            p.append("decline_text: grounded SFT targets need the declining demonstration, got an empty text")
         for spec in self.stages:
             try:
                 stage_count(spec, 100)

@@ -41,6 +41,7 @@ from alignloop.core.errors import DataError
 from alignloop.core.files import write_json, write_jsonl
 from alignloop.data.context import build_context
 from alignloop.data.readers import qa_prompt, read_rows
+from alignloop.evaluate.qa import IN_CONTEXT, context_class
 from alignloop.evaluate.qa_run import heldout_ids, qa_items
 from alignloop.judges import labeling
 from alignloop.judges.reference import ReferenceJudge
@@ -55,6 +56,18 @@ LOOP, STRATEGY = "loop", "random"
 
 def log(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def step_keys(cfg: DemoConfig) -> dict[str, Any]:
+    """What each shared step reads, its parent step's key included (a chain: changing the data's settings changes
+    the SFT's and the judge's keys too)."""
+    data = {"data": cfg.data, "limit": cfg.limit, "context_chars": cfg.context_chars,
+            "sft_targets": cfg.sft_targets, "decline_text": cfg.decline_text if cfg.sft_targets == "grounded" else ""}
+    sft = {"data": data, "model": cfg.model, "steps": cfg.sft_steps, "lr": cfg.sft_learning_rate,
+           "batch_size": cfg.batch_size, "max_length": cfg.max_length, "seed": cfg.seed}
+    judge = {"sft": sft, "decline_candidate": cfg.decline_candidate, "num_candidates": cfg.num_candidates,
+             "max_new_tokens": cfg.max_new_tokens}
+    return {"data": data, "sft": sft, "judge": judge}
 
 
 def stage(out: Path, name: str, cfg: DemoConfig, fn: Callable[[Path], Any], key: Any = None) -> Any:
@@ -78,14 +91,27 @@ def split_data(cfg: DemoConfig, folder: Path) -> dict[str, Any]:
             ctx = build_context(r["question"], r.get(field), cfg.context_chars)
         except ValueError as exc:
             raise DataError(str(exc), path=cfg.data, line=line, field=field) from None
-        parts["test" if fid in test else "train"].append({"id": fid, "question": r["question"],
-                                                          "context": ctx, "answer": r["answer"]})
+        parts["test" if fid in test else "train"].append({
+            "id": fid, "question": r["question"], "context": ctx, "answer": r["answer"],
+            "context_class": context_class(ctx, r["answer"], r["question"])})
     for name, part in parts.items():
         write_jsonl(folder / f"{name}.jsonl", part)
-    # SFT demonstrations: the prompt exactly as the model sees it at evaluation, the gold answer as completion
-    write_jsonl(folder / "sft.jsonl", [{"prompt": qa_prompt(r["question"], r["context"]).to_json(),
-                                        "completion": r["answer"], "id": r["id"]} for r in parts["train"]])
-    return {k: len(v) for k, v in parts.items()}
+    write_jsonl(folder / "sft.jsonl", sft_demonstrations(cfg, parts["train"]))
+    return {**{k: len(v) for k, v in parts.items()},
+            "sft_declines": sum(r["context_class"] != IN_CONTEXT for r in parts["train"])
+            if cfg.sft_targets == "grounded" else 0}
+
+
+def sft_demonstrations(cfg: DemoConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SFT rows: the prompt exactly as the model sees it at evaluation; as completion the gold answer, or (with
+    ``sft_targets: grounded``) ``decline_text`` where the built context does not hold the gold answer
+    (:func:`alignloop.evaluate.qa.context_class` is not ``in_context``): a 135M model that cannot find the figure
+    in its context learns to say so rather than to invent one."""
+    def target(r: dict[str, Any]) -> str:
+        grounded = cfg.sft_targets == "gold" or r["context_class"] == IN_CONTEXT
+        return r["answer"] if grounded else cfg.decline_text
+    return [{"prompt": qa_prompt(r["question"], r["context"]).to_json(), "completion": target(r), "id": r["id"]}
+            for r in rows]
 
 
 def qa_eval(cfg: DemoConfig, model: str, data: Path, folder: Path, label: str) -> dict[str, Any]:
@@ -170,18 +196,22 @@ def run(cfg: DemoConfig) -> Path:
         bar.update()
         return steps[name]["result"]
 
-    step("data", lambda f: split_data(cfg, f))
+    # each shared step is keyed by what it read, its parent's key included: a changed setting redoes that step and
+    # every step after it, and the loop's stages (which have no key of their own) start afresh
+    keys = step_keys(cfg)
+    step("data", lambda f: split_data(cfg, f), key=keys["data"])
     # keyed by the model that answers (a run made before the staged demo wrote no submission.csv and no key: redone)
-    step("base_eval", lambda f: qa_eval(cfg, cfg.model, data / "test.jsonl", f, "base model"), key=cfg.model)
+    step("base_eval", lambda f: qa_eval(cfg, cfg.model, data / "test.jsonl", f, "base model"),
+         key=[cfg.model, keys["data"]])
     sft = step("sft", lambda f: str(alignloop.train(
         "sft", model=cfg.model, data=str(data / "sft.jsonl"), output=str(f), lora=True, max_steps=cfg.sft_steps,
         batch_size=cfg.batch_size, learning_rate=cfg.sft_learning_rate, max_length=cfg.max_length, warmup_steps=2,
-        seed=cfg.seed, log_every=5, db=cfg.db)))
+        seed=cfg.seed, log_every=5, db=cfg.db)), key=keys["sft"])
     judged = step("judge", lambda f: sample_and_judge(cfg, sft, data / "train.jsonl", f),
-                  key=cfg.decline_candidate or None)
+                  key=keys["judge"])
     counts = label_counts(cfg, judged["preferences"])
     log(f"stages: {counts} labels of {judged['preferences']} (one label: one judged pair of answers)")
-    if cfg.force:  # the loop's stages have no key of their own: a forced run starts them afresh
+    if cfg.force or not steps["judge"].get("reused"):  # the loop's stages have no key: new labels, new stages
         for folder in (out / LOOP, out / "ablation"):
             shutil.rmtree(folder, ignore_errors=True)
     t_loop = time.perf_counter()

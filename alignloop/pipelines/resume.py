@@ -17,14 +17,15 @@ def run_once(folder: Path, fn: Callable[[Path], Any], key: Any = None, force: bo
     """Run ``fn(folder)`` unless ``folder/done`` exists with the same ``key`` (what the step's input was).
 
     The marker is written last (atomically) and holds ``{"result": fn's JSON result, "seconds": wall time,
-    "key": key}``, which is also what this returns; ``force`` redoes the step."""
+    "key": key}``, which is also what this returns (with ``"reused": True`` when the step was done before);
+    ``force`` redoes the step."""
     name = name or folder.name
     marker = folder / "done"
     if marker.exists() and not force:
         done = json.loads(marker.read_text())
         if done.get("key") == key:
             log(f"{name}: done before, reusing {folder}")
-            return done
+            return {**done, "reused": True}
         log(f"{name}: its input changed ({done.get('key')} -> {key}), redoing it")
     folder.mkdir(parents=True, exist_ok=True)
     log(f"{name}: running")
