@@ -60,7 +60,7 @@ def _stage(out: Path, n: int) -> Path:
 
 def test_demo_writes_one_submission_per_stage_with_the_heldout_ids(demo):
     out, report, pool = demo
-    assert json.loads((out / "data" / "done").read_text())["result"] == {"train": 7, "test": 3, "sft_declines": 6}
+    assert json.loads((out / "data" / "done").read_text())["result"] == {"train": 7, "test": 3, "sft_declines": 0}
     assert sorted(p.name for p in (out / "loop" / "random").iterdir()) == sorted(f"stage_{n}" for n in (0, 3, pool))
     for n in (0, 3, pool):
         assert _ids(_stage(out, n) / "submission.csv") == HELDOUT
@@ -270,16 +270,16 @@ def test_grounded_sft_demonstrations_decline_where_the_context_lacks_the_answer(
              "answer": "20%", "context_class": "arithmetic"},
             {"id": "c", "question": "Who audits the company?", "context": "Revenue 100.", "answer": "KPMG",
              "context_class": "missing"}]
-    grounded = sft_demonstrations(DemoConfig().validate(), rows)
+    grounded = sft_demonstrations(DemoConfig(sft_targets="grounded").validate(), rows)
     assert [r["completion"] for r in grounded] == ["$1,577 million", DECLINE_TEXT, DECLINE_TEXT]
     assert [r["id"] for r in grounded] == ["a", "b", "c"]
     assert "Context:\nRevenue was $1,577 million." in grounded[0]["prompt"][0]["content"]
-    assert [r["completion"] for r in sft_demonstrations(DemoConfig(sft_targets="gold").validate(), rows)] == \
+    assert [r["completion"] for r in sft_demonstrations(DemoConfig().validate(), rows)] == \
         ["$1,577 million", "20%", "KPMG"]
     assert is_refusal(DECLINE_TEXT) and grade(DECLINE_TEXT, "20%", rows[1]["question"])[0] == "refusal"
     with pytest.raises(ConfigError, match="decline_text: grounded SFT targets need"):
-        DemoConfig(decline_text=" ").validate()
-    with pytest.raises(ConfigError, match="sft_targets: 'all' is not one of grounded, gold"):
+        DemoConfig(sft_targets="grounded", decline_text=" ").validate()
+    with pytest.raises(ConfigError, match="sft_targets: 'all' is not one of gold, grounded"):
         DemoConfig.from_dict({"sft_targets": "all"}).validate()
 
 
@@ -289,7 +289,7 @@ def test_demo_step_keys_chain_so_a_changed_setting_redoes_what_follows():
     from alignloop.pipelines.demo import step_keys
 
     a = step_keys(DemoConfig().validate())
-    b = step_keys(DemoConfig(sft_targets="gold").validate())
+    b = step_keys(DemoConfig(sft_targets="grounded").validate())
     c = step_keys(DemoConfig(decline_candidate="I cannot tell.").validate())
     assert [a[k] != b[k] for k in ("data", "sft", "judge")] == [True, True, True]
     assert [a[k] != c[k] for k in ("data", "sft", "judge")] == [False, False, True]
