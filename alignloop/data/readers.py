@@ -272,17 +272,21 @@ def _prompt(r: _Row, field: str = "prompt") -> Prompt:
     return Prompt([{"role": "user", "content": text}])
 
 
-def _answer(r: _Row, field: str) -> str:
-    """An answer column: a string, or a conversational list whose last message is the assistant's."""
+def _answer(r: _Row, field: str, allow_empty: bool = False) -> str:
+    """An answer column: a string, or a conversational list whose last message is the assistant's.
+
+    ``allow_empty``: an empty answer is data where answers are compared or labelled (preferences, rankings,
+    unpaired labels: the model said nothing, and a labeler judged that); a demonstration to imitate must say
+    something."""
     value = r.row.get(field)
     if isinstance(value, list):
         msgs = r.messages(field)
         if msgs[-1]["role"] != "assistant":
             raise r.error(field, "the last message must be the assistant's answer")
-        if not msgs[-1]["content"].strip():
+        if not allow_empty and not msgs[-1]["content"].strip():
             raise r.error(field, "empty text")
         return msgs[-1]["content"]
-    return r.text(field)
+    return r.text(field, allow_empty=allow_empty)
 
 
 def _question_prompt(r: _Row, context_chars: int | None = CONTEXT_CHARS) -> tuple[Prompt, set[str]]:
@@ -381,7 +385,7 @@ def row_to_record(r: _Row, kind: str, context_chars: int | None = CONTEXT_CHARS)
     if kind == "preference":
         if "prompt" in row and row["prompt"] not in (None, ""):
             prompt = _prompt(r)
-            chosen, rejected = _answer(r, "chosen"), _answer(r, "rejected")
+            chosen, rejected = _answer(r, "chosen", allow_empty=True), _answer(r, "rejected", allow_empty=True)
         else:
             prompt, chosen, rejected = _implicit_prompt(r)
         tie = bool(row.get("tie")) or str(row.get("choice", "")).lower() in ("tie", "both_bad", "both-bad")
@@ -396,12 +400,9 @@ def row_to_record(r: _Row, kind: str, context_chars: int | None = CONTEXT_CHARS)
             raise r.error("ranks", f"expected a list of {len(completions)} integers (one per completion)")
         if not all(isinstance(x, int) and not isinstance(x, bool) for x in ranks):
             raise r.error("ranks", "ranks must be integers (1 = best)")
-        for i, c in enumerate(completions):
-            if not c.strip():
-                raise r.error("completions", f"completion {i} is empty text")
         return Ranking(_prompt(r), list(completions), list(ranks), meta=r.meta({"prompt", "completions", "ranks"}))
     if kind == "unpaired":
-        return Unpaired(_prompt(r), _answer(r, "completion"), _bool(r, "label"),
+        return Unpaired(_prompt(r), _answer(r, "completion", allow_empty=True), _bool(r, "label"),
                         meta=r.meta({"prompt", "completion", "label"}))
     if kind == "prompt_completion":
         if "messages" in row and "prompt" not in row:

@@ -139,9 +139,11 @@ def _messages(value: Any, where: _Where, field: str) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
-def _text_or_messages(value: Any, where: _Where, field: str) -> Any:
+def _text_or_messages(value: Any, where: _Where, field: str, answer: bool = False) -> Any:
+    """A prompt or an answer: text or messages. An empty answer is data (the model said nothing; a labeler judged
+    that); an empty prompt is not."""
     if isinstance(value, str):
-        if not value.strip():
+        if not answer and not value.strip():
             raise where.error("is empty", field)
         if len(value) > MAX_IMPORT_TEXT:
             raise where.error(f"is {len(value)} characters; the limit is {MAX_IMPORT_TEXT}", field)
@@ -149,7 +151,7 @@ def _text_or_messages(value: Any, where: _Where, field: str) -> Any:
     if isinstance(value, list):
         return _messages(value, where, field)
     if isinstance(value, dict) and isinstance(value.get("text"), str):  # {"text": ...} completions
-        return _text_or_messages(value["text"], where, field)
+        return _text_or_messages(value["text"], where, field, answer)
     raise where.error("must be a string or a list of {'role', 'content'} messages", field)
 
 
@@ -286,7 +288,7 @@ class _Importer:
         if len(comps_in) > MAX_COMPLETIONS:
             raise where.error(f"has {len(comps_in)} completions; the limit is {MAX_COMPLETIONS}", "completions")
         prompt = _text_or_messages(rec.get("prompt"), where, "prompt")
-        texts = [_text_or_messages(c, where, f"completions[{i}]") for i, c in enumerate(comps_in)]
+        texts = [_text_or_messages(c, where, f"completions[{i}]", answer=True) for i, c in enumerate(comps_in)]
         unc = rec.get("uncertainty")
         if unc is not None and (not isinstance(unc, (int, float)) or isinstance(unc, bool) or unc != unc):
             raise where.error("must be a number", "uncertainty")
@@ -332,7 +334,7 @@ class _Importer:
         fields = (rec.get("prompt"), rec.get("chosen"), rec.get("rejected"))
         if fields[0] is None:
             fields = _split_implicit_prompt(rec, where)
-        prompt, chosen, rejected = (_text_or_messages(v, where, name)
+        prompt, chosen, rejected = (_text_or_messages(v, where, name, answer=name != "prompt")
                                     for v, name in zip(fields, ("prompt", "chosen", "rejected")))
         p, comps = self.prompt(rec, where, prompt, [chosen, rejected])
         t = self.task(p, comps)
@@ -344,7 +346,7 @@ class _Importer:
         comps_in, ranks = rec.get("completions"), rec.get("ranks")
         if not isinstance(comps_in, list) or len(comps_in) < 2:
             raise where.error("must list at least 2 completions", "completions")
-        texts = [_text_or_messages(c, where, f"completions[{i}]") for i, c in enumerate(comps_in)]
+        texts = [_text_or_messages(c, where, f"completions[{i}]", answer=True) for i, c in enumerate(comps_in)]
         if not isinstance(ranks, list) or sorted(ranks) != list(range(1, len(texts) + 1)):
             raise where.error(f"must give each completion a distinct rank 1..{len(texts)} (1 = best)", "ranks")
         p, comps = self.prompt(rec, where, prompt, texts)
@@ -357,7 +359,8 @@ class _Importer:
         if not isinstance(rec.get("label"), bool):
             raise where.error("must be true or false", "label")
         prompt = _text_or_messages(rec.get("prompt"), where, "prompt")
-        p, comps = self.prompt(rec, where, prompt, [_text_or_messages(rec.get("completion"), where, "completion")])
+        answer = _text_or_messages(rec.get("completion"), where, "completion", answer=True)
+        p, comps = self.prompt(rec, where, prompt, [answer])
         t = self.task(p, comps)
         self.judge(t, self.labeler(), where, choice="good" if rec["label"] else "bad")
 
@@ -372,8 +375,8 @@ class _Importer:
             raise where.error("expected a Label Studio task with a 'data' object", "data")
         data = item["data"]
         prompt = _text_or_messages(data.get("prompt"), where, "data.prompt")
-        a1 = _text_or_messages(data.get("answer1"), where, "data.answer1")
-        a2 = _text_or_messages(data.get("answer2"), where, "data.answer2")
+        a1 = _text_or_messages(data.get("answer1"), where, "data.answer1", answer=True)
+        a2 = _text_or_messages(data.get("answer2"), where, "data.answer2", answer=True)
         rec = {"id": f"labelstudio-{item['id']}" if "id" in item else None,
                **{k: v for k, v in data.items() if k not in ("prompt", "answer1", "answer2")}}
         if rec["id"] is None:

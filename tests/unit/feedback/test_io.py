@@ -239,3 +239,21 @@ def test_a_file_that_is_not_utf8_is_refused_naming_file_and_line(tmp_path):
     bom = tmp_path / "bom.jsonl"
     bom.write_bytes(b'\xef\xbb\xbf{"prompt": "a", "completions": ["x", "y"]}\n')
     assert read_records(bom)[1] == [(1, {"prompt": "a", "completions": ["x", "y"]})]
+
+
+def test_an_empty_answer_is_data_in_the_studio(db, tmp_path):
+    """Label Studio holds tasks where one answer is empty and the labeler chose the other; preference files hold an
+    empty chosen answer. Both import, and the export keeps the empty answer (issue 20)."""
+    ls = [{"id": 1, "data": {"prompt": "Say something.", "answer1": "", "answer2": "Hello!"},
+           "annotations": [{"completed_by": 3, "result": [{"type": "pairwise", "value": {"selected": "right"}}]}]},
+          {"id": 2, "data": {"prompt": "Refuse politely.", "answer1": "", "answer2": "Sure, here it is."},
+           "annotations": [{"completed_by": 3, "result": [{"type": "pairwise", "value": {"selected": "left"}}]}]}]
+    (tmp_path / "ls.json").write_text(json.dumps(ls))
+    assert import_file(db, "ls-empty", tmp_path / "ls.json")["judgments"] == 2
+    export_file(db, "ls-empty", "trl", tmp_path / "out.jsonl")
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in iter_jsonl(tmp_path / "out.jsonl")] == [
+        ("Say something.", "Hello!", ""), ("Refuse politely.", "", "Sure, here it is.")]
+    trl = write_jsonl(tmp_path / "trl.jsonl", [{"prompt": "Say nothing.", "chosen": "", "rejected": "No."}])
+    assert import_file(db, "trl-empty", trl)["judgments"] == 1
+    with pytest.raises(DataError, match="field 'prompt': is empty"):
+        import_file(db, "e", write_jsonl(tmp_path / "p.jsonl", [{"prompt": " ", "chosen": "a", "rejected": ""}]))
