@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from sqlalchemy import JSON, func, select
+from sqlalchemy import JSON, func, insert, select
 from sqlalchemy.orm import Session
 
 from alignloop.core.errors import DataError
@@ -320,14 +320,19 @@ _JSON_TEXT = json.JSONEncoder().encode  # what json.dumps (SQLAlchemy's JSON ser
 
 
 def _bulk_insert(s: Session, model: Any, rows: list[dict[str, Any]]) -> None:
-    """``INSERT`` many rows with one executemany of the driver. JSON values are written as ``json.dumps`` writes them
-    (None as SQL NULL, which reads back as None too); other values go through SQLAlchemy's own bind processor for
-    the dialect. A Core insert stores the same, but its per-row bookkeeping was most of an import's time."""
+    """``INSERT`` many rows. PostgreSQL: a Core insert, which SQLAlchemy sends as multi-row ``VALUES`` statements
+    (the driver's own executemany sends one statement a row). SQLite: one executemany of the driver, JSON values
+    written as ``json.dumps`` writes them (None as SQL NULL, which reads back as None too) and other values through
+    SQLAlchemy's bind processor for the dialect: what a Core insert stores, without its per-row bookkeeping, which
+    was most of an import's time."""
     if not rows:
         return
     table = model.__table__
     conn = s.connection()
     dialect = conn.dialect
+    if dialect.name != "sqlite":
+        s.execute(insert(table), rows)
+        return
     cols = list(rows[0])
 
     def converter(col: Any) -> Callable[[Any], Any] | None:

@@ -279,21 +279,21 @@ TRL_PREFERENCES = {
 }
 
 
-@pytest.mark.parametrize("name", list(TRL_PREFERENCES))
-def test_every_trl_preference_format_gives_the_pairs_the_trainers_read(db, tmp_path, name):
-    row = TRL_PREFERENCES[name]
-    src = write_jsonl(tmp_path / "prefs.jsonl", [row, {"prompt": "Second", "chosen": "c", "rejected": "d",
-                                                       "strength": "much better"}])
-    summary = import_file(db, "trl", src, labeler="team")
-    assert (summary["format"], summary["task_type"], summary["tasks"], summary["judgments"]) == ("trl", "pairwise",
-                                                                                                 2, 2)
-    with db.read() as s:
-        answers = [(j.choice, j.strength) for j in s.scalars(select(Judgment).order_by(Judgment.id))]
-    assert answers == [("tie" if row.get("tie") else "A", None), ("A", "much_better")]
-    export_file(db, "trl", "trl", tmp_path / "out.jsonl")
-    got = [(p.prompt.messages, p.chosen, p.rejected) for p in read_preferences(tmp_path / "out.jsonl")]
-    want = [(p.prompt.messages, p.chosen, p.rejected) for p in read_preferences(src)]
-    assert got == (want if not row.get("tie") else want[1:])  # a tie gives no pair
+def test_every_trl_preference_format_gives_the_pairs_the_trainers_read(db, tmp_path):
+    for n, (name, row) in enumerate(TRL_PREFERENCES.items()):
+        src = write_jsonl(tmp_path / f"prefs{n}.jsonl", [row, {"prompt": "Second", "chosen": "c", "rejected": "d",
+                                                               "strength": "much better"}])
+        summary = import_file(db, f"trl{n}", src, labeler="team")
+        assert (summary["format"], summary["task_type"], summary["tasks"], summary["judgments"]) == (
+            "trl", "pairwise", 2, 2), name
+        with db.read() as s:
+            answers = [(j.choice, j.strength) for j in s.scalars(select(Judgment).join(Task).join(Project).where(
+                Project.name == f"trl{n}").order_by(Judgment.id))]
+        assert answers == [("tie" if row.get("tie") else "A", None), ("A", "much_better")], name
+        export_file(db, f"trl{n}", "trl", tmp_path / f"out{n}.jsonl")
+        got = [(p.prompt.messages, p.chosen, p.rejected) for p in read_preferences(tmp_path / f"out{n}.jsonl")]
+        want = [(p.prompt.messages, p.chosen, p.rejected) for p in read_preferences(src)]
+        assert got == (want if not row.get("tie") else want[1:]), name  # a tie gives no pair
 
 
 def test_trl_rankings_and_unpaired_labels(db, tmp_path):
@@ -376,26 +376,26 @@ def _two_answers(task_type: str, ids: list[int]) -> list[dict]:
     return [dict(rewrite="Shorter, please."), dict(skip_reason="I cannot judge this.")]
 
 
-@pytest.mark.parametrize("task_type,k", [("pairwise", 3), ("ranking", 3), ("rating", 2), ("binary", 2),
-                                         ("rewrite", 1)])
-def test_a_raw_export_imports_back_as_the_same_judgments(db, tmp_path, task_type, k):
-    with db.write() as s:
-        p = create_project(s, "src", task_type=task_type, criteria=["helpfulness"], overlap=2)
-        recs = generate_records(3, k)
-        recs[0]["context"] = "Some retrieved text."
-        if task_type == "ranking":
-            recs[2]["gold"] = {"ranking": [2, 0, 1]}
-        import_records(s, p, numbered(recs))
-        for t in s.scalars(select(Task).where(Task.project_id == p.id).order_by(Task.id)):
-            answers = _two_answers(task_type, list(t.completion_ids))
-            add_judgment(s, t.id, "ann", **answers[0], kind="human", duration_ms=1234)
-            add_judgment(s, t.id, "judge:qwen", **answers[1], kind="ai")
-    export_file(db, "src", "raw", tmp_path / "raw.jsonl")
-    summary = import_file(db, "copy", tmp_path / "raw.jsonl")
-    assert (summary["format"], summary["task_type"]) == ("alignloop_raw", task_type)
-    export_file(db, "copy", "raw", tmp_path / "again.jsonl")
-    before, after = _normalised_raw(tmp_path / "raw.jsonl"), _normalised_raw(tmp_path / "again.jsonl")
-    assert len(after) == len(before) > 0 and after == before
+def test_a_raw_export_imports_back_as_the_same_judgments(db, tmp_path):
+    for task_type, k in [("pairwise", 3), ("ranking", 3), ("rating", 2), ("binary", 2), ("rewrite", 1)]:
+        with db.write() as s:
+            p = create_project(s, f"src-{task_type}", task_type=task_type, criteria=["helpfulness"], overlap=2)
+            recs = generate_records(3, k)
+            recs[0]["context"] = "Some retrieved text."
+            if task_type == "ranking":
+                recs[2]["gold"] = {"ranking": [2, 0, 1]}
+            import_records(s, p, numbered(recs))
+            for t in s.scalars(select(Task).where(Task.project_id == p.id).order_by(Task.id)):
+                answers = _two_answers(task_type, list(t.completion_ids))
+                add_judgment(s, t.id, "ann", **answers[0], kind="human", duration_ms=1234)
+                add_judgment(s, t.id, "judge:qwen", **answers[1], kind="ai")
+        raw = tmp_path / f"raw-{task_type}.jsonl"
+        export_file(db, f"src-{task_type}", "raw", raw)
+        summary = import_file(db, f"copy-{task_type}", raw)
+        assert (summary["format"], summary["task_type"]) == ("alignloop_raw", task_type)
+        export_file(db, f"copy-{task_type}", "raw", tmp_path / "again.jsonl")
+        before, after = _normalised_raw(raw), _normalised_raw(tmp_path / "again.jsonl")
+        assert len(after) == len(before) > 0 and after == before, task_type
     with db.read() as s:
         assert s.scalar(select(Labeler.kind).where(Labeler.name == "judge:qwen")) == "ai"
 
