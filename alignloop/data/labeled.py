@@ -172,6 +172,8 @@ def _preference(r: _Row) -> LabeledTask:
     choice = "both_bad" if both_bad else "tie" if rec.tie else "A"
     strength = MARGIN_STRENGTHS.get(rec.margin) if choice == "A" and rec.margin is not None else None
     meta = {k: v for k, v in rec.meta.items() if k != "choice"}
+    if rec.margin is not None and strength is None:
+        meta["margin"] = rec.margin  # no studio strength says it: kept with the prompt
     return LabeledTask(rec.prompt, [rec.chosen, rec.rejected],
                        [Judgment(choice=choice, strength=strength, where=_where(r))], kind="pairwise", meta=meta)
 

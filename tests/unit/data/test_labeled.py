@@ -75,3 +75,6 @@ def test_trl_rows_keep_the_readers_pairs_and_generate_rows_their_candidates(tmp_
     assert (gen.prompt.as_given(), gen.completions, gen.gold, gen.kind, gen.judgments) == (
         [{"role": "user", "content": "q"}], ["x", "y"], {"choice": "B"}, None, [])
     assert {k: gen.meta[k] for k in ("id", "uncertainty", "model")} == {"id": "g1", "uncertainty": 0.3, "model": "m"}
+    odd = read_labeled(write_jsonl(tmp_path / "odd.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b",
+                                                               "margin": 0.3}]))
+    assert (odd.tasks[0].judgments[0].strength, odd.tasks[0].meta["margin"]) == (None, 0.3)  # no strength says 0.3
