@@ -55,6 +55,56 @@ def _base_suffix(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
+def decode_text(data: bytes, source: str | None = None) -> str:
+    """Strict UTF-8 (an optional BOM is dropped): a byte that is not UTF-8 is an error naming its line and column,
+    never a silent U+FFFD in the data."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        start = exc.start
+        line = data.count(b"\n", 0, start) + 1
+        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        raise DataError(f"not valid UTF-8 (byte 0x{data[start]:02x} at column {column})", path=source,
+                        line=line) from None
+
+
+def rows_from_text(text: str, source: str | None = None, json_document: bool = False
+                   ) -> list[tuple[int, dict[str, Any]]]:
+    """``(line, row)`` pairs of a JSON text: a JSON array of objects (``line`` = the record number), one object a line
+    (JSONL), or with ``json_document`` one JSON value: an array, or an object holding the array under ``data``,
+    ``rows``, ``records`` or ``examples``. An upload is read by the same rules as a file."""
+    if text.lstrip().startswith("[") or json_document:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"malformed JSON ({exc.msg})", path=source, line=exc.lineno) from None
+        if isinstance(data, dict):  # {"data": [...]} or {"rows": [...]}
+            for key in ("data", "rows", "records", "examples"):
+                if isinstance(data.get(key), list):
+                    data = data[key]
+                    break
+            else:
+                raise DataError("expected a list of objects (or an object with a 'data' list)", path=source)
+        if not isinstance(data, list):
+            raise DataError("expected a list of objects", path=source)
+        for n, row in enumerate(data, start=1):
+            if not isinstance(row, dict):
+                raise DataError(f"record {n} is not an object", path=source, line=n)
+        return list(enumerate(data, start=1))
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"malformed JSON ({exc.msg} at column {exc.colno})", path=source, line=n) from None
+        if not isinstance(row, dict):
+            raise DataError(f"expected a JSON object, got {type(row).__name__}", path=source, line=n)
+        rows.append((n, row))
+    return rows
+
+
 def read_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line, row)`` pairs; ``line`` is the 1-based line (JSONL, CSV) or record number (JSON, Parquet)."""
     p = Path(path)
@@ -65,38 +115,10 @@ def read_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
         return
     kind = _base_suffix(p)
     try:
-        if kind in (".jsonl", ".ndjson"):
-            with _open_text(p) as fh:
-                for n, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"malformed JSON ({exc.msg} at column {exc.colno})",
-                                        path=str(p), line=n) from None
-                    if not isinstance(row, dict):
-                        raise DataError(f"expected a JSON object, got {type(row).__name__}", path=str(p), line=n)
-                    yield n, row
-        elif kind == ".json":
-            with _open_text(p) as fh:
-                try:
-                    data = json.load(fh)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"malformed JSON ({exc.msg})", path=str(p), line=exc.lineno) from None
-            if isinstance(data, dict):  # {"data": [...]} or {"rows": [...]} or a column dict
-                for key in ("data", "rows", "records", "examples"):
-                    if isinstance(data.get(key), list):
-                        data = data[key]
-                        break
-                else:
-                    raise DataError("expected a list of objects (or an object with a 'data' list)", path=str(p))
-            if not isinstance(data, list):
-                raise DataError("expected a list of objects", path=str(p))
-            for n, row in enumerate(data, start=1):
-                if not isinstance(row, dict):
-                    raise DataError(f"record {n} is not an object", path=str(p), line=n)
-                yield n, row
+        if kind in (".jsonl", ".ndjson", ".json"):
+            with (gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")) as fh:
+                data = fh.read()
+            yield from rows_from_text(decode_text(data, str(p)), str(p), json_document=kind == ".json")
         elif kind in (".csv", ".tsv"):
             with _open_text(p) as fh:
                 reader = csv.DictReader(fh, delimiter="\t" if kind == ".tsv" else ",")
@@ -269,20 +291,24 @@ def _prompt(r: _Row, field: str = "prompt") -> Prompt:
         if msgs and msgs[-1]["role"] == "assistant" and not msgs[-1]["content"]:
             msgs = msgs[:-1]
         return Prompt(msgs)
-    return Prompt([{"role": "user", "content": text}])
+    return Prompt([{"role": "user", "content": text}], text_given=True)
 
 
-def _answer(r: _Row, field: str) -> str:
-    """An answer column: a string, or a conversational list whose last message is the assistant's."""
+def _answer(r: _Row, field: str, allow_empty: bool = False) -> str:
+    """An answer column: a string, or a conversational list whose last message is the assistant's.
+
+    ``allow_empty``: an empty answer is data where answers are compared or labelled (preferences, rankings,
+    unpaired labels: the model said nothing, and a labeler judged that); a demonstration to imitate must say
+    something."""
     value = r.row.get(field)
     if isinstance(value, list):
         msgs = r.messages(field)
         if msgs[-1]["role"] != "assistant":
             raise r.error(field, "the last message must be the assistant's answer")
-        if not msgs[-1]["content"].strip():
+        if not allow_empty and not msgs[-1]["content"].strip():
             raise r.error(field, "empty text")
         return msgs[-1]["content"]
-    return r.text(field)
+    return r.text(field, allow_empty=allow_empty)
 
 
 def _question_prompt(r: _Row, context_chars: int | None = CONTEXT_CHARS) -> tuple[Prompt, set[str]]:
@@ -381,7 +407,7 @@ def row_to_record(r: _Row, kind: str, context_chars: int | None = CONTEXT_CHARS)
     if kind == "preference":
         if "prompt" in row and row["prompt"] not in (None, ""):
             prompt = _prompt(r)
-            chosen, rejected = _answer(r, "chosen"), _answer(r, "rejected")
+            chosen, rejected = _answer(r, "chosen", allow_empty=True), _answer(r, "rejected", allow_empty=True)
         else:
             prompt, chosen, rejected = _implicit_prompt(r)
         tie = bool(row.get("tie")) or str(row.get("choice", "")).lower() in ("tie", "both_bad", "both-bad")
@@ -389,19 +415,18 @@ def row_to_record(r: _Row, kind: str, context_chars: int | None = CONTEXT_CHARS)
                           meta=r.meta({"prompt", "chosen", "rejected", "margin", "strength", "tie"}))
     if kind == "ranking":
         completions, ranks = row.get("completions"), row.get("ranks")
-        if (not isinstance(completions, list) or len(completions) < 2
-                or not all(isinstance(c, str) for c in completions)):
-            raise r.error("completions", "expected a list of at least 2 strings")
+        if not isinstance(completions, list) or len(completions) < 2:
+            raise r.error("completions", "expected a list of at least 2 answers")
+        # each answer a string, or an assistant message list (conversational), as a preference's answers
+        completions = [_answer(_Row(r.path, r.line, {f"completions[{i}]": c}), f"completions[{i}]", allow_empty=True)
+                       for i, c in enumerate(completions)]
         if not isinstance(ranks, list) or len(ranks) != len(completions):
             raise r.error("ranks", f"expected a list of {len(completions)} integers (one per completion)")
         if not all(isinstance(x, int) and not isinstance(x, bool) for x in ranks):
             raise r.error("ranks", "ranks must be integers (1 = best)")
-        for i, c in enumerate(completions):
-            if not c.strip():
-                raise r.error("completions", f"completion {i} is empty text")
         return Ranking(_prompt(r), list(completions), list(ranks), meta=r.meta({"prompt", "completions", "ranks"}))
     if kind == "unpaired":
-        return Unpaired(_prompt(r), _answer(r, "completion"), _bool(r, "label"),
+        return Unpaired(_prompt(r), _answer(r, "completion", allow_empty=True), _bool(r, "label"),
                         meta=r.meta({"prompt", "completion", "label"}))
     if kind == "prompt_completion":
         if "messages" in row and "prompt" not in row:

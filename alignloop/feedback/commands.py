@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from alignloop.core.db import default_db_url, make_parent_folder  # noqa: F401  (default_db_url: re-exported)
-from alignloop.core.errors import AlignloopError, DataError
+from alignloop.core.errors import AlignloopError
 from alignloop.feedback.config import (  # noqa: F401  (re-exported)
     LabelAddUserConfig,
     LabelExportConfig,
@@ -71,31 +71,33 @@ def run_serve(cfg: LabelServeConfig) -> int:
 
 @_store_errors
 def run_import(cfg: LabelImportConfig) -> int:
-    from sqlalchemy import select
+    from tqdm.auto import tqdm
 
     from alignloop.feedback.io import import_file
-    from alignloop.feedback.models import Project
-    from alignloop.feedback.queries import get_project, set_guidelines, update_project
 
     db = _db(cfg.db)
     guidelines = Path(cfg.guidelines).read_text(encoding="utf-8") if cfg.guidelines else None
-    settings = {"task_type": cfg.task_type, "overlap": cfg.overlap, "gold_rate": cfg.gold_rate,
-                "order": cfg.order, "criteria": cfg.criteria}
-    with db.read() as s:
-        exists = s.scalar(select(Project.id).where(Project.name == cfg.project)) is not None
-    summary = import_file(db, cfg.project, cfg.file, labeler=cfg.labeler,
-                          **({} if exists else {**settings, "guidelines": guidelines or "",
-                                                "content_warning": cfg.content_warning or ""}))
-    if exists:  # settings given for an existing project update it after the import
-        with db.write() as s:
-            p = get_project(s, cfg.project)
-            update_project(s, p, **{k: v for k, v in settings.items() if k != "task_type"})
-            if cfg.task_type and cfg.task_type != p.task_type:
-                raise DataError(f"project '{p.name}' is {p.task_type}; its task type cannot change", field="task_type")
-            if guidelines is not None and guidelines != p.guidelines or cfg.content_warning is not None:
-                set_guidelines(s, p, guidelines if guidelines is not None else p.guidelines, cfg.content_warning)
+    settings = {"task_type": cfg.task_type, "overlap": cfg.overlap, "gold_rate": cfg.gold_rate, "order": cfg.order,
+                "criteria": cfg.criteria, "guidelines": guidelines, "content_warning": cfg.content_warning}
+
+    def bar(total: int):  # noqa: ANN202
+        return tqdm(total=total, desc="import", unit="task", file=sys.stderr, dynamic_ncols=True)
+
+    summary = import_file(db, cfg.project, cfg.file, labeler=cfg.labeler, progress=bar, **settings)
+    print(import_report(summary), file=sys.stderr)
     print(json.dumps(summary))
     return 0
+
+
+def import_report(summary: dict) -> str:
+    """One line saying what an import added and what it skipped, by reason."""
+    line = (f"imported {summary['tasks']} tasks ({summary['prompts']} prompts, {summary['judgments']} judgments"
+            + (f", {summary['gold_tasks']} gold" if summary["gold_tasks"] else "")
+            + f") from a {summary['format']} file into '{summary['project']}' ({summary['task_type']})")
+    skipped = summary.get("skipped") or {}
+    if skipped:
+        line += f"; skipped {sum(skipped.values())}: " + ", ".join(f"{k} {v}" for k, v in skipped.items())
+    return line
 
 
 @_store_errors

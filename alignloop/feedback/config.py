@@ -52,17 +52,20 @@ class LabelServeConfig(StageConfig):
 
 @dataclass
 class LabelImportConfig(StageConfig):
-    """Import prompts/completions (alignloop generate JSONL), TRL preferences or a Label Studio export."""
+    """Import tasks and judgments: alignloop generate output, TRL files, Label Studio, Argilla or raw exports."""
 
     command: ClassVar[tuple[str, ...]] = ("label", "import")
     runner: ClassVar[str] = "alignloop.feedback.commands:run_import"
 
-    file: str = opt("", "JSONL, JSON or .gz file to import (all-or-nothing).", positional=True)
+    file: str = opt("", "File to import (JSONL, JSON, CSV, Parquet, optionally .gz); its shape is told from its rows. "
+                    "All-or-nothing: checked whole before anything is written.", positional=True)
     db: str = opt("", DB_HELP)
     project: str = opt("", "Project to import into; created when new.")
-    task_type: Optional[TaskType] = opt(None, "Task type of a new project; default: from the data (2 completions: "
-                                        "pairwise, more: ranking, preference files: pairwise). In a pairwise "
-                                        "project, a prompt with K>2 completions becomes one task per pair.")
+    task_type: Optional[TaskType] = opt(None, "Task type of a new project; default: from the data (preferences: "
+                                        "pairwise, rankings: ranking, unpaired labels: binary; candidates: 2 "
+                                        "pairwise, 1 binary, more ranking). In a pairwise project, a prompt with K>2 "
+                                        "completions becomes one task per pair. An existing project's type cannot "
+                                        "change.")
     overlap: Optional[int] = opt(None, "Distinct labelers per task (new projects: 3); agreement needs at least 2.")
     gold_rate: Optional[float] = opt(None, "Share of assignments that are gold tasks (records with a 'gold' answer), "
                                      "0..1, placed at random in each labeler's queue (new projects: 0).")
@@ -74,7 +77,9 @@ class LabelImportConfig(StageConfig):
                                     "makes a new version, and every judgment records the version it was made "
                                     "under.")
     content_warning: Optional[str] = opt(None, "Warning shown before labeling starts (e.g. for red-teaming data).")
-    labeler: Optional[str] = opt(None, "Who made the judgments in a preference file; default: import:<file name>.")
+    labeler: Optional[str] = opt(None, "Who made the judgments of a TRL file (preferences, rankings, unpaired labels); "
+                                 "default: import:<file name>. Label Studio, Argilla and raw exports name their own "
+                                 "labelers.")
 
     def check(self) -> list[str]:
         p = check_db_url(self.db)

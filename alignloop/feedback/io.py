@@ -1,209 +1,441 @@
 """Imports into and exports out of the studio.
 
-Imports (all-or-nothing: the caller's transaction is rolled back on the first bad row, whose file, line and
-field the error names):
+Imports read a file through ``alignloop.data.labeled`` (built on ``alignloop.data.readers``, the one owner of file
+parsing; the trainers read TRL files through the same code, so both take the same pairs from a file). Its shape is
+told from the file: a Label Studio JSON export (pairwise or ranker template), Argilla 2.x records, a TRL file (every
+TRL preference format, Anthropic HH transcripts included, rankings, unpaired labels), ``alignloop generate``
+candidates or the studio's own ``raw`` export (a round trip). Each labeled task becomes a prompt, its completions and
+one task (a pairwise project: one task per pair of K > 2 completions; a binary project: one per completion), and
+each judgment in the file a judgment by its labeler (a preference file's by ``--labeler``, default
+``import:<file name>``).
 
-* ``alignloop generate`` JSONL: ``{"id", "prompt", "completions": [...], "model", "sampling", ...}`` plus
-  optional ``uncertainty`` (active-learning order), ``context`` and ``gold`` (a known answer: ``{"choice":
-  "A"}`` or ``{"ranking": [indices best first]}``). These become unlabeled tasks.
-* TRL preferences ``{"prompt", "chosen", "rejected"}`` (also the implicit-prompt form, Anthropic HH transcripts
-  included, split by ``alignloop.data.readers`` as the trainers split it), rankings
-  ``{"prompt", "completions", "ranks"}`` and unpaired ``{"prompt", "completion", "label"}``: tasks plus the
-  judgment the file records, by the labeler named ``labeler`` (default ``import:<file name>``).
-* Label Studio JSON exports of pairwise tasks: ``data.prompt``, ``data.answer1``, ``data.answer2`` and per
-  annotation ``result[].value.selected`` (left = answer1, right = answer2) by ``completed_by``.
+An import is all-or-nothing: every task and judgment is checked against the project before the first row is
+written, and the first problem stops it naming the file, the line and the field. What a file holds that is neither
+a task nor a judgment (cancelled annotations, model predictions or suggestions, responses to questions the studio
+has no place for) is counted by reason in the summary's ``skipped``. Rows are written in batches (Core inserts,
+executemany) inside the caller's transaction: tasks in ``_insert_tasks``, judgments in ``_insert_judgments``.
 
 Exports: ``trl`` (consensus preference pairs; rankings expanded to pairs, grouped per prompt), ``kto``
 (unpaired good/bad labels), ``sft`` (the "write a better answer" demonstrations) and ``raw`` (every
-judgment). Each row carries ``id`` and ``judgment_ids``; each export is recorded with the judgments it holds.
+judgment, and a gold task's answer). Each row carries ``id`` and ``judgment_ids``; each export is recorded with the
+judgments it holds.
 """
 
 from __future__ import annotations
 
-import gzip
+import contextlib
+import datetime as dt
+import gc
 import hashlib
 import itertools
 import json
 import os
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-from sqlalchemy import func, select
+from sqlalchemy import JSON, func, insert, select
 from sqlalchemy.orm import Session
 
 from alignloop.core.errors import DataError
 from alignloop.core.files import atomic_path
+from alignloop.data import labeled as labeled_files
 from alignloop.data import readers
+from alignloop.data.records import LabeledFile, LabeledTask
 from alignloop.feedback.errors import StoreError
 from alignloop.feedback.models import (
+    LABELER_KINDS,
     Completion,
     Database,
     Export,
     ExportJudgment,
     GoldAnswer,
-    Labeler,
+    Judgment,
     Project,
     Prompt,
     Task,
+    utcnow,
 )
 from alignloop.feedback.queries import (
     MAX_COMPLETIONS,
+    Answer,
     ProjectData,
-    add_judgment,
     create_project,
     get_or_create_labeler,
     get_project,
+    set_guidelines,
+    update_project,
+    validate_answer,
 )
 
 MAX_IMPORT_TEXT = 200_000  # characters per prompt or completion; longer rows are refused, never cut
-ROLES = ("system", "user", "assistant", "tool")
 FORMATS = ("trl", "kto", "sft", "raw")
+BATCH = 2_000  # records per batch of inserts
+#: what a record of each kind is called in errors
+KIND_NAMES = {"pairwise": "preference", "ranking": "ranking", "binary": "unpaired (KTO)", "rating": "rating",
+              "rewrite": "rewrite"}
+#: progress(total) -> a bar with update(n) and close() (tqdm's interface); None: no bar
+Progress = Callable[[int], Any]
 
 
 # --------------------------------------------------------------------------------------------------
-# Reading files
+# Reading
 # --------------------------------------------------------------------------------------------------
 
 
-def read_records(path: str | os.PathLike) -> tuple[str, list[tuple[int, Any]]]:
-    """("jsonl" | "labelstudio" | "json", [(line or item number, record)]) for a JSONL/JSON(.gz) file."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError("file not found", path=str(p))
-    opener = gzip.open if p.suffix == ".gz" else open
-    try:
-        with opener(p, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise DataError(f"cannot read the file ({exc})", path=str(p)) from None
-    return parse_records(decode_upload(data, source=str(p)), source=str(p))
+def read_import(path: str | os.PathLike) -> LabeledFile:
+    """The labeled tasks of a file, read by ``alignloop.data.labeled`` (its shape told from its rows)."""
+    return labeled_files.read_labeled(path)
 
 
-def decode_upload(data: bytes, source: str | None = None) -> str:
-    """Strict UTF-8 (an optional BOM is dropped): a byte that is not UTF-8 is an error naming its line and
-    column, never a silent U+FFFD in the labels."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        start = exc.start
-        line = data.count(b"\n", 0, start) + 1
-        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
-        raise DataError(f"not valid UTF-8 (byte 0x{data[start]:02x} at column {column})", path=source,
-                        line=line) from None
+def parse_upload(data: bytes) -> list[tuple[int, dict[str, Any]]]:
+    """An upload's rows, read by the rules a file is read by (strict UTF-8; a JSON array or one object a line).
+    Errors name the line but no file."""
+    return readers.rows_from_text(readers.decode_text(data), None)
 
 
-def parse_records(text: str, source: str | None = None) -> tuple[str, list[tuple[int, Any]]]:
-    """The records of a file's text or of an upload: a JSON array or one JSON value per line. The format is
-    "labelstudio" when every record is a Label Studio task (it has a ``data`` object)."""
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"not valid JSON ({exc.msg})", path=source, line=exc.lineno) from None
-        fmt, records = "json", [(i + 1, rec) for i, rec in enumerate(data)]
-    else:
-        fmt, records = "jsonl", []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append((n, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"not valid JSON ({exc.msg})", path=source, line=n) from None
-    if records and all(isinstance(rec, dict) and "data" in rec for _, rec in records):
-        fmt = "labelstudio"
-    return fmt, records
+def read_upload(rows: list[tuple[int, dict[str, Any]]]) -> LabeledFile:
+    """The labeled tasks of an upload's rows (errors name the source ``upload``)."""
+    return labeled_files.labeled_from_rows(rows, "upload")
 
 
 # --------------------------------------------------------------------------------------------------
-# Validating one record
+# Checking a file against a project (nothing is written)
 # --------------------------------------------------------------------------------------------------
 
 
-class _Where:
-    def __init__(self, path: str, line: int | None):
-        self.path, self.line = path, line
-
-    def error(self, msg: str, field: str | None = None) -> DataError:
-        return DataError(msg, path=self.path, line=self.line, field=field)
-
-
-def _messages(value: Any, where: _Where, field: str) -> list[dict]:
-    if not value:
-        raise where.error("an empty message list", field)
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
-            raise where.error(f"message {i} must be {{'role': one of {', '.join(ROLES)}, 'content': text}}", field)
-        if len(m["content"]) > MAX_IMPORT_TEXT:
-            raise where.error(f"message {i} is longer than {MAX_IMPORT_TEXT} characters", field)
-    return [{"role": m["role"], "content": m["content"]} for m in value]
+@dataclass
+class _TaskPlan:
+    comps: list[int]  # indices into the record's completions
+    gold: dict | None = None
+    judgments: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _text_or_messages(value: Any, where: _Where, field: str) -> Any:
+@dataclass
+class _PromptPlan:
+    external_id: str
+    prompt: Any
+    context: Any
+    extra: dict[str, Any]
+    completions: list[Any]
+    models: list[Any]
+    sampling: dict[str, Any]
+    uncertainty: float | None
+    tasks: list[_TaskPlan]
+    where: tuple[str | None, int | None]
+
+
+@dataclass
+class _Shape:
+    """What ``validate_answer`` reads of a task, before the task has ids: completions are named by index."""
+
+    completion_ids: list[int]
+    task_type: str
+
+
+def _location(where: str | None, default: tuple[str | None, int | None] = (None, None)
+              ) -> tuple[str | None, int | None]:
+    if not where:
+        return default
+    path, _, line = where.rpartition(":")
+    return (path, int(line)) if line.isdigit() else (where, None)
+
+
+def _store_message(exc: StoreError) -> str:
+    text = str(exc)
+    return text[len(exc.field) + 2:] if exc.field and text.startswith(f"{exc.field}: ") else text
+
+
+def _fits(kind: str, task_type: str, k: int) -> bool:
+    """Whether a record the file calls ``kind`` fits a project of ``task_type`` (a ranking of two is a pairwise
+    choice)."""
+    return kind == task_type or (kind == "ranking" and task_type == "pairwise" and k == 2)
+
+
+def _subsets(task_type: str, k: int) -> list[list[int]]:
+    """The tasks a record of ``k`` completions makes in a project of ``task_type``."""
+    if task_type == "pairwise":
+        return [list(p) for p in itertools.combinations(range(k), 2)]
+    if task_type == "binary":
+        return [[i] for i in range(k)]
+    return [list(range(k))]
+
+
+def _text_limit(value: Any) -> int:
     if isinstance(value, str):
-        if not value.strip():
-            raise where.error("is empty", field)
-        if len(value) > MAX_IMPORT_TEXT:
-            raise where.error(f"is {len(value)} characters; the limit is {MAX_IMPORT_TEXT}", field)
-        return value
-    if isinstance(value, list):
-        return _messages(value, where, field)
-    if isinstance(value, dict) and isinstance(value.get("text"), str):  # {"text": ...} completions
-        return _text_or_messages(value["text"], where, field)
-    raise where.error("must be a string or a list of {'role', 'content'} messages", field)
+        return len(value)
+    return max((len(m.get("content", "")) for m in value if isinstance(m, dict)), default=0)
 
 
-def _record_kind(rec: dict, where: _Where) -> str:
-    if "chosen" in rec or "rejected" in rec:
-        return "preference"
-    if "completions" in rec:
-        return "ranking" if "ranks" in rec else "generate"
-    if "completion" in rec:
-        return "unpaired" if "label" in rec else "single"
-    raise where.error("not a record this studio imports: expected 'completions' (alignloop generate), "
-                      "'chosen'/'rejected' (preferences), 'completions'+'ranks' or 'completion'(+'label')")
+def _time(value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    t = dt.datetime.fromisoformat(value)
+    return t.astimezone(dt.UTC).replace(tzinfo=None) if t.tzinfo else t
 
 
-INFERRED_TYPE = {"preference": "pairwise", "ranking": "ranking", "unpaired": "binary", "single": "binary",
-                 "labelstudio": "pairwise"}
+def _answer(j: Any, task_type: str, comps: list[int]) -> Answer:
+    """A file's judgment as the fields of an answer to a task of ``task_type`` holding ``comps``."""
+    choice, ranking = j.choice, j.ranking
+    if task_type == "pairwise" and ranking is not None and choice is None and len(ranking) == 2:
+        choice, ranking = ("A" if ranking[0] == comps[0] else "B"), None  # a ranking of two is a choice
+    return Answer(choice=choice, strength=j.strength, ranking=ranking, ratings=_keyed(j.ratings),
+                  flags=_keyed(j.flags), rewrite=j.rewrite, skip_reason=j.skip_reason)
 
 
-def infer_task_type(kind: str, rec: dict) -> str:
-    if kind == "generate":
-        return "pairwise" if len(rec.get("completions") or []) == 2 else "ranking"
-    return INFERRED_TYPE[kind]
+def _keyed(per_completion: dict | None, ids: list[int] | None = None) -> dict | None:
+    """``{completion: {...}}`` keyed as a judgment stores it: by completion id (index ``i`` is ``ids[i]``), as text."""
+    if per_completion is None:
+        return None
+    return {str(ids[int(i)] if ids is not None else i): v for i, v in per_completion.items()}
 
 
-def _split_implicit_prompt(rec: dict, where: _Where) -> tuple[Any, Any, Any]:
-    """TRL's implicit-prompt form: chosen/rejected are whole conversations sharing the prompt turns (message lists,
-    Anthropic HH transcripts, or texts with a common beginning). Split by the trainers' reader
-    (``alignloop.data.readers``), so ``label import`` and ``reward train`` / ``dpo`` take the same pairs from a file.
+def _gold(project: Project, gold: dict | None, k: int, n_tasks: int, err: Callable[..., DataError]) -> dict | None:
+    if gold is None:
+        return None
+    t = project.task_type
+    if "ranking" in gold and (not isinstance(gold["ranking"], list) or sorted(gold["ranking"]) != list(range(k))):
+        raise err(f"ranking must list the completion indices 0..{k - 1} once, best first", "gold")
+    allowed = {"pairwise": ("A", "B", "tie", "both_bad"), "binary": ("good", "bad")}.get(t)
+    if "choice" in gold and (allowed is None or gold["choice"] not in allowed):
+        raise err(f"choice '{gold['choice']}' does not fit a {t} project", "gold")
+    if "choice" not in gold and "ranking" not in gold:
+        raise err("needs a 'choice' or a 'ranking'", "gold")
+    if n_tasks > 1:
+        one = {"pairwise": "exactly 2 completions", "binary": "exactly 1 completion"}.get(t, "one task")
+        raise err(f"a gold answer in a {t} project needs {one}", "gold")
+    return dict(gold)
 
-    Message lists keep their answers as assistant messages. The studio also stores answers of several messages,
-    which the trainers' reader refuses: for those lists the prompt is the longest run of shared leading
-    messages (TRL's own rule)."""
-    chosen, rejected = rec.get("chosen"), rec.get("rejected")
-    row = readers._Row(where.path, where.line, {"chosen": chosen, "rejected": rejected})
+
+def _plan(s: Session, project: Project, lf: LabeledFile, default_labeler: str
+          ) -> tuple[list[_PromptPlan], dict[str, str]]:
+    """Every record checked against ``project`` and laid out as prompts, completions, tasks and judgments; the
+    labelers it names with their kind. Raises DataError on the first problem, in file order; writes nothing."""
+    t_type = project.task_type
+    plans: list[_PromptPlan] = []
+    labelers: dict[str, str] = {}
+    seen: set[str] = set()
+    for t in lf.tasks:
+        where = _location(t.meta.get("_where"))
+
+        def err(msg: str, fld: str | None = None, at: tuple[str | None, int | None] = where) -> DataError:
+            return DataError(msg, path=at[0], line=at[1], field=fld)
+
+        k = len(t.completions)
+        if k > MAX_COMPLETIONS:
+            raise err(f"has {k} completions; the limit is {MAX_COMPLETIONS}", "completions")
+        prompt = t.prompt.as_given()
+        if _text_limit(prompt) > MAX_IMPORT_TEXT:
+            raise err(f"is longer than {MAX_IMPORT_TEXT} characters", "prompt")
+        for i, c in enumerate(t.completions):
+            if _text_limit(c) > MAX_IMPORT_TEXT:
+                raise err(f"is longer than {MAX_IMPORT_TEXT} characters", f"completions[{i}]")
+        if t.kind and not _fits(t.kind, t_type, k):
+            raise err(f"{KIND_NAMES.get(t.kind, t.kind)} records need a {t.kind} project; '{project.name}' is "
+                      f"{t_type}")
+        if t_type in ("pairwise", "ranking") and k < 2:
+            raise err(f"a {t_type} task needs at least 2 completions", "completions")
+        subsets = _subsets(t_type, k)
+        tasks = [_TaskPlan(sub) for sub in subsets]
+        ext = t.meta.get("id")
+        if ext is None:  # no id: derive a stable one from the content, so a re-import is noticed
+            ext = hashlib.sha1(json.dumps([prompt, t.completions], sort_keys=True).encode()).hexdigest()[:16]
+        if not isinstance(ext, (str, int)) or isinstance(ext, bool) or len(str(ext)) > 200:
+            raise err("must be a string or integer of at most 200 characters", "id")
+        ext = str(ext)
+        if ext in seen:
+            raise err(f"prompt id '{ext}' appears twice in this file", "id")
+        seen.add(ext)
+        tasks[0].gold = _gold(project, t.gold, k, len(tasks), err)
+        for j in t.judgments:
+            _plan_judgment(project, j, tasks, k, default_labeler, labelers, err, _location(j.where, where))
+        meta = readers.public_meta(t.meta)
+        models = meta.pop("models", None)
+        model = meta.pop("model", None)
+        sampling = meta.pop("sampling", None)
+        context = meta.pop("context", None)
+        unc = meta.pop("uncertainty", None)
+        meta.pop("id", None)
+        if context is not None and not isinstance(context, (str, list, dict)):
+            raise err("must be text, a list or an object", "context")
+        models = [models[i] if isinstance(models, list) and i < len(models) else model for i in range(k)]
+        plans.append(_PromptPlan(ext, prompt, context, meta, list(t.completions),
+                                 [str(m) if m is not None else None for m in models],
+                                 sampling if isinstance(sampling, dict) else {},
+                                 unc if isinstance(unc, (int, float)) and not isinstance(unc, bool) else None,
+                                 tasks, where))
+    _refuse_known_ids(s, project, plans)
+    return plans, labelers
+
+
+def _plan_judgment(project: Project, j: Any, tasks: list[_TaskPlan], k: int, default_labeler: str,
+                   labelers: dict[str, str], err: Callable[..., DataError], at: tuple[str | None, int | None]) -> None:
+    """Check one judgment of a file against its task and add it there."""
+    t_type = project.task_type
+    want = list(range(k)) if j.completions is None else list(j.completions)
+    target = next((tp for tp in tasks if tp.comps == want), None)
+    if target is None:
+        what = "all its completions" if j.completions is None else f"completions {want}"
+        raise err(f"a judgment of {what} fits no task of a {t_type} project"
+                  + (" (each pair of completions is its own task)" if t_type == "pairwise" else ""), at=at)
     try:
-        pair = readers.row_to_record(row, "preference")
-    except DataError:
-        if isinstance(chosen, list) and isinstance(rejected, list):
-            return _split_conversations(chosen, rejected, where)
-        raise
-    if isinstance(chosen, list):
-        return (pair.prompt.to_json(), [{"role": "assistant", "content": pair.chosen}],
-                [{"role": "assistant", "content": pair.rejected}])
-    return pair.prompt.to_json(), pair.chosen, pair.rejected
+        answer = validate_answer(_Shape(target.comps, t_type), project, _answer(j, t_type, target.comps))
+    except StoreError as exc:
+        raise err(_store_message(exc), exc.field, at=at) from None
+    name = j.labeler or default_labeler
+    if not 1 <= len(name) <= 200:
+        raise err("a labeler needs a name of 1 to 200 characters", "labeler", at=at)
+    if j.labeler_kind not in LABELER_KINDS:
+        raise err(f"'{j.labeler_kind}' is not one of {', '.join(LABELER_KINDS)}", "labeler_kind", at=at)
+    labelers.setdefault(name, j.labeler_kind)
+    if any(x["labeler"] == name for x in target.judgments):
+        raise err(f"labeler '{name}' judged this task twice", "labeler", at=at)
+    try:
+        created = _time(j.created_at)
+    except ValueError:
+        raise err(f"expected an ISO 8601 time, got {j.created_at!r}", "created_at", at=at) from None
+    display = j.display_order if j.display_order and sorted(j.display_order) == sorted(target.comps) else None
+    target.judgments.append({"labeler": name, "answer": answer, "created_at": created, "duration_ms": j.duration_ms,
+                             "display_order": display})
 
 
-def _split_conversations(chosen: list, rejected: list, where: _Where) -> tuple[Any, Any, Any]:
-    chosen, rejected = _messages(chosen, where, "chosen"), _messages(rejected, where, "rejected")
-    n = 0
-    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
-        n += 1
-    if n == 0:
-        raise where.error("is missing and chosen/rejected share no leading turns", "prompt")
-    return chosen[:n], chosen[n:], rejected[n:]
+def _refuse_known_ids(s: Session, project: Project, plans: list[_PromptPlan]) -> None:
+    for start in range(0, len(plans), 500):
+        chunk = plans[start:start + 500]
+        known = set(s.scalars(select(Prompt.external_id).where(
+            Prompt.project_id == project.id, Prompt.external_id.in_([p.external_id for p in chunk]))))
+        for p in chunk:
+            if p.external_id in known:
+                raise DataError(f"prompt id '{p.external_id}' is already in project '{project.name}'",
+                                path=p.where[0], line=p.where[1], field="id")
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing (batched inserts in the caller's transaction)
+# --------------------------------------------------------------------------------------------------
+
+
+_JSON_TEXT = json.JSONEncoder().encode  # what json.dumps (SQLAlchemy's JSON serializer) writes, one call shorter
+
+
+def _bulk_insert(s: Session, model: Any, rows: list[dict[str, Any]]) -> None:
+    """``INSERT`` many rows. PostgreSQL: a Core insert, which SQLAlchemy sends as multi-row ``VALUES`` statements
+    (the driver's own executemany sends one statement a row). SQLite: one executemany of the driver, JSON values
+    written as ``json.dumps`` writes them (None as SQL NULL, which reads back as None too) and other values through
+    SQLAlchemy's bind processor for the dialect: what a Core insert stores, without its per-row bookkeeping, which
+    was most of an import's time."""
+    if not rows:
+        return
+    table = model.__table__
+    conn = s.connection()
+    dialect = conn.dialect
+    if dialect.name != "sqlite":
+        s.execute(insert(table), rows)
+        return
+    cols = list(rows[0])
+
+    def converter(col: Any) -> Callable[[Any], Any] | None:
+        if isinstance(col.type, JSON):
+            return lambda v: None if v is None else _JSON_TEXT(v)
+        return col.type.dialect_impl(dialect).bind_processor(dialect)
+
+    convs = [(c, converter(table.c[c])) for c in cols]
+    marker = "?" if dialect.paramstyle == "qmark" else "%s"
+    sql = (f"INSERT INTO {table.name} ({', '.join(dialect.identifier_preparer.quote(c) for c in cols)}) "
+           f"VALUES ({', '.join([marker] * len(cols))})")
+    conn.exec_driver_sql(sql, [tuple([r[c] if f is None else f(r[c]) for c, f in convs]) for r in rows])
+
+
+def _insert_tasks(s: Session, project: Project, plans: list[_PromptPlan], seq: int
+                  ) -> tuple[list[list[int]], list[list[int]], int]:
+    """Insert ``plans``' prompts, completions, tasks and gold answers: the one place tasks are added by an import
+    (anything kept per task or per project, such as counters, is updated here). Returns each prompt's completion
+    ids and task ids, and the next free ``seq``.
+
+    Plain multi-row inserts, then one query per table for the new ids (RETURNING in parameter order runs one
+    statement per row on SQLite)."""
+    _bulk_insert(s, Prompt, [
+        {"project_id": project.id, "external_id": p.external_id, "prompt": p.prompt, "context": p.context,
+         "extra": p.extra} for p in plans])
+    by_ext = dict(s.execute(select(Prompt.external_id, Prompt.id).where(
+        Prompt.project_id == project.id, Prompt.external_id.in_([p.external_id for p in plans]))).all())
+    prompt_ids = [by_ext[p.external_id] for p in plans]
+    _bulk_insert(s, Completion, [
+        {"prompt_id": pid, "position": i, "text": text, "model": p.models[i], "sampling": p.sampling}
+        for p, pid in zip(plans, prompt_ids) for i, text in enumerate(p.completions)])
+    at = {(pid, pos): cid for cid, pid, pos in s.execute(select(Completion.id, Completion.prompt_id,
+                                                                Completion.position)
+                                                         .where(Completion.prompt_id.in_(prompt_ids))).all()}
+    comp_ids = [[at[(pid, i)] for i in range(len(p.completions))] for p, pid in zip(plans, prompt_ids)]
+    now = utcnow()
+    task_rows = []
+    for p, pid, cids in zip(plans, prompt_ids, comp_ids):
+        for tp in p.tasks:
+            task_rows.append({"project_id": project.id, "prompt_id": pid, "task_type": project.task_type,
+                              "completion_ids": [cids[i] for i in tp.comps], "seq": seq, "uncertainty": p.uncertainty,
+                              "is_gold": tp.gold is not None, "created_at": now})
+            seq += 1
+    _bulk_insert(s, Task, task_rows)
+    tasks_of: dict[int, list[int]] = defaultdict(list)
+    for tid, pid in s.execute(select(Task.id, Task.prompt_id).where(Task.prompt_id.in_(prompt_ids))
+                              .order_by(Task.id)).all():
+        tasks_of[pid].append(tid)
+    task_ids = [tasks_of[pid] for pid in prompt_ids]
+    gold_rows = []
+    for p, cids, tids in zip(plans, comp_ids, task_ids):
+        for tp, tid in zip(p.tasks, tids):
+            if tp.gold is not None:
+                answer = dict(tp.gold)
+                if "ranking" in answer:
+                    answer["ranking"] = [cids[i] for i in answer["ranking"]]
+                gold_rows.append({"task_id": tid, "answer": answer, "note": str(answer.get("note", ""))})
+    _bulk_insert(s, GoldAnswer, gold_rows)
+    return comp_ids, task_ids, seq
+
+
+def _insert_judgments(s: Session, project: Project, plans: list[_PromptPlan], comp_ids: list[list[int]],
+                      task_ids: list[list[int]], labeler_ids: dict[str, int]) -> int:
+    """Insert the judgments ``plans`` hold (checked by ``_plan``): the one place an import adds judgments."""
+    rows = []
+    for p, cids, tids in zip(plans, comp_ids, task_ids):
+        for tp, tid in zip(p.tasks, tids):
+            for j in tp.judgments:
+                a = j["answer"]
+                rows.append({
+                    "task_id": tid, "labeler_id": labeler_ids[j["labeler"]], "assignment_id": None,
+                    "choice": a.choice, "strength": a.strength,
+                    "ranking": [cids[i] for i in a.ranking] if a.ranking is not None else None,
+                    "ratings": _keyed(a.ratings, cids), "flags": _keyed(a.flags, cids), "rewrite": a.rewrite,
+                    "skipped": a.skip_reason is not None, "skip_reason": a.skip_reason,
+                    "display_order": [cids[i] for i in j["display_order"]] if j["display_order"] else None,
+                    "guideline_version": project.guidelines_version, "idempotency_key": None,
+                    "duration_ms": j["duration_ms"], "created_at": j["created_at"] or utcnow()})
+    _bulk_insert(s, Judgment, rows)
+    return len(rows)
+
+
+def _write(s: Session, project: Project, plans: list[_PromptPlan], labelers: dict[str, str],
+           progress: Progress | None = None) -> dict[str, int]:
+    labeler_ids = {name: get_or_create_labeler(s, name, kind=kind).id for name, kind in labelers.items()}
+    seq = (s.scalar(select(func.max(Task.seq)).where(Task.project_id == project.id)) or 0) + 1
+    counts = {"prompts": 0, "tasks": 0, "gold_tasks": 0, "judgments": 0}
+    bar = progress(sum(len(p.tasks) for p in plans)) if progress else None
+    try:
+        for start in range(0, len(plans), BATCH):
+            chunk = plans[start:start + BATCH]
+            comp_ids, task_ids, seq = _insert_tasks(s, project, chunk, seq)
+            counts["judgments"] += _insert_judgments(s, project, chunk, comp_ids, task_ids, labeler_ids)
+            n_tasks = sum(len(t) for t in task_ids)
+            counts["prompts"] += len(chunk)
+            counts["tasks"] += n_tasks
+            counts["gold_tasks"] += sum(tp.gold is not None for p in chunk for tp in p.tasks)
+            if bar is not None:
+                bar.update(n_tasks)
+    finally:
+        if bar is not None:
+            bar.close()
+    return counts
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,243 +443,93 @@ def _split_conversations(chosen: list, rejected: list, where: _Where) -> tuple[A
 # --------------------------------------------------------------------------------------------------
 
 
-class _Importer:
-    def __init__(self, s: Session, project: Project, source: str, labeler: str | None):
-        self.s, self.project, self.source = s, project, source
-        self.labeler_name = labeler or f"import:{Path(source).name}"
-        self.seq = (s.scalar(select(func.max(Task.seq)).where(Task.project_id == project.id)) or 0) + 1
-        self.seen_ids: set[str] = set()
-        self.summary = {"prompts": 0, "tasks": 0, "gold_tasks": 0, "judgments": 0, "cancelled_annotations": 0}
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """A bulk import allocates millions of objects that live to its end; the cyclic garbage collector would scan
+    them again and again (it tripled the time of an import of 20,000 tasks). An import makes no reference cycles
+    that need it, so it waits until the import is done."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
-    def prompt(self, rec: dict, where: _Where, prompt: Any, texts: list[Any]) -> tuple[Prompt, list[Completion]]:
-        ext = rec.get("id")
-        if ext is None:  # no id: derive a stable one from the content, so a re-import is noticed
-            ext = hashlib.sha1(json.dumps([prompt, texts], sort_keys=True).encode()).hexdigest()[:16]
-        if not isinstance(ext, (str, int)) or isinstance(ext, bool) or len(str(ext)) > 200:
-            raise where.error("must be a string or integer of at most 200 characters", "id")
-        ext = str(ext)
-        if ext in self.seen_ids or self.s.scalar(select(Prompt.id).where(
-                Prompt.project_id == self.project.id, Prompt.external_id == ext)) is not None:
-            raise where.error(f"prompt id '{ext}' is already in project '{self.project.name}'", "id")
-        self.seen_ids.add(ext)
-        context = rec.get("context")
-        if context is not None and not isinstance(context, (str, list, dict)):
-            raise where.error("must be text, a list or an object", "context")
-        known = {"id", "prompt", "completions", "completion", "chosen", "rejected", "ranks", "label", "model",
-                 "sampling", "context", "uncertainty", "gold", "models"}
-        extra = {k: v for k, v in rec.items() if k not in known}
-        p = Prompt(project_id=self.project.id, external_id=ext, prompt=prompt, context=context, extra=extra)
-        self.s.add(p)
-        self.s.flush()
-        models = rec.get("models") if isinstance(rec.get("models"), list) else None
-        sampling = rec.get("sampling") if isinstance(rec.get("sampling"), dict) else {}
-        comps = []
-        for i, t in enumerate(texts):
-            model = models[i] if models and i < len(models) else rec.get("model")
-            c = Completion(prompt_id=p.id, position=i, text=t, model=str(model) if model is not None else None,
-                           sampling=sampling)
-            self.s.add(c)
-            comps.append(c)
-        self.s.flush()
-        self.summary["prompts"] += 1
-        return p, comps
 
-    def task(self, p: Prompt, comps: list[Completion], uncertainty: float | None = None,
-             gold: dict | None = None) -> Task:
-        t = Task(project_id=self.project.id, prompt_id=p.id, task_type=self.project.task_type,
-                 completion_ids=[c.id for c in comps], seq=self.seq, uncertainty=uncertainty,
-                 is_gold=gold is not None)
-        self.seq += 1
-        self.s.add(t)
-        self.s.flush()
-        if gold is not None:
-            self.s.add(GoldAnswer(task_id=t.id, answer=gold, note=str(gold.get("note", ""))))
-            self.summary["gold_tasks"] += 1
-        self.summary["tasks"] += 1
-        return t
-
-    def judge(self, task: Task, labeler: Labeler, where: _Where, **answer: Any) -> None:
-        try:
-            add_judgment(self.s, task.id, labeler, **answer)
-        except StoreError as exc:
-            raise where.error(str(exc)) from None
-        self.summary["judgments"] += 1
-
-    def need_type(self, wanted: str, kind: str, where: _Where) -> None:
-        if self.project.task_type != wanted:
-            raise where.error(f"{kind} records need a {wanted} project; '{self.project.name}' is "
-                              f"{self.project.task_type}")
-
-    # ---- record kinds ---------------------------------------------------------------------------
-    def generate(self, rec: dict, where: _Where) -> None:
-        comps_in = rec.get("completions")
-        if not isinstance(comps_in, list) or not comps_in:
-            raise where.error("must be a non-empty list", "completions")
-        if len(comps_in) > MAX_COMPLETIONS:
-            raise where.error(f"has {len(comps_in)} completions; the limit is {MAX_COMPLETIONS}", "completions")
-        prompt = _text_or_messages(rec.get("prompt"), where, "prompt")
-        texts = [_text_or_messages(c, where, f"completions[{i}]") for i, c in enumerate(comps_in)]
-        unc = rec.get("uncertainty")
-        if unc is not None and (not isinstance(unc, (int, float)) or isinstance(unc, bool) or unc != unc):
-            raise where.error("must be a number", "uncertainty")
-        gold = self._gold(rec.get("gold"), len(texts), where)
-        t = self.project.task_type
-        if t in ("pairwise", "ranking") and len(texts) < 2:
-            raise where.error(f"a {t} task needs at least 2 completions", "completions")
-        p, comps = self.prompt(rec, where, prompt, texts)
-        if t == "pairwise":
-            pairs = list(itertools.combinations(comps, 2))  # K > 2: every pair is its own task
-            if gold is not None and len(pairs) > 1:
-                raise where.error("a gold answer in a pairwise project needs exactly 2 completions", "gold")
-            for a, b in pairs:
-                self.task(p, [a, b], unc, gold)
-        elif t == "binary":
-            if gold is not None and len(comps) > 1:
-                raise where.error("a gold answer in a binary project needs exactly 1 completion", "gold")
-            for c in comps:
-                self.task(p, [c], unc, gold)
-        else:  # ranking, rating, rewrite: all completions together
-            if gold is not None and "ranking" in gold:
-                gold = {**gold, "ranking": [comps[i].id for i in gold["ranking"]]}
-            self.task(p, comps, unc, gold)
-
-    def _gold(self, gold: Any, k: int, where: _Where) -> dict | None:
-        if gold is None:
-            return None
-        if not isinstance(gold, dict):
-            raise where.error("must be an object such as {\"choice\": \"A\"} or {\"ranking\": [1, 0]}", "gold")
-        if "ranking" in gold:
-            r = gold["ranking"]
-            if not isinstance(r, list) or sorted(r) != list(range(k)):
-                raise where.error(f"ranking must list the completion indices 0..{k - 1} once, best first", "gold")
-        allowed = {"pairwise": ("A", "B", "tie", "both_bad"), "binary": ("good", "bad")}.get(self.project.task_type)
-        if "choice" in gold and (allowed is None or gold["choice"] not in allowed):
-            raise where.error(f"choice '{gold['choice']}' does not fit a {self.project.task_type} project", "gold")
-        if "choice" not in gold and "ranking" not in gold:
-            raise where.error("needs a 'choice' or a 'ranking'", "gold")
-        return dict(gold)
-
-    def preference(self, rec: dict, where: _Where) -> None:
-        self.need_type("pairwise", "preference", where)
-        fields = (rec.get("prompt"), rec.get("chosen"), rec.get("rejected"))
-        if fields[0] is None:
-            fields = _split_implicit_prompt(rec, where)
-        prompt, chosen, rejected = (_text_or_messages(v, where, name)
-                                    for v, name in zip(fields, ("prompt", "chosen", "rejected")))
-        p, comps = self.prompt(rec, where, prompt, [chosen, rejected])
-        t = self.task(p, comps)
-        self.judge(t, self.labeler(), where, choice="A")
-
-    def ranking(self, rec: dict, where: _Where) -> None:
-        self.need_type("ranking", "ranking", where)
-        prompt = _text_or_messages(rec.get("prompt"), where, "prompt")
-        comps_in, ranks = rec.get("completions"), rec.get("ranks")
-        if not isinstance(comps_in, list) or len(comps_in) < 2:
-            raise where.error("must list at least 2 completions", "completions")
-        texts = [_text_or_messages(c, where, f"completions[{i}]") for i, c in enumerate(comps_in)]
-        if not isinstance(ranks, list) or sorted(ranks) != list(range(1, len(texts) + 1)):
-            raise where.error(f"must give each completion a distinct rank 1..{len(texts)} (1 = best)", "ranks")
-        p, comps = self.prompt(rec, where, prompt, texts)
-        t = self.task(p, comps)
-        order = [c.id for _, c in sorted(zip(ranks, comps), key=lambda rc: rc[0])]
-        self.judge(t, self.labeler(), where, ranking=order)
-
-    def unpaired(self, rec: dict, where: _Where) -> None:
-        self.need_type("binary", "unpaired (KTO)", where)
-        if not isinstance(rec.get("label"), bool):
-            raise where.error("must be true or false", "label")
-        prompt = _text_or_messages(rec.get("prompt"), where, "prompt")
-        p, comps = self.prompt(rec, where, prompt, [_text_or_messages(rec.get("completion"), where, "completion")])
-        t = self.task(p, comps)
-        self.judge(t, self.labeler(), where, choice="good" if rec["label"] else "bad")
-
-    def single(self, rec: dict, where: _Where) -> None:
-        if self.project.task_type in ("pairwise", "ranking"):
-            raise where.error(f"a {self.project.task_type} task needs at least 2 completions", "completion")
-        self.generate({**rec, "completions": [rec.get("completion")]}, where)
-
-    def labelstudio(self, item: Any, where: _Where) -> None:
-        self.need_type("pairwise", "Label Studio pairwise", where)
-        if not isinstance(item, dict) or not isinstance(item.get("data"), dict):
-            raise where.error("expected a Label Studio task with a 'data' object", "data")
-        data = item["data"]
-        prompt = _text_or_messages(data.get("prompt"), where, "data.prompt")
-        a1 = _text_or_messages(data.get("answer1"), where, "data.answer1")
-        a2 = _text_or_messages(data.get("answer2"), where, "data.answer2")
-        rec = {"id": f"labelstudio-{item['id']}" if "id" in item else None,
-               **{k: v for k, v in data.items() if k not in ("prompt", "answer1", "answer2")}}
-        if rec["id"] is None:
-            rec.pop("id")
-        p, comps = self.prompt(rec, where, prompt, [a1, a2])
-        t = self.task(p, comps)
-        seen: set[str] = set()
-        for k, ann in enumerate(item.get("annotations") or []):
-            field = f"annotations[{k}]"
-            if not isinstance(ann, dict):
-                raise where.error("must be an object", field)
-            if ann.get("was_cancelled"):
-                self.summary["cancelled_annotations"] += 1
-                continue
-            by = ann.get("completed_by")
-            if isinstance(by, dict):
-                by = by.get("email") or by.get("id")
-            if by is None or by == "":
-                raise where.error("is missing (who made this annotation?)", f"{field}.completed_by")
-            selected = [r.get("value", {}).get("selected") for r in ann.get("result") or []
-                        if isinstance(r, dict) and isinstance(r.get("value"), dict) and "selected" in r["value"]]
-            if len(selected) != 1 or selected[0] not in ("left", "right"):
-                raise where.error("needs exactly one result whose value.selected is 'left' or 'right'",
-                                  f"{field}.result")
-            name = f"labelstudio:{by}"
-            if name in seen:
-                raise where.error(f"labeler {by} annotated this task twice", f"{field}.completed_by")
-            seen.add(name)
-            lab = get_or_create_labeler(self.s, name, kind="human")
-            self.judge(t, lab, where, choice="A" if selected[0] == "left" else "B")
-
-    def labeler(self) -> Labeler:
-        return get_or_create_labeler(self.s, self.labeler_name, kind="human")
+def import_labeled(s: Session, project: Project, lf: LabeledFile, source: str = "<records>",
+                   labeler: str | None = None, progress: Progress | None = None) -> dict:
+    """Import a file's labeled tasks into ``project`` inside the caller's transaction: everything is checked first
+    (DataError on the first problem; the caller rolls back), then written in batches. Returns what was added and
+    what was skipped, by reason."""
+    with _collector_paused():
+        plans, labelers = _plan(s, project, lf, labeler or f"import:{Path(source).name}")
+        counts = _write(s, project, plans, labelers, progress)
+    return {"format": lf.shape, "records": lf.rows, **counts, "skipped": dict(lf.skipped)}
 
 
 def import_records(s: Session, project: Project, records: Iterable[tuple[int, Any]], source: str = "<records>",
-                   fmt: str = "jsonl", labeler: str | None = None) -> dict:
-    """Import records into ``project`` inside the caller's transaction; raises DataError on the first bad
-    row (the caller rolls back, so nothing of the file stays). Returns counts of what was added."""
-    imp = _Importer(s, project, source, labeler)
-    n = 0
-    for line, rec in records:
-        n += 1
-        where = _Where(source, line)
-        if fmt == "labelstudio":
-            imp.labelstudio(rec, where)
-            continue
-        if not isinstance(rec, dict):
-            raise where.error("expected a JSON object per line")
-        getattr(imp, _record_kind(rec, where))(rec, where)
-    if n == 0:
-        raise DataError("no records found", path=source)
-    return {"records": n, **imp.summary}
+                   labeler: str | None = None) -> dict:
+    """Import ``(line, row)`` pairs (any shape ``alignloop.data.labeled`` reads) into ``project`` inside the
+    caller's transaction; see ``import_labeled``."""
+    return import_labeled(s, project, labeled_files.labeled_from_rows(records, source), source, labeler)
+
+
+def inferred_task_type(lf: LabeledFile) -> str:
+    """A new project's task type from its first record: what the file says it is, else 2 completions: pairwise, 1:
+    binary, more: ranking."""
+    first: LabeledTask = lf.tasks[0]
+    k = len(first.completions)
+    return first.kind or ("pairwise" if k == 2 else "binary" if k == 1 else "ranking")
+
+
+def _file_criteria(lf: LabeledFile) -> list[str]:
+    """The rating criteria a file's judgments use, in the order they first appear (a new rating project takes
+    them, so ratings exported from another project come back)."""
+    seen: dict[str, None] = {}
+    for t in lf.tasks:
+        for j in t.judgments:
+            for per in (j.ratings or {}).values():
+                seen.update(dict.fromkeys(per))
+    return list(seen)
+
+
+def _project_for(s: Session, name: str, lf: LabeledFile, settings: dict[str, Any]) -> Project:
+    """The project to import into: created with ``settings`` when new; else ``settings`` (and guidelines) update
+    it, and a different ``task_type`` is refused."""
+    settings = {k: v for k, v in settings.items() if v is not None}
+    guidelines, warning = settings.pop("guidelines", None), settings.pop("content_warning", None)
+    project = s.scalar(select(Project).where(Project.name == name))
+    try:
+        if project is None:
+            settings.setdefault("task_type", inferred_task_type(lf))
+            if settings["task_type"] == "rating" and "criteria" not in settings and _file_criteria(lf):
+                settings["criteria"] = _file_criteria(lf)
+            return create_project(s, name, guidelines=guidelines or "", content_warning=warning or "", **settings)
+        wanted = settings.pop("task_type", None)
+        if wanted and wanted != project.task_type:
+            raise DataError(f"project '{name}' is {project.task_type}; its task type cannot change (asked: {wanted})",
+                            field="task_type")
+        update_project(s, project, **settings)
+        if (guidelines is not None and guidelines != project.guidelines) or \
+                (warning is not None and warning != project.content_warning):
+            set_guidelines(s, project, guidelines if guidelines is not None else project.guidelines, warning)
+        return project
+    except StoreError as exc:
+        raise DataError(_store_message(exc), field=exc.field) from None
 
 
 def import_file(db: Database, project_name: str, path: str | os.PathLike, labeler: str | None = None,
-                **settings: Any) -> dict:
-    """Read ``path`` and import it into ``project_name`` (created with ``settings`` when new) in one
-    transaction."""
-    fmt, records = read_records(path)
-    with db.write() as s:
-        project = s.scalar(select(Project).where(Project.name == project_name))
-        if project is None:
-            if not settings.get("task_type") and records:
-                first = records[0][1]
-                kind = "labelstudio" if fmt == "labelstudio" else (
-                    _record_kind(first, _Where(str(path), records[0][0])) if isinstance(first, dict) else "generate")
-                settings["task_type"] = infer_task_type(kind, first if isinstance(first, dict) else {})
-            try:
-                project = create_project(s, project_name, **{k: v for k, v in settings.items() if v is not None})
-            except StoreError as exc:
-                raise DataError(str(exc)) from None
-        summary = import_records(s, project, records, source=str(path), fmt=fmt, labeler=labeler)
-        return {"project": project.name, "task_type": project.task_type, **summary}
+                progress: Progress | None = None, **settings: Any) -> dict:
+    """Read ``path`` and import it into ``project_name`` in one transaction: the project is created with
+    ``settings`` (``task_type``, ``overlap``, ..., ``guidelines``, ``content_warning``) when new, or updated by them;
+    a different task type is refused before anything is written."""
+    with _collector_paused():
+        lf = read_import(path)
+        with db.write() as s:
+            project = _project_for(s, project_name, lf, settings)
+            summary = import_labeled(s, project, lf, source=str(path), labeler=labeler, progress=progress)
+    return {"project": project.name, "task_type": project.task_type, **summary}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -480,7 +562,8 @@ def export_rows(s: Session, project: Project, fmt: str, method: str = "majority"
                          "prompt_id": prompt.external_id, "prompt": prompt.prompt, "context": prompt.context,
                          "completions": [{"id": c, "text": data.text(c), "model": data.completions[c].model}
                                          for c in task.completion_ids],
-                         "is_gold": task.is_gold, "labeler": lab.name, "labeler_kind": lab.kind,
+                         "is_gold": task.is_gold, "gold": data.gold.get(task.id),
+                         "labeler": lab.name, "labeler_kind": lab.kind,
                          "choice": j.choice, "strength": j.strength, "ranking": j.ranking, "ratings": j.ratings,
                          "flags": j.flags, "rewrite": j.rewrite, "skipped": j.skipped, "skip_reason": j.skip_reason,
                          "display_order": j.display_order, "guideline_version": j.guideline_version,

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from alignloop.core.errors import DataError
 from alignloop.feedback import access, assign
 from alignloop.feedback.accounts import get_user
-from alignloop.feedback.io import decode_upload, import_records, parse_records
+from alignloop.feedback.io import import_labeled, parse_upload, read_upload
 from alignloop.feedback.models import Database
 from alignloop.feedback.queries import PROJECT_FIELDS, create_project, get_project, set_guidelines, update_project
 from alignloop.feedback.stats import project_stats
@@ -112,10 +112,12 @@ async def import_into(name: str, request: Request, who: CurrentLabeler, db: DbDe
     with db.read() as s:
         access.project_to_manage(s, name, who.labeler)
     try:
-        text = decode_upload(await request.body())
-    except DataError as exc:
+        rows = parse_upload(await request.body())
+    except DataError as exc:  # exc has no path, so str(exc) is the bare message
         raise HTTPProblem(422, f"line {exc.line}: {exc}", "body") from None
-    return await run_in_threadpool(import_upload, db, name, text, labeler)
+    if not rows:
+        raise HTTPProblem(422, "no records in the request body", "body")
+    return await run_in_threadpool(import_upload, db, name, rows, labeler)
 
 
 @router.get("/{name}/stats")
@@ -123,14 +125,9 @@ def stats(name: str, who: CurrentLabeler, s: ReadSession, method: str = "majorit
     return project_stats(s, access.project_to_manage(s, name, who.labeler), method=consensus_method(method))
 
 
-def import_upload(db: Database, name: str, text: str, labeler: str | None) -> dict:
-    """Import an uploaded JSONL text or JSON array into project ``name`` in one transaction: a bad line leaves
-    nothing behind."""
-    try:
-        fmt, records = parse_records(text)
-    except DataError as exc:  # exc has no path, so str(exc) is the bare message
-        raise HTTPProblem(422, f"line {exc.line}: {exc}", "body") from None
-    if not records:
-        raise HTTPProblem(422, "no records in the request body", "body")
+def import_upload(db: Database, name: str, rows: list, labeler: str | None) -> dict:
+    """Import an upload's rows (any shape a file may have) into project ``name`` in one transaction: read before
+    the write lock, checked whole before the first row is written."""
+    lf = read_upload(rows)
     with db.write() as s:
-        return import_records(s, get_project(s, name), records, source="upload", fmt=fmt, labeler=labeler)
+        return import_labeled(s, get_project(s, name), lf, source="upload", labeler=labeler)

@@ -233,3 +233,30 @@ def test_detect_kind_rejects_unknown():
     assert detect_kind({"question", "context"}) == "prompt"
     with pytest.raises(ValueError):
         detect_kind({"x"})
+
+
+# ---- an empty answer is data ---------------------------------------------------------------------------
+
+
+def test_an_empty_answer_is_read_as_data(tmp_path):
+    """The model said nothing and a labeler judged that: preferences, rankings and unpaired labels keep the empty
+    answer (issue 20; before, `field 'chosen': empty text` refused the whole file). A demonstration still needs
+    text."""
+    u = [{"role": "user", "content": "Tell me how to pick a lock."}]
+    f = write_jsonl(tmp_path / "empty.jsonl", [
+        {"prompt": "Say nothing.", "chosen": "", "rejected": "Something."},
+        {"prompt": u, "chosen": [{"role": "assistant", "content": ""}],
+         "rejected": [{"role": "assistant", "content": "First, ..."}]},
+        {"prompt": "q", "chosen": "a", "rejected": ""}])
+    got = [(p.prompt.messages, p.chosen, p.rejected) for p in read_preferences(f)]
+    assert got == [([{"role": "user", "content": "Say nothing."}], "", "Something."),
+                   (u, "", "First, ..."), ([{"role": "user", "content": "q"}], "a", "")]
+    r = write_jsonl(tmp_path / "rank.jsonl", [{"prompt": "p", "completions": ["", "b", "c"], "ranks": [1, 3, 2]}])
+    assert [(p.chosen, p.rejected) for p in read_preferences(r)] == [("", "b"), ("", "c"), ("c", "b")]
+    k = write_jsonl(tmp_path / "kto.jsonl", [{"prompt": "p", "completion": "", "label": False}])
+    [rec] = read_records(k)
+    assert (rec.completion, rec.label) == ("", False)
+    sft = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "p", "completion": ""}])
+    with pytest.raises(DataError) as err:
+        read_records(sft)
+    assert str(err.value) == f"{sft}:1: field 'completion': empty text"

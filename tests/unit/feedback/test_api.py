@@ -250,14 +250,15 @@ def test_admin_api_users_import_and_export(studio):
 
 
 def test_import_upload_errors_name_the_line(studio):
-    """Uploads are read by the same reader as files (io.parse_records); the API keeps its answers."""
+    """Uploads are read by the same reader as files (alignloop.data.readers.rows_from_text); the API keeps its
+    answers."""
     adm = bearer(studio, "admin")
     r = studio.post("/api/projects/proj/import", content='{"prompt": "a", "completions": ["x", "y"]}\n{"prompt"\n',
                     headers=adm)
-    assert (r.status_code, r.json()) == (422, {"detail": "line 2: not valid JSON (Expecting ':' delimiter)",
-                                               "field": "body"})
+    assert (r.status_code, r.json()) == (422, {"detail": "line 2: malformed JSON (Expecting ':' delimiter at column "
+                                                         "10)", "field": "body"})
     r = studio.post("/api/projects/proj/import", content='[{"prompt": "a",]', headers=adm)
-    assert (r.status_code, r.json()["detail"]) == (422, "line 1: not valid JSON (Expecting property name enclosed "
+    assert (r.status_code, r.json()["detail"]) == (422, "line 1: malformed JSON (Expecting property name enclosed "
                                                         "in double quotes)")
     for empty in ("\n\n", "[]"):  # an empty array used to reach the importer ("upload: no records found")
         r = studio.post("/api/projects/proj/import", content=empty, headers=adm)

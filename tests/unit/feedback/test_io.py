@@ -28,7 +28,7 @@ DATA = Path(__file__).parent / "data"
 def test_label_studio_import_gives_the_right_pairs(db, tmp_path):
     summary = import_file(db, "ls", DATA / "labelstudio_pairwise.json")
     assert summary["task_type"] == "pairwise"
-    assert summary["tasks"] == 3 and summary["judgments"] == 5 and summary["cancelled_annotations"] == 1
+    assert (summary["tasks"], summary["judgments"], summary["skipped"]) == (3, 5, {"cancelled_annotation": 1})
     with db.read() as s:
         names = set(s.scalars(select(Labeler.name)))
     assert {"labelstudio:7", "labelstudio:ana@example.com", "labelstudio:9"} <= names
@@ -64,7 +64,7 @@ def test_import_errors_name_file_line_and_field(db, tmp_path):
         import_file(db, "e", bad)
     assert str(err.value).startswith(f"{bad}:2: field 'rejected'")
     (tmp_path / "broken.jsonl").write_text('{"prompt": "x"\n')
-    with pytest.raises(DataError, match=":1: not valid JSON"):
+    with pytest.raises(DataError, match=":1: malformed JSON"):
         import_file(db, "e", tmp_path / "broken.jsonl")
     with pytest.raises(DataError, match="not a record"):
         import_file(db, "e", write_jsonl(tmp_path / "odd.jsonl", [{"text": "hello"}]))
@@ -224,18 +224,36 @@ def test_label_studio_tasks_as_jsonl_import_like_the_json_array(db, tmp_path):
     tasks = json.loads((DATA / "labelstudio_pairwise.json").read_text())
     path = write_jsonl(tmp_path / "ls.jsonl", tasks)
     summary = import_file(db, "lsl", path)
-    assert (summary["tasks"], summary["judgments"], summary["cancelled_annotations"]) == (3, 5, 1)
+    assert (summary["tasks"], summary["judgments"], summary["skipped"]) == (3, 5, {"cancelled_annotation": 1})
 
 
 def test_a_file_that_is_not_utf8_is_refused_naming_file_and_line(tmp_path):
-    from alignloop.core.errors import DataError
-    from alignloop.feedback.io import read_records
+    from alignloop.feedback.io import read_import
 
     bad = tmp_path / "latin1.jsonl"
     bad.write_bytes(b'{"prompt": "a", "completions": ["x", "y"]}\n{"prompt": "na\xefve", "completions": ["x", "y"]}\n')
     with pytest.raises(DataError) as err:
-        read_records(bad)
+        read_import(bad)
     assert str(err.value) == f"{bad}:2: not valid UTF-8 (byte 0xef at column 15)"
     bom = tmp_path / "bom.jsonl"
     bom.write_bytes(b'\xef\xbb\xbf{"prompt": "a", "completions": ["x", "y"]}\n')
-    assert read_records(bom)[1] == [(1, {"prompt": "a", "completions": ["x", "y"]})]
+    [task] = read_import(bom).tasks
+    assert (task.prompt.as_given(), task.completions) == ("a", ["x", "y"])
+
+
+def test_an_empty_answer_is_data_in_the_studio(db, tmp_path):
+    """Label Studio holds tasks where one answer is empty and the labeler chose the other; preference files hold an
+    empty chosen answer. Both import, and the export keeps the empty answer (issue 20)."""
+    ls = [{"id": 1, "data": {"prompt": "Say something.", "answer1": "", "answer2": "Hello!"},
+           "annotations": [{"completed_by": 3, "result": [{"type": "pairwise", "value": {"selected": "right"}}]}]},
+          {"id": 2, "data": {"prompt": "Refuse politely.", "answer1": "", "answer2": "Sure, here it is."},
+           "annotations": [{"completed_by": 3, "result": [{"type": "pairwise", "value": {"selected": "left"}}]}]}]
+    (tmp_path / "ls.json").write_text(json.dumps(ls))
+    assert import_file(db, "ls-empty", tmp_path / "ls.json")["judgments"] == 2
+    export_file(db, "ls-empty", "trl", tmp_path / "out.jsonl")
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in iter_jsonl(tmp_path / "out.jsonl")] == [
+        ("Say something.", "Hello!", ""), ("Refuse politely.", "", "Sure, here it is.")]
+    trl = write_jsonl(tmp_path / "trl.jsonl", [{"prompt": "Say nothing.", "chosen": "", "rejected": "No."}])
+    assert import_file(db, "trl-empty", trl)["judgments"] == 1
+    with pytest.raises(DataError, match="field 'prompt': empty text"):
+        import_file(db, "e", write_jsonl(tmp_path / "p.jsonl", [{"prompt": " ", "chosen": "a", "rejected": ""}]))

@@ -244,3 +244,22 @@ def test_tied_pairs_are_left_out_of_dpo_and_kto_and_counted(tiny, tmp_path):
     assert report.summary(n).startswith("2 of 4 rows used")
     kto, kreport, kn = load_segments(cfg.replace(loss="kto"), tok, str(data), None)
     assert len(kto) == 4 and kreport.reasons[TIED] == 2  # two pairs -> 2 desirable + 2 undesirable examples
+
+
+def test_dpo_reads_and_trains_on_an_empty_chosen_answer(tiny, tmp_path, monkeypatch):
+    """An empty answer is data (issue 20): the chosen answer "" is its end-of-turn token alone, and a step trains."""
+    from alignloop.trainers.dpo import load_segments
+
+    _, tok = tiny
+    rows = [{"prompt": "Reply with nothing at all.", "chosen": "", "rejected": "Here is a long reply."},
+            {"prompt": [{"role": "user", "content": "q1?"}], "chosen": [{"role": "assistant", "content": "yes"}],
+             "rejected": [{"role": "assistant", "content": ""}]}]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    cfg = DPOConfig(model="tiny", data=str(data), output=str(tmp_path / "o"), max_length=64)
+    segs, report, n = load_segments(cfg, tok, str(data), None)
+    assert n == 2 and len(segs) == 2 and not report.reasons
+    eos = tok.eos_token_id
+    assert segs[0].answers == [[eos], tok("Here is a long reply.", add_special_tokens=False)["input_ids"] + [eos]]
+    assert segs[1].answers == [tok("yes", add_special_tokens=False)["input_ids"] + [eos], [eos]]
+    out = _train(tmp_path, monkeypatch, "empty", data=str(data), max_steps=1, batch_size=2, dev_data=None)
+    assert math.isfinite(out[0]["loss"]) and math.isfinite(out[0]["logps/chosen"])

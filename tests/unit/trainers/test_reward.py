@@ -253,6 +253,32 @@ def test_ece_and_bootstrap_by_hand():
     assert lo == hi == 1.0
 
 
+def test_reward_train_reads_and_trains_on_an_empty_chosen_answer(tmp_path, tiny_rm):
+    """An empty answer is data (issue 20): it is scored at its end-of-turn token, and a training step runs."""
+    from types import SimpleNamespace
+
+    from alignloop.trainers.config import RewardTrainConfig
+    from alignloop.trainers.reward import load_train_and_dev, run_train
+
+    f = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": "Reply with nothing at all.", "chosen": "", "rejected": "Here is a long reply."},
+            {"prompt": "Is water wet?", "chosen": "Yes.", "rejected": ""}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = RewardTrainConfig.from_dict(dict(model="tiny", data=str(f), output=str(tmp_path / "o"), max_length=128,
+                                           max_steps=1, batch_size=2, norm_samples=4, freeze_backbone=False,
+                                           pooling="last"))
+    units, dev = load_train_and_dev(cfg, tiny_rm, SimpleNamespace(log=lambda *a: None, is_main=True))
+    eos = tiny_rm.tokenizer.eos_token_id
+    tokens = lambda text: tiny_rm.tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]  # noqa: E731
+    assert dev is None and len(units) == 2
+    assert [(u.group.answers[u.better[0]], u.group.answers[u.worse[0]]) for u in units] == [
+        ([eos], tokens("Here is a long reply.")), (tokens("Yes."), [eos])]
+    final = run_train(cfg.validate())
+    assert (final / "alignloop_reward.json").exists()
+    logged = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in logged if "loss" in r)
+
+
 # ---- train / eval / score end to end on tiny -------------------------------------------------------
 
 
