@@ -23,7 +23,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import DataError as RefusedValue
 
+from alignloop.core.db import DatabaseError
 from alignloop.core.errors import DataError
 from alignloop.feedback.errors import StoreError
 from alignloop.feedback.models import Database
@@ -56,6 +58,7 @@ def create_app(db: Database | str, trusted_proxies: tuple[str, ...] | list[str] 
     app.add_exception_handler(HTTPProblem, _problem)
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(DataError, _data_error)
+    app.add_exception_handler(DatabaseError, _database_error)
     for router in ROUTERS:
         app.include_router(router)
     return Limits(app)  # type: ignore[return-value]
@@ -74,6 +77,15 @@ async def _store_error(_request: Request, exc: StoreError):
 
 async def _data_error(_request: Request, exc: DataError):
     return JSONResponse({"detail": str(exc), "line": exc.line, "field": exc.field}, status_code=422)
+
+
+async def _database_error(_request: Request, exc: DatabaseError):
+    # a value the database refuses (PostgreSQL: text with a NUL character, a number out of range) is bad input;
+    # the request's checks catch the known cases first, this is the net under the rest. Anything else stays a 500.
+    if isinstance(exc.__cause__, RefusedValue):
+        return JSONResponse({"detail": "the database cannot store a value of this request (text with a NUL "
+                                       "character, or a number out of range); nothing was changed"}, status_code=422)
+    raise exc
 
 
 def _wants_html(request: Request) -> bool:

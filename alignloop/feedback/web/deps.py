@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Annotated, Iterator, Optional
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Path, Query, Request
 from sqlalchemy.orm import Session
 
 from alignloop.feedback import accounts, auth
@@ -20,6 +20,11 @@ from alignloop.feedback.consensus import METHODS
 from alignloop.feedback.models import Database, Labeler, LoginSession
 
 SESSION_COOKIE = "alignloop_session"
+# the largest row id a database holds (PostgreSQL's INTEGER): a larger one names no row, and sent to the database
+# it fails there (SQLite: over 2**63, PostgreSQL: over 2**31 - 1) with a 500 instead of an answer
+MAX_ROW_ID = 2**31 - 1
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+OptionalRowId = Annotated[Optional[int], Query(ge=1, le=MAX_ROW_ID)]
 
 
 class HTTPProblem(Exception):

@@ -106,7 +106,13 @@ def remove_member(name: str, user: str, who: CurrentLabeler, db: DbDep) -> dict:
     return {"project": name, "name": user, "removed": True}
 
 
-@router.post("/{name}/import")
+IMPORT_BODY = {"required": True, "description": "Records as JSON Lines (one JSON object a line) or as one JSON array, "
+               "in any format `alignloop label import` reads; strict UTF-8.",
+               "content": {"text/plain": {"schema": {"type": "string"}},
+                           "application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}}
+
+
+@router.post("/{name}/import", openapi_extra={"requestBody": IMPORT_BODY})
 async def import_into(name: str, request: Request, who: CurrentLabeler, db: DbDep,
                       labeler: Optional[str] = None) -> dict:
     with db.read() as s:

@@ -22,7 +22,9 @@ from alignloop.feedback.web.deps import (
     CurrentLabeler,
     DbDep,
     HTTPProblem,
+    OptionalRowId,
     ReadSession,
+    RowId,
     client_address,
 )
 from alignloop.feedback.web.schemas import PasswordIn, TokenIn, UserIn
@@ -97,7 +99,7 @@ def new_my_token(body: TokenIn, who: CurrentLabeler, db: DbDep) -> dict:
 
 
 @router.delete("/api/me/tokens/{token_id}")
-def revoke_my_token(token_id: int, who: CurrentLabeler, db: DbDep) -> dict:
+def revoke_my_token(token_id: RowId, who: CurrentLabeler, db: DbDep) -> dict:
     with db.write() as s:
         return {"revoked": accounts.revoke_tokens(s, s.get(Labeler, who.labeler.id), who.name, who.client, token_id)}
 
@@ -178,7 +180,7 @@ def issue_token(name: str, body: TokenIn, who: AdminUser, db: DbDep) -> dict:
 
 
 @router.delete("/api/users/{name}/tokens")
-def revoke_tokens(name: str, who: AdminUser, db: DbDep, token_id: Optional[int] = None) -> dict:
+def revoke_tokens(name: str, who: AdminUser, db: DbDep, token_id: OptionalRowId = None) -> dict:
     with db.write() as s:
         return {"name": name, "revoked": accounts.revoke_tokens(s, accounts.get_user(s, name), who.name, who.client,
                                                                 token_id)}

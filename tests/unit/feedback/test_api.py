@@ -209,3 +209,51 @@ def test_bounds_sizes_encodings_and_cache_headers(studio):
         assert r.headers["cache-control"] == "no-store"
         assert r.headers["strict-transport-security"] == "max-age=31536000"
     assert "cache-control" not in studio.get("/static/app.css").headers
+
+
+def test_ids_beyond_any_row_are_refused_not_sent_to_the_database(studio):
+    """Fuzzing found a 500 for GET /api/assignments/9223372036854775808: SQLite cannot take the integer (and
+    PostgreSQL refuses any id over 2**31 - 1). Ids are checked first, and the answer names the field."""
+    ann, adm = bearer(studio, "ann"), bearer(studio, "admin")
+    for too_big in (2**31, 2**63):
+        for method, path, field, kwargs in [
+                ("GET", f"/api/assignments/{too_big}", "assignment_id", {}),
+                ("POST", f"/api/assignments/{too_big}/judgment", "assignment_id", {"json": {"choice": "A"}}),
+                ("DELETE", f"/api/me/tokens/{too_big}", "token_id", {}),
+                ("DELETE", f"/api/users/bob/tokens?token_id={too_big}", "token_id", {})]:
+            r = studio.request(method, path, headers=adm if "/users/" in path else ann, **kwargs)
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == field, (method, path, r.text)
+    assert studio.get("/api/assignments/0", headers=ann).status_code == 422
+    assert studio.get(f"/api/assignments/{2**31 - 1}", headers=ann).status_code == 404  # the largest id: none
+
+
+def test_text_with_a_nul_character_is_refused_on_every_database(studio):
+    """PostgreSQL cannot store or even look up text holding NUL (0x00): those requests were 500s there (and SQLite
+    stored what PostgreSQL refuses). Paths, query strings and JSON bodies are checked first, naming the field;
+    what the database itself refuses (here an imported record's id) is a 422 with nothing stored."""
+    ann, adm = bearer(studio, "ann"), bearer(studio, "admin")
+    r = studio.get("/api/projects/pr%00oj", headers=adm)
+    assert (r.status_code, r.json()) == (422, {"detail": "the path may not contain the NUL character (%00)",
+                                               "field": "path"})
+    r = studio.get("/api/audit?target=bob%00", headers=adm)
+    assert (r.status_code, r.json()["field"]) == (422, "query")
+    aid = studio.post("/api/projects/proj/next", headers=ann).json()["assignment_id"]
+    for method, path, body, headers in [("POST", "/api/projects", {"name": "a\x00b"}, adm),
+                                        ("POST", "/api/users", {"name": "eve\x00"}, adm),
+                                        ("PUT", "/api/projects/proj/guidelines", {"text": "x\x00"}, adm),
+                                        ("POST", f"/api/assignments/{aid}/judgment",
+                                         {"choice": "A", "ratings": {"1": {"help\x00": 3}}}, ann)]:
+        r = studio.request(method, path, json=body, headers=headers)
+        assert r.status_code == 422 and "NUL" in r.json()["detail"][0]["msg"], (method, path, r.text)
+    with studio.db.read() as s:
+        assert s.scalar(select(func.count(Judgment.id))) == 0
+    r = studio.post("/api/projects/proj/import", content='{"id": "a\\u0000", "prompt": "p", "completions": ["x", "y"]}',
+                    headers=adm)
+    if studio.db.engine.dialect.name == "postgresql":
+        assert (r.status_code, r.json()["detail"]) == (422, "the database cannot store a value of this request (text "
+                                                            "with a NUL character, or a number out of range); nothing "
+                                                            "was changed")
+        with studio.db.read() as s:
+            assert s.scalar(select(func.count(Task.id))) == 4
+    else:
+        assert r.status_code == 200  # SQLite stores it (the record format is the reader's to police)
