@@ -27,6 +27,7 @@ PASSWORD = "matrix password 1"
 # (method, path): statuses for anonymous, member, nonmember, lead (of "proj"), otherlead (of "other"), admin.
 # {name} is the project "proj" (or, under /api/users and /admin/users, a user of that row's own); {user} a
 # member of "proj" made for that caller; {assignment_id} the member's assignment; {token_id} the caller's own token.
+# Pages answer 303 where they redirect after a form; a JSON client (no text/html in Accept) gets JSON errors.
 MATRIX: dict[tuple[str, str], tuple[int, int, int, int, int, int]] = {
     # public
     ("GET", "/health"):                                   (200, 200, 200, 200, 200, 200),
@@ -39,6 +40,18 @@ MATRIX: dict[tuple[str, str], tuple[int, int, int, int, int, int]] = {
     ("GET", "/p/{name}"):                                 (401, 200, 404, 200, 404, 200),
     ("GET", "/p/{name}/guidelines"):                      (401, 200, 404, 200, 404, 200),
     ("GET", "/lead/{name}"):                              (401, 403, 404, 200, 404, 200),
+    ("GET", "/lead/{name}/members"):                      (401, 403, 404, 200, 404, 200),
+    ("POST", "/lead/{name}/members"):                     (401, 403, 404, 303, 404, 303),
+    ("POST", "/lead/{name}/members/{user}/remove"):       (401, 403, 404, 303, 404, 303),
+    # the admin's pages
+    ("GET", "/admin/users"):                              (401, 403, 403, 403, 403, 200),
+    ("GET", "/admin/users/{name}"):                       (401, 403, 403, 403, 403, 200),
+    ("POST", "/admin/users/{name}/deactivate"):           (401, 403, 403, 403, 403, 303),
+    ("POST", "/admin/users/{name}/reactivate"):           (401, 403, 403, 403, 403, 303),
+    ("POST", "/admin/users/{name}/reset-password"):       (401, 403, 403, 403, 403, 200),
+    ("POST", "/admin/users/{name}/end-sessions"):         (401, 403, 403, 403, 403, 303),
+    ("POST", "/admin/users/{name}/revoke-tokens"):        (401, 403, 403, 403, 403, 303),
+    ("GET", "/admin/audit"):                              (401, 403, 403, 403, 403, 200),
     # the signed-in user
     ("GET", "/api/me"):                                   (401, 200, 200, 200, 200, 200),
     ("GET", "/api/me/judgments"):                         (401, 200, 200, 200, 200, 200),
@@ -85,6 +98,7 @@ BODIES: dict[tuple[str, str], dict] = {
     ("PUT", "/api/projects/{name}/guidelines"): {"json": {"text": "Be fair ({role})."}},
     ("POST", "/api/projects/{name}/import"): {"content": '{"prompt": "from {role}", "completions": ["a", "b"]}\n'},
     ("POST", "/api/projects/{name}/members"): {"json": {"name": "joiner-{role}"}},
+    ("POST", "/lead/{name}/members"): {"data": {"member": "page-joiner-{role}"}},
     ("POST", "/api/assignments/{assignment_id}/judgment"): {"json": {"choice": "A"}},
     ("POST", "/api/users"): {"json": {"name": "made-by-{role}"}},
     ("POST", "/api/users/{name}/tokens"): {"json": {"days": 1}},
@@ -141,8 +155,9 @@ def studio(tmp_path_factory):
             access.add_member(s, proj if project == "proj" else other, s.query(Labeler).filter_by(name=name).one(),
                               role, "test")
         for role in ROLES:
-            access.add_member(s, proj, create_labeler(s, f"leaver-{role}"), "labeler", "test")
-            create_labeler(s, f"joiner-{role}")
+            for prefix in ("", "page-"):
+                access.add_member(s, proj, create_labeler(s, f"{prefix}leaver-{role}"), "labeler", "test")
+                create_labeler(s, f"{prefix}joiner-{role}")
         for method, path in MATRIX:
             if path.startswith(("/api/users/{name}", "/admin/users/{name}")):
                 create_labeler(s, target_user(method, path))
@@ -162,7 +177,8 @@ def request_for(studio, method: str, template: str, role: str) -> dict:
     ctx = studio.ctx
     name = target_user(method, template) if template.startswith(("/api/users/{name}", "/admin/users/{name}")) \
         else "proj"
-    path = template.format(name=name, user=f"leaver-{role}", assignment_id=ctx["assignment_id"],
+    leaver = f"page-leaver-{role}" if template.startswith("/lead/") else f"leaver-{role}"
+    path = template.format(name=name, user=leaver, assignment_id=ctx["assignment_id"],
                            token_id=ctx["token_ids"].get(role, 1), path="app.css")
     kwargs = {}
     for kind, body in BODIES.get((method, template), {}).items():
