@@ -92,6 +92,13 @@ def members(s: Session, project: Project) -> list[dict]:
     return [{"name": n, "role": r, "active": a} for n, r, a in rows]
 
 
+def projects_of(s: Session, lab: Labeler) -> list[dict]:
+    """The projects ``lab`` is a member of, with the role in each."""
+    rows = s.execute(select(Project.name, Membership.role).join(Membership, Membership.project_id == Project.id)
+                     .where(Membership.labeler_id == lab.id).order_by(Project.name))
+    return [{"project": p, "role": r} for p, r in rows]
+
+
 def _warning_digest(project: Project) -> str:
     return hashlib.sha256(project.content_warning.encode()).hexdigest()
 

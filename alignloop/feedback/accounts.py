@@ -41,6 +41,21 @@ def audit_rows(s: Session, limit: int = 100, target: str | None = None) -> list[
              "client": e.client, "ok": e.ok, "detail": e.detail} for e in s.scalars(q)]
 
 
+def user_rows(s: Session, name: str | None = None) -> list[dict]:
+    """Every account (or the one named), with how many unexpired tokens and sessions it holds."""
+    now = utcnow()
+    counts = {}
+    for table in (ApiToken, LoginSession):
+        counts[table] = dict(s.execute(select(table.labeler_id, func.count(table.id)).where(table.expires_at > now)
+                                       .group_by(table.labeler_id)).all())
+    q = select(Labeler).order_by(Labeler.name)
+    if name is not None:
+        q = q.where(Labeler.name == name)
+    return [{"name": u.name, "role": u.role, "kind": u.kind, "identity": u.identity, "active": u.active,
+             "has_password": u.password_hash is not None, "tokens": counts[ApiToken].get(u.id, 0),
+             "sessions": counts[LoginSession].get(u.id, 0)} for u in s.scalars(q)]
+
+
 def get_user(s: Session, name: str) -> Labeler:
     lab = s.scalar(select(Labeler).where(Labeler.name == name))
     if lab is None:

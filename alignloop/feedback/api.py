@@ -23,11 +23,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import DataError as RefusedValue
 
+from alignloop.core.db import DatabaseError
 from alignloop.core.errors import DataError
 from alignloop.feedback.errors import StoreError
 from alignloop.feedback.models import Database
-from alignloop.feedback.web import assignments, exports, judgments, pages, projects, users
+from alignloop.feedback.web import assignments, exports, judgments, manage, pages, projects, users
 from alignloop.feedback.web.deps import (  # noqa: F401  (the names this module had before web/)
     SESSION_COOKIE,
     HTTPProblem,
@@ -39,9 +41,11 @@ from alignloop.feedback.web.deps import (  # noqa: F401  (the names this module 
 from alignloop.feedback.web.middleware import CSP, MAX_BODY, MAX_IMPORT_BODY, Limits  # noqa: F401
 from alignloop.feedback.web.schemas import GuidelinesIn, JudgmentIn, ProjectIn, ProjectPatch, UserIn  # noqa: F401
 from alignloop.feedback.web.users import LOGIN_CSRF_COOKIE  # noqa: F401
+from alignloop.feedback.web.views import render
 
 WEB = Path(__file__).resolve().parent / "web"
-ROUTERS = (pages.router, users.router, projects.router, assignments.router, judgments.router, exports.router)
+ROUTERS = (pages.router, manage.router, users.router, projects.router, assignments.router, judgments.router,
+           exports.router)
 
 
 def create_app(db: Database | str, trusted_proxies: tuple[str, ...] | list[str] = ()) -> FastAPI:
@@ -52,30 +56,56 @@ def create_app(db: Database | str, trusted_proxies: tuple[str, ...] | list[str] 
     app.state.db = db
     app.state.trusted_proxies = parse_proxies(list(trusted_proxies))
     app.state.templates = Jinja2Templates(directory=str(WEB / "templates"))
+    app.state.templates.env.filters["seg"] = manage.seg
     app.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
     app.add_exception_handler(HTTPProblem, _problem)
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(DataError, _data_error)
+    app.add_exception_handler(DatabaseError, _database_error)
     for router in ROUTERS:
         app.include_router(router)
     return Limits(app)  # type: ignore[return-value]
 
 
 async def _problem(request: Request, exc: HTTPProblem):
-    if exc.status == 401 and _wants_html(request):
-        return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+    if _wants_html(request):
+        return _page_problem(request, exc.status, exc.message)
     body = {"detail": exc.message, **({"field": exc.field} if exc.field else {})}
     return JSONResponse(body, status_code=exc.status)
 
 
-async def _store_error(_request: Request, exc: StoreError):
+async def _store_error(request: Request, exc: StoreError):
+    if _wants_html(request):
+        return _page_problem(request, exc.status, str(exc))
     return JSONResponse({"detail": str(exc), **({"field": exc.field} if exc.field else {})}, status_code=exc.status)
+
+
+TITLES = {401: "Sign in first", 403: "Not allowed", 404: "Not found", 409: "Not possible now", 422: "Not valid"}
+
+
+def _page_problem(request: Request, status: int, message: str):
+    """A browser's page or form gets a page, not JSON: the sign-in page for 401 (back here afterwards, for a
+    page), else the API's message with the same status."""
+    if status == 401:
+        target = f"/login?next={quote(request.url.path)}" if request.method == "GET" else "/login"
+        return RedirectResponse(target, status_code=303)
+    return render(request, "error.html", None, status_code=status, status=status,
+                  title=TITLES.get(status, "Something went wrong"), message=message)
 
 
 async def _data_error(_request: Request, exc: DataError):
     return JSONResponse({"detail": str(exc), "line": exc.line, "field": exc.field}, status_code=422)
 
 
+async def _database_error(_request: Request, exc: DatabaseError):
+    # a value the database refuses (PostgreSQL: text with a NUL character, a number out of range) is bad input;
+    # the request's checks catch the known cases first, this is the net under the rest. Anything else stays a 500.
+    if isinstance(exc.__cause__, RefusedValue):
+        return JSONResponse({"detail": "the database cannot store a value of this request (text with a NUL "
+                                       "character, or a number out of range); nothing was changed"}, status_code=422)
+    raise exc
+
+
 def _wants_html(request: Request) -> bool:
-    return request.method == "GET" and not request.url.path.startswith("/api/") and \
-        "text/html" in request.headers.get("accept", "")
+    """A browser asking for a page or sending a page's form (never the JSON API)."""
+    return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")

@@ -65,8 +65,15 @@ def run_serve(cfg: LabelServeConfig) -> int:
                   f"{' --db ' + cfg.db if cfg.db else ''}`", file=sys.stderr)
     print(f"feedback studio on http://{cfg.host}:{cfg.port} (database {db.url})", file=sys.stderr)
     uvicorn.run(create_app(db, trusted_proxies=cfg.trusted_proxy), host=cfg.host, port=cfg.port,
-                log_level=cfg.log_level)
+                log_level=cfg.log_level, **proxy_settings(cfg.trusted_proxy))
     return 0
+
+
+def proxy_settings(trusted_proxies: list[str]) -> dict:
+    """uvicorn's forwarded-header settings: believe ``X-Forwarded-For`` / ``-Proto`` only from the proxies named
+    with ``--trusted-proxy``. (uvicorn's default believes them from 127.0.0.1, so any process on the machine
+    could pick the client address the sign-in throttle and the audit log see.)"""
+    return {"proxy_headers": bool(trusted_proxies), "forwarded_allow_ips": list(trusted_proxies) or None}
 
 
 @_store_errors

@@ -1,10 +1,13 @@
 """Nothing a user already has breaks: files written by the code before the package restructuring (commit ca9066a)
-still upgrade, resume and load, with the values the old code recorded in ``expected.json``.
+still upgrade, resume and load, with the values the old code recorded in ``expected.json``; a studio database
+written just before issue 19 changed the studio's schema (commit 4183a1b^) upgrades, and its labelers keep
+labeling the projects they worked on.
 
 The old files are made, not committed (no model weights in the repository): the ``old`` fixture extracts the old
 package with ``git archive`` and runs ``tests/fixtures/compat/make_fixtures.py`` against it, once, in this
 environment; the result is kept under ``.pytest_cache`` keyed by the script, the commit and the torch and
-transformers versions.
+transformers versions. ``before_19`` does the same with ``make_studio_before_19.py`` and commit 4183a1b^ (no
+models, so no torch in its key).
 
 Only public entry points are used (the CLI, ``Database``, ``open_registry``, ``load_reward_model``), so the tests
 hold whichever module a name moves to. Subprocesses run on the CPU, as the fixtures were made."""
@@ -28,44 +31,60 @@ from testutil import python_cmd
 REPO = Path(__file__).resolve().parents[2]
 MAKER = REPO / "tests" / "fixtures" / "compat" / "make_fixtures.py"
 OLD_COMMIT = "ca9066a"
+STUDIO_19_MAKER = REPO / "tests" / "fixtures" / "compat" / "make_studio_before_19.py"
+STUDIO_19_COMMIT = "4183a1b^"  # the parent of the commit that changed the studio's schema for issue 19
 FEEDBACK_VERSION_TABLE = "alembic_version"
 REGISTRY_VERSION_TABLE = "alignloop_registry_version"
 PG_BASE = os.environ.get("ALIGNLOOP_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
-def fixtures_key() -> str:
-    import torch
-    import transformers
+def fixtures_key(commit: str = OLD_COMMIT, maker: Path = MAKER, models: bool = True) -> str:
+    parts = [commit, hashlib.sha256(maker.read_bytes()).hexdigest()]
+    if models:  # the fixtures hold model weights and caches that these versions wrote
+        import torch
+        import transformers
 
-    parts = [OLD_COMMIT, hashlib.sha256(MAKER.read_bytes()).hexdigest(), torch.__version__, transformers.__version__]
+        parts += [torch.__version__, transformers.__version__]
     return hashlib.sha256(" ".join(parts).encode()).hexdigest()[:16]
 
 
-def make_old_fixtures(where: Path) -> None:
-    """The old package from git, then make_fixtures.py run against it into ``where/fixtures``."""
-    tar = subprocess.run(["git", "-C", str(REPO), "archive", OLD_COMMIT, "alignloop"], capture_output=True)
+def make_old_fixtures(where: Path, commit: str = OLD_COMMIT, maker: Path = MAKER) -> None:
+    """The old package from git, then ``maker`` run against it into ``where/fixtures``."""
+    tar = subprocess.run(["git", "-C", str(REPO), "archive", commit, "alignloop"], capture_output=True)
     if tar.returncode != 0:
-        pytest.skip(f"the compatibility fixtures are made by commit {OLD_COMMIT}, which this checkout lacks "
+        pytest.skip(f"the compatibility fixtures are made by commit {commit}, which this checkout lacks "
                     f"(a shallow clone or no git?): {tar.stderr.decode().strip()}")
     shutil.rmtree(where, ignore_errors=True)
     (where / "old").mkdir(parents=True)
     subprocess.run(["tar", "-x", "-C", str(where / "old")], input=tar.stdout, check=True)
-    proc = subprocess.run([sys.executable, str(MAKER), "--out", str(where / "fixtures"), "--root", str(where / "root")],
+    proc = subprocess.run([sys.executable, str(maker), "--out", str(where / "fixtures"), "--root", str(where / "root")],
                           capture_output=True, text=True, cwd=where / "old", timeout=900,
                           env={**os.environ, "PYTHONPATH": str(where / "old"), "CUDA_VISIBLE_DEVICES": ""})
-    assert proc.returncode == 0, f"make_fixtures.py against {OLD_COMMIT} failed:\n{proc.stdout[-2000:]}\n" \
+    assert proc.returncode == 0, f"{maker.name} against {commit} failed:\n{proc.stdout[-2000:]}\n" \
                                  f"{proc.stderr[-4000:]}"
+
+
+def cached_fixtures(request, commit: str, maker: Path, models: bool) -> Path:
+    """The folder ``maker`` wrote with the code of ``commit``: made once, then kept under .pytest_cache."""
+    where = Path(request.config.cache.mkdir(f"compat-{fixtures_key(commit, maker, models)}"))
+    if not (where / "fixtures" / "expected.json").exists():
+        make_old_fixtures(where, commit, maker)
+    return where / "fixtures"
 
 
 @pytest.fixture(scope="module")
 def old(request) -> SimpleNamespace:
     """The old code's files (``folder``), what it reported (``expected``) and the folder it worked in (``root``)."""
-    where = Path(request.config.cache.mkdir(f"compat-{fixtures_key()}"))
-    if not (where / "fixtures" / "expected.json").exists():
-        make_old_fixtures(where)
-    folder = where / "fixtures"
+    folder = cached_fixtures(request, OLD_COMMIT, MAKER, models=True)
     expected = json.loads((folder / "expected.json").read_text())
     return SimpleNamespace(folder=folder, expected=expected, root=Path(expected["root"]))
+
+
+@pytest.fixture(scope="module")
+def before_19(request) -> SimpleNamespace:
+    """A studio database made just before issue 19's schema change (``folder``) and what its maker recorded."""
+    folder = cached_fixtures(request, STUDIO_19_COMMIT, STUDIO_19_MAKER, models=False)
+    return SimpleNamespace(folder=folder, expected=json.loads((folder / "expected.json").read_text()))
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -189,6 +208,88 @@ def test_old_studio_labelers_keep_labeling_their_projects(old, tmp_path):
             assert r.status_code == 200 and "progress" in r.json(), (name, r.status_code, r.text)
             assert client.post("/api/projects/compat-prefs/next",
                                headers={"X-CSRF-Token": me["csrf_token"]}).status_code == 404
+    finally:
+        db.dispose()
+
+
+def test_studio_from_before_issue_19_upgrades_and_its_labelers_keep_labeling(before_19, tmp_path):
+    """A studio database made by the code just before issue 19's schema change (4183a1b^): the upgrade keeps every
+    row, makes each labeler a member of the projects they hold assignments in, gives every old token an expiry 90
+    days after the upgrade and makes the served-feedback project admin-only. Then the labelers carry on: bob with
+    his old token and the session he had open (his open assignment comes back first), carol signing in with her
+    password, both in exactly the projects they worked on; dave, who had not started, waits for a lead to add him."""
+    import datetime as dt
+    import re
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy import text
+
+    from alignloop.core.db import utcnow
+    from alignloop.feedback.api import create_app
+
+    want = before_19.expected
+    url = copy_db(before_19, tmp_path, "studio.sqlite")
+    before = utcnow()
+    db = open_studio(url)
+    after = utcnow()
+    try:
+        assert version(db.engine, FEEDBACK_VERSION_TABLE) == head("feedback")
+        assert_rows_intact(db.engine, want["tables"])
+        with db.engine.connect() as conn:
+            members = conn.execute(text(
+                "SELECT l.name, p.name, m.role FROM memberships m JOIN labelers l ON l.id = m.labeler_id "
+                "JOIN projects p ON p.id = m.project_id ORDER BY l.name, p.name")).all()
+            assert [tuple(r) for r in members] == [("bob", "team", "labeler"), ("carol", "side", "labeler"),
+                                                   ("carol", "team", "labeler")]
+            admin_only = dict(conn.execute(text("SELECT name, admin_only FROM projects")).all())
+            assert {k: bool(v) for k, v in admin_only.items()} == {"team": False, "side": False, "served": True}
+            expiries = [dt.datetime.fromisoformat(str(r[0])) for r in conn.execute(text(
+                "SELECT expires_at FROM api_tokens"))]
+        assert len(expiries) == 4
+        assert all(before + dt.timedelta(days=90) - dt.timedelta(seconds=1) <= e <=
+                   after + dt.timedelta(days=90) for e in expiries), expiries
+
+        app = TestClient(create_app(db))
+        tokens = {name: {"Authorization": f"Bearer {t}"} for name, t in want["tokens"].items()}
+
+        # bob: his old token works and now shows its expiry; the session he had open still works
+        assert app.get("/api/me", headers=tokens["bob"]).json()["name"] == "bob"
+        (listed,) = app.get("/api/me/tokens", headers=tokens["bob"]).json()
+        assert listed["expired"] is False and listed["last_used_at"] is not None
+        assert listed["expires_at"][:10] == (before + dt.timedelta(days=90)).date().isoformat()
+        cookie = {"Cookie": f"alignloop_session={want['bob_session']['cookie']}"}
+        with_csrf = {**cookie, "X-CSRF-Token": want["bob_session"]["csrf_token"]}
+        assert [p["name"] for p in app.get("/api/projects", headers=cookie).json()] == ["team"]
+        r = app.post("/api/projects/team/next", headers=with_csrf)
+        assert r.status_code == 200 and r.json()["assignment_id"] == want["bob_open"]["assignment_id"]
+        r = app.post(f"/api/assignments/{r.json()['assignment_id']}/judgment", json={"choice": "B"}, headers=with_csrf)
+        assert r.status_code == 201
+        mine = [j["task_id"] for j in app.get("/api/me/judgments", headers=tokens["bob"]).json()]
+        assert mine == want["judged"]["bob"]["team"] + [want["bob_open"]["task_id"]]
+        assert app.get("/api/projects/side", headers=tokens["bob"]).status_code == 404
+
+        # carol signs in with her password and labels in both of her projects
+        page = app.get("/login")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        r = app.post("/login", data={"name": "carol", "password": "carol-pass-1", "csrf_token": csrf},
+                     follow_redirects=False)
+        assert (r.status_code, r.headers["location"]) == (303, "/")
+        me = app.get("/api/me").json()
+        assert me["name"] == "carol" and [p["name"] for p in app.get("/api/projects").json()] == ["side", "team"]
+        for project in ("team", "side"):
+            task = app.post(f"/api/projects/{project}/next", headers={"X-CSRF-Token": me["csrf_token"]}).json()
+            assert task["done"] is False and task["task_id"] not in want["judged"]["carol"][project], project
+        app.cookies.clear()
+
+        # dave had not started: a member of nothing until a lead or an admin adds him
+        assert app.get("/api/projects", headers=tokens["dave"]).json() == []
+        assert app.post("/api/projects/team/next", headers=tokens["dave"]).status_code == 404
+        assert app.post("/api/projects/team/members", json={"name": "dave"}, headers=tokens["alice"]).status_code == 201
+        assert app.post("/api/projects/team/next", headers=tokens["dave"]).json()["done"] is False
+        # the served model's feedback is the admins' alone
+        assert app.get("/api/projects/served", headers=tokens["bob"]).status_code == 404
+        assert [p["name"] for p in app.get("/api/projects", headers=tokens["alice"]).json()] == ["served", "side",
+                                                                                                 "team"]
     finally:
         db.dispose()
 

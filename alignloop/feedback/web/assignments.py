@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from alignloop.feedback import access, assign
 from alignloop.feedback.models import Assignment, Database, Project, Task
 from alignloop.feedback.queries import add_judgment, get_project
-from alignloop.feedback.web.deps import CurrentLabeler, DbDep, HTTPProblem, Principal, ReadSession
+from alignloop.feedback.web.deps import CurrentLabeler, DbDep, HTTPProblem, Principal, ReadSession, RowId
 from alignloop.feedback.web.schemas import JudgmentIn
 from alignloop.feedback.web.views import assignment_view
 
@@ -28,14 +28,14 @@ def next_task(name: str, who: CurrentLabeler, db: DbDep) -> dict:
 
 
 @router.get("/assignments/{assignment_id}")
-def show_assignment(assignment_id: int, who: CurrentLabeler, s: ReadSession) -> dict:
+def show_assignment(assignment_id: RowId, who: CurrentLabeler, s: ReadSession) -> dict:
     a = own_assignment(s, assignment_id, who)
     task = s.get(Task, a.task_id)
     return assignment_view(s, a, s.get(Project, task.project_id))
 
 
 @router.post("/assignments/{assignment_id}/judgment")
-def submit(assignment_id: int, body: JudgmentIn, who: CurrentLabeler, db: DbDep, response: Response,
+def submit(assignment_id: RowId, body: JudgmentIn, who: CurrentLabeler, db: DbDep, response: Response,
            idempotency_key: Annotated[Optional[str], Header(max_length=100)] = None) -> dict:
     out = submit_judgment(db, assignment_id, who, body, idempotency_key or body.idempotency_key)
     response.status_code = 201 if out["created"] else 200

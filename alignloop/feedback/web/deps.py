@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Annotated, Iterator, Optional
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Form, Header, Path, Query, Request
 from sqlalchemy.orm import Session
 
 from alignloop.feedback import accounts, auth
@@ -20,6 +20,11 @@ from alignloop.feedback.consensus import METHODS
 from alignloop.feedback.models import Database, Labeler, LoginSession
 
 SESSION_COOKIE = "alignloop_session"
+# the largest row id a database holds (PostgreSQL's INTEGER): a larger one names no row, and sent to the database
+# it fails there (SQLite: over 2**63, PostgreSQL: over 2**31 - 1) with a 500 instead of an answer
+MAX_ROW_ID = 2**31 - 1
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+OptionalRowId = Annotated[Optional[int], Query(ge=1, le=MAX_ROW_ID)]
 
 
 class HTTPProblem(Exception):
@@ -61,10 +66,32 @@ def read_session(db: DbDep) -> Iterator[Session]:
 ReadSession = Annotated[Session, Depends(read_session, scope="function")]
 
 
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
 def principal(request: Request, db: DbDep, authorization: Annotated[Optional[str], Header()] = None,
               x_csrf_token: Annotated[Optional[str], Header()] = None) -> Principal:
     """The signed-in labeler: by API token (``Authorization: Bearer``, unexpired) or by session cookie, whose
-    state-changing requests must carry the session's CSRF token."""
+    state-changing requests must carry the session's CSRF token in the ``X-CSRF-Token`` header."""
+    who = identify(request, db, authorization)
+    if who.session is not None and request.method not in SAFE_METHODS and \
+            not auth.same(x_csrf_token, who.session.csrf_token):
+        raise HTTPProblem(403, "missing or wrong CSRF token (send the X-CSRF-Token header)")
+    return who
+
+
+def form_principal(request: Request, db: DbDep, authorization: Annotated[Optional[str], Header()] = None,
+                   csrf_token: Annotated[str, Form(max_length=100)] = "") -> Principal:
+    """The signed-in labeler of a page's form (sign-out, the admin's and the lead's pages): a session's form must
+    carry the session's CSRF token as its ``csrf_token`` field (a form cannot send headers)."""
+    who = identify(request, db, authorization)
+    if who.session is not None and not auth.same(csrf_token, who.session.csrf_token):
+        raise HTTPProblem(403, "missing or wrong CSRF token (reload the page and try again)", "csrf_token")
+    return who
+
+
+def identify(request: Request, db: Database, authorization: Optional[str]) -> Principal:
+    """Who is asking, by API token or session cookie (401 if neither is valid); the callers check CSRF."""
     client = client_address(request)
     if authorization:
         scheme, _, token = authorization.partition(" ")
@@ -82,10 +109,6 @@ def principal(request: Request, db: DbDep, authorization: Annotated[Optional[str
     if found is None:
         raise HTTPProblem(401, "sign in first (POST /login) or send Authorization: Bearer <token>")
     lab, sess = found
-    # (the sign-out form sends its token as a form field; the /logout handler checks that one)
-    if request.method not in ("GET", "HEAD", "OPTIONS") and request.url.path != "/logout" \
-            and not auth.same(x_csrf_token, sess.csrf_token):
-        raise HTTPProblem(403, "missing or wrong CSRF token (send the X-CSRF-Token header)")
     return Principal(lab, sess, client)
 
 
@@ -127,6 +150,14 @@ def require_admin(who: CurrentLabeler) -> Principal:
 
 
 AdminUser = Annotated[Principal, Depends(require_admin)]
+FormUser = Annotated[Principal, Depends(form_principal)]
+
+
+def require_form_admin(who: FormUser) -> Principal:
+    return require_admin(who)
+
+
+FormAdmin = Annotated[Principal, Depends(require_form_admin)]
 
 
 def consensus_method(method: str) -> str:

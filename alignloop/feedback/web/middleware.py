@@ -1,9 +1,13 @@
-"""Body size limit and security headers, as pure ASGI middleware so that it also covers streamed bodies.
+"""Body size limit, request targets without NUL characters, and security headers, as pure ASGI middleware so
+that it also covers streamed bodies.
 
 A body over the limit is answered 413 whether its size was declared (Content-Length) or found while reading a
 chunked body: then the 413 goes out at once and the app is told the client left, and whatever it answers
 after that is dropped. API answers and downloads carry ``Cache-Control: no-store`` (they hold labels, tokens
-and users' prompts); every answer carries HSTS, which browsers heed only over HTTPS."""
+and users' prompts); every answer carries HSTS, which browsers heed only over HTTPS.
+
+A path or query string with a NUL character (``%00``) is answered 422 before any route sees it: PostgreSQL
+cannot take the character even in a lookup, so ``GET /api/projects/a%00b`` was a 500 there."""
 
 from __future__ import annotations
 
@@ -26,6 +30,11 @@ class Limits:
     async def __call__(self, scope, receive, send):  # noqa: ANN001
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        where = "path" if "\x00" in scope["path"] else "query" if _nul_in_query(scope.get("query_string", b"")) \
+            else None
+        if where:
+            return await _answer(send, 422, {"detail": f"the {where} may not contain the NUL character (%00)",
+                                             "field": where})
         limit = MAX_IMPORT_BODY if scope["path"].endswith("/import") else MAX_BODY
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
@@ -62,9 +71,17 @@ class Limits:
                 raise
 
 
+def _nul_in_query(query: bytes) -> bool:
+    return b"\x00" in query or b"%00" in query
+
+
 async def _too_large(send, limit: int) -> None:  # noqa: ANN001
-    body = json.dumps({"detail": f"request body is larger than {limit} bytes"}).encode()
-    await send({"type": "http.response.start", "status": 413,
+    await _answer(send, 413, {"detail": f"request body is larger than {limit} bytes"})
+
+
+async def _answer(send, status: int, payload: dict) -> None:  # noqa: ANN001
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *SECURITY_HEADERS, *NO_STORE]})
     await send({"type": "http.response.body", "body": body})

@@ -18,7 +18,7 @@ from alignloop.feedback.io import import_labeled, parse_upload, read_upload
 from alignloop.feedback.models import Database
 from alignloop.feedback.queries import PROJECT_FIELDS, create_project, get_project, set_guidelines, update_project
 from alignloop.feedback.stats import project_stats
-from alignloop.feedback.web.deps import CurrentLabeler, DbDep, HTTPProblem, ReadSession, consensus_method
+from alignloop.feedback.web.deps import CurrentLabeler, DbDep, HTTPProblem, Principal, ReadSession, consensus_method
 from alignloop.feedback.web.schemas import GuidelinesIn, MemberIn, ProjectIn, ProjectPatch
 from alignloop.feedback.web.views import project_public
 
@@ -86,27 +86,21 @@ def list_members(name: str, who: CurrentLabeler, s: ReadSession) -> list[dict]:
 
 @router.post("/{name}/members", status_code=201)
 def add_member(name: str, body: MemberIn, who: CurrentLabeler, db: DbDep) -> dict:
-    if body.role == "lead" and not who.is_admin:
-        raise HTTPProblem(403, "only an admin makes someone a lead", "role")
-    with db.write() as s:
-        p = access.project_to_manage(s, name, who.labeler)
-        m = access.add_member(s, p, get_user(s, body.name), body.role, who.name, who.client)
-        return {"project": name, "name": body.name, "role": m.role}
+    return add_member_as(db, name, body.name, body.role, who)
 
 
 @router.delete("/{name}/members/{user}")
 def remove_member(name: str, user: str, who: CurrentLabeler, db: DbDep) -> dict:
-    with db.write() as s:
-        p = access.project_to_manage(s, name, who.labeler)
-        lab = get_user(s, user)
-        m = access.membership(s, lab, p)
-        if m is not None and m.role == "lead" and not who.is_admin:
-            raise HTTPProblem(403, "only an admin removes a lead", "name")
-        access.remove_member(s, p, lab, who.name, who.client)
-    return {"project": name, "name": user, "removed": True}
+    return remove_member_as(db, name, user, who)
 
 
-@router.post("/{name}/import")
+IMPORT_BODY = {"required": True, "description": "Records as JSON Lines (one JSON object a line) or as one JSON array, "
+               "in any format `alignloop label import` reads; strict UTF-8.",
+               "content": {"text/plain": {"schema": {"type": "string"}},
+                           "application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}}
+
+
+@router.post("/{name}/import", openapi_extra={"requestBody": IMPORT_BODY})
 async def import_into(name: str, request: Request, who: CurrentLabeler, db: DbDep,
                       labeler: Optional[str] = None) -> dict:
     with db.read() as s:
@@ -123,6 +117,33 @@ async def import_into(name: str, request: Request, who: CurrentLabeler, db: DbDe
 @router.get("/{name}/stats")
 def stats(name: str, who: CurrentLabeler, s: ReadSession, method: str = "majority") -> dict:
     return project_stats(s, access.project_to_manage(s, name, who.labeler), method=consensus_method(method))
+
+
+# Membership changes, from the API or from the lead's members page (web/manage.py): one place each.
+
+
+def add_member_as(db: Database, name: str, member: str, role: str, who: Principal) -> dict:
+    """``who`` (the project's lead or an admin) makes ``member`` a member of project ``name``; only an admin
+    makes someone a lead."""
+    if role == "lead" and not who.is_admin:
+        raise HTTPProblem(403, "only an admin makes someone a lead", "role")
+    with db.write() as s:
+        p = access.project_to_manage(s, name, who.labeler)
+        m = access.add_member(s, p, get_user(s, member), role, who.name, who.client)
+        return {"project": name, "name": member, "role": m.role}
+
+
+def remove_member_as(db: Database, name: str, member: str, who: Principal) -> dict:
+    """``who`` (the project's lead or an admin) removes ``member`` from project ``name``; only an admin removes a
+    lead."""
+    with db.write() as s:
+        p = access.project_to_manage(s, name, who.labeler)
+        lab = get_user(s, member)
+        m = access.membership(s, lab, p)
+        if m is not None and m.role == "lead" and not who.is_admin:
+            raise HTTPProblem(403, "only an admin removes a lead", "name")
+        access.remove_member(s, p, lab, who.name, who.client)
+    return {"project": name, "name": member, "removed": True}
 
 
 def import_upload(db: Database, name: str, rows: list, labeler: str | None) -> dict:

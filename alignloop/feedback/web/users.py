@@ -14,15 +14,19 @@ from starlette.concurrency import run_in_threadpool
 
 from alignloop.feedback import accounts, auth
 from alignloop.feedback.errors import Conflict, Throttled
-from alignloop.feedback.models import ApiToken, Labeler
+from alignloop.feedback.models import ApiToken, Database, Labeler
 from alignloop.feedback.queries import create_labeler
 from alignloop.feedback.web.deps import (
     SESSION_COOKIE,
     AdminUser,
     CurrentLabeler,
     DbDep,
+    FormUser,
     HTTPProblem,
+    OptionalRowId,
+    Principal,
     ReadSession,
+    RowId,
     client_address,
 )
 from alignloop.feedback.web.schemas import PasswordIn, TokenIn, UserIn
@@ -64,10 +68,7 @@ def login(request: Request, db: DbDep, name: Annotated[str, Form(max_length=200)
 
 
 @router.post("/logout")
-def logout(request: Request, who: CurrentLabeler, db: DbDep,
-           csrf_token: Annotated[str, Form(max_length=100)] = "") -> Response:
-    if who.session is not None and not auth.same(csrf_token, who.session.csrf_token):
-        raise HTTPProblem(403, "missing or wrong CSRF token", "csrf_token")
+def logout(request: Request, who: FormUser, db: DbDep) -> Response:
     with db.write() as s:
         auth.logout(s, request.cookies.get(SESSION_COOKIE, ""))
     resp = RedirectResponse("/login", status_code=303)
@@ -97,15 +98,14 @@ def new_my_token(body: TokenIn, who: CurrentLabeler, db: DbDep) -> dict:
 
 
 @router.delete("/api/me/tokens/{token_id}")
-def revoke_my_token(token_id: int, who: CurrentLabeler, db: DbDep) -> dict:
+def revoke_my_token(token_id: RowId, who: CurrentLabeler, db: DbDep) -> dict:
     with db.write() as s:
         return {"revoked": accounts.revoke_tokens(s, s.get(Labeler, who.labeler.id), who.name, who.client, token_id)}
 
 
 @router.get("/api/users")
 def users(who: AdminUser, s: ReadSession) -> list[dict]:
-    return [{"name": u.name, "role": u.role, "kind": u.kind, "identity": u.identity, "active": u.active}
-            for u in s.scalars(select(Labeler).order_by(Labeler.name))]
+    return accounts.user_rows(s)
 
 
 @router.post("/api/users", status_code=201)
@@ -128,38 +128,22 @@ def _add_user(db, body: UserIn, who, password: str, password_hash: str) -> dict:
 
 @router.post("/api/users/{name}/deactivate")
 def deactivate(name: str, who: AdminUser, db: DbDep) -> dict:
-    with db.write() as s:
-        lab = accounts.get_user(s, name)
-        if lab.id == who.labeler.id:
-            raise Conflict("you cannot deactivate yourself; ask another admin", field="name")
-        return {"name": name, "active": False, **accounts.deactivate(s, lab, who.name, who.client)}
+    return deactivate_user(db, name, who)
 
 
 @router.post("/api/users/{name}/reactivate")
 def reactivate(name: str, who: AdminUser, db: DbDep) -> dict:
-    with db.write() as s:
-        accounts.reactivate(s, accounts.get_user(s, name), who.name, who.client)
-    return {"name": name, "active": True}
+    return reactivate_user(db, name, who)
 
 
 @router.post("/api/users/{name}/reset-password")
-async def reset_password(name: str, who: AdminUser, db: DbDep, body: Optional[PasswordIn] = None) -> dict:
-    password = (body.password if body else None) or auth.new_password()
-    password_hash = await run_in_threadpool(auth.hash_password, password)
-    return await run_in_threadpool(_reset, db, name, who, password, password_hash)
-
-
-def _reset(db, name: str, who, password: str, password_hash: str) -> dict:  # noqa: ANN001
-    with db.write() as s:
-        n = accounts.reset_password(s, accounts.get_user(s, name), password_hash, who.name, who.client)
-    return {"name": name, "password": password, "sessions_ended": n}
+def reset_password(name: str, who: AdminUser, db: DbDep, body: Optional[PasswordIn] = None) -> dict:
+    return reset_user_password(db, name, who, body.password if body else None)
 
 
 @router.post("/api/users/{name}/end-sessions")
 def end_sessions(name: str, who: AdminUser, db: DbDep) -> dict:
-    with db.write() as s:
-        return {"name": name, "sessions_ended": accounts.end_sessions(s, accounts.get_user(s, name), who.name,
-                                                                      who.client)}
+    return end_user_sessions(db, name, who)
 
 
 @router.get("/api/users/{name}/tokens")
@@ -178,10 +162,8 @@ def issue_token(name: str, body: TokenIn, who: AdminUser, db: DbDep) -> dict:
 
 
 @router.delete("/api/users/{name}/tokens")
-def revoke_tokens(name: str, who: AdminUser, db: DbDep, token_id: Optional[int] = None) -> dict:
-    with db.write() as s:
-        return {"name": name, "revoked": accounts.revoke_tokens(s, accounts.get_user(s, name), who.name, who.client,
-                                                                token_id)}
+def revoke_tokens(name: str, who: AdminUser, db: DbDep, token_id: OptionalRowId = None) -> dict:
+    return revoke_user_tokens(db, name, who, token_id)
 
 
 @router.get("/api/audit")
@@ -189,6 +171,45 @@ def audit_log(who: AdminUser, s: ReadSession, limit: int = 100, target: Optional
     if not 1 <= limit <= 10_000:
         raise HTTPProblem(422, "must be from 1 to 10000", "limit")
     return accounts.audit_rows(s, limit, target)
+
+
+# What an admin does to an account, from the API or from the admin's pages (web/manage.py): one place each.
+
+
+def deactivate_user(db: Database, name: str, who: Principal) -> dict:
+    with db.write() as s:
+        lab = accounts.get_user(s, name)
+        if lab.id == who.labeler.id:
+            raise Conflict("you cannot deactivate yourself; ask another admin", field="name")
+        return {"name": name, "active": False, **accounts.deactivate(s, lab, who.name, who.client)}
+
+
+def reactivate_user(db: Database, name: str, who: Principal) -> dict:
+    with db.write() as s:
+        accounts.reactivate(s, accounts.get_user(s, name), who.name, who.client)
+    return {"name": name, "active": True}
+
+
+def reset_user_password(db: Database, name: str, who: Principal, password: str | None = None) -> dict:
+    """A new password (``password``, or a generated one) for ``name``, whose sessions end. The hash (slow on
+    purpose) is made before the write lock is taken. Run it in a worker thread (sync routes are)."""
+    password = password or auth.new_password()
+    password_hash = auth.hash_password(password)
+    with db.write() as s:
+        n = accounts.reset_password(s, accounts.get_user(s, name), password_hash, who.name, who.client)
+    return {"name": name, "password": password, "sessions_ended": n}
+
+
+def end_user_sessions(db: Database, name: str, who: Principal) -> dict:
+    with db.write() as s:
+        return {"name": name, "sessions_ended": accounts.end_sessions(s, accounts.get_user(s, name), who.name,
+                                                                      who.client)}
+
+
+def revoke_user_tokens(db: Database, name: str, who: Principal, token_id: int | None = None) -> dict:
+    with db.write() as s:
+        return {"name": name, "revoked": accounts.revoke_tokens(s, accounts.get_user(s, name), who.name, who.client,
+                                                                token_id)}
 
 
 def safe_next(target: str) -> str:

@@ -16,11 +16,12 @@ from alignloop.feedback.web.deps import Principal
 LETTERS = "ABCDEFGHIJKLMNOP"
 
 
-def render(request: Request, name: str, who: Principal | None, **ctx: Any) -> HTMLResponse:
+def render(request: Request, name: str, who: Principal | None, status_code: int = 200, **ctx: Any) -> HTMLResponse:
     """A page from ``templates/`` with the signed-in user and the session's CSRF token for its forms."""
     csrf = who.session.csrf_token if who and who.session else ""
     templates = request.app.state.templates
-    return templates.TemplateResponse(request, name, {"me": who.labeler if who else None, "csrf": csrf, **ctx})
+    return templates.TemplateResponse(request, name, {"me": who.labeler if who else None, "csrf": csrf, **ctx},
+                                      status_code=status_code)
 
 
 def project_public(p: Project, manage: bool = False) -> dict:

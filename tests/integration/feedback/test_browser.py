@@ -2,12 +2,14 @@
 
 A labeler signs in, labels pairwise tasks by keyboard (one holds a <script> and an <img onerror> that must
 stay inert text), skips one with a reason, ranks a K=4 task by keyboard, writes a better answer; the lead
-sees agreement figures. Screenshots go to test-artifacts/.
+sees agreement figures; an admin deactivates a labeler on the admin's pages and her open session stops working.
+Screenshots go to test-artifacts/.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import threading
@@ -77,6 +79,8 @@ def _seed(db: Database) -> None:
         for project in (pairs, rank, rw):  # labelers reach only the projects they are members of
             access.add_member(s, project, ann, "labeler", "test")
         create_labeler(s, "lead", role="admin", password=PASSWORD)
+        dora = create_labeler(s, "dora", password=PASSWORD)  # offboarded by the admin's pages
+        access.add_member(s, pairs, dora, "labeler", "test")
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +222,40 @@ def test_lead_sees_agreement(browser, server, artifacts):
     assert resp.status == 403
     ctx.close()
     ctx2.close()
+
+
+def test_admin_deactivates_a_user_and_her_session_stops_working(browser, server, artifacts):
+    base, db = server
+    ctx_d, dora = _login(browser, base, "dora")
+    assert "pairs" in dora.inner_text("main")
+    assert dora.evaluate("fetch('/api/me').then(r => r.status)") == 200
+    ctx_a, admin = _login(browser, base, "lead")  # (an admin)
+    admin.click("header nav >> text=Users")
+    admin.wait_for_url(f"{base}/admin/users")
+    admin.click('tr[data-user="dora"] >> text=Manage')
+    admin.wait_for_url(f"{base}/admin/users/dora")
+    assert admin.inner_text("#status") == "active"
+    admin.click("#deactivate")
+    admin.wait_for_url(f"{base}/admin/users/dora?done=deactivated")
+    assert admin.inner_text("#status") == "deactivated"
+    assert "every session ended" in admin.inner_text("#done")
+    admin.screenshot(path=str(artifacts / "feedback-admin-user.png"), full_page=True)
+    # the page she has open can no longer act for her, and her next page is the sign-in page
+    status = dora.evaluate("""fetch('/api/projects/pairs/next', {method: 'POST', headers: {'X-CSRF-Token':
+        document.querySelector('meta[name=csrf-token]').content}}).then(r => r.status)""")
+    assert status == 401
+    dora.goto(f"{base}/")
+    assert dora.url == f"{base}/login?next=/"
+    dora.fill("input[name=name]", "dora")
+    dora.fill("input[name=password]", PASSWORD)
+    dora.click("button[type=submit]")
+    dora.wait_for_url(re.compile(r".*/login\?error=wrong"))
+    assert "do not match" in dora.inner_text("main")
+    # the audit log shows who did it
+    admin.goto(f"{base}/admin/audit?target=dora")
+    rows = admin.inner_text("table.audit")
+    assert "user.deactivate" in rows and "lead" in rows
+    with db.read() as s:
+        assert s.scalar(select(Labeler.active).where(Labeler.name == "dora")) is False
+    ctx_a.close()
+    ctx_d.close()

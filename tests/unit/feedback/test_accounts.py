@@ -128,6 +128,31 @@ def test_password_check_runs_outside_the_write_lock(app, monkeypatch):
     assert len(calls) == 2
 
 
+def test_new_passwords_are_hashed_outside_the_write_lock(app, monkeypatch):
+    """Creating a user and resetting a password (API and admin page) hash the password (slow on purpose) before
+    the write lock is taken, as signing in checks it: other users' writes do not wait for argon2."""
+    lock = app.db._write_lock
+    locked = getattr(lock, "locked", lambda: False)
+    hashed = []
+    real = auth._hasher
+
+    class Checking:
+        def hash(self, password):
+            assert not locked(), "a password was hashed inside the database's write lock"
+            hashed.append(1)
+            return real.hash(password)
+
+        def verify(self, stored, password):
+            return real.verify(stored, password)
+
+    monkeypatch.setattr(auth, "_hasher", Checking())
+    adm = bearer(app, "admin")
+    assert app.post("/api/users", json={"name": "eve"}, headers=adm).status_code == 201
+    assert app.post("/api/users/ann/reset-password", headers=adm).status_code == 200
+    assert app.post("/admin/users/ann/reset-password", headers=adm).status_code == 200
+    assert len(hashed) == 3
+
+
 def test_the_hash_runs_for_unknown_inactive_and_passwordless_accounts(app, monkeypatch):
     with app.db.write() as s:
         s.scalar(select(Labeler).where(Labeler.name == "admin")).password_hash = auth.hash_password(PASSWORD)

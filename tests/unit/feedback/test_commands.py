@@ -123,3 +123,37 @@ def test_cli_user_lifecycle_and_members(tmp_path, capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out.split("\n", 1)[1]) == [{"name": "bob", "role": "labeler",
                                                                       "active": True}]
     handle.dispose()
+
+
+def test_forwarded_headers_are_believed_only_from_the_named_proxies(tmp_path):
+    """``label serve`` runs uvicorn with its forwarded-header settings from --trusted-proxy: without one, a request
+    from 127.0.0.1 that writes X-Forwarded-For is recorded with its real address (uvicorn's default believed the
+    header from 127.0.0.1, so a local process could dodge the per-address sign-in throttle)."""
+    import asyncio
+    import re
+
+    import httpx
+    import uvicorn
+    from sqlalchemy import select
+
+    from alignloop.feedback.api import create_app
+    from alignloop.feedback.store import AuditEvent, Database
+
+    db = Database(f"sqlite:///{tmp_path / 'labels.db'}")
+
+    async def failed_login_seen_from(trusted: list[str], peer: str) -> str:
+        config = uvicorn.Config(create_app(db, trusted_proxies=trusted), **commands.proxy_settings(trusted))
+        config.load()
+        transport = httpx.ASGITransport(app=config.loaded_app, client=(peer, 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            page = await client.get("/login")
+            token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+            await client.post("/login", data={"name": "nobody", "password": "x" * 8, "csrf_token": token},
+                              headers={"X-Forwarded-For": "6.6.6.6"})
+        with db.read() as s:
+            return s.scalars(select(AuditEvent.client).order_by(AuditEvent.id.desc())).first()
+
+    assert asyncio.run(failed_login_seen_from([], "127.0.0.1")) == "127.0.0.1"
+    assert asyncio.run(failed_login_seen_from(["10.0.0.0/8"], "10.0.0.2")) == "6.6.6.6"
+    assert asyncio.run(failed_login_seen_from(["10.0.0.0/8"], "127.0.0.1")) == "127.0.0.1"
+    db.dispose()
