@@ -97,9 +97,10 @@ def split_data(cfg: DemoConfig, folder: Path) -> dict[str, Any]:
     for name, part in parts.items():
         write_jsonl(folder / f"{name}.jsonl", part)
     write_jsonl(folder / "sft.jsonl", sft_demonstrations(cfg, parts["train"]))
-    return {**{k: len(v) for k, v in parts.items()},
-            "sft_declines": sum(r["context_class"] != IN_CONTEXT for r in parts["train"])
-            if cfg.sft_targets == "grounded" else 0}
+    counts = {k: len(v) for k, v in parts.items()}
+    if cfg.sft_targets == "grounded":
+        counts["sft_declines"] = sum(r["context_class"] != IN_CONTEXT for r in parts["train"])
+    return counts
 
 
 def sft_demonstrations(cfg: DemoConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -60,7 +60,7 @@ def _stage(out: Path, n: int) -> Path:
 
 def test_demo_writes_one_submission_per_stage_with_the_heldout_ids(demo):
     out, report, pool = demo
-    assert json.loads((out / "data" / "done").read_text())["result"] == {"train": 7, "test": 3, "sft_declines": 0}
+    assert json.loads((out / "data" / "done").read_text())["result"] == {"train": 7, "test": 3}
     assert sorted(p.name for p in (out / "loop" / "random").iterdir()) == sorted(f"stage_{n}" for n in (0, 3, pool))
     for n in (0, 3, pool):
         assert _ids(_stage(out, n) / "submission.csv") == HELDOUT
