@@ -316,3 +316,56 @@ def test_each_key_has_a_token_budget_per_minute():
         "(--key-tokens-per-minute); retry in 5 s")  # when the 50 of t=1005 leave the window
     with pytest.raises(ApiError, match="asks for up to 101 new tokens, more than a key's 100 per minute"):
         charge(budget, "key-a", 101)
+
+
+# ---- the same limits through the app, with the model ---------------------------------------------------------
+
+
+def test_an_inference_key_uploads_nothing_to_the_job_queue(served):
+    """403 before the body is read: an inference key cannot make the server take 64 MB (or any byte) of a job."""
+    client, _ = served
+    status, pulled = _asgi_post(client.app, "/v1/jobs", [b" " * 1000] * 200,
+                                {"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    assert (status, pulled) == (403, 0)
+    assert list((client.app.state.server.jobs.folder).glob("*")) == []  # and nothing was written
+
+
+def test_sixteen_prompts_of_1024_tokens_are_refused_before_decoding(tiny_pool, tmp_path):
+    """The review's request: 16 prompts x 1,024 new tokens in one /v1/completions call. It fits the batch and the
+    per-request max_tokens, but not the request's total (--max-request-tokens 4096): 422, and the model decodes
+    nothing."""
+    from serve_fixtures import KEY as SERVED_KEY
+    from serve_fixtures import serve_app
+
+    s = serve_app(tmp_path, tiny_pool, max_tokens_limit=1024, max_request_tokens=4096)
+    before = dict(tiny_pool.default.batcher.stats)
+    r = TestClient(s.app, base_url=LOCAL).post("/v1/completions", headers={"Authorization": f"Bearer {SERVED_KEY}"},
+                                               json={
+        "prompt": ["Tell me a long story."] * 16, "max_tokens": 1024})
+    s.reg.dispose()
+    assert (r.status_code, r.json()["error"]["code"], r.json()["error"]["message"]) == (
+        422, "request_too_large", "this request asks for up to 16384 new tokens (16 prompt(s) x n=1 x "
+        "max_tokens=1024); this server allows 4096 per request (--max-request-tokens): lower max_tokens or n, or "
+        "send fewer prompts")
+    assert tiny_pool.default.batcher.stats == before
+
+
+def test_a_full_batch_queue_answers_429_through_the_app(tiny_pool, tmp_path, monkeypatch):
+    """--max-queue reaches the model's batcher, and a request beyond it is a 429 at once (never a wait)."""
+    import alignloop.serve.pool as pool_module
+    from alignloop.serve.batcher import GenRequest
+    from alignloop.serve.pool import ModelPool
+
+    model, tok = tiny_pool.default.model, tiny_pool.default.tokenizer
+    monkeypatch.setattr(pool_module, "load_causal_lm", lambda path, dtype=None: (model, tok))  # no second load
+    cfg = ServeConfig(model="tiny", api_key=[KEY], db=f"sqlite:///{tmp_path / 'x.db'}", max_queue=1).validate()
+    pool = ModelPool(cfg, None)
+    assert pool.default.batcher.max_queue == 1
+    pool.close()  # the batcher stops: what is queued now waits
+    waiting = GenRequest([1, 2, 3], 2)
+    pool.default.batcher.submit(waiting)
+    app = create_app(cfg, pool, None, None, start_background=False)
+    r = TestClient(app, base_url=LOCAL).post("/v1/chat/completions", headers=AUTH, json={
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert (r.status_code, r.json()["error"]["code"]) == (429, "server_busy")
+    assert pool.default.batcher.queue.qsize() == 1 and not waiting.future.done()
