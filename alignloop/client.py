@@ -148,7 +148,8 @@ class Client:
         return RemoteModel(self, info["id"], info)
 
     def lineage(self, model_id: str) -> dict:
-        return self._get(f"/v1/models/{model_id}/lineage")
+        """The chain of runs, data and labels behind a model (the server's admin key: it names files and labels)."""
+        return self._get(f"/v1/models/{model_id}/lineage", admin=True)
 
     def predict(self, model_id: str, question: str, context: str | None = None, max_tokens: int = 256,
                 temperature: float = 0.0, user: str | None = None) -> Answer:

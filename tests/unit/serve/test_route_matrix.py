@@ -63,7 +63,7 @@ RULES: dict[tuple[str, str], Rule] = {
     # models
     ("GET", "/v1/models"): Rule("/v1/models", ANY_KEY),
     ("GET", "/v1/models/{model_id:path}"): Rule("/v1/models/tiny", ANY_KEY),
-    ("GET", "/v1/models/{model_id:path}/lineage"): Rule(f"/v1/models/{REGISTERED}/lineage", ANY_KEY),
+    ("GET", "/v1/models/{model_id:path}/lineage"): Rule(f"/v1/models/{REGISTERED}/lineage", ADMIN_ONLY),
     # inference (the tiny model answers two tokens)
     ("POST", "/v1/chat/completions"): Rule("/v1/chat/completions", ANY_KEY,
                                            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}),

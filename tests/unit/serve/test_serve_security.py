@@ -89,6 +89,64 @@ def test_keys_are_compared_by_digest_with_their_role():
     assert "i1" not in repr(ring.roles) and not KeyRing([], [])
 
 
+def test_an_inference_key_reads_only_the_models_it_may_use(tmp_path):
+    """The registry record (folder, run, the run's config and data) and the lineage are an admin's; an inference
+    key sees the models it may use, as OpenAI model objects."""
+    from alignloop.registry.store import ModelRow, RunRow
+
+    db = f"sqlite:///{tmp_path / 'serve.db'}"
+    reg = Registry(db)
+    with reg.write() as s:
+        s.add(RunRow(id="run-1", stage="sft", status="completed", config={"db": "postgresql://u:s3cret@db/x"},
+                     data_hashes={"data": {"path": "/srv/private/labels.jsonl", "sha256": "ab"}}))
+        s.add(ModelRow(id="m-0123abcd", name="qa-v1", path="/srv/models/qa-v1", stage="sft", run_id="run-1",
+                       created_at=utcnow()))
+
+    def client(**options):
+        cfg = ServeConfig(model="tiny", api_key=[KEY], admin_key=[ADMIN_KEY], db=db, **options).validate()
+        return TestClient(create_app(cfg, None, reg, None, start_background=False), base_url=LOCAL)
+
+    closed, opened = client(), client(allow_registry_models=True)
+    # without --allow-registry-models an inference key may not use it, so it does not see it
+    r = closed.get("/v1/models/m-0123abcd", headers=AUTH)
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "model_not_found")
+    # with it, the model object and nothing of the record
+    r = opened.get("/v1/models/qa-v1", headers=AUTH)
+    assert r.status_code == 200 and set(r.json()) == {"id", "object", "created", "owned_by", "name", "loaded",
+                                                       "stage", "parent_id"}
+    assert "s3cret" not in r.text and "/srv/" not in r.text
+    assert opened.get("/v1/models", headers=AUTH).json()["data"] == [r.json()]
+    # an admin key reads the record, either way
+    for c in (closed, opened):
+        r = c.get("/v1/models/m-0123abcd", headers=ADMIN)
+        assert (r.status_code, r.json()["registry"]["path"], r.json()["registry"]["run"]["id"]) == (
+            200, "/srv/models/qa-v1", "run-1")
+    # the lineage: admin key only
+    for c in (closed, opened):
+        r = c.get("/v1/models/m-0123abcd/lineage", headers=AUTH)
+        assert (r.status_code, r.json()["error"]) == (403, {
+            "message": "a model's lineage needs an admin key (the server's --admin-key); this key may run inference "
+                       "and give feedback only", "type": "invalid_request_error", "param": None,
+            "code": "admin_key_required"})
+        r = c.get("/v1/models/m-0123abcd/lineage", headers=ADMIN)
+        assert (r.status_code, r.json()["chain"][0]["data"][0]["path"]) == (200, "/srv/private/labels.jsonl")
+    reg.dispose()
+
+
+def test_a_served_models_object_holds_no_registry_record_for_an_inference_key(tiny_pool, tmp_path):
+    from serve_fixtures import ADMIN_KEY as SERVED_ADMIN
+    from serve_fixtures import KEY as SERVED_KEY
+    from serve_fixtures import serve_app
+
+    s = serve_app(tmp_path, tiny_pool)
+    client = TestClient(s.app, base_url=LOCAL)
+    mine = client.get("/v1/models/tiny", headers={"Authorization": f"Bearer {SERVED_KEY}"}).json()
+    admin = client.get("/v1/models/tiny", headers={"Authorization": f"Bearer {SERVED_ADMIN}"}).json()
+    s.reg.dispose()
+    assert (set(mine), mine["loaded"]) == ({"id", "object", "created", "owned_by", "name", "loaded"}, True)
+    assert admin == {**mine, "registry": None}  # "tiny" is an alias, not a registered model
+
+
 # ---- hosts, docs, headers, start line --------------------------------------------------------------------
 
 
@@ -102,6 +160,31 @@ def test_only_trusted_hosts_are_answered(tmp_path):
     anyone = ServeConfig(model="tiny", db=cfg.db, trusted_host=["*"]).validate()
     assert TestClient(create_app(anyone, None, None, None, start_background=False),
                       base_url="http://attacker.example").get("/health").status_code == 200
+
+
+def test_ipv6_loopback_and_ipv6_names_are_trusted_as_a_host_header_writes_them(tmp_path):
+    """A Host header writes an IPv6 address in brackets ([::1]:8000); a trusted name given as ::1 or in its long
+    form used to match nothing, so a client of http://[::1]:8000 got 400."""
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    assert ServeConfig().trusted_hosts() == ["localhost", "127.0.0.1", "[::1]"]
+    cfg = ServeConfig(model="tiny", db=db, host="::1", trusted_host=["FE80:0:0:0:0:0:0:1", "[2001:db8::7]",
+                                                                    "LLM.example.org"]).validate()
+    assert cfg.trusted_hosts() == ["localhost", "127.0.0.1", "[::1]", "[fe80::1]", "[2001:db8::7]",
+                                   "llm.example.org"]
+    assert ServeConfig(host="::").trusted_hosts() == ["localhost", "127.0.0.1", "[::1]"]  # every interface: none
+    app = create_app(cfg, None, None, None, start_background=False)
+    for url, status in (("http://[::1]:8000", 200), ("http://[::1]", 200), ("http://[fe80::1]:8000", 200),
+                        ("http://[2001:db8::7]", 200), ("http://llm.example.org", 200), ("http://[::2]:8000", 400),
+                        ("http://[fe80::2]", 400)):
+        assert TestClient(app, base_url=url).get("/v1/models").status_code == status, url
+    from types import SimpleNamespace
+
+    from alignloop.serve.app import start_line
+
+    srv = SimpleNamespace(pool=SimpleNamespace(default=SimpleNamespace(id="tiny")), jobs=None, db_url=db)
+    assert start_line(cfg, srv).startswith("serving tiny on http://[::1]:8000/v1 (jobs off;")  # a URL one can open
+    with pytest.raises(ConfigError, match="trusted_host: 'llm.\\*.org' is not a host name"):
+        ServeConfig(trusted_host=["llm.*.org"]).validate()  # (it stopped the server with an AssertionError)
 
 
 def test_docs_are_off_unless_asked_and_then_need_a_key(tmp_path):
