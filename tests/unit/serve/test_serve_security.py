@@ -5,6 +5,7 @@ arrives, a request's token budget, the batch queue, per-key concurrency, registr
 
 import asyncio
 import hashlib
+import json
 
 import pytest
 from fastapi.testclient import TestClient
@@ -457,7 +458,12 @@ def test_a_full_batch_queue_answers_429_through_the_app(tiny_pool, tmp_path, mon
     waiting = GenRequest([1, 2, 3], 2)
     pool.default.batcher.submit(waiting)
     app = create_app(cfg, pool, None, None, start_background=False)
-    r = TestClient(app, base_url=LOCAL).post("/v1/chat/completions", headers=AUTH, json={
-        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    # the client goes away once it has sent the request: had the request been queued, it would be cancelled
+    # (499) rather than wait for a batcher that no longer runs
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
+    status, _ = _asgi_post(app, "/v1/chat/completions", [body],
+                           {"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    assert status == 429
+    r = TestClient(app, base_url=LOCAL).post("/v1/chat/completions", headers=AUTH, json=json.loads(body))
     assert (r.status_code, r.json()["error"]["code"]) == (429, "server_busy")
     assert pool.default.batcher.queue.qsize() == 1 and not waiting.future.done()
