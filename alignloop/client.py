@@ -8,8 +8,9 @@
     client.models()
 
 Only ``httpx`` is needed on the client side (no torch). Keys come from the arguments or the environment
-(``$ALIGNLOOP_API_KEY``, ``$ALIGNLOOP_ADMIN_KEY``); training jobs need the server's admin key (an inference key
-gets 403), and the server runs them only when started with ``--jobs``.
+(``$ALIGNLOOP_API_KEY``, ``$ALIGNLOOP_ADMIN_KEY``). The server's keys have roles (docs/security.md): training jobs
+and a model's lineage need its admin key, which is sent with those calls only; with an inference key they raise
+``AdminKeyRequired`` saying so. The server runs jobs only when started with ``--jobs``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ class ClientError(RuntimeError):
     def __init__(self, status: int, message: str, body: Any = None):
         self.status, self.body = status, body
         super().__init__(f"HTTP {status}: {message}")
+
+
+class AdminKeyRequired(ClientError):
+    """A call that needs the server's admin key (training jobs, a model's lineage) was made with an inference key."""
 
 
 class JobFailed(ClientError):
@@ -112,21 +117,33 @@ class Client:
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
     # ---- plumbing -------------------------------------------------------------------------------
-    def _check(self, r: httpx.Response) -> Any:
+    def _check(self, r: httpx.Response, admin: bool = False) -> Any:
         if r.status_code >= 400:
             try:
                 body = r.json()
                 msg = body.get("error", {}).get("message") or body.get("detail") or r.text
             except (ValueError, AttributeError):
                 body, msg = None, r.text
+            error = body.get("error") if isinstance(body, dict) else None
+            code = error.get("code") if isinstance(error, dict) else None
+            if admin and r.status_code == 403 and code == "admin_key_required":
+                raise AdminKeyRequired(403, self._needs_admin(str(msg)), body)
             raise ClientError(r.status_code, str(msg), body)
         return r.json()
 
+    def _needs_admin(self, server_says: str) -> str:
+        """The server's refusal, and what to do about it on this side."""
+        if self._admin:
+            return (f"{server_says}. The key given as admin_key is not one of the server's admin keys (it took it "
+                    "for an inference key, or it has none)")
+        return (f"{server_says}. This client has no admin key: pass alignloop.Client(..., admin_key=...) or set "
+                "$ALIGNLOOP_ADMIN_KEY")
+
     def _get(self, path: str, admin: bool = False, **kw: Any) -> Any:
-        return self._check(self.http.get(path, headers=self._admin if admin else None, **kw))
+        return self._check(self.http.get(path, headers=self._admin if admin else None, **kw), admin)
 
     def _post(self, path: str, body: dict, admin: bool = False) -> Any:
-        return self._check(self.http.post(path, json=body, headers=self._admin if admin else None))
+        return self._check(self.http.post(path, json=body, headers=self._admin if admin else None), admin)
 
     def close(self) -> None:
         self.http.close()
@@ -148,7 +165,8 @@ class Client:
         return RemoteModel(self, info["id"], info)
 
     def lineage(self, model_id: str) -> dict:
-        return self._get(f"/v1/models/{model_id}/lineage")
+        """The chain of runs, data and labels behind a model (the server's admin key: it names files and labels)."""
+        return self._get(f"/v1/models/{model_id}/lineage", admin=True)
 
     def predict(self, model_id: str, question: str, context: str | None = None, max_tokens: int = 256,
                 temperature: float = 0.0, user: str | None = None) -> Answer:
@@ -165,7 +183,8 @@ class Client:
               timeout: float | None = None, **config: Any) -> str | Job:
         """Train on labeled examples through the server; the new model's id (``wait=True``) or a ``Job``.
 
-        Needs the server's admin key (``Client(admin_key=...)``) and a server started with ``--jobs``.
+        Needs the server's admin key (``Client(admin_key=...)``; ``AdminKeyRequired`` with an inference key) and a
+        server started with ``--jobs``.
         ``train_data``: records (dicts) or a local JSONL/JSON file, uploaded with the job. ``initial_model_id``:
         a registry id or name, or an alias (``tiny``). Other keyword arguments are the stage's config fields
         (``max_steps=20``, ``learning_rate=1e-5``, ``reward_model=...``) that a job may set: the server owns

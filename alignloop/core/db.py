@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sqlalchemy import create_engine, event, inspect
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -63,6 +63,21 @@ def display_url(url: Any) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - not a URL SQLAlchemy knows: show nothing of it that could be a secret
         return "(a database URL SQLAlchemy cannot parse)"
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """``(the URL without its password, the password)``: for a file others may read (a job's config) while the
+    password travels apart (``$PGPASSWORD``, which libpq reads when the URL has none). ``(url, None)`` when it has
+    no password or is not a URL SQLAlchemy can parse."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL: nothing to split
+        return url, None
+    if parsed.password is None:
+        return url, None
+    bare = URL.create(parsed.drivername, parsed.username, None, parsed.host, parsed.port, parsed.database,
+                      parsed.query)  # (URL.set(password=None) keeps the password)
+    return bare.render_as_string(hide_password=False), str(parsed.password)
 
 
 def make_parent_folder(url: str) -> None:

@@ -18,6 +18,10 @@ import torch
 from alignloop.data.records import Prompt
 from alignloop.models.load import DEFAULT_MODEL, load_causal_lm
 
+#: temperatures below this decode greedily: they would pick the most likely token anyway, and dividing the logits
+#: by a temperature this close to 0 overflows them to inf (NaN probabilities, and ``generate`` fails)
+GREEDY_BELOW = 1e-4
+
 
 @dataclass
 class SamplingParams:
@@ -28,7 +32,7 @@ class SamplingParams:
     seed: int | None = None
 
     def generate_kwargs(self) -> dict[str, Any]:
-        if self.temperature <= 0:
+        if self.temperature < GREEDY_BELOW:
             return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p,
                 "top_k": self.top_k if self.top_k > 0 else None}

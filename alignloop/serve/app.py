@@ -35,7 +35,7 @@ from alignloop.core.errors import AlignloopError
 from alignloop.core.paths import alignloop_home
 from alignloop.registry.store import open_registry
 from alignloop.serve.batcher import Batcher, Choice, GenRequest
-from alignloop.serve.config import ServeConfig
+from alignloop.serve.config import ServeConfig, host_header_name
 from alignloop.serve.deps import Server
 from alignloop.serve.errors import ApiError, install_error_handlers
 from alignloop.serve.guard import Guard
@@ -105,7 +105,7 @@ def build(cfg: ServeConfig, load_model: bool = True) -> tuple[FastAPI, Server]:
 def start_line(cfg: ServeConfig, srv: Server) -> str:
     """What the server prints when it starts (the database URL without its password)."""
     jobs = "jobs on (admin key)" if srv.jobs is not None else "jobs off"
-    return (f"serving {srv.pool.default.id} on http://{cfg.host}:{cfg.port}/v1 ({jobs}; "
+    return (f"serving {srv.pool.default.id} on http://{host_header_name(cfg.host)}:{cfg.port}/v1 ({jobs}; "
             f"database {display_url(srv.db_url)})")
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from alignloop.data.templates import stop_token_ids
-from alignloop.generation.sampling import SamplingParams, sample_ids
+from alignloop.generation.sampling import GREEDY_BELOW, SamplingParams, sample_ids
 from alignloop.serve.errors import ApiError
 
 
@@ -50,7 +50,8 @@ class GenRequest:
         return self._cancelled.is_set() or self.future.cancelled()
 
     def key(self) -> tuple:
-        return (round(self.temperature, 6), round(self.top_p, 6), self.top_k) if self.temperature > 0 else ("greedy",)
+        greedy = self.temperature < GREEDY_BELOW
+        return ("greedy",) if greedy else (round(self.temperature, 6), round(self.top_p, 6), self.top_k)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Optional
@@ -33,8 +34,8 @@ class ServeConfig(StageConfig):
     admin_key: list[str] = opt([], "Admin key (repeatable): everything an inference key may do, plus training jobs. "
                                f"Better read from ${ADMIN_KEYS_ENV} (comma-separated).", repeat=True)
     trusted_host: list[str] = opt([], "Host name clients reach this server by (repeatable; the Host header is "
-                                  "checked, against DNS rebinding); localhost, 127.0.0.1 and --host are always "
-                                  "trusted; '*' trusts any.", repeat=True)
+                                  "checked, against DNS rebinding); localhost, 127.0.0.1, [::1] and --host are "
+                                  "always trusted; '*.example.org' trusts its subdomains, '*' any.", repeat=True)
     db: Optional[str] = opt(None, "Database URL (registry, jobs, feedback store); default: alignloop.db in the "
                             "alignloop home, the same file the feedback studio uses.")
     max_batch_size: int = opt(16, "Most sequences decoded together in one forward pass.")
@@ -90,8 +91,11 @@ class ServeConfig(StageConfig):
         return _keys(self.admin_key, ADMIN_KEYS_ENV)
 
     def trusted_hosts(self) -> list[str]:
-        extra = [self.host] if self.host not in ("0.0.0.0", "::", "") else []
-        return list(dict.fromkeys(["localhost", "127.0.0.1", *extra, *self.trusted_host]))
+        """The ``Host`` header names answered: the loopback names (``localhost``, ``127.0.0.1``, ``[::1]``), ``--host``
+        unless it is every interface, and ``--trusted-host``; IPv6 addresses as a Host header writes them."""
+        extra = [self.host] if self.host not in ("0.0.0.0", "::", "[::]", "") else []
+        names = ["localhost", "127.0.0.1", "::1", *extra, *self.trusted_host]
+        return list(dict.fromkeys(host_header_name(h) for h in names))
 
     def mask_kinds(self) -> list[str]:
         off = [k.lower() for k in self.mask_personal_data] in (["none"], ["off"], [])
@@ -119,10 +123,25 @@ class ServeConfig(StageConfig):
         both = set(self.keys()) & set(self.admin_keys())
         if both:
             p.append("admin_key: a key cannot be both an inference key and an admin key")
+        bad = [h for h in self.trusted_host if h != "*" and ("*" in h[1:] or (h.startswith("*") and
+                                                                           not h.startswith("*.")))]
+        if bad:
+            p.append(f"trusted_host: '{bad[0]}' is not a host name, '*' (any) or '*.domain' (its subdomains)")
         bad = [f for f in self.reward_function if f.count(":") != 1 or f.startswith("python:")]
         if bad:
             p.append(f"reward_function: '{bad[0]}' is not module:function (e.g. {BUILT_IN_REWARDS[0]})")
         return p
+
+
+def host_header_name(host: str) -> str:
+    """How a ``Host`` header names ``host``: an IPv6 address in brackets and in its short form (``::1`` and
+    ``[0:0:0:0:0:0:0:1]`` are ``[::1]``), anything else in lower case."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        return host.lower()
+    return f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
 
 
 def _keys(given: list[str], env_name: str) -> list[str]:

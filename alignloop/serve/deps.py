@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from alignloop.registry.store import Registry, default_db_url
 from alignloop.serve.capture import ServedAnswers
 from alignloop.serve.config import ServeConfig
-from alignloop.serve.guard import KeyRing, TokenBudget
+from alignloop.serve.guard import OPEN, KeyRing, TokenBudget
 from alignloop.serve.jobs import JobManager
 from alignloop.serve.pii import PersonalDataFilter
 from alignloop.serve.pool import ModelPool
@@ -71,6 +71,11 @@ def get_budget(srv: ServerDep) -> TokenBudget:
     return srv.budget
 
 
+def get_role(request: Request) -> str:
+    """The caller's role (``guard.ADMIN``, ``guard.INFERENCE``, or ``guard.OPEN`` on a server without keys)."""
+    return getattr(request.state, "role", OPEN)
+
+
 def get_caller(request: Request) -> str:
     """Who a request's answers and feedback are attributed to: its key (``key-`` and 10 hex digits of the
     key's SHA-256), or ``anonymous`` on a server without keys. Never a name the request gives itself."""
@@ -86,4 +91,5 @@ RegistryDep = Annotated[Optional[Registry], Depends(get_registry)]
 JobsDep = Annotated[Optional[JobManager], Depends(get_jobs)]
 AnswersDep = Annotated[ServedAnswers, Depends(get_answers)]
 CallerDep = Annotated[str, Depends(get_caller)]
+RoleDep = Annotated[str, Depends(get_role)]
 BudgetDep = Annotated[TokenBudget, Depends(get_budget)]

@@ -4,7 +4,8 @@
   caller's role: ``admin`` (admin key), ``inference`` (API key) or ``open`` (a server started with no key at all);
   every path but ``/health`` needs one when any key is configured, so a wrong key gets 401 whatever else is
   wrong with the request (an unknown path, an oversized or malformed body);
-* the role: training jobs (``/v1/jobs``) need an admin key (403 otherwise, before the upload is read);
+* the role: training jobs (``/v1/jobs``) and a model's lineage (``/v1/models/{id}/lineage``) need an admin key
+  (403 otherwise, before an upload is read);
 * the body size, counted as the bytes arrive and stopped at the limit (413), so neither a false
   ``Content-Length`` nor a chunked upload without one makes the server read more than the limit;
 * how many generation requests one caller has running at once (429 above ``--max-concurrent-per-key``; the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -33,8 +35,10 @@ Send = Callable[[dict], Awaitable[None]]
 ADMIN, INFERENCE, OPEN = "admin", "inference", "open"
 #: paths that need no key (load balancers, the SDK's start-up wait)
 PUBLIC = ("/health",)
-#: paths only an admin key may use
+#: training jobs: only an admin key may use them, and they take the larger uploads (--max-upload-bytes)
 ADMIN_PREFIX = "/v1/jobs"
+#: a model's lineage (its chain of runs, data files, exports and labels): only an admin key may read it
+LINEAGE = re.compile(r"/v1/models/.*/lineage")
 #: paths whose requests occupy the model (counted per caller)
 GENERATION = ("/v1/chat/completions", "/v1/completions", "/v1/predict")
 HSTS = "max-age=31536000"
@@ -97,6 +101,16 @@ class TokenBudget:
             return max(wait, 0.0) if tokens <= self.per_minute else float("inf")
 
 
+def admin_only(path: str) -> str | None:
+    """What the refusal says when ``path`` needs an admin key ("training jobs need"), or None when any key may use
+    it. docs/security.md's roles table says the same; tests/unit/serve/test_route_matrix.py holds both to it."""
+    if path.startswith(ADMIN_PREFIX):
+        return "training jobs need"
+    if LINEAGE.fullmatch(path):
+        return "a model's lineage needs"
+    return None
+
+
 def presented_key(headers: dict[str, str]) -> str:
     auth = headers.get("authorization", "")
     return auth[7:].strip() if auth.lower().startswith("bearer ") else headers.get("x-api-key", "").strip()
@@ -121,9 +135,10 @@ class Guard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         refused, role, key_hash = self._who(headers)
-        if refused is None and path.startswith(ADMIN_PREFIX) and role != ADMIN:
-            refused = error_response(403, "training jobs need an admin key (the server's --admin-key); this key "
-                                     "may run inference and give feedback only", code="admin_key_required")
+        what = admin_only(path)
+        if refused is None and what and role != ADMIN:
+            refused = error_response(403, f"{what} an admin key (the server's --admin-key); this key may run "
+                                     "inference and give feedback only", code="admin_key_required")
         body = None
         if refused is None:
             refused, body = await self._read_body(scope, receive, path, headers)

@@ -10,6 +10,9 @@ each in its own process (``python -m alignloop <stage> --config job.yaml``), wit
   checkpoint every ``save_every`` steps, which the server sets to 50 when the job does not choose).
 * What a job's config may say is ``job_policy``'s business (an allow-list per field, paths confined to the job's
   folder and the data roots, registered reward functions only); the job's caches live in its folder.
+* A job's config (``job.yaml``, the ``jobs`` row, the run the trainer records) names the server's database without
+  its password; the job process gets the password in ``$PGPASSWORD`` (libpq reads it when the URL has none).
+* A refused job leaves nothing behind: no row, no folder.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +35,7 @@ from sqlalchemy import select
 
 from alignloop.core import files
 from alignloop.core.config import ConfigError
+from alignloop.core.db import split_password
 from alignloop.core.paths import CACHE_ENV
 from alignloop.pipelines import stages
 from alignloop.registry.store import JobRow, Registry, RunRow, utcnow
@@ -105,6 +110,8 @@ class JobManager:
     def __init__(self, registry: Registry, folder: Path, poll_s: float = 0.25, resume_interrupted: bool = False,
                  policy: JobPolicy | None = None):
         self.reg, self.folder, self.poll_s = registry, Path(folder), poll_s
+        #: the database as jobs name it (no password: job.yaml is a file others may read), and its password
+        self.job_db, self._db_password = split_password(registry.url)
         self.policy = policy or JobPolicy(db=registry.url)
         self.resume_interrupted = resume_interrupted
         self.worker = worker_name()
@@ -131,6 +138,7 @@ class JobManager:
             s.flush()
             job_id = job.id
         folder = self.folder / f"job-{job_id}"
+        made = not folder.exists()  # a folder left by an older server is kept; one made here goes on refusal
         try:
             folder.mkdir(parents=True, exist_ok=True)
             config, problems = self.policy.vet(config, folder.resolve())
@@ -142,7 +150,7 @@ class JobManager:
                 files.write_jsonl(folder / "data.jsonl", data_records)
                 config[field] = str(folder.resolve() / "data.jsonl")
             config["output"] = str(folder.resolve() / "output")
-            config["db"] = self.reg.url
+            config["db"] = self.job_db
             if "save_every" in _fields(cls):
                 config.setdefault("save_every", 50)
             try:
@@ -153,6 +161,8 @@ class JobManager:
         except BaseException:
             with self.reg.write() as s:
                 s.delete(s.get(JobRow, job_id))
+            if made:
+                shutil.rmtree(folder, ignore_errors=True)
             raise
         with self.reg.write() as s:
             job = s.get(JobRow, job_id)
@@ -275,20 +285,22 @@ class JobManager:
                 self._finish(job.id, "failed", f"the worker failed to run the job: {exc.__class__.__name__}: {exc}")
 
     @staticmethod
-    def env(job: JobRow) -> dict[str, str]:
-        """The job process's environment: the server's, with the job's id and model name, and its caches in its
-        own folder (tokenised data and reference log-probs are pickles loaded back with ``torch.load``: a job
-        must never write into the caches other runs load)."""
+    def env(job: JobRow, db_password: str | None = None) -> dict[str, str]:
+        """The job process's environment: the server's, with the job's id and model name, its caches in its own
+        folder (tokenised data and reference log-probs are pickles loaded back with ``torch.load``: a job must
+        never write into the caches other runs load), and the database password its config leaves out."""
         env = {**os.environ, "ALIGNLOOP_JOB_ID": str(job.id), "PYTHONUNBUFFERED": "1",
                CACHE_ENV: str(Path(job.folder) / "cache")}
         if job.model_name:
             env["ALIGNLOOP_MODEL_NAME"] = job.model_name
+        if db_password is not None:
+            env["PGPASSWORD"] = db_password
         return env
 
     def _run(self, job: JobRow) -> None:
         folder = Path(job.folder)
         log = open(folder / "log.txt", "ab")
-        env = self.env(job)
+        env = self.env(job, self._db_password)
         cmd = [sys.executable, "-m", "alignloop", *job.stage.split(), "--config", str(folder / "job.yaml")]
         log.write(f"$ {' '.join(cmd)}\n".encode())
         log.flush()

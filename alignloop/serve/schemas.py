@@ -50,7 +50,7 @@ class PredictRequest(_Lenient):
     model: str = ""
     question: str = Field(..., min_length=1)
     context: Optional[str] = None
-    max_tokens: int = Field(256, ge=1)
+    max_tokens: Optional[int] = Field(None, ge=1, description="default: the server's --default-max-tokens")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     user: Optional[str] = Field(None, max_length=200)
 

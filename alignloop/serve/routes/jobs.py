@@ -4,9 +4,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path, Query
 from starlette.concurrency import run_in_threadpool
 
 from alignloop.serve.deps import JobsDep
@@ -15,6 +15,10 @@ from alignloop.serve.jobs import JobError, JobManager
 from alignloop.serve.schemas import JobRequest
 
 router = APIRouter(prefix="/jobs")
+#: a job id as the database stores it (a 32-bit integer on PostgreSQL): larger ones are a 422, not a driver error
+JobId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the job's id")]
+#: where to start reading the log, in bytes (a file offset: larger ones would overflow a seek)
+LogOffset = Annotated[int, Query(ge=0, le=2**53, description="bytes of the log already read (next_offset)")]
 
 
 def _queue(jobs: JobManager | None) -> JobManager:
@@ -47,17 +51,17 @@ async def list_jobs(jobs: JobsDep):
 
 
 @router.get("/{job_id}")
-async def get_job(job_id: int, jobs: JobsDep):
+async def get_job(job_id: JobId, jobs: JobsDep):
     return await _found(_queue(jobs).get, job_id)
 
 
 @router.get("/{job_id}/logs")
-async def job_logs(job_id: int, jobs: JobsDep, offset: int = 0):
+async def job_logs(job_id: JobId, jobs: JobsDep, offset: LogOffset = 0):
     queue = _queue(jobs)
-    text, next_offset = await _found(lambda i: queue.log(i, max(0, offset)), job_id)
+    text, next_offset = await _found(lambda i: queue.log(i, offset), job_id)
     return {"job_id": job_id, "text": text, "next_offset": next_offset}
 
 
 @router.post("/{job_id}/cancel")
-async def cancel_job(job_id: int, jobs: JobsDep):
+async def cancel_job(job_id: JobId, jobs: JobsDep):
     return await _found(_queue(jobs).cancel, job_id)

@@ -67,6 +67,9 @@ def charge(budget: TokenBudget, caller: str, tokens: int) -> None:
 
 
 def check_prompt(cfg: ServeConfig, ids: list[int], param: str) -> None:
+    """422 for a prompt of no tokens (the model cannot start from nothing) or of more than ``--max-prompt-tokens``."""
+    if not ids:
+        raise ApiError(422, f"the prompt is empty (no tokens); give the {param} some text", param, "empty_prompt")
     if len(ids) > cfg.max_prompt_tokens:
         raise ApiError(422, f"the prompt is {len(ids)} tokens; this server accepts at most "
                        f"{cfg.max_prompt_tokens} (--max-prompt-tokens). Shorten the {param}.", param,

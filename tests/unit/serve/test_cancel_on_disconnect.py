@@ -126,3 +126,89 @@ def test_the_stream_cancels_when_the_client_goes_away():
 
     assert '"role": "assistant"' in asyncio.run(main())
     assert [g.cancelled() for g in submitted] == [True]
+
+
+# ---- through the app, with the model: the route, the stream and the batcher together ------------------------
+
+
+def _disconnecting_call(app, path: str, body: dict, headers: dict[str, str], decoding) -> list[int]:
+    """Send ``body`` straight to the ASGI app (as uvicorn does: ASGI spec 2.3), and disconnect once the model is
+    decoding (``decoding``, a threading.Event, is set). The statuses of the responses started."""
+    import json as _json
+
+    raw = _json.dumps(body).encode()
+    started, sent_body = [], [False]
+
+    async def receive():
+        if not sent_body[0]:
+            sent_body[0] = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        await asyncio.to_thread(decoding.wait, 20)
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            started.append(message["status"])
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
+             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+                         *((k.lower().encode(), v.encode()) for k, v in headers.items())]}
+    asyncio.run(app(scope, receive, send))
+    return started
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_goes_away_costs_at_most_one_more_decode_step(tiny_pool, tmp_path, monkeypatch, stream):
+    """The review's finding: a closed stream still decoded to the end. Through the app with the tiny model: the
+    client disconnects during the second forward pass, which waits until the request is cancelled (so the test
+    needs no clock); no more than one forward pass may follow the cancel."""
+    import threading
+
+    from serve_fixtures import KEY, serve_app
+
+    import alignloop.serve.routes.openai as routes
+    import alignloop.serve.streaming as streaming
+    from alignloop.serve.batcher import submit
+
+    served = serve_app(tmp_path, tiny_pool, max_tokens_limit=16, max_request_tokens=64)
+    submitted = []
+
+    def recording_submit(batcher, g):
+        submitted.append(g)
+        return submit(batcher, g)
+
+    monkeypatch.setattr(streaming, "submit", recording_submit)
+    monkeypatch.setattr(routes, "submit", recording_submit)
+    calls, at_cancel, decoding = [0], [], threading.Event()
+
+    def hook(*_):
+        calls[0] += 1
+        if calls[0] == 2:  # the client goes away during the second step, which waits until that cancels the request
+            decoding.set()
+            at_cancel.append(submitted[0]._cancelled.wait(timeout=20))
+            at_cancel.append(calls[0])
+
+    batcher, batch_done = tiny_pool.default.batcher, threading.Event()
+    run_batch = batcher.run_batch
+
+    def run_and_tell(batch):
+        run_batch(batch)
+        batch_done.set()
+
+    monkeypatch.setattr(batcher, "run_batch", run_and_tell)
+    handle = tiny_pool.default.model.register_forward_hook(hook)
+    try:
+        started = _disconnecting_call(served.app, "/v1/chat/completions", {
+            "messages": [{"role": "user", "content": "Count to twenty."}], "max_tokens": 16, "temperature": 0,
+            "stream": stream}, {"Authorization": f"Bearer {KEY}"}, decoding)
+        assert batch_done.wait(timeout=20)  # the batcher is done with the request
+    finally:
+        handle.remove()
+        served.reg.dispose()
+    [g] = submitted
+    assert at_cancel[0] is True and g.cancelled(), "the request was not cancelled when its client went away"
+    assert calls[0] - at_cancel[1] <= 1  # at most one forward pass after the cancel
+    assert calls[0] == 2  # of the 16 tokens it asked for, the client saw at most one
+    assert started == ([200] if stream else [499])  # the plain answer (499) goes to nobody

@@ -25,10 +25,13 @@ def reg(tmp_path):
 
 
 def _problems(jm: JobManager, stage: str, config: dict, **kw) -> list[str]:
-    before = jm.list()
+    before, folders = jm.list(), sorted(jm.folder.glob("*"))
     with pytest.raises(JobError) as e:
         jm.submit(stage, config, **kw)
-    assert jm.list() == before  # nothing half-made is left behind
+    assert jm.list() == before  # nothing half-made is left behind: no job,
+    with jm.reg.read() as s:
+        assert s.query(JobRow).count() == len(before)  # no row, even one the list would not show,
+    assert sorted(jm.folder.glob("*")) == folders  # and no folder
     return e.value.problems
 
 
@@ -167,3 +170,76 @@ def test_job_caches_live_in_the_job_folder(reg, tmp_path, monkeypatch):
     assert cache_dir("tokens") == tmp_path / "jobs" / "job-7" / "cache" / "tokens"
     monkeypatch.delenv(CACHE_ENV)
     assert cache_dir("reference") == Path(os.environ["ALIGNLOOP_HOME"]) / "cache" / "reference"
+
+
+def test_a_refused_job_leaves_no_folder(reg, tmp_path):
+    """Refused by the policy (before anything is written) or by the stage's own validation (after the uploaded
+    data was written into the folder): either way the folder goes with the row."""
+    jm = JobManager(reg, tmp_path / "jobs")
+    assert _problems(jm, "sft", {"model": "tiny", "output": "/x"}, data_records=ROWS) == [
+        "output: a job may not set it: the server sets it (the job writes under its own folder; see the job's "
+        "'output')"]
+    assert _problems(jm, "sft", {"model": "tiny", "max_steps": 0}, data_records=ROWS) == [
+        "max_steps: must be > 0, got 0"]
+    assert not (tmp_path / "jobs").exists() or list((tmp_path / "jobs").iterdir()) == []
+    job = jm.submit("sft", {"model": "tiny"}, data_records=ROWS)  # a good job after refusals is whole
+    assert sorted(p.name for p in Path(job["folder"]).iterdir()) == ["data.jsonl", "job.yaml"]
+    kept = tmp_path / "jobs" / f"job-{job['id'] + 1}"  # the next job's folder, left by an older server:
+    kept.mkdir(parents=True)
+    (kept / "log.txt").write_text("old\n")
+    _problems(jm, "sft", {"model": "tiny", "max_steps": 0}, data_records=ROWS)
+    assert (kept / "log.txt").read_text() == "old\n"  # not this refusal's to remove
+
+
+def test_split_password():
+    from alignloop.core.db import split_password
+
+    assert split_password("postgresql+psycopg://team:p%40ss@db.internal:5432/alignloop?options=-cx") == (
+        "postgresql+psycopg://team@db.internal:5432/alignloop?options=-cx", "p@ss")
+    assert split_password("postgresql+psycopg://team@db/alignloop") == ("postgresql+psycopg://team@db/alignloop", None)
+    assert split_password("sqlite:////srv/alignloop.db") == ("sqlite:////srv/alignloop.db", None)
+    assert split_password("not a url :: s3cret") == ("not a url :: s3cret", None)
+
+
+@pytest.mark.postgres
+def test_the_job_config_holds_no_database_password(tmp_path, monkeypatch):
+    """job.yaml, the jobs row and the registered run name the database without its password; the job process
+    gets it in $PGPASSWORD and connects with it (libpq reports the password a connection used)."""
+    import uuid
+
+    import yaml
+    from feedback_fixtures import PG_BASE, _pg_exec, pg_unavailable
+
+    if pg_unavailable():
+        pytest.skip(pg_unavailable())
+    schema = f"jobtest_{uuid.uuid4().hex[:12]}"
+    _pg_exec(f'CREATE SCHEMA "{schema}"')
+    user_at = PG_BASE.split("://", 1)[1].split("@", 1)[0]
+    url = PG_BASE.replace(f"://{user_at}@", f"://{user_at}:s3cret@") + f"?options=-csearch_path%3D{schema}"
+    plain = url.replace(":s3cret@", "@")
+    reg = Registry(url)
+    try:
+        jm = JobManager(reg, tmp_path / "jobs")
+        job = jm.submit("sft", {"model": "tiny"}, data_records=ROWS)
+        text = (Path(job["folder"]) / "job.yaml").read_text()
+        assert "s3cret" not in text and yaml.safe_load(text)["db"] == plain
+        with reg.read() as s:
+            row = s.get(JobRow, job["id"])
+            assert row.config["db"] == plain
+        env = JobManager.env(row, jm._db_password)
+        assert env["PGPASSWORD"] == "s3cret"
+
+        # what the job process does: read its config, open the database, with the environment it is given
+        cfg = config_class("sft").load(Path(job["folder"]) / "job.yaml")
+        monkeypatch.setenv("PGPASSWORD", env["PGPASSWORD"])
+        theirs = Registry(cfg.db)
+        try:
+            conn = theirs.engine.raw_connection()
+            assert conn.driver_connection.info.password == "s3cret"
+            conn.close()
+            assert [j["id"] for j in JobManager(theirs, tmp_path / "jobs").list()] == [job["id"]]
+        finally:
+            theirs.dispose()
+    finally:
+        reg.dispose()
+        _pg_exec(f'DROP SCHEMA "{schema}" CASCADE')

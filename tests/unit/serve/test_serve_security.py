@@ -5,6 +5,7 @@ arrives, a request's token budget, the batch queue, per-key concurrency, registr
 
 import asyncio
 import hashlib
+import json
 
 import pytest
 from fastapi.testclient import TestClient
@@ -89,6 +90,64 @@ def test_keys_are_compared_by_digest_with_their_role():
     assert "i1" not in repr(ring.roles) and not KeyRing([], [])
 
 
+def test_an_inference_key_reads_only_the_models_it_may_use(tmp_path):
+    """The registry record (folder, run, the run's config and data) and the lineage are an admin's; an inference
+    key sees the models it may use, as OpenAI model objects."""
+    from alignloop.registry.store import ModelRow, RunRow
+
+    db = f"sqlite:///{tmp_path / 'serve.db'}"
+    reg = Registry(db)
+    with reg.write() as s:
+        s.add(RunRow(id="run-1", stage="sft", status="completed", config={"db": "postgresql://u:s3cret@db/x"},
+                     data_hashes={"data": {"path": "/srv/private/labels.jsonl", "sha256": "ab"}}))
+        s.add(ModelRow(id="m-0123abcd", name="qa-v1", path="/srv/models/qa-v1", stage="sft", run_id="run-1",
+                       created_at=utcnow()))
+
+    def client(**options):
+        cfg = ServeConfig(model="tiny", api_key=[KEY], admin_key=[ADMIN_KEY], db=db, **options).validate()
+        return TestClient(create_app(cfg, None, reg, None, start_background=False), base_url=LOCAL)
+
+    closed, opened = client(), client(allow_registry_models=True)
+    # without --allow-registry-models an inference key may not use it, so it does not see it
+    r = closed.get("/v1/models/m-0123abcd", headers=AUTH)
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "model_not_found")
+    # with it, the model object and nothing of the record
+    r = opened.get("/v1/models/qa-v1", headers=AUTH)
+    assert r.status_code == 200 and set(r.json()) == {"id", "object", "created", "owned_by", "name", "loaded",
+                                                       "stage", "parent_id"}
+    assert "s3cret" not in r.text and "/srv/" not in r.text
+    assert opened.get("/v1/models", headers=AUTH).json()["data"] == [r.json()]
+    # an admin key reads the record, either way
+    for c in (closed, opened):
+        r = c.get("/v1/models/m-0123abcd", headers=ADMIN)
+        assert (r.status_code, r.json()["registry"]["path"], r.json()["registry"]["run"]["id"]) == (
+            200, "/srv/models/qa-v1", "run-1")
+    # the lineage: admin key only
+    for c in (closed, opened):
+        r = c.get("/v1/models/m-0123abcd/lineage", headers=AUTH)
+        assert (r.status_code, r.json()["error"]) == (403, {
+            "message": "a model's lineage needs an admin key (the server's --admin-key); this key may run inference "
+                       "and give feedback only", "type": "invalid_request_error", "param": None,
+            "code": "admin_key_required"})
+        r = c.get("/v1/models/m-0123abcd/lineage", headers=ADMIN)
+        assert (r.status_code, r.json()["chain"][0]["data"][0]["path"]) == (200, "/srv/private/labels.jsonl")
+    reg.dispose()
+
+
+def test_a_served_models_object_holds_no_registry_record_for_an_inference_key(tiny_pool, tmp_path):
+    from serve_fixtures import ADMIN_KEY as SERVED_ADMIN
+    from serve_fixtures import KEY as SERVED_KEY
+    from serve_fixtures import serve_app
+
+    s = serve_app(tmp_path, tiny_pool)
+    client = TestClient(s.app, base_url=LOCAL)
+    mine = client.get("/v1/models/tiny", headers={"Authorization": f"Bearer {SERVED_KEY}"}).json()
+    admin = client.get("/v1/models/tiny", headers={"Authorization": f"Bearer {SERVED_ADMIN}"}).json()
+    s.reg.dispose()
+    assert (set(mine), mine["loaded"]) == ({"id", "object", "created", "owned_by", "name", "loaded"}, True)
+    assert admin == {**mine, "registry": None}  # "tiny" is an alias, not a registered model
+
+
 # ---- hosts, docs, headers, start line --------------------------------------------------------------------
 
 
@@ -102,6 +161,31 @@ def test_only_trusted_hosts_are_answered(tmp_path):
     anyone = ServeConfig(model="tiny", db=cfg.db, trusted_host=["*"]).validate()
     assert TestClient(create_app(anyone, None, None, None, start_background=False),
                       base_url="http://attacker.example").get("/health").status_code == 200
+
+
+def test_ipv6_loopback_and_ipv6_names_are_trusted_as_a_host_header_writes_them(tmp_path):
+    """A Host header writes an IPv6 address in brackets ([::1]:8000); a trusted name given as ::1 or in its long
+    form used to match nothing, so a client of http://[::1]:8000 got 400."""
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    assert ServeConfig().trusted_hosts() == ["localhost", "127.0.0.1", "[::1]"]
+    cfg = ServeConfig(model="tiny", db=db, host="::1", trusted_host=["FE80:0:0:0:0:0:0:1", "[2001:db8::7]",
+                                                                    "LLM.example.org"]).validate()
+    assert cfg.trusted_hosts() == ["localhost", "127.0.0.1", "[::1]", "[fe80::1]", "[2001:db8::7]",
+                                   "llm.example.org"]
+    assert ServeConfig(host="::").trusted_hosts() == ["localhost", "127.0.0.1", "[::1]"]  # every interface: none
+    app = create_app(cfg, None, None, None, start_background=False)
+    for url, status in (("http://[::1]:8000", 200), ("http://[::1]", 200), ("http://[fe80::1]:8000", 200),
+                        ("http://[2001:db8::7]", 200), ("http://llm.example.org", 200), ("http://[::2]:8000", 400),
+                        ("http://[fe80::2]", 400)):
+        assert TestClient(app, base_url=url).get("/v1/models").status_code == status, url
+    from types import SimpleNamespace
+
+    from alignloop.serve.app import start_line
+
+    srv = SimpleNamespace(pool=SimpleNamespace(default=SimpleNamespace(id="tiny")), jobs=None, db_url=db)
+    assert start_line(cfg, srv).startswith("serving tiny on http://[::1]:8000/v1 (jobs off;")  # a URL one can open
+    with pytest.raises(ConfigError, match="trusted_host: 'llm.\\*.org' is not a host name"):
+        ServeConfig(trusted_host=["llm.*.org"]).validate()  # (it stopped the server with an AssertionError)
 
 
 def test_docs_are_off_unless_asked_and_then_need_a_key(tmp_path):
@@ -316,3 +400,70 @@ def test_each_key_has_a_token_budget_per_minute():
         "(--key-tokens-per-minute); retry in 5 s")  # when the 50 of t=1005 leave the window
     with pytest.raises(ApiError, match="asks for up to 101 new tokens, more than a key's 100 per minute"):
         charge(budget, "key-a", 101)
+
+
+# ---- the same limits through the app, with the model ---------------------------------------------------------
+
+
+def test_an_inference_key_uploads_nothing_to_the_job_queue(served):
+    """403 before the body is read: an inference key cannot make the server take 64 MB (or any byte) of a job."""
+    client, _ = served
+    status, pulled = _asgi_post(client.app, "/v1/jobs", [b" " * 1000] * 200,
+                                {"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    assert (status, pulled) == (403, 0)
+    assert list((client.app.state.server.jobs.folder).glob("*")) == []  # and nothing was written
+
+
+def test_sixteen_prompts_of_1024_tokens_are_refused_before_decoding(tiny_pool, tmp_path, monkeypatch):
+    """The review's request: 16 prompts x 1,024 new tokens in one /v1/completions call. It fits the batch and the
+    per-request max_tokens, but not the request's total (--max-request-tokens 4096): 422, and nothing reaches the
+    model's batcher (which here would answer at once rather than decode for minutes, should it get there)."""
+    from serve_fixtures import KEY as SERVED_KEY
+    from serve_fixtures import serve_app
+
+    import alignloop.serve.routes.openai as routes
+    from alignloop.serve.batcher import Choice
+
+    submitted = []
+
+    def instant(batcher, g):
+        submitted.append(g)
+        g.future.set_result([Choice([1], "length")] * g.n)
+        return g.future
+
+    monkeypatch.setattr(routes, "submit", instant)
+    s = serve_app(tmp_path, tiny_pool, max_tokens_limit=1024, max_request_tokens=4096)
+    r = TestClient(s.app, base_url=LOCAL).post("/v1/completions", headers={"Authorization": f"Bearer {SERVED_KEY}"},
+                                               json={"prompt": ["Tell me a long story."] * 16, "max_tokens": 1024})
+    s.reg.dispose()
+    assert (r.status_code, r.json()["error"]["code"], r.json()["error"]["message"]) == (
+        422, "request_too_large", "this request asks for up to 16384 new tokens (16 prompt(s) x n=1 x "
+        "max_tokens=1024); this server allows 4096 per request (--max-request-tokens): lower max_tokens or n, or "
+        "send fewer prompts")
+    assert submitted == []
+
+
+def test_a_full_batch_queue_answers_429_through_the_app(tiny_pool, tmp_path, monkeypatch):
+    """--max-queue reaches the model's batcher, and a request beyond it is a 429 at once (never a wait)."""
+    import alignloop.serve.pool as pool_module
+    from alignloop.serve.batcher import GenRequest
+    from alignloop.serve.pool import ModelPool
+
+    model, tok = tiny_pool.default.model, tiny_pool.default.tokenizer
+    monkeypatch.setattr(pool_module, "load_causal_lm", lambda path, dtype=None: (model, tok))  # no second load
+    cfg = ServeConfig(model="tiny", api_key=[KEY], db=f"sqlite:///{tmp_path / 'x.db'}", max_queue=1).validate()
+    pool = ModelPool(cfg, None)
+    assert pool.default.batcher.max_queue == 1
+    pool.close()  # the batcher stops: what is queued now waits
+    waiting = GenRequest([1, 2, 3], 2)
+    pool.default.batcher.submit(waiting)
+    app = create_app(cfg, pool, None, None, start_background=False)
+    # the client goes away once it has sent the request: had the request been queued, it would be cancelled
+    # (499) rather than wait for a batcher that no longer runs
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
+    status, _ = _asgi_post(app, "/v1/chat/completions", [body],
+                           {"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    assert status == 429
+    r = TestClient(app, base_url=LOCAL).post("/v1/chat/completions", headers=AUTH, json=json.loads(body))
+    assert (r.status_code, r.json()["error"]["code"]) == (429, "server_busy")
+    assert pool.default.batcher.queue.qsize() == 1 and not waiting.future.done()
