@@ -103,7 +103,7 @@ class TokenBudget:
 
 def admin_only(path: str) -> str | None:
     """What the refusal says when ``path`` needs an admin key ("training jobs need"), or None when any key may use
-    it. docs/security.md's roles table says the same; tests/unit/serve/test_route_matrix.py holds both to it."""
+    it. docs/security.md's roles table says the same; tests/unit/serve/test_serve_route_matrix.py holds both to it."""
     if path.startswith(ADMIN_PREFIX):
         return "training jobs need"
     if LINEAGE.fullmatch(path):
