@@ -27,7 +27,7 @@ from fastapi.templating import Jinja2Templates
 from alignloop.core.errors import DataError
 from alignloop.feedback.errors import StoreError
 from alignloop.feedback.models import Database
-from alignloop.feedback.web import assignments, exports, judgments, pages, projects, users
+from alignloop.feedback.web import assignments, exports, judgments, lead, pages, projects, users
 from alignloop.feedback.web.deps import (  # noqa: F401  (the names this module had before web/)
     SESSION_COOKIE,
     HTTPProblem,
@@ -41,7 +41,8 @@ from alignloop.feedback.web.schemas import GuidelinesIn, JudgmentIn, ProjectIn, 
 from alignloop.feedback.web.users import LOGIN_CSRF_COOKIE  # noqa: F401
 
 WEB = Path(__file__).resolve().parent / "web"
-ROUTERS = (pages.router, users.router, projects.router, assignments.router, judgments.router, exports.router)
+ROUTERS = (pages.router, users.router, projects.router, assignments.router, judgments.router, exports.router,
+           lead.router)
 
 
 def create_app(db: Database | str, trusted_proxies: tuple[str, ...] | list[str] = ()) -> FastAPI:

@@ -83,6 +83,19 @@ ROUTES = [
     ("POST", "/api/projects/{name}/next", None, "user"),
     ("GET", "/api/assignments/{assignment_id}", None, "user"),
     ("POST", "/api/assignments/{assignment_id}/judgment", {"choice": "A"}, "user"),
+    # the lead's tools (after the judgment above, so that the task has an answer to decide on)
+    ("GET", "/api/projects/{name}/tasks", None, "manage"),
+    ("GET", "/api/projects/{name}/tasks/{task_id}", None, "manage"),
+    ("PUT", "/api/projects/{name}/tasks/{task_id}/adjudication", {"choice": "A"}, "manage"),
+    ("DELETE", "/api/projects/{name}/tasks/{task_id}/adjudication", None, "manage"),
+    ("GET", "/api/projects/{name}/review", None, "manage"),
+    ("GET", "/api/projects/{name}/labelers/ann/history", None, "manage"),
+    ("GET", "/api/projects/{name}/activity", None, "manage"),
+    ("GET", "/lead/{name}/tasks", None, "manage"),
+    ("GET", "/lead/{name}/tasks/{task_id}", None, "manage"),
+    ("GET", "/lead/{name}/review", None, "manage"),
+    ("GET", "/lead/{name}/labelers/ann", None, "manage"),
+    ("GET", "/lead/{name}/charts/throughput.svg", None, "manage"),
     ("GET", "/api/users", None, "admin"),
     ("POST", "/api/users", {"name": "u-{who}", "role": "labeler"}, "admin"),
     ("POST", "/api/users/bob/deactivate", None, "admin"),
@@ -101,17 +114,19 @@ def test_route_by_role_matrix(studio):
     # the app's own routes plus those of the routers it includes (FastAPI keeps included routers as one entry)
     routes = [r for r in app.routes if hasattr(r, "methods")] + [r for rt in ROUTERS for r in rt.routes]
     paths = {(m, r.path) for r in routes for m in r.methods if m != "HEAD"}
-    wanted = {(m, p.replace("/members/carl", "/members/{user}").replace("/users/bob/", "/users/{name}/"))
+    wanted = {(m, p.replace("/members/carl", "/members/{user}").replace("/users/bob/", "/users/{name}/")
+               .replace("/labelers/ann", "/labelers/{user}").replace("/throughput.svg", "/{chart}.svg"))
               for m, p, _, _ in ROUTES}
     assert paths == wanted, "every route must be in the matrix"
 
     for who in ("anonymous", "ann", "lee", "admin"):
         headers = bearer(studio, who) if who != "anonymous" else {}
-        aid, token_id = 1, 1
+        aid, token_id, task_id = 1, 1, 1
         if who != "anonymous":
-            aid = studio.post("/api/projects/proj/next", headers=headers).json()["assignment_id"]
+            got = studio.post("/api/projects/proj/next", headers=headers).json()
+            aid, task_id = got["assignment_id"], got["task_id"]
         for method, template, body, access_ in ROUTES:
-            path = template.format(name="proj", assignment_id=aid, token_id=token_id)
+            path = template.format(name="proj", assignment_id=aid, token_id=token_id, task_id=task_id)
             if body == "form":
                 kwargs = {"data": {"name": "ann", "password": "x", "csrf_token": "x"}}
             elif body == "jsonl":
