@@ -82,6 +82,7 @@ ROUTES = [
     ("GET", "/api/projects/{name}/judgments", None, "user"),
     ("POST", "/api/projects/{name}/next", None, "user"),
     ("GET", "/api/assignments/{assignment_id}", None, "user"),
+    ("POST", "/api/assignments/{assignment_id}/heartbeat", None, "user"),
     ("POST", "/api/assignments/{assignment_id}/judgment", {"choice": "A"}, "user"),
     # the lead's tools (after the judgment above, so that the task has an answer to decide on)
     ("GET", "/api/projects/{name}/tasks", None, "manage"),
