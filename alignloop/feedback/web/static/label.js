@@ -295,6 +295,8 @@
   // assignment is no longer open; 404: it is gone). Nothing was stored: keep everything typed on the page and
   // let the labeler copy it before they move on.
   function keepAfterRefusal(message) {
+    message = message.replace(/^[a-z_]+: /, ""); // the server names the field first ("assignment_id: ...")
+    message = message.charAt(0).toUpperCase() + message.slice(1) + (/[.!?]$/.test(message) ? "" : ".");
     state.stale = true;
     stopHeartbeat();
     if ($("rewrite").value.trim()) $("rewrite-block").hidden = false;
