@@ -238,7 +238,9 @@ class Judgment(Base):
     """A labeler's raw answer to a task, in canonical terms ("A" is ``task.completion_ids[0]``)."""
 
     __tablename__ = "judgments"
-    __table_args__ = (UniqueConstraint("task_id", "labeler_id"), UniqueConstraint("labeler_id", "idempotency_key"))
+    __table_args__ = (UniqueConstraint("task_id", "labeler_id"), UniqueConstraint("labeler_id", "idempotency_key"),
+                      # a labeler's judgments in task order: the lead's "judged by" filter reads a page off it
+                      Index("ix_judgments_labeler_task", "labeler_id", "task_id"))
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"), index=True)
@@ -303,7 +305,7 @@ class TaskTally(Base):
     project of 100,000+ tasks by agreement through an index instead of reading every judgment."""
 
     __tablename__ = "task_tallies"
-    __table_args__ = (Index("ix_task_tallies_project_agreement", "project_id", "agreement"),)
+    __table_args__ = (Index("ix_task_tallies_project_agreement", "project_id", "agreement", "task_id"),)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True,
                                          autoincrement=False)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))

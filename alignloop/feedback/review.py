@@ -114,74 +114,107 @@ def find_tasks(s: Session, project: Project, f: TaskFilter, limit: int = 50, aft
     limit = _page_size(limit)
     by_agreement = f.by_agreement()
     cursor = _cursor(by_agreement, after)
-    q = select(Task, TaskTally).where(Task.project_id == project.id)
-    if by_agreement:  # from the (project_id, agreement) index
-        q = q.join(TaskTally, TaskTally.task_id == Task.id).where(TaskTally.project_id == project.id,
-                                                                  TaskTally.agreement.is_not(None))
+    lab = _labeler(s, f.labeler) if f.labeler else None
+    words = search.words_of(f.text) if f.text is not None else None
+    dialect = s.get_bind().dialect.name
+    # plain columns, not ORM objects: a page is read, never changed, and building objects was most of its time
+    cols = (Task.id, Task.seq, Task.is_gold, Task.prompt_id, Task.completion_ids, TaskTally.judgments,
+            TaskTally.skips, TaskTally.agreement, TaskTally.gold_misses)
+    # The query is driven by the index that gives the page's order, so that a page reads about as many index
+    # entries as it shows (and the other filters are probes of their own indexes), not a list of every match:
+    # the (project_id, agreement, task_id) index of the tallies, the labeler's (labeler_id, task_id) index of
+    # judgments, the text index (SQLite's gives its matches in task order), or the tasks themselves.
+    if by_agreement:
+        driver, key = "tallies", TaskTally.task_id
+        q = (select(*cols).select_from(TaskTally).join(Task, Task.id == TaskTally.task_id)
+             .where(TaskTally.project_id == project.id, TaskTally.agreement.is_not(None)))
         if f.min_agreement is not None:
             q = q.where(TaskTally.agreement >= f.min_agreement)
         if f.max_agreement is not None:
             q = q.where(TaskTally.agreement <= f.max_agreement)
         if f.disputed:
             q = q.where(TaskTally.agreement < 1)
+    elif lab is not None:
+        driver, key = "labeler", Judgment.task_id
+        q = (select(*cols).select_from(Judgment).join(Task, Task.id == Judgment.task_id)
+             .outerjoin(TaskTally, TaskTally.task_id == Task.id).where(Judgment.labeler_id == lab.id))
+    elif words is not None and dialect == "sqlite":
+        index = search.sqlite_index()
+        driver, key = "words", index.c.rowid
+        q = (select(*cols).select_from(index).join(Task, Task.id == index.c.rowid)
+             .outerjoin(TaskTally, TaskTally.task_id == Task.id).where(search.sqlite_match(words)))
+        words = None  # (done)
     else:
-        q = q.outerjoin(TaskTally, TaskTally.task_id == Task.id)
-    lab = _labeler(s, f.labeler) if f.labeler else None
-    if lab is not None:
-        q = q.where(Task.id.in_(select(Judgment.task_id).where(Judgment.labeler_id == lab.id)))
+        driver, key = "tasks", Task.id
+        q = select(*cols).select_from(Task).outerjoin(TaskTally, TaskTally.task_id == Task.id)
+    q = q.where(Task.project_id == project.id)
+    if lab is not None and driver != "labeler":
+        q = q.where(exists().where(Judgment.task_id == key, Judgment.labeler_id == lab.id))
     if f.gold_failed:
-        missed = select(GoldMiss.task_id).where(GoldMiss.project_id == project.id)
-        q = q.where(Task.id.in_(missed.where(GoldMiss.labeler_id == lab.id) if lab is not None else missed))
+        if driver == "labeler":  # the labeler's own miss: a look-up by the judgment
+            missed = exists().where(GoldMiss.judgment_id == Judgment.id)
+        else:
+            missed = exists().where(GoldMiss.project_id == project.id, GoldMiss.task_id == key)
+            if lab is not None:
+                missed = missed.where(GoldMiss.labeler_id == lab.id)
+        q = q.where(missed)
     if f.gold is not None:
         q = q.where(Task.is_gold.is_(f.gold))
     if f.decided is not None:
-        decided = exists().where(Adjudication.task_id == Task.id)
+        decided = exists().where(Adjudication.task_id == key)
         q = q.where(decided if f.decided else ~decided)
-    if f.text is not None:
-        q = q.where(Task.id.in_(search.matching_ids(s.get_bind().dialect.name, search.words_of(f.text))))
+    if words is not None:
+        q = q.where(Task.id.in_(search.matching_ids(dialect, words)))
     if by_agreement:
         if cursor is not None:
             a, t = cursor
-            q = q.where((TaskTally.agreement > a) | ((TaskTally.agreement == a) & (Task.id > t)))
-        q = q.order_by(TaskTally.agreement, Task.id)
+            q = q.where((TaskTally.agreement > a) | ((TaskTally.agreement == a) & (key > t)))
+        q = q.order_by(TaskTally.agreement, key)
     else:
         if cursor is not None:
-            q = q.where(Task.id > cursor)
-        q = q.order_by(Task.id)
+            q = q.where(key > cursor)
+        q = q.order_by(key)
     rows = s.execute(q.limit(limit + 1)).all()
     more = len(rows) > limit
     rows = rows[:limit]
     nxt = None
     if more:
-        last_task, last_tally = rows[-1]
-        nxt = f"{last_tally.agreement!r}:{last_task.id}" if by_agreement else str(last_task.id)
-    return {"tasks": task_rows(s, project, [(t, tally) for t, tally in rows]), "next": nxt}
+        last = rows[-1]
+        nxt = f"{last.agreement!r}:{last.id}" if by_agreement else str(last.id)
+    return {"tasks": task_rows(s, project, rows), "next": nxt}
 
 
-def task_rows(s: Session, project: Project, rows: list[tuple[Task, TaskTally | None]]) -> list[dict]:
-    """A list's rows: the task's figures, a preview of its prompt and its consensus now (majority, or the
-    lead's decision)."""
-    ids = [t.id for t, _ in rows]
-    prompts = {p.id: p for p in s.scalars(select(Prompt).where(Prompt.id.in_({t.prompt_id for t, _ in rows})))}
-    judged = _judgments_of(s, ids)
-    decisions = {a.task_id: a for a in s.scalars(select(Adjudication).where(Adjudication.task_id.in_(ids)))}
+def task_rows(s: Session, project: Project, rows: list[Any]) -> list[dict]:
+    """A list's rows (``find_tasks``' columns): the task's figures, a preview of its prompt and its consensus
+    now (majority, or the lead's decision)."""
+    ids = [r.id for r in rows]
+    prompts = dict(s.execute(select(Prompt.id, Prompt.prompt).where(Prompt.id.in_({r.prompt_id for r in rows}))).all())
+    judged = _judgments_of(s, ids, columns=True)
+    decisions = {a.task_id: a for a in s.execute(select(Adjudication.task_id, Adjudication.choice,
+                                                        Adjudication.ranking, Adjudication.ratings)
+                                                 .where(Adjudication.task_id.in_(ids)))}
     out = []
-    for t, tally in rows:
-        answers = [j for j in judged[t.id] if not j.skipped]
-        c = _consensus(project, answers, decisions.get(t.id))
-        out.append({"task_id": t.id, "seq": t.seq, "is_gold": t.is_gold,
-                    "prompt_preview": preview(prompts[t.prompt_id].prompt),
-                    "judgments": tally.judgments if tally else 0, "skips": tally.skips if tally else 0,
-                    "agreement": tally.agreement if tally else None,
-                    "gold_misses": tally.gold_misses if tally else 0,
-                    "decided": t.id in decisions, "consensus": c["label"],
-                    "consensus_text": label_text(project.task_type, t.completion_ids, c["label"])})
+    for r in rows:
+        answers = [j for j in judged[r.id] if not j.skipped]
+        c = _consensus(project, answers, decisions.get(r.id))
+        out.append({"task_id": r.id, "seq": r.seq, "is_gold": r.is_gold,
+                    "prompt_preview": preview(prompts[r.prompt_id]), "judgments": r.judgments or 0,
+                    "skips": r.skips or 0, "agreement": r.agreement,
+                    "gold_misses": r.gold_misses or 0, "decided": r.id in decisions, "consensus": c["label"],
+                    "consensus_text": label_text(project.task_type, r.completion_ids, c["label"])})
     return out
 
 
-def _judgments_of(s: Session, task_ids: list[int]) -> dict[int, list[Judgment]]:
-    out: dict[int, list[Judgment]] = defaultdict(list)
-    for j in s.scalars(select(Judgment).where(Judgment.task_id.in_(task_ids)).order_by(Judgment.id)):
+def _judgments_of(s: Session, task_ids: list[int], columns: bool = False) -> dict[int, list[Any]]:
+    """The judgments of these tasks, in order; ``columns``: only what a consensus needs, as plain rows."""
+    out: dict[int, list[Any]] = defaultdict(list)
+    if columns:
+        q = select(Judgment.id, Judgment.task_id, Judgment.labeler_id, Judgment.choice, Judgment.ranking,
+                   Judgment.ratings, Judgment.skipped)
+        found = s.execute(q.where(Judgment.task_id.in_(task_ids)).order_by(Judgment.id))
+    else:
+        found = s.scalars(select(Judgment).where(Judgment.task_id.in_(task_ids)).order_by(Judgment.id))
+    for j in found:
         out[j.task_id].append(j)
     return out
 
@@ -304,7 +337,8 @@ def review_queue(s: Session, project: Project, status: str = "open", max_agreeme
         raise Invalid("must be 'open' or 'decided'", field="status")
     f = TaskFilter(disputed=True, max_agreement=max_agreement, gold=False, decided=status == "decided")
     page = find_tasks(s, project, f, limit, after)
-    tasks = [s.get(Task, r["task_id"]) for r in page["tasks"]]
+    found = {t.id: t for t in s.scalars(select(Task).where(Task.id.in_([r["task_id"] for r in page["tasks"]])))}
+    tasks = [found[r["task_id"]] for r in page["tasks"]]
     return {"status": status, "tasks": task_details(s, project, tasks), "next": page["next"]}
 
 
@@ -379,7 +413,7 @@ def labeler_history(s: Session, project: Project, name: str, limit: int = 50, af
     rows = rows[:limit]
     ids = list({j.task_id for j in rows})
     tasks = {t.id: t for t in s.scalars(select(Task).where(Task.id.in_(ids)))}
-    judged = _judgments_of(s, ids)
+    judged = _judgments_of(s, ids, columns=True)
     decisions = {a.task_id: a for a in s.scalars(select(Adjudication).where(Adjudication.task_id.in_(ids)))}
     missed = set(s.scalars(select(GoldMiss.judgment_id).where(GoldMiss.judgment_id.in_([j.id for j in rows]))))
     t = project.task_type

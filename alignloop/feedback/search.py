@@ -19,7 +19,7 @@ import re
 import time
 from typing import Callable
 
-from sqlalchemy import text
+from sqlalchemy import Integer, column, table, text
 from sqlalchemy.orm import Session
 
 from alignloop.feedback.errors import Invalid
@@ -103,6 +103,15 @@ def _pending(s: Session, project_id: int) -> int:
     mark = s.scalar(text("SELECT rowid FROM task_search ORDER BY rowid DESC LIMIT 1")) or 0
     return s.scalar(text("SELECT count(*) FROM tasks WHERE project_id = :p AND id > :mark"),
                     {"p": project_id, "mark": mark}) or 0
+
+
+def sqlite_index():
+    """The SQLite index as a table to join: its rowid is the task id, and its matches come in rowid order."""
+    return table("task_search", column("rowid", Integer))
+
+
+def sqlite_match(words: list[str]):
+    return text("task_search MATCH :words").bindparams(words=" AND ".join(f'"{w}"*' for w in words))
 
 
 def matching_ids(dialect: str, words: list[str]):

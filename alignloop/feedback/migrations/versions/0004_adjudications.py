@@ -32,6 +32,8 @@ def upgrade() -> None:
     op.add_column('assignments', sa.Column('last_seen_at', sa.DateTime(), nullable=True))
     op.execute("UPDATE assignments SET last_seen_at = created_at")
 
+    op.create_index('ix_judgments_labeler_task', 'judgments', ['labeler_id', 'task_id'], unique=False)
+
     op.create_table('adjudications',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('project_id', sa.Integer(), nullable=False),
@@ -65,7 +67,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('task_id', name=op.f('pk_task_tallies'))
     )
     with op.batch_alter_table('task_tallies', schema=None) as batch_op:
-        batch_op.create_index('ix_task_tallies_project_agreement', ['project_id', 'agreement'], unique=False)
+        batch_op.create_index('ix_task_tallies_project_agreement', ['project_id', 'agreement', 'task_id'], unique=False)
 
     op.create_table('gold_misses',
     sa.Column('judgment_id', sa.Integer(), autoincrement=False, nullable=False),
@@ -172,4 +174,5 @@ def downgrade() -> None:
     with op.batch_alter_table('adjudications', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_adjudications_project_id'))
     op.drop_table('adjudications')
+    op.drop_index('ix_judgments_labeler_task', table_name='judgments')
     op.drop_column('assignments', 'last_seen_at')
