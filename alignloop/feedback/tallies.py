@@ -86,8 +86,11 @@ def record(s: Session, j: Judgment, task: Task) -> None:
     in this transaction)."""
     # PostgreSQL: two labelers submitting to one task at once would each count without the other's judgment; the
     # row lock makes the second wait for the first's commit, and its next statement sees that judgment
-    # (read committed). SQLite has one writer at a time anyway (FOR UPDATE is not rendered there).
-    s.execute(select(Task.id).where(Task.id == task.id).with_for_update())
+    # (read committed). FOR NO KEY UPDATE, not FOR UPDATE: each has already taken a KEY SHARE lock on the task by
+    # inserting a judgment that references it, and two FOR UPDATE requests would each wait for the other's KEY
+    # SHARE (a deadlock; test_answers_to_one_task_at_once_are_all_counted). SQLite has one writer at a time
+    # anyway (no FOR ... is rendered there).
+    s.execute(select(Task.id).where(Task.id == task.id).with_for_update(key_share=True))
     rows = list(s.scalars(select(Judgment).where(Judgment.task_id == task.id).order_by(Judgment.id)))
     gold = s.scalar(select(GoldAnswer.answer).where(GoldAnswer.task_id == task.id)) if task.is_gold else None
     fig = task_figures(task.task_type, rows, gold)
@@ -108,7 +111,10 @@ def record(s: Session, j: Judgment, task: Task) -> None:
         add["skips"] = 1
     else:
         add["judgments"] = 1
-        earlier = [r for r in rows if r.id < j.id and not r.skipped and kinds.get(r.labeler_id) == "human"]
+        # every other answer there is now (after the lock: every one committed before), whatever its id: on
+        # PostgreSQL ids are drawn before commit, so a smaller id may commit later; each pair of answers is then
+        # counted once, by whichever of the two is counted second
+        earlier = [r for r in rows if r.id != j.id and not r.skipped and kinds.get(r.labeler_id) == "human"]
         add["compared"], add["agreeing"] = agreement_with_earlier(task.task_type, j, earlier)
     s.flush()
     _add_to_day(s, task.project_id, day_of(j.created_at), add)

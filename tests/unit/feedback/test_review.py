@@ -503,3 +503,35 @@ def test_api_decides_and_answers_bad_input(app):
     assert r.status_code == 200 and len(re.findall(r'<tr data-task-id="\d+">', r.text)) == 8
     r = app.get("/lead/p/charts/agreement.svg", headers=lee)
     assert r.headers["content-type"] == "image/svg+xml" and r.text.startswith("<svg")
+
+
+def test_answers_to_one_task_at_once_are_all_counted(db):
+    """Labelers submitting to the same task at the same moment (PostgreSQL runs them truly in parallel): none
+    fails, and the task's tally counts every answer (each waits for the one before, then sees it)."""
+    import threading
+
+    with db.write() as s:
+        p = create_project(s, "race", overlap=8)
+        import_records(s, p, numbered(generate_records(1)))
+        task_id = _tasks(s, p)[0].id
+        labs = [create_labeler(s, f"r{i}").id for i in range(8)]
+    barrier, errors = threading.Barrier(len(labs)), []
+
+    def submit(lab_id: int) -> None:
+        try:
+            barrier.wait()  # (outside the transaction: on SQLite a writer holds the process's write lock)
+            with db.write() as s:
+                add_judgment(s, task_id, s.get(Labeler, lab_id), "A" if lab_id % 2 else "B")
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(lab,)) for lab in labs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    with db.read() as s:
+        p = get_project(s, "race")
+        assert tallies.stored(s, p) == tallies.recount(s, p)
+        assert tallies.stored(s, p)["tallies"][task_id][:2] == (8, 0)
