@@ -65,25 +65,38 @@ def catch_up(db: Database, project_id: int, budget_s: float = BUDGET_S,
     on PostgreSQL), in batches, until done or ``budget_s`` is spent. Returns how many of this project's tasks
     are still not indexed."""
     start = clock()
+    key = (db.url, project_id)
+    full = clock() - _full_check.get(key, float("-inf")) >= FULL_CHECK_S
     while True:
         with db.write() as s:
             if not available(s):
                 raise Invalid("this database has no text search index (SQLite without FTS5)", field="text")
-            done = _index_batch(s, project_id)
+            done = _index_batch(s, project_id, full)
         if done < BATCH:
+            if full:
+                _full_check[key] = clock()
             return 0
         if clock() - start >= budget_s:
             with db.read() as s:
                 return _pending(s, project_id)
 
 
-def _index_batch(s: Session, project_id: int) -> int:
+# PostgreSQL draws ids before commit, so a task may commit after tasks of higher id that are indexed already
+# (two imports into one project at once). Every search indexes what is above the project's highest indexed id (an
+# index look-up); at most every FULL_CHECK_S per process, a search looks for any task without a document (which
+# reads every task of the project): such a straggler is found within that time.
+FULL_CHECK_S = 600.0
+_full_check: dict[tuple[str, int], float] = {}
+
+
+def _index_batch(s: Session, project_id: int, full: bool = True) -> int:
     if s.get_bind().dialect.name == "postgresql":
-        # ids are not handed out in commit order on PostgreSQL: look for any task without a document
+        new = "NOT EXISTS (SELECT 1 FROM task_search x WHERE x.task_id = t.id)" if full else \
+            "t.id > coalesce((SELECT max(x.task_id) FROM task_search x WHERE x.project_id = :p), 0)"
         res = s.execute(text(f"""
             INSERT INTO task_search (task_id, project_id, doc)
             SELECT t.id, t.project_id, {_PG_DOC} FROM tasks t JOIN prompts p ON p.id = t.prompt_id
-            WHERE t.project_id = :p AND NOT EXISTS (SELECT 1 FROM task_search x WHERE x.task_id = t.id)
+            WHERE t.project_id = :p AND {new}
             ORDER BY t.id LIMIT :n"""), {"p": project_id, "n": BATCH})
         return res.rowcount or 0
     # SQLite commits one writer at a time, so task ids are committed in order: everything above the highest

@@ -244,6 +244,30 @@ def test_search_index_catches_up_in_batches(db, monkeypatch):
         assert len(ids(review.find_tasks(s, p, review.TaskFilter(text="question 4"), limit=50))) == 3  # 4, 40, 41
 
 
+def test_search_finds_a_task_that_committed_late_on_postgresql(db, monkeypatch):
+    """On PostgreSQL a task may commit after tasks of higher id were indexed (two imports at once): the quick
+    check (above the highest indexed id) misses it, the full check (at most every FULL_CHECK_S) finds it."""
+    if db.is_sqlite:
+        pytest.skip("SQLite commits task ids in order")
+    from sqlalchemy import text
+
+    with db.write() as s:
+        p = create_project(s, "late", overlap=1)
+        import_records(s, p, numbered(generate_records(5)))
+        pid, straggler = p.id, _tasks(s, p)[1].id
+    assert search.catch_up(db, pid) == 0
+    with db.write() as s:  # as if task 2 had committed after the others were indexed
+        s.execute(text("DELETE FROM task_search WHERE task_id = :t"), {"t": straggler})
+
+    def found():
+        with db.read() as s:
+            return ids(review.find_tasks(s, get_project(s, "late"), review.TaskFilter(text="question 1")))
+
+    assert search.catch_up(db, pid) == 0 and found() == []  # within FULL_CHECK_S of the last full check
+    monkeypatch.setattr(search, "FULL_CHECK_S", 0.0)
+    assert search.catch_up(db, pid) == 0 and found() == [straggler]
+
+
 # --------------------------------------------------------------------------------------------------
 # Deciding
 # --------------------------------------------------------------------------------------------------
