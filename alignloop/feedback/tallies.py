@@ -19,7 +19,7 @@ import datetime as dt
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -83,29 +83,31 @@ def day_of(when: dt.datetime) -> dt.date:
 
 def record(s: Session, j: Judgment, task: Task) -> None:
     """Bring the task's tally, the gold misses and the day's activity up to date with the judgment ``j`` (flushed,
-    in this transaction)."""
-    # PostgreSQL: two labelers submitting to one task at once would each count without the other's judgment; the
-    # row lock makes the second wait for the first's commit, and its next statement sees that judgment
-    # (read committed). FOR NO KEY UPDATE, not FOR UPDATE: each has already taken a KEY SHARE lock on the task by
-    # inserting a judgment that references it, and two FOR UPDATE requests would each wait for the other's KEY
-    # SHARE (a deadlock; test_answers_to_one_task_at_once_are_all_counted). SQLite has one writer at a time
-    # anyway (no FOR ... is rendered there).
-    s.execute(select(Task.id).where(Task.id == task.id).with_for_update(key_share=True))
-    rows = list(s.scalars(select(Judgment).where(Judgment.task_id == task.id).order_by(Judgment.id)))
+    in this transaction). Three statements on a regular task, built once (this runs inside every submit, under
+    SQLite's write lock): the task's judgments with their labelers' kinds, and two upserts."""
+    dialect = s.get_bind().dialect.name
+    st = _statements(dialect)
+    if dialect == "postgresql":
+        # two labelers submitting to one task at once would each count without the other's judgment; the row
+        # lock makes the second wait for the first's commit, and its next statement sees that judgment (read
+        # committed). FOR NO KEY UPDATE, not FOR UPDATE: each has already taken a KEY SHARE lock on the task by
+        # inserting a judgment that references it, and two FOR UPDATE requests would each wait for the other's
+        # KEY SHARE (a deadlock; test_answers_to_one_task_at_once_are_all_counted). SQLite has one writer at a
+        # time anyway.
+        s.execute(st["lock"], {"task_id": task.id})
+    rows = s.execute(st["judgments"], {"task_id": task.id}).all()
     gold = s.scalar(select(GoldAnswer.answer).where(GoldAnswer.task_id == task.id)) if task.is_gold else None
     fig = task_figures(task.task_type, rows, gold)
-    tally = s.get(TaskTally, task.id)
-    if tally is None:
-        tally = TaskTally(task_id=task.id, project_id=task.project_id)
-        s.add(tally)
-    tally.judgments, tally.skips, tally.agreement = fig["judgments"], fig["skips"], fig["agreement"]
-    tally.gold_misses, tally.last_judged_at = len(fig["gold_miss_ids"]), j.created_at
+    s.execute(st["tally"], {"task_id": task.id, "project_id": task.project_id, "judgments": fig["judgments"],
+                            "skips": fig["skips"], "agreement": fig["agreement"],
+                            "gold_misses": len(fig["gold_miss_ids"]), "last_judged_at": j.created_at})
     if j.id in fig["gold_miss_ids"]:
-        s.add(GoldMiss(judgment_id=j.id, project_id=task.project_id, task_id=task.id, labeler_id=j.labeler_id))
+        s.execute(GoldMiss.__table__.insert(), {"judgment_id": j.id, "project_id": task.project_id,
+                                                "task_id": task.id, "labeler_id": j.labeler_id})
 
-    kinds = dict(s.execute(select(Labeler.id, Labeler.kind).where(Labeler.id.in_({r.labeler_id for r in rows}))).all())
+    kind = next(r.kind for r in rows if r.id == j.id)
     add = dict.fromkeys(DAY_FIELDS, 0)
-    if kinds.get(j.labeler_id) != "human":
+    if kind != "human":
         add["other_judgments"] = 0 if j.skipped else 1
     elif j.skipped:
         add["skips"] = 1
@@ -114,19 +116,34 @@ def record(s: Session, j: Judgment, task: Task) -> None:
         # every other answer there is now (after the lock: every one committed before), whatever its id: on
         # PostgreSQL ids are drawn before commit, so a smaller id may commit later; each pair of answers is then
         # counted once, by whichever of the two is counted second
-        earlier = [r for r in rows if r.id != j.id and not r.skipped and kinds.get(r.labeler_id) == "human"]
+        earlier = [r for r in rows if r.id != j.id and not r.skipped and r.kind == "human"]
         add["compared"], add["agreeing"] = agreement_with_earlier(task.task_type, j, earlier)
-    s.flush()
-    _add_to_day(s, task.project_id, day_of(j.created_at), add)
-
-
-def _add_to_day(s: Session, project_id: int, day: dt.date, add: dict[str, int]) -> None:
     # one atomic upsert: two first judgments of a day on PostgreSQL would otherwise both insert the day's row
-    insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(DailyActivity).values(project_id=project_id, day=day, **add)
-    stmt = stmt.on_conflict_do_update(index_elements=["project_id", "day"],
-                                      set_={k: getattr(DailyActivity, k) + stmt.excluded[k] for k in DAY_FIELDS})
-    s.execute(stmt)
+    s.execute(st["day"], {"project_id": task.project_id, "day": day_of(j.created_at), **add})
+
+
+_built: dict[str, dict[str, Any]] = {}
+
+
+def _statements(dialect: str) -> dict[str, Any]:
+    """``record``'s statements, built once per back-end (building them cost more than running them)."""
+    if dialect not in _built:
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        tally, day = TaskTally.__table__, DailyActivity.__table__
+        t_ins, d_ins = insert(tally), insert(day)
+        _built[dialect] = {
+            "lock": select(Task.id).where(Task.id == bindparam("task_id")).with_for_update(key_share=True),
+            "judgments": select(Judgment.id, Judgment.task_id, Judgment.labeler_id, Judgment.choice,
+                                Judgment.ranking, Judgment.ratings, Judgment.skipped, Labeler.kind)
+            .join(Labeler, Labeler.id == Judgment.labeler_id)
+            .where(Judgment.task_id == bindparam("task_id")).order_by(Judgment.id),
+            "tally": t_ins.on_conflict_do_update(
+                index_elements=["task_id"], set_={k: t_ins.excluded[k] for k in (
+                    "judgments", "skips", "agreement", "gold_misses", "last_judged_at")}),
+            "day": d_ins.on_conflict_do_update(index_elements=["project_id", "day"],
+                                               set_={k: day.c[k] + d_ins.excluded[k] for k in DAY_FIELDS}),
+        }
+    return _built[dialect]
 
 
 # --------------------------------------------------------------------------------------------------
