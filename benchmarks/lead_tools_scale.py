@@ -137,12 +137,49 @@ def timed(db: Database, fn, repeats: int) -> tuple[float, float, float]:
     return statistics.median(wall), max(wall), statistics.median(cpu)
 
 
+def submit_cost(url: str, n_tasks: int) -> None:
+    """What keeping the figures adds to a submit: ``add_judgment`` in its own write transaction (as the web app
+    runs it), 3 labelers on each of ``n_tasks`` tasks, with ``tallies.record`` and with it replaced by nothing."""
+    from alignloop.feedback import queries
+    from alignloop.feedback.io import import_records
+    from alignloop.feedback.store import add_judgment
+
+    kept = tallies.record
+    for name, record in (("with the kept figures", kept), ("without (record replaced by nothing)", None)):
+        db = Database(url)
+        with db.write() as s:
+            p = create_project(s, f"submits-{len(name)}", overlap=3)
+            import_records(s, p, [(i + 1, {"id": f"s{i}", "prompt": f"Question {i}?", "completions": ["a", "b"]})
+                                  for i in range(n_tasks)])
+            tasks = list(s.scalars(select(Task.id).where(Task.project_id == p.id)))
+            labs = [create_labeler(s, f"sub{len(name)}-{i}").id for i in range(3)]
+        queries.tallies.record = record or (lambda *a, **k: None)
+        times = []
+        try:
+            for task_id in tasks:
+                for lab in labs:
+                    t0 = time.perf_counter()
+                    with db.write() as s:
+                        add_judgment(s, task_id, s.get(Labeler, lab), "A")
+                    times.append((time.perf_counter() - t0) * 1000)
+        finally:
+            queries.tallies.record = kept
+        times.sort()
+        print(f"| submit, {name} | {statistics.median(times):.2f} | {times[int(len(times) * 0.99)]:.2f} (p99) |")
+        db.dispose()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--db", default="sqlite:///runs/lead-tools.db")
     ap.add_argument("--tasks", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--submit-cost", type=int, default=0, metavar="TASKS",
+                    help="instead: time add_judgment with and without the kept figures on a new project of TASKS")
     args = ap.parse_args()
+    if args.submit_cost:
+        submit_cost(args.db, args.submit_cost)
+        return
     if args.db.startswith("sqlite:///"):
         Path(args.db[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     db = Database(args.db)
