@@ -151,24 +151,25 @@ def _statements(dialect: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def recount(s: Session, project: Project) -> dict:
-    """The project's tallies, gold misses and daily activity computed from its judgments alone, in the shape
-    ``stored`` reads them (what ``record`` must have kept)."""
-    tasks = {t.id: t for t in s.scalars(select(Task).where(Task.project_id == project.id))}
+def _figures(s: Session, task_filter: Any) -> dict:
+    """Tallies, gold misses and day counts of the tasks ``task_filter`` selects (a where-clause on ``Task``),
+    computed from their judgments alone, in the shape ``stored`` reads them."""
+    tasks = {t.id: t for t in s.scalars(select(Task).where(task_filter))}
     gold = {g.task_id: g.answer for g in s.scalars(select(GoldAnswer).join(Task, Task.id == GoldAnswer.task_id)
-                                                   .where(Task.project_id == project.id))}
+                                                   .where(task_filter))}
     kinds = dict(s.execute(select(Labeler.id, Labeler.kind)).all())
     by_task: dict[int, list[Judgment]] = defaultdict(list)
     for j in s.scalars(select(Judgment).join(Task, Task.id == Judgment.task_id)
-                       .where(Task.project_id == project.id).order_by(Judgment.id)):
+                       .where(task_filter).order_by(Judgment.id)):
         by_task[j.task_id].append(j)
-    tallies, misses = {}, set()
+    tallies, misses, last = {}, set(), {}
     days: dict[dt.date, dict[str, int]] = defaultdict(lambda: dict.fromkeys(DAY_FIELDS, 0))
     for tid, rows in by_task.items():
         task = tasks[tid]
         fig = task_figures(task.task_type, rows, gold.get(tid))
         tallies[tid] = (fig["judgments"], fig["skips"], fig["agreement"], len(fig["gold_miss_ids"]))
-        misses |= {(tid, j.labeler_id) for j in rows if j.id in fig["gold_miss_ids"]}
+        last[tid] = max(j.created_at for j in rows)
+        misses |= {(tid, j.labeler_id, j.id) for j in rows if j.id in fig["gold_miss_ids"]}
         for i, j in enumerate(rows):
             day = days[day_of(j.created_at)]
             if kinds[j.labeler_id] != "human":
@@ -181,7 +182,35 @@ def recount(s: Session, project: Project) -> dict:
                 c, a = agreement_with_earlier(task.task_type, j, earlier)
                 day["compared"] += c
                 day["agreeing"] += a
-    return {"tallies": tallies, "gold_misses": misses, "days": dict(days)}
+    return {"tallies": tallies, "gold_misses": misses, "days": dict(days), "last": last}
+
+
+def recount(s: Session, project: Project) -> dict:
+    """The project's tallies, gold misses and daily activity computed from its judgments alone, in the shape
+    ``stored`` reads them (what ``record`` must have kept)."""
+    fig = _figures(s, Task.project_id == project.id)
+    return {"tallies": fig["tallies"], "gold_misses": {(t, lab) for t, lab, _ in fig["gold_misses"]},
+            "days": fig["days"]}
+
+
+def record_imported(s: Session, project: Project, task_ids: Sequence[int]) -> None:
+    """Bring the figures up to date with the judgments an import wrote straight into new tasks ``task_ids``
+    (``io``'s bulk insert bypasses ``record``): their tallies and gold misses inserted at once, the days' counts
+    added with ``record``'s upsert. The tasks are new, so nothing of theirs was counted before."""
+    if not task_ids:
+        return
+    fig = _figures(s, Task.id.in_(list(task_ids)))
+    if fig["tallies"]:
+        s.execute(TaskTally.__table__.insert(), [
+            {"task_id": t, "project_id": project.id, "judgments": n, "skips": k, "agreement": a, "gold_misses": m,
+             "last_judged_at": fig["last"][t]} for t, (n, k, a, m) in fig["tallies"].items()])
+    if fig["gold_misses"]:
+        s.execute(GoldMiss.__table__.insert(), [
+            {"judgment_id": j, "project_id": project.id, "task_id": t, "labeler_id": lab}
+            for t, lab, j in fig["gold_misses"]])
+    st = _statements(s.get_bind().dialect.name)
+    for day, add in fig["days"].items():
+        s.execute(st["day"], {"project_id": project.id, "day": day, **add})
 
 
 def stored(s: Session, project: Project) -> dict:
