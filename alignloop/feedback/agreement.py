@@ -44,11 +44,12 @@ def _clean(x: float | None) -> float | None:
 def percent_agreement(units: Iterable[Unit]) -> float | None:
     per_item = []
     for values in _by_item(units).values():
-        v = list(values.values())
-        if len(v) < 2:
+        n = len(values)
+        if n < 2:
             continue
-        pairs = list(itertools.combinations(v, 2))
-        per_item.append(sum(a == b for a, b in pairs) / len(pairs))
+        # agreeing pairs / all pairs, counted per value (a gold task can carry every labeler's answer: listing
+        # its pairs would be quadratic in the team's size)
+        per_item.append(sum(c * (c - 1) for c in Counter(values.values()).values()) / (n * (n - 1)))
     return _clean(float(np.mean(per_item))) if per_item else None
 
 

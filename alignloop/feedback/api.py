@@ -29,7 +29,7 @@ from alignloop.core.db import DatabaseError
 from alignloop.core.errors import DataError
 from alignloop.feedback.errors import StoreError
 from alignloop.feedback.models import Database
-from alignloop.feedback.web import assignments, exports, judgments, manage, pages, projects, users
+from alignloop.feedback.web import assignments, exports, judgments, lead, manage, pages, projects, users
 from alignloop.feedback.web.deps import (  # noqa: F401  (the names this module had before web/)
     SESSION_COOKIE,
     HTTPProblem,
@@ -45,7 +45,7 @@ from alignloop.feedback.web.views import render
 
 WEB = Path(__file__).resolve().parent / "web"
 ROUTERS = (pages.router, manage.router, users.router, projects.router, assignments.router, judgments.router,
-           exports.router)
+           exports.router, lead.router)
 
 
 def create_app(db: Database | str, trusted_proxies: tuple[str, ...] | list[str] = ()) -> FastAPI:

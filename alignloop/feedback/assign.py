@@ -18,19 +18,55 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from alignloop.feedback.errors import Conflict
 from alignloop.feedback.models import Assignment, Judgment, Labeler, Project, Task, utcnow
 
 CANDIDATES = 20  # tasks looked at per attempt; more only matters under heavy contention
 
 
-def release_expired(s: Session, project: Project) -> int:
-    """Open assignments older than the lease give their place back (the labeler walked away)."""
-    cutoff = utcnow() - dt.timedelta(minutes=project.lease_minutes)
+def release_expired(s: Session, project: Project, now: dt.datetime | None = None) -> int:
+    """Open assignments not seen for longer than the lease give their place back (the labeler walked away). A
+    labeler's page that is open moves ``last_seen_at`` on (``heartbeat``), so a slow but present labeler keeps
+    the task."""
+    cutoff = (now or utcnow()) - dt.timedelta(minutes=project.lease_minutes)
     task_ids = select(Task.id).where(Task.project_id == project.id).scalar_subquery()
-    res = s.execute(update(Assignment).where(Assignment.status == "open", Assignment.created_at < cutoff,
+    seen = func.coalesce(Assignment.last_seen_at, Assignment.created_at)
+    res = s.execute(update(Assignment).where(Assignment.status == "open", seen < cutoff,
                                              Assignment.task_id.in_(task_ids))
                     .values(status="expired", slot=None).execution_options(synchronize_session="fetch"))
     return res.rowcount or 0
+
+
+def heartbeat(s: Session, a: Assignment, project: Project, now: dt.datetime | None = None) -> dt.datetime:
+    """The labeler still has the task open: the lease runs again from ``now``. Returns when it ends. An
+    assignment that is done, skipped or expired (its place given back) is a Conflict: a late answer to an expired
+    one may still be kept (``reopen_expired``)."""
+    if a.status != "open":
+        raise Conflict(f"this assignment is {a.status}", field="assignment_id")
+    a.last_seen_at = now or utcnow()
+    return a.last_seen_at + dt.timedelta(minutes=project.lease_minutes)
+
+
+def reopen_expired(s: Session, a: Assignment, task: Task, project: Project, skipping: bool = False) -> None:
+    """An answer arrives on an expired lease. It is kept when the task still needs votes: the assignment takes a
+    free place again (gold tasks hold no place, and a skip needs none). Every place taken by others: Conflict
+    (the answer is not stored)."""
+    if a.status != "expired":
+        return
+    if task.is_gold or skipping:
+        a.status = "open"
+        return
+    used = set(s.scalars(select(Assignment.slot).where(Assignment.task_id == task.id, Assignment.slot.is_not(None))))
+    for slot in [i for i in range(project.overlap) if i not in used]:
+        try:
+            with s.begin_nested():  # the unique (task, slot) constraint settles a race for the last place
+                a.slot, a.status = slot, "open"
+                s.flush()
+            return
+        except IntegrityError:
+            continue
+    raise Conflict("your lease on this task expired and it has all its votes now; your answer was not stored",
+                   field="assignment_id")
 
 
 def open_assignment(s: Session, project: Project, labeler: Labeler) -> Assignment | None:
@@ -121,9 +157,11 @@ def _take_place(s: Session, task: Task, labeler: Labeler, project: Project) -> A
     return None
 
 
-def next_assignment(s: Session, project: Project, labeler: Labeler) -> Assignment | None:
-    """The labeler's open assignment, or a new one; None when nothing is left for them."""
-    release_expired(s, project)
+def next_assignment(s: Session, project: Project, labeler: Labeler, now: dt.datetime | None = None
+                    ) -> Assignment | None:
+    """The labeler's open assignment, or a new one; None when nothing is left for them. ``now``: the clock of
+    the leases (default: the current time)."""
+    release_expired(s, project, now)
     current = open_assignment(s, project, labeler)
     if current is not None:
         return current

@@ -175,6 +175,14 @@ def task_consensus(task_type: str, judgments: Sequence[Any], method: str = "majo
     return {"label": None, "support": None, "n": n}
 
 
+def decided(task_type: str, decision: Any, n: int) -> dict:
+    """The consensus of a task a lead decided (an adjudication, with a judgment's answer fields): the decision
+    is the label whatever the method; ``n`` still counts the labelers' judgments, and the decision is no vote."""
+    label = {"pairwise": decision.choice, "binary": decision.choice, "ranking": decision.ranking,
+             "rating": decision.ratings}.get(task_type)
+    return {"label": label, "support": None, "n": n, "adjudicated": True}
+
+
 def gold_correct(task_type: str, judgment: Any, answer: dict) -> bool | None:
     """Whether a judgment matches a gold answer; None when the gold answer says nothing about this type."""
     if task_type in ("pairwise", "binary") and "choice" in answer:

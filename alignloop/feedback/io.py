@@ -43,6 +43,7 @@ from alignloop.core.files import atomic_path
 from alignloop.data import labeled as labeled_files
 from alignloop.data import readers
 from alignloop.data.records import LabeledFile, LabeledTask
+from alignloop.feedback import tallies
 from alignloop.feedback.errors import StoreError
 from alignloop.feedback.models import (
     LABELER_KINDS,
@@ -425,7 +426,10 @@ def _write(s: Session, project: Project, plans: list[_PromptPlan], labelers: dic
         for start in range(0, len(plans), BATCH):
             chunk = plans[start:start + BATCH]
             comp_ids, task_ids, seq = _insert_tasks(s, project, chunk, seq)
-            counts["judgments"] += _insert_judgments(s, project, chunk, comp_ids, task_ids, labeler_ids)
+            n_judgments = _insert_judgments(s, project, chunk, comp_ids, task_ids, labeler_ids)
+            if n_judgments:  # the bulk insert bypasses queries.add_judgment, so the lead's figures are kept here
+                tallies.record_imported(s, project, [t for ts in task_ids for t in ts])
+            counts["judgments"] += n_judgments
             n_tasks = sum(len(t) for t in task_ids)
             counts["prompts"] += len(chunk)
             counts["tasks"] += n_tasks

@@ -12,7 +12,20 @@ import threading
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from alignloop.core import db
@@ -217,13 +230,17 @@ class Assignment(Base):
     status: Mapped[str] = mapped_column(String(10), default="open")  # open | done | skipped | expired
     created_at: Mapped[Created]
     completed_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime, nullable=True)
+    # the lease runs from here: set when handed out, moved on by the labeler's page while it is open (heartbeat)
+    last_seen_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime, nullable=True, default=utcnow)
 
 
 class Judgment(Base):
     """A labeler's raw answer to a task, in canonical terms ("A" is ``task.completion_ids[0]``)."""
 
     __tablename__ = "judgments"
-    __table_args__ = (UniqueConstraint("task_id", "labeler_id"), UniqueConstraint("labeler_id", "idempotency_key"))
+    __table_args__ = (UniqueConstraint("task_id", "labeler_id"), UniqueConstraint("labeler_id", "idempotency_key"),
+                      # a labeler's judgments in task order: the lead's "judged by" filter reads a page off it
+                      Index("ix_judgments_labeler_task", "labeler_id", "task_id"))
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"), index=True)
@@ -264,6 +281,67 @@ class ExportJudgment(Base):
     export_id: Mapped[int] = mapped_column(ForeignKey("exports.id", ondelete="CASCADE"), primary_key=True)
     judgment_id: Mapped[int] = mapped_column(ForeignKey("judgments.id", ondelete="CASCADE"), primary_key=True,
                                              index=True)
+
+
+class Adjudication(Base):
+    """A lead's decision on a task: it is the task's consensus, whatever the method, and it is no labeler's vote
+    (agreement figures and labelers' records never count it). One per task; deciding again replaces it."""
+
+    __tablename__ = "adjudications"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[ProjectRef]
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), unique=True)
+    labeler_id: Mapped[Optional[int]] = mapped_column(ForeignKey("labelers.id", ondelete="SET NULL"), nullable=True)
+    choice: Mapped[Optional[str]] = mapped_column(String(20), nullable=True)  # canonical, as in a judgment
+    ranking: Mapped[Optional[list]] = mapped_column(JSON, nullable=True)
+    ratings: Mapped[Optional[dict]] = mapped_column(JSON, nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[Created]
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TaskTally(Base):
+    """A judged task's figures, kept up to date with each judgment (``tallies``) so that a lead can filter a
+    project of 100,000+ tasks by agreement through an index instead of reading every judgment."""
+
+    __tablename__ = "task_tallies"
+    __table_args__ = (Index("ix_task_tallies_project_agreement", "project_id", "agreement", "task_id"),)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True,
+                                         autoincrement=False)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    judgments: Mapped[int] = mapped_column(Integer, default=0)  # answers (skips not counted), any kind of labeler
+    skips: Mapped[int] = mapped_column(Integer, default=0)
+    # share of pairs of the task's answers that agree (percent agreement on this one task); None below 2 answers
+    agreement: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    gold_misses: Mapped[int] = mapped_column(Integer, default=0)  # answers to this gold task that miss its answer
+    last_judged_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class GoldMiss(Base):
+    """A judgment that missed its gold task's answer (kept with each judgment, so "where did this labeler fail
+    gold" is an index look-up)."""
+
+    __tablename__ = "gold_misses"
+    __table_args__ = (Index("ix_gold_misses_project_task", "project_id", "task_id"),)
+    judgment_id: Mapped[int] = mapped_column(ForeignKey("judgments.id", ondelete="CASCADE"), primary_key=True,
+                                             autoincrement=False)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"), index=True)
+
+
+class DailyActivity(Base):
+    """Per project and UTC day: people's judgments and skips, and how their answers agreed with earlier people's
+    answers to the same task (the lead view's charts). Kept up to date with each judgment."""
+
+    __tablename__ = "daily_activity"
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    judgments: Mapped[int] = mapped_column(Integer, default=0)  # by human labelers, skips not counted
+    skips: Mapped[int] = mapped_column(Integer, default=0)
+    other_judgments: Mapped[int] = mapped_column(Integer, default=0)  # by AI judges and served-model users
+    compared: Mapped[int] = mapped_column(Integer, default=0)  # (item, earlier human answer) pairs compared
+    agreeing: Mapped[int] = mapped_column(Integer, default=0)  # ... of which the two answers agree
 
 
 # --------------------------------------------------------------------------------------------------

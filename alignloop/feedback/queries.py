@@ -12,6 +12,7 @@ Python API (no HTTP needed; used by the AI judge, the serving feedback capture a
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from alignloop.feedback import auth
+from alignloop.feedback import auth, tallies
 from alignloop.feedback import consensus as cons
 from alignloop.feedback.errors import Conflict, Invalid, NotFound
 from alignloop.feedback.models import (
@@ -30,6 +31,7 @@ from alignloop.feedback.models import (
     ROLES,
     STRENGTHS,
     TASK_TYPES,
+    Adjudication,
     Assignment,
     Completion,
     GoldAnswer,
@@ -266,10 +268,13 @@ def add_judgment(s: Session, task_id: int, labeler: Labeler | str, choice: str |
                  strength: str | None = None, ranking: list | None = None, ratings: dict | None = None,
                  flags: dict | None = None, rewrite: str | None = None, skip_reason: str | None = None,
                  assignment: Assignment | None = None, idempotency_key: str | None = None,
-                 duration_ms: int | None = None, kind: str = "ai", identity: str = "") -> tuple[Judgment, bool]:
+                 duration_ms: int | None = None, kind: str = "ai", identity: str = "",
+                 now: dt.datetime | None = None) -> tuple[Judgment, bool]:
     """Store one judgment; returns ``(judgment, created)``. A repeat with the same idempotency key returns the
     stored judgment with ``created=False``. ``labeler`` may be a name: judges and imports get a labeler of
-    ``kind`` made on the fly. Human labelers go through an ``assignment`` (see ``assign.next_assignment``)."""
+    ``kind`` made on the fly. Human labelers go through an ``assignment`` (see ``assign.next_assignment``).
+    ``now``: when it was made (default: the current time). The lead's figures (``tallies``) follow in the same
+    transaction."""
     if isinstance(labeler, str):
         labeler = get_or_create_labeler(s, labeler, kind=kind, identity=identity)
     if idempotency_key is not None:
@@ -298,7 +303,8 @@ def add_judgment(s: Session, task_id: int, labeler: Labeler | str, choice: str |
                  flags=answer.flags, rewrite=answer.rewrite, skipped=answer.skip_reason is not None,
                  skip_reason=answer.skip_reason, display_order=assignment.display_order if assignment else None,
                  guideline_version=project.guidelines_version, idempotency_key=idempotency_key,
-                 duration_ms=duration_ms if isinstance(duration_ms, int) and duration_ms >= 0 else None)
+                 duration_ms=duration_ms if isinstance(duration_ms, int) and duration_ms >= 0 else None,
+                 created_at=now or utcnow())
     try:
         with s.begin_nested():  # a racing retry with the same key loses here, not in the outer transaction
             s.add(j)
@@ -312,9 +318,10 @@ def add_judgment(s: Session, task_id: int, labeler: Labeler | str, choice: str |
         raise Conflict("this labeler already judged this task", field="task_id") from None
     if assignment is not None:
         assignment.status = "skipped" if j.skipped else "done"
-        assignment.completed_at = utcnow()
+        assignment.completed_at = j.created_at
         if j.skipped:
             assignment.slot = None  # a skip frees the place for another labeler
+    tallies.record(s, j, task)
     return j, True
 
 
@@ -344,6 +351,9 @@ class ProjectData:
         self.labelers = {lab.id: lab for lab in s.scalars(select(Labeler))}
         self.gold = {g.task_id: g.answer for g in s.scalars(select(GoldAnswer).where(
             GoldAnswer.task_id.in_(list(self.tasks))))} if self.tasks else {}
+        # a lead's decisions: each is its task's consensus (``consensus.decided``)
+        self.adjudications = {a.task_id: a for a in s.scalars(select(Adjudication).where(
+            Adjudication.project_id == project.id))}
         self.by_task: dict[int, list[Judgment]] = defaultdict(list)
         for j in self.judgments:
             if not j.skipped:
@@ -364,8 +374,9 @@ class ProjectData:
 
     def consensus(self, method: str) -> dict[int, dict]:
         w = self.weights() if method == "weighted" else None
-        crit = self.project.criteria
-        return {tid: cons.task_consensus(self.project.task_type, self.by_task.get(tid, []), method, w, crit)
+        crit, t = self.project.criteria, self.project.task_type
+        return {tid: cons.decided(t, self.adjudications[tid], len(self.by_task.get(tid, [])))
+                if tid in self.adjudications else cons.task_consensus(t, self.by_task.get(tid, []), method, w, crit)
                 for tid in self.tasks}
 
     def text(self, cid: int) -> Any:

@@ -6,6 +6,7 @@ the server maps it to the task's canonical order with the assignment's stored di
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Optional
 
 from fastapi import APIRouter, Header, Response
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 from alignloop.feedback import access, assign
 from alignloop.feedback.models import Assignment, Database, Project, Task
 from alignloop.feedback.queries import add_judgment, get_project
-from alignloop.feedback.web.deps import CurrentLabeler, DbDep, HTTPProblem, Principal, ReadSession, RowId
+from alignloop.feedback.web.deps import CurrentLabeler, DbDep, HTTPProblem, Now, Principal, ReadSession, RowId
 from alignloop.feedback.web.schemas import JudgmentIn
 from alignloop.feedback.web.views import assignment_view
 
@@ -22,9 +23,9 @@ router = APIRouter(prefix="/api")
 
 
 @router.post("/projects/{name}/next")
-def next_task(name: str, who: CurrentLabeler, db: DbDep) -> dict:
+def next_task(name: str, who: CurrentLabeler, db: DbDep, now: Now) -> dict:
     # POST, not GET: it creates an assignment, and a GET could be set off from another site (an <img> tag)
-    return next_for(db, name, who)
+    return next_for(db, name, who, now)
 
 
 @router.get("/assignments/{assignment_id}")
@@ -42,14 +43,26 @@ def submit(assignment_id: RowId, body: JudgmentIn, who: CurrentLabeler, db: DbDe
     return out
 
 
-def next_for(db: Database, name: str, who: Principal) -> dict:
+@router.post("/assignments/{assignment_id}/heartbeat")
+def heartbeat(assignment_id: int, who: CurrentLabeler, db: DbDep, now: Now) -> dict:
+    """The labeler's page still shows this task (and they used it lately): the lease runs again from now. 409 when
+    the assignment is no longer open (an expired one may still take a late answer while the task needs votes)."""
+    with db.write() as s:
+        a = own_assignment(s, assignment_id, who, expired_ok=True)
+        until = assign.heartbeat(s, a, s.get(Project, s.get(Task, a.task_id).project_id), now)
+        return {"assignment_id": a.id, "status": a.status, "lease_until": until.isoformat() + "Z"}
+
+
+def next_for(db: Database, name: str, who: Principal, now: dt.datetime | None = None) -> dict:
     """Hand the labeler their open assignment or a new one, with their progress in the project."""
     with db.write() as s:
         p = access.project_to_label(s, name, who.labeler)
         if not access.warning_accepted(s, who.labeler, p):
             raise HTTPProblem(409, f"accept the project's content warning first (POST /api/projects/{name}/"
                               "accept-warning)", "content_warning")
-        a = assign.next_assignment(s, p, who.labeler)
+        a = assign.next_assignment(s, p, who.labeler, now)
+        if a is not None:  # asking for it shows the labeler is there: the lease runs from now
+            assign.heartbeat(s, a, p, now)
         view = assignment_view(s, a, p) if a is not None else None
     with db.read() as s:  # counted after the commit, outside the write lock
         progress = assign.labeler_progress(s, get_project(s, name), who.labeler)
@@ -59,8 +72,10 @@ def next_for(db: Database, name: str, who: Principal) -> dict:
 def submit_judgment(db: Database, assignment_id: int, who: Principal, body: JudgmentIn, key: str | None) -> dict:
     """Store the labeler's judgment on their assignment; committed before the response goes out."""
     with db.write() as s:
-        a = own_assignment(s, assignment_id, who)
+        a = own_assignment(s, assignment_id, who, expired_ok=True)
         task = s.get(Task, a.task_id)
+        # a late answer on an expired lease is kept while the task still needs votes (else 409, nothing stored)
+        assign.reopen_expired(s, a, task, s.get(Project, task.project_id), skipping=body.skip_reason is not None)
         j, created = add_judgment(
             s, task.id, who.labeler, canonical_choice(body.choice, task, a), strength=body.strength,
             ranking=body.ranking, ratings=body.ratings, flags=body.flags, rewrite=body.rewrite,
@@ -68,13 +83,13 @@ def submit_judgment(db: Database, assignment_id: int, who: Principal, body: Judg
         return {"judgment_id": j.id, "created": created, "skipped": j.skipped}
 
 
-def own_assignment(s: Session, assignment_id: int, who: Principal) -> Assignment:
+def own_assignment(s: Session, assignment_id: int, who: Principal, expired_ok: bool = False) -> Assignment:
     a = s.get(Assignment, assignment_id)
     # someone else's assignment, or one in a project the labeler left, looks exactly like none
     if a is None or a.labeler_id != who.labeler.id or \
             not access.can_label(s, who.labeler, s.get(Project, s.get(Task, a.task_id).project_id)):
         raise HTTPProblem(404, f"no assignment {assignment_id} for you", "assignment_id")
-    if a.status == "expired":
+    if a.status == "expired" and not expired_ok:
         raise HTTPProblem(409, "this assignment expired; fetch the next task", "assignment_id")
     return a
 

@@ -8,6 +8,7 @@ needs a thread to finish.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 from dataclasses import dataclass
 from typing import Annotated, Iterator, Optional
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from alignloop.feedback import accounts, auth
 from alignloop.feedback.consensus import METHODS
-from alignloop.feedback.models import Database, Labeler, LoginSession
+from alignloop.feedback.models import Database, Labeler, LoginSession, utcnow
 
 SESSION_COOKIE = "alignloop_session"
 # the largest row id a database holds (PostgreSQL's INTEGER): a larger one names no row, and sent to the database
@@ -55,6 +56,16 @@ def get_db(request: Request) -> Database:
 
 
 DbDep = Annotated[Database, Depends(get_db)]
+
+
+def now(request: Request) -> dt.datetime:
+    """The current time by the app's clock: ``app.state.clock`` when set (tests move it on instead of sleeping),
+    else ``utcnow``."""
+    clock = getattr(request.app.state, "clock", None)
+    return clock() if clock is not None else utcnow()
+
+
+Now = Annotated[dt.datetime, Depends(now)]
 
 
 def read_session(db: DbDep) -> Iterator[Session]:

@@ -43,6 +43,15 @@ class JudgmentIn(Body):
     idempotency_key: Optional[str] = Field(None, max_length=100)
 
 
+class AdjudicationIn(Body):
+    """A lead's decision, in the task's canonical terms ("A" is its first completion)."""
+
+    choice: Optional[str] = Field(None, max_length=20)
+    ranking: Optional[list[int]] = Field(None, max_length=64)
+    ratings: Optional[dict[str, dict[str, int]]] = None
+    note: str = ""  # length checked by review.adjudicate so the message names the limit
+
+
 class ProjectPatch(Body):
     """The settings an admin may change on an existing project."""
 

@@ -51,4 +51,11 @@ def assignment_view(s: Session, a: Assignment, p: Project) -> dict:
                             for i, cid in enumerate(a.display_order)],
             "criteria": p.criteria, "flags": p.flags, "scale": p.scale,
             "guidelines_version": p.guidelines_version, "content_warning": p.content_warning,
-            "started_at": a.created_at.isoformat() + "Z"}
+            "started_at": a.created_at.isoformat() + "Z", "lease_minutes": p.lease_minutes,
+            "heartbeat_seconds": heartbeat_seconds(p)}
+
+
+def heartbeat_seconds(p: Project) -> int:
+    """How often the labeling page tells the server the task is still open: four times a lease, at most once a
+    minute (a lost beat or two cost nothing)."""
+    return max(5, min(60, p.lease_minutes * 60 // 4))

@@ -518,3 +518,20 @@ def test_a_judged_file_in_batches_puts_each_judgment_on_its_task(db, monkeypatch
     with db.write() as s:
         import_records(s, create_project(s, "j"), numbered(rows), labeler="ann")
     assert judged(db, "j") == [(f"Q{i}", [f"good {i}", f"bad {i}"], "ann", "A") for i in range(10)]
+
+
+def test_imported_judgments_count_in_the_leads_figures(db, tmp_path):
+    """An import writes judgments in bulk, past queries.add_judgment: the tallies, gold misses and daily activity
+    it keeps must still equal what the judgments say (tallies.recount), and a later submit adds to them."""
+    from alignloop.feedback import tallies
+    from alignloop.feedback.store import Project
+
+    import_file(db, "team", write_json(tmp_path / "team.json", LS_TEAM))
+    with db.read() as s:
+        p = s.scalars(select(Project).where(Project.name == "team")).one()
+        kept, counted = tallies.stored(s, p), tallies.recount(s, p)
+    assert kept == counted
+    # two tasks judged: "Is the Earth flat?" by 2 labelers who agree, "Say something kind." by 2 who disagree
+    assert sorted(v[:3] for v in kept["tallies"].values()) == [(2, 0, 0.0), (2, 0, 1.0)]
+    assert [sum(d[k] for d in kept["days"].values()) for k in ("judgments", "other_judgments", "compared",
+                                                                 "agreeing")] == [4, 0, 2, 1]

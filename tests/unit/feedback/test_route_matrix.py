@@ -75,7 +75,21 @@ MATRIX: dict[tuple[str, str], tuple[int, int, int, int, int, int]] = {
     ("POST", "/api/projects/{name}/next"):                (401, 200, 404, 200, 404, 200),
     # someone's assignment is theirs alone: anyone else, admins included, gets 404
     ("GET", "/api/assignments/{assignment_id}"):          (401, 200, 404, 404, 404, 404),
+    ("POST", "/api/assignments/{assignment_id}/heartbeat"): (401, 200, 404, 404, 404, 404),
     ("POST", "/api/assignments/{assignment_id}/judgment"): (401, 201, 404, 404, 404, 404),
+    # the lead's tools (after the judgment above, so that {task_id}, the member's task, has an answer to decide on)
+    ("GET", "/api/projects/{name}/tasks"):                (401, 403, 404, 200, 404, 200),
+    ("GET", "/api/projects/{name}/tasks/{task_id}"):      (401, 403, 404, 200, 404, 200),
+    ("PUT", "/api/projects/{name}/tasks/{task_id}/adjudication"): (401, 403, 404, 200, 404, 200),
+    ("DELETE", "/api/projects/{name}/tasks/{task_id}/adjudication"): (401, 403, 404, 200, 404, 200),
+    ("GET", "/api/projects/{name}/review"):               (401, 403, 404, 200, 404, 200),
+    ("GET", "/api/projects/{name}/labelers/{user}/history"): (401, 403, 404, 200, 404, 200),
+    ("GET", "/api/projects/{name}/activity"):             (401, 403, 404, 200, 404, 200),
+    ("GET", "/lead/{name}/tasks"):                        (401, 403, 404, 200, 404, 200),
+    ("GET", "/lead/{name}/tasks/{task_id}"):              (401, 403, 404, 200, 404, 200),
+    ("GET", "/lead/{name}/review"):                       (401, 403, 404, 200, 404, 200),
+    ("GET", "/lead/{name}/labelers/{user}"):              (401, 403, 404, 200, 404, 200),
+    ("GET", "/lead/{name}/charts/{chart}.svg"):           (401, 403, 404, 200, 404, 200),
     # accounts: admins only
     ("GET", "/api/users"):                                (401, 403, 403, 403, 403, 200),
     ("POST", "/api/users"):                               (401, 403, 403, 403, 403, 201),
@@ -100,8 +114,15 @@ BODIES: dict[tuple[str, str], dict] = {
     ("POST", "/api/projects/{name}/members"): {"json": {"name": "joiner-{role}"}},
     ("POST", "/lead/{name}/members"): {"data": {"member": "page-joiner-{role}"}},
     ("POST", "/api/assignments/{assignment_id}/judgment"): {"json": {"choice": "A"}},
+    ("PUT", "/api/projects/{name}/tasks/{task_id}/adjudication"): {"json": {"choice": "A"}},
     ("POST", "/api/users"): {"json": {"name": "made-by-{role}"}},
     ("POST", "/api/users/{name}/tokens"): {"json": {"days": 1}},
+}
+
+# a row that undoes something: the row whose request makes it again before each caller's request
+SETUP: dict[tuple[str, str], tuple[str, str]] = {
+    ("DELETE", "/api/projects/{name}/tasks/{task_id}/adjudication"):
+        ("PUT", "/api/projects/{name}/tasks/{task_id}/adjudication"),
 }
 
 SAFE = ("GET", "HEAD", "OPTIONS")
@@ -161,7 +182,8 @@ def studio(tmp_path_factory):
         for method, path in MATRIX:
             if path.startswith(("/api/users/{name}", "/admin/users/{name}")):
                 create_labeler(s, target_user(method, path))
-        ctx["assignment_id"] = assign.next_assignment(s, proj, s.query(Labeler).filter_by(name="member").one()).id
+        a = assign.next_assignment(s, proj, s.query(Labeler).filter_by(name="member").one())
+        ctx["assignment_id"], ctx["task_id"] = a.id, a.task_id
     client = TestClient(create_app(db))
     client.ctx, client.db = ctx, db
     yield client
@@ -179,7 +201,8 @@ def request_for(studio, method: str, template: str, role: str) -> dict:
         else "proj"
     leaver = f"page-leaver-{role}" if template.startswith("/lead/") else f"leaver-{role}"
     path = template.format(name=name, user=leaver, assignment_id=ctx["assignment_id"],
-                           token_id=ctx["token_ids"].get(role, 1), path="app.css")
+                           token_id=ctx["token_ids"].get(role, 1), path="app.css", task_id=ctx["task_id"],
+                           chart="throughput")
     kwargs = {}
     for kind, body in BODIES.get((method, template), {}).items():
         if kind == "content":
@@ -199,7 +222,13 @@ def test_every_route_has_a_row(studio):
 
 @pytest.mark.parametrize("method,path", list(MATRIX), ids=[f"{m} {p}" for m, p in MATRIX])
 def test_route_by_role(studio, method, path):
-    got = tuple(studio.request(**request_for(studio, method, path, role)).status_code for role in ROLES)
+    def call(role: str) -> int:
+        if (method, path) in SETUP:  # what the row undoes is made again first (as the admin), for every caller
+            req = request_for(studio, *SETUP[(method, path)], "admin")
+            assert studio.request(**req).status_code < 300
+        return studio.request(**request_for(studio, method, path, role)).status_code
+
+    got = tuple(call(role) for role in ROLES)
     assert dict(zip(ROLES, got)) == dict(zip(ROLES, MATRIX[(method, path)]))
 
 

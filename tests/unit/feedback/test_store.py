@@ -47,10 +47,12 @@ def test_migrations_match_models(db):
     from alignloop.feedback.migrations import current, upgrade
     from alignloop.feedback.store import Base
 
-    assert current(db.engine) == "0002"
+    assert current(db.engine) == "0004"
     upgrade(db.engine)  # a second run is a no-op
+    # the text search index is each back-end's own kind of table, outside the models (feedback.search)
+    outside = {"include_name": lambda name, type_, parent: not (type_ == "table" and name.startswith("task_search"))}
     with db.engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        diff = compare_metadata(MigrationContext.configure(conn, opts=outside), Base.metadata)
     assert diff == []
 
 
@@ -194,12 +196,12 @@ def test_skip_frees_the_place_and_expired_leases(db):
         b = assign.next_assignment(s, p, s.get(Labeler, b_id))
         assert b is not None and b.task_id == a.task_id  # the skip gave the place back
         assert assign.next_assignment(s, p, s.get(Labeler, a_id)) is None  # never the same task twice
-        # an assignment older than the lease expires and frees its place
+        # an assignment not seen for longer than the lease expires and frees its place
         import datetime as dt
 
-        b.created_at = b.created_at - dt.timedelta(minutes=p.lease_minutes + 1)
-        s.flush()
-        assert assign.release_expired(s, p) == 1
+        later = b.last_seen_at + dt.timedelta(minutes=p.lease_minutes + 1)
+        assert assign.release_expired(s, p, now=later - dt.timedelta(minutes=2)) == 0
+        assert assign.release_expired(s, p, now=later) == 1
         with pytest.raises(Conflict, match="expired"):
             add_judgment(s, b.task_id, s.get(Labeler, b_id), "A", assignment=s.get(Assignment, b.id))
 

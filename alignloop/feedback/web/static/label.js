@@ -4,8 +4,10 @@
   "use strict";
   var root = document.getElementById("studio");
   var project = root.dataset.project;
-  var state = null; // {task, choice, strength, order, selected, startedAt, key}
+  var state = null; // {task, choice, strength, order, selected, startedAt, key, stale}
   var busy = false;
+  var beat = null; // the heartbeat timer: keeps the task's lease while the labeler has it open
+  var lastActivity = Date.now();
 
   function $(id) { return document.getElementById(id); }
   function el(tag, cls, text) {
@@ -95,6 +97,9 @@
     renderCompletions();
     updateButtons();
     say("");
+    $("stale-actions").hidden = true;
+    $("submit").disabled = false;
+    startHeartbeat(task);
     if (t === "rewrite") $("rewrite").focus();
     else document.activeElement && document.activeElement.blur();
   }
@@ -262,8 +267,48 @@
     return body;
   }
 
+  // ---- the lease ------------------------------------------------------------------------------
+  // While the task is open and the labeler has used the page within the lease, tell the server now and then, so
+  // a slow but present labeler keeps the task. Someone who walked away stops sending, and after one more lease
+  // the task goes to someone else.
+  ["keydown", "pointerdown", "pointermove", "input", "scroll", "wheel"].forEach(function (name) {
+    document.addEventListener(name, function () { lastActivity = Date.now(); }, {passive: true, capture: true});
+  });
+  function stopHeartbeat() { if (beat !== null) { clearInterval(beat); beat = null; } }
+  function startHeartbeat(task) {
+    stopHeartbeat();
+    if (!task.heartbeat_seconds) return;
+    beat = setInterval(function () {
+      if (!state || state.stale || state.task.assignment_id !== task.assignment_id) return;
+      if (Date.now() - lastActivity > task.lease_minutes * 60000) return; // away: let the lease run out
+      api("POST", "/api/assignments/" + task.assignment_id + "/heartbeat").catch(function (e) {
+        if (e.status === 409) {
+          stopHeartbeat();
+          say("Your hold on this task ran out while you were away. You can still submit: your answer is kept if " +
+              "the task still needs it.", true);
+        }
+      });
+    }, task.heartbeat_seconds * 1000);
+  }
+
+  // The server refused the answer (409: the task got all its votes while the lease was expired, or the
+  // assignment is no longer open; 404: it is gone). Nothing was stored: keep everything typed on the page and
+  // let the labeler copy it before they move on.
+  function keepAfterRefusal(message) {
+    message = message.replace(/^[a-z_]+: /, ""); // the server names the field first ("assignment_id: ...")
+    message = message.charAt(0).toUpperCase() + message.slice(1) + (/[.!?]$/.test(message) ? "" : ".");
+    state.stale = true;
+    stopHeartbeat();
+    if ($("rewrite").value.trim()) $("rewrite-block").hidden = false;
+    $("submit").disabled = true;
+    $("stale-actions").hidden = false;
+    say(message + " Your answer is still on the page: copy what you want to keep, then load the next task (N).",
+        true);
+  }
+
   function send(body) {
     if (busy) return;
+    if (state.stale) { say("This task can no longer take an answer: load the next task (N).", true); return; }
     busy = true;
     body.duration_ms = Date.now() - state.startedAt;
     say("Saving…");
@@ -271,7 +316,7 @@
     var url = "/api/assignments/" + state.task.assignment_id + "/judgment";
     api("POST", url, body, {"Idempotency-Key": state.key})
       .then(function () { say("Saved."); return loadNext(); })
-      .catch(function (e) { say(e.message, true); if (e.status === 409 || e.status === 404) loadNext(); })
+      .catch(function (e) { if (e.status === 409 || e.status === 404) keepAfterRefusal(e.message); else say(e.message, true); })
       .then(function () { busy = false; });
   }
 
@@ -317,6 +362,7 @@
     return api("POST", "/api/projects/" + encodeURIComponent(project) + "/next").then(function (data) {
       if (data.done) {
         state = null;
+        stopHeartbeat();
         showProgress(data.progress);
         $("task").hidden = true;
         $("done").hidden = false;
@@ -351,6 +397,10 @@
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     if (e.key === "?") { toggleHelp(); return; }
     if (!state) return;
+    if (state.stale) {
+      if (e.key.toLowerCase() === "n") { e.preventDefault(); loadNext(); }
+      return;
+    }
     var t = state.task.task_type, k = e.key.toLowerCase();
     if (t === "pairwise" && /^[1-4]$/.test(k)) { choose(["A", "B", "tie", "both_bad"][+k - 1]); e.preventDefault(); return; }
     if (t === "binary" && /^[12]$/.test(k)) { choose(["good", "bad"][+k - 1]); e.preventDefault(); return; }
@@ -382,6 +432,7 @@
     else if (b.dataset.action === "toggle-rewrite") toggleRewrite();
     else if (b.dataset.action === "help") toggleHelp();
     else if (b.dataset.action === "accept-warning") acceptWarning();
+    else if (b.dataset.action === "next") loadNext();
   });
 
   loadNext();
