@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from alignloop.core.errors import DataError
 from alignloop.core.files import atomic_path
 from alignloop.data import readers
+from alignloop.feedback import assign
 from alignloop.feedback.errors import StoreError
 from alignloop.feedback.models import (
     Completion,
@@ -426,6 +427,7 @@ def import_records(s: Session, project: Project, records: Iterable[tuple[int, An
         getattr(imp, _record_kind(rec, where))(rec, where)
     if n == 0:
         raise DataError("no records found", path=source)
+    assign.count_new_tasks(s, project)  # the project's queue counters (places_taken starts at 0 by itself)
     return {"records": n, **imp.summary}
 
 

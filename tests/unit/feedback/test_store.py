@@ -47,7 +47,7 @@ def test_migrations_match_models(db):
     from alignloop.feedback.migrations import current, upgrade
     from alignloop.feedback.store import Base
 
-    assert current(db.engine) == "0002"
+    assert current(db.engine) == "0003"
     upgrade(db.engine)  # a second run is a no-op
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
