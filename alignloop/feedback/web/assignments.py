@@ -43,17 +43,32 @@ def submit(assignment_id: int, body: JudgmentIn, who: CurrentLabeler, db: DbDep,
 
 
 def next_for(db: Database, name: str, who: Principal) -> dict:
-    """Hand the labeler their open assignment or a new one, with their progress in the project."""
+    """Hand the labeler their open assignment or a new one, with their progress in the project.
+
+    The search runs in a read transaction first (on SQLite outside the one write lock, so labelers do not queue
+    behind each other's searches); the write transaction only takes one of the places found, or searches again
+    when others took them all meanwhile. A labeler who still holds an open assignment needs no write at all."""
+    with db.read() as s:
+        p = _project_to_label(s, name, who)
+        plan = assign.plan_next(s, p, who.labeler)
+        if plan.current is not None:
+            return {"done": False, **assignment_view(s, plan.current, p),
+                    "progress": assign.labeler_progress(s, p, who.labeler)}
     with db.write() as s:
-        p = access.project_to_label(s, name, who.labeler)
-        if not access.warning_accepted(s, who.labeler, p):
-            raise HTTPProblem(409, f"accept the project's content warning first (POST /api/projects/{name}/"
-                              "accept-warning)", "content_warning")
-        a = assign.next_assignment(s, p, who.labeler)
+        p = _project_to_label(s, name, who)  # (asked again: a membership may end between the two)
+        a = assign.next_assignment(s, p, who.labeler, plan=plan)
         view = assignment_view(s, a, p) if a is not None else None
-    with db.read() as s:  # counted after the commit, outside the write lock
+    with db.read() as s:  # read after the commit, outside the write lock
         progress = assign.labeler_progress(s, get_project(s, name), who.labeler)
     return {"done": view is None, **(view or {}), "progress": progress}
+
+
+def _project_to_label(s: Session, name: str, who: Principal) -> Project:
+    p = access.project_to_label(s, name, who.labeler)
+    if not access.warning_accepted(s, who.labeler, p):
+        raise HTTPProblem(409, f"accept the project's content warning first (POST /api/projects/{name}/"
+                          "accept-warning)", "content_warning")
+    return p
 
 
 def submit_judgment(db: Database, assignment_id: int, who: Principal, body: JudgmentIn, key: str | None) -> dict:
