@@ -180,20 +180,34 @@ def count_new_tasks(s: Session, project: Project) -> int:
 
 
 def recount(s: Session, project: Project) -> None:
-    """Count the project's open tasks and each labeler's seen open tasks again: after the overlap changed (which
-    tasks have a free place changes for the whole project). Reads the whole project, once."""
+    """Count every counter of the project again from its rows: places taken per task, the open tasks, and each
+    labeler's assignments, judgments and seen open tasks. For an overlap change (which tasks have a free place
+    changes for the whole project), rows written by plain SQL (a benchmark's bulk build), or a repair. Reads the
+    whole project once; cursors are kept (they are hints)."""
     s.flush()
     write_counts(s)
-    free = (Task.project_id == project.id) & (Task.is_gold == False) & (Task.places_taken < project.overlap)  # noqa: E712
+    taken = (select(func.count(Assignment.id)).where(Assignment.task_id == Task.id, Assignment.slot.is_not(None))
+             .correlate(Task).scalar_subquery())
+    s.execute(update(Task).where(Task.project_id == project.id, Task.places_taken != taken)
+              .values(places_taken=taken).execution_options(synchronize_session=False))
+    mine = Task.project_id == project.id
+    free = mine & (Task.is_gold == False) & (Task.places_taken < project.overlap)  # noqa: E712
     open_tasks = s.scalar(select(func.count(Task.id)).where(free)) or 0
-    s.execute(update(Project).where(Project.id == project.id).values(open_tasks=open_tasks))
-    seen = union(
-        select(Assignment.task_id, Assignment.labeler_id).join(Task, Task.id == Assignment.task_id).where(free),
-        select(Judgment.task_id, Judgment.labeler_id).join(Task, Task.id == Judgment.task_id).where(free)).subquery()
-    counts = dict(s.execute(select(seen.c.labeler_id, func.count()).group_by(seen.c.labeler_id)).all())
-    s.execute(update(LabelerProgress).where(LabelerProgress.project_id == project.id).values(seen_open=0))
-    for lab, n in sorted(counts.items()):
-        _upsert_progress(s, project.id, lab, {}, {"seen_open": n})
+    top = s.scalar(select(func.max(Task.seq)).where(mine)) or 0
+    s.execute(update(Project).where(Project.id == project.id).values(open_tasks=open_tasks, counted_seq=top))
+
+    def per_labeler(q: Any) -> dict[int, int]:
+        sub = q.subquery()
+        return dict(s.execute(select(sub.c.labeler_id, func.count()).group_by(sub.c.labeler_id)).all())
+
+    a_rows = select(Assignment.task_id, Assignment.labeler_id).join(Task, Task.id == Assignment.task_id)
+    j_rows = select(Judgment.task_id, Judgment.labeler_id).join(Task, Task.id == Judgment.task_id)
+    counts = {"assignments": per_labeler(a_rows.where(mine)), "judgments": per_labeler(j_rows.where(mine)),
+              "seen_open": per_labeler(union(a_rows.where(free), j_rows.where(free)))}
+    s.execute(update(LabelerProgress).where(LabelerProgress.project_id == project.id)
+              .values(assignments=0, judgments=0, seen_open=0))
+    for lab in sorted(set().union(*counts.values())):
+        _upsert_progress(s, project.id, lab, {}, {k: v.get(lab, 0) for k, v in counts.items()})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -429,7 +443,8 @@ def next_assignment(s: Session, project: Project, labeler: Labeler, now: dt.date
     """The labeler's open assignment, or a new one; None when nothing is left for them. ``plan`` (from
     ``plan_next``) names candidates to try first; ``now`` is the clock."""
     now = now or utcnow()
-    release_expired(s, project, now)
+    if release_expired(s, project, now):
+        plan = None  # places came free since the plan was made: they may come first
     current = open_assignment(s, project, labeler)
     if current is not None:
         return current

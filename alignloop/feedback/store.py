@@ -32,6 +32,7 @@ from alignloop.feedback.models import (  # noqa: F401
     GuidelineVersion,
     Judgment,
     Labeler,
+    LabelerProgress,
     LoginSession,
     LoginThrottle,
     Membership,
