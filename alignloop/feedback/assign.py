@@ -31,13 +31,14 @@ in a project of a thousand tasks or a million, for a new labeler or one with ten
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import random
 import secrets
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import case, exists, func, select, tuple_, union, update
+from sqlalchemy import Boolean, bindparam, case, exists, func, select, tuple_, union, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -46,6 +47,10 @@ from alignloop.feedback.models import Assignment, Judgment, Labeler, LabelerProg
 PROBES = 20  # tasks read per lane (the start of a level, or from the labeler's cursor)
 HINTS = 3  # candidates found before the write transaction that it tries before searching itself
 _PENDING = "alignloop.feedback.assign.pending"  # Session.info key of the counter changes not yet written
+
+# The statements of the hot path are built once, with their values as bind parameters: on a busy CPU building a
+# SQLAlchemy statement costs more than SQLite takes to run one of these index look-ups.
+_once = functools.cache
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,6 +96,11 @@ def write_counts(s: Session) -> None:
 def _upsert_progress(s: Session, project_id: int, labeler_id: int, deltas: dict[str, int],
                      sets: dict[str, Any]) -> None:
     table = LabelerProgress.__table__
+    where = (table.c.project_id == project_id) & (table.c.labeler_id == labeler_id)
+    res = s.execute(update(table).where(where).values(**{k: table.c[k] + v for k, v in deltas.items()}, **sets))
+    if res.rowcount:
+        return
+    # the labeler's first row in this project (a plain insert could lose a race with their own second request)
     dialect = s.get_bind().dialect.name
     if dialect in ("sqlite", "postgresql"):
         if dialect == "sqlite":
@@ -101,10 +111,7 @@ def _upsert_progress(s: Session, project_id: int, labeler_id: int, deltas: dict[
         s.execute(ins.on_conflict_do_update(
             index_elements=[table.c.project_id, table.c.labeler_id],
             set_={**{k: table.c[k] + ins.excluded[k] for k in deltas}, **{k: ins.excluded[k] for k in sets}}))
-        return
-    where = (table.c.project_id == project_id) & (table.c.labeler_id == labeler_id)
-    res = s.execute(update(table).where(where).values(**{k: table.c[k] + v for k, v in deltas.items()}, **sets))
-    if not res.rowcount:
+    else:
         s.execute(table.insert().values(project_id=project_id, labeler_id=labeler_id, **deltas, **sets))
 
 
@@ -127,10 +134,15 @@ def _places_changed(s: Session, project: Project, task_id: int, before: int, aft
         _bump(s, project.id, lab, seen_open=d)
 
 
+@_once
+def _add_places_statement() -> Any:
+    return (update(Task).where(Task.id == bindparam("task_id")).values(places_taken=Task.places_taken + bindparam("d"))
+            .returning(Task.places_taken))
+
+
 def _add_places(s: Session, task_id: int, d: int) -> int:
     """Add ``d`` to the task's places taken; returns the new value (the row is locked until commit)."""
-    return s.execute(update(Task).where(Task.id == task_id).values(places_taken=Task.places_taken + d)
-                     .returning(Task.places_taken)).scalar_one()
+    return s.execute(_add_places_statement(), {"task_id": task_id, "d": d}).scalar_one()
 
 
 def release_place(s: Session, project: Project, assignment: Assignment) -> bool:
@@ -240,16 +252,27 @@ def release_expired(s: Session, project: Project, now: dt.datetime | None = None
     return len(rows)
 
 
+@_once
+def _open_statement() -> Any:
+    return (select(Assignment).join(Task, Task.id == Assignment.task_id)
+            .where(Task.project_id == bindparam("project_id"), Assignment.labeler_id == bindparam("labeler_id"),
+                   Assignment.status == "open").order_by(Assignment.id).limit(1))
+
+
 def open_assignment(s: Session, project: Project, labeler: Labeler) -> Assignment | None:
-    return s.scalar(select(Assignment).join(Task, Task.id == Assignment.task_id)
-                    .where(Task.project_id == project.id, Assignment.labeler_id == labeler.id,
-                           Assignment.status == "open").order_by(Assignment.id).limit(1))
+    return s.scalar(_open_statement(), {"project_id": project.id, "labeler_id": labeler.id})
+
+
+@_once
+def _progress_statement() -> Any:
+    t = LabelerProgress.__table__
+    return select(t.c.assignments, t.c.judgments, t.c.seen_open, t.c.cursor_task_id, t.c.cursor_order,
+                  t.c.gold_cursor_task_id).where(t.c.project_id == bindparam("project_id"),
+                                                 t.c.labeler_id == bindparam("labeler_id"))
 
 
 def _progress_row(s: Session, project: Project, labeler: Labeler) -> Any:
-    return s.execute(select(LabelerProgress).where(LabelerProgress.project_id == project.id,
-                                                   LabelerProgress.labeler_id == labeler.id)
-                     .execution_options(populate_existing=True)).scalar_one_or_none()
+    return s.execute(_progress_statement(), {"project_id": project.id, "labeler_id": labeler.id}).first()
 
 
 def gold_turn(s: Session, project: Project, labeler: Labeler) -> bool:
@@ -279,32 +302,55 @@ def _order_columns(project: Project, gold: bool) -> tuple:
     return Task.seq, Task.id
 
 
-def _seen_clause(task_id: Any, labeler: Labeler) -> Any:
-    return exists().where(Assignment.task_id == task_id, Assignment.labeler_id == labeler.id) | \
-        exists().where(Judgment.task_id == task_id, Judgment.labeler_id == labeler.id)
+def _seen_clause(task_id: Any, labeler_id: Any) -> Any:
+    return exists().where(Assignment.task_id == task_id, Assignment.labeler_id == labeler_id) | \
+        exists().where(Judgment.task_id == task_id, Judgment.labeler_id == labeler_id)
+
+
+@functools.lru_cache(maxsize=None)
+def _lane_statement(uncertainty: bool, after: bool) -> Any:
+    """The lane query, built once per shape (building SQLAlchemy statements costs more than running this one)."""
+    cols = (Task.uncertainty_rank, Task.seq, Task.id) if uncertainty else (Task.seq, Task.id)
+    inner = select(Task.id, *cols[:-1]).where(Task.project_id == bindparam("project_id"),
+                                              Task.is_gold == bindparam("gold", type_=Boolean),
+                                              Task.places_taken == bindparam("level"))
+    if after:
+        inner = inner.where(tuple_(*cols) > tuple_(*[bindparam(f"after{i}") for i in range(len(cols))]))
+    sub = inner.order_by(*cols).limit(bindparam("probes")).subquery()
+    seen = _seen_clause(sub.c.id, bindparam("labeler_id"))
+    return select(sub.c.id, seen.label("seen")).order_by(*[sub.c[c.key] for c in cols])
 
 
 def _lane(s: Session, project: Project, labeler: Labeler, gold: bool, level: int,
           after: tuple | None) -> tuple[list[int], int]:
     """Up to PROBES tasks with ``level`` places taken, in the project's order (after the key ``after``):
     (the ids the labeler has not seen, how many were read)."""
-    cols = _order_columns(project, gold)
-    inner = select(Task.id, *cols[:-1]).where(Task.project_id == project.id, Task.is_gold == gold,
-                                              Task.places_taken == level)
-    if after is not None:
-        inner = inner.where(tuple_(*cols) > tuple_(*after))
-    sub = inner.order_by(*cols).limit(PROBES).subquery()
-    rows = s.execute(select(sub.c.id, _seen_clause(sub.c.id, labeler).label("seen"))
-                     .order_by(*[sub.c[c.key] for c in cols])).all()
+    uncertainty = project.order == "uncertainty" and not gold
+    params = {"project_id": project.id, "gold": gold, "level": level, "probes": PROBES, "labeler_id": labeler.id,
+              **{f"after{i}": v for i, v in enumerate(after or ())}}
+    rows = s.execute(_lane_statement(uncertainty, after is not None), params).all()
     return [r.id for r in rows if not r.seen], len(rows)
 
 
 def _exact(s: Session, project: Project, labeler: Labeler, gold: bool) -> list[int]:
     """Every free task the labeler has not seen, in order (reads all free tasks: only when the lanes found none)."""
-    q = select(Task.id).where(Task.project_id == project.id, Task.is_gold == gold, ~_seen_clause(Task.id, labeler))
+    q = select(Task.id).where(Task.project_id == project.id, Task.is_gold == gold, ~_seen_clause(Task.id, labeler.id))
     if not gold:
         q = q.where(Task.places_taken < project.overlap)
     return list(s.scalars(q.order_by(Task.places_taken.desc(), *_order_columns(project, gold)).limit(PROBES)))
+
+
+@_once
+def _key_statement(uncertainty: bool) -> Any:
+    cols = (Task.uncertainty_rank, Task.seq, Task.id) if uncertainty else (Task.seq, Task.id)
+    return select(*cols).where(Task.id == bindparam("task_id"))
+
+
+def _key(s: Session, project: Project, task_id: int, gold: bool) -> tuple | None:
+    """The task's place in the project's order, as a tuple that compares like the order."""
+    statement = _key_statement(project.order == "uncertainty" and not gold)
+    row = s.execute(statement, {"task_id": task_id}).first()
+    return tuple(row) if row is not None else None
 
 
 def _cursor_key(s: Session, project: Project, progress: Any, gold: bool) -> tuple | None:
@@ -314,10 +360,7 @@ def _cursor_key(s: Session, project: Project, progress: Any, gold: bool) -> tupl
         task_id = progress.gold_cursor_task_id
     else:
         task_id = progress.cursor_task_id if progress.cursor_order == project.order else None
-    if task_id is None:
-        return None
-    row = s.execute(select(*_order_columns(project, gold)).where(Task.id == task_id)).first()
-    return tuple(row) if row is not None else None
+    return _key(s, project, task_id, gold) if task_id is not None else None
 
 
 def candidates(s: Session, project: Project, labeler: Labeler, gold: bool) -> list[int]:
@@ -359,24 +402,31 @@ def _take(s: Session, task_id: int, labeler: Labeler, project: Project, now: dt.
     return a
 
 
+@_once
+def _take_statements(lock: str | None) -> tuple:
+    task = select(Task.id, Task.is_gold, Task.places_taken, Task.completion_ids).where(Task.id == bindparam("task_id"))
+    if lock is not None:
+        task = task.with_for_update(skip_locked=lock == "skip")
+    seen = select(_seen_clause(bindparam("task_id"), bindparam("labeler_id")))
+    used = select(Assignment.slot).where(Assignment.task_id == bindparam("task_id"), Assignment.slot.is_not(None))
+    return task, seen, used
+
+
 def _take_place(s: Session, task_id: int, labeler: Labeler, project: Project, now: dt.datetime,
                 lock: str | None) -> Assignment | None:
     """Insert the labeler's assignment in the first free place of the task (None when none is left for them)."""
-    q = select(Task.id, Task.is_gold, Task.places_taken, Task.completion_ids).where(Task.id == task_id)
-    if lock is not None:
-        q = q.with_for_update(skip_locked=lock == "skip")
-    task = s.execute(q).first()
+    task_q, seen_q, used_q = _take_statements(lock)
+    task = s.execute(task_q, {"task_id": task_id}).first()
     if task is None or (not task.is_gold and task.places_taken >= project.overlap):
         return None
-    if s.scalar(select(_seen_clause(task.id, labeler))):  # (candidates found earlier, in another transaction)
+    if s.scalar(seen_q, {"task_id": task_id, "labeler_id": labeler.id}):  # (candidates found in another transaction)
         return None
     order = list(task.completion_ids)
     random.shuffle(order)  # left/right (and list) order randomised per task and stored with the assignment
     if task.is_gold:
         slots: list[int | None] = [None]
     else:
-        used = set(s.scalars(select(Assignment.slot).where(Assignment.task_id == task.id,
-                                                           Assignment.slot.is_not(None))))
+        used = set(s.scalars(used_q, {"task_id": task_id}))
         slots = [i for i in range(project.overlap) if i not in used]
     for slot in slots:
         a = Assignment(task_id=task.id, labeler_id=labeler.id, slot=slot, display_order=order, created_at=now)
@@ -403,10 +453,8 @@ def _take_place(s: Session, task_id: int, labeler: Labeler, project: Project, no
 def _move_cursor(s: Session, project: Project, labeler: Labeler, task_id: int, gold: bool) -> None:
     """The labeler's cursor moves to the task when it lies further along the order than the cursor."""
     name = "gold_cursor_task_id" if gold else "cursor_task_id"
-    progress = _progress_row(s, project, labeler)
-    cursor = _cursor_key(s, project, progress, gold)
-    row = s.execute(select(*_order_columns(project, gold)).where(Task.id == task_id)).first()
-    if cursor is None or tuple(row) > cursor:
+    cursor = _cursor_key(s, project, _progress_row(s, project, labeler), gold)
+    if cursor is None or _key(s, project, task_id, gold) > cursor:
         sets = _pending(s).sets[(project.id, labeler.id)]
         sets[name] = task_id
         if not gold:
@@ -503,10 +551,18 @@ def queue(s: Session, project: Project, limit: int = 50) -> list[dict]:
 def labeler_progress(s: Session, project: Project, labeler: Labeler) -> dict:
     """What a labeler sees: how many they did (skips included) and how many are still open to them (regular tasks
     with a free place they have not seen, plus their open assignments). Read from counters, not counted."""
-    open_tasks = s.scalar(select(Project.open_tasks).where(Project.id == project.id)) or 0
-    row = s.execute(select(LabelerProgress.judgments, LabelerProgress.seen_open).where(
-        LabelerProgress.project_id == project.id, LabelerProgress.labeler_id == labeler.id)).first()
-    current = s.scalar(select(func.count(Assignment.id)).join(Task, Task.id == Assignment.task_id).where(
-        Task.project_id == project.id, Assignment.labeler_id == labeler.id, Assignment.status == "open")) or 0
+    open_q, current_q = _progress_statements()
+    params = {"project_id": project.id, "labeler_id": labeler.id}
+    row = _progress_row(s, project, labeler)
     done, seen_open = (row.judgments, row.seen_open) if row is not None else (0, 0)
-    return {"done": done, "available": open_tasks - seen_open + current}
+    available = (s.scalar(open_q, params) or 0) - seen_open + (s.scalar(current_q, params) or 0)
+    return {"done": done, "available": available}
+
+
+@_once
+def _progress_statements() -> tuple:
+    open_tasks = select(Project.open_tasks).where(Project.id == bindparam("project_id"))
+    current = select(func.count(Assignment.id)).join(Task, Task.id == Assignment.task_id).where(
+        Task.project_id == bindparam("project_id"), Assignment.labeler_id == bindparam("labeler_id"),
+        Assignment.status == "open")
+    return open_tasks, current

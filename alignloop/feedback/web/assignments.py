@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from alignloop.feedback import access, assign
 from alignloop.feedback.models import Assignment, Database, Project, Task
-from alignloop.feedback.queries import add_judgment, get_project
+from alignloop.feedback.queries import add_judgment
 from alignloop.feedback.web.deps import CurrentLabeler, DbDep, HTTPProblem, Principal, ReadSession
 from alignloop.feedback.web.schemas import JudgmentIn
 from alignloop.feedback.web.views import assignment_view
@@ -59,7 +59,7 @@ def next_for(db: Database, name: str, who: Principal) -> dict:
         a = assign.next_assignment(s, p, who.labeler, plan=plan)
         view = assignment_view(s, a, p) if a is not None else None
     with db.read() as s:  # read after the commit, outside the write lock
-        progress = assign.labeler_progress(s, get_project(s, name), who.labeler)
+        progress = assign.labeler_progress(s, p, who.labeler)
     return {"done": view is None, **(view or {}), "progress": progress}
 
 
