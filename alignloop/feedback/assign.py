@@ -275,7 +275,7 @@ def _progress_row(s: Session, project: Project, labeler: Labeler) -> Any:
     return s.execute(_progress_statement(), {"project_id": project.id, "labeler_id": labeler.id}).first()
 
 
-def gold_turn(s: Session, project: Project, labeler: Labeler) -> bool:
+def gold_turn(s: Session, project: Project, labeler: Labeler, progress: Any = False) -> bool:
     """Whether the labeler's next assignment in ``project`` is a gold task: a draw at ``gold_rate`` from a
     generator seeded by the labeler's secret seed, the project and how many assignments they had there. (A
     fixed schedule, every 1/rate-th task, let labelers spot gold tasks and answer only those with care.)"""
@@ -285,7 +285,8 @@ def gold_turn(s: Session, project: Project, labeler: Labeler) -> bool:
         row = s.get(Labeler, labeler.id)  # (``labeler`` may come from another, closed session)
         row.gold_seed = row.gold_seed or secrets.token_hex(16)
         labeler.gold_seed = row.gold_seed
-    progress = _progress_row(s, project, labeler)
+    if progress is False:  # (not read by the caller yet)
+        progress = _progress_row(s, project, labeler)
     n = progress.assignments if progress is not None else 0
     return random.Random(f"{labeler.gold_seed}:{project.id}:{n}").random() < project.gold_rate
 
@@ -363,9 +364,11 @@ def _cursor_key(s: Session, project: Project, progress: Any, gold: bool) -> tupl
     return _key(s, project, task_id, gold) if task_id is not None else None
 
 
-def candidates(s: Session, project: Project, labeler: Labeler, gold: bool) -> list[int]:
+def candidates(s: Session, project: Project, labeler: Labeler, gold: bool, progress: Any = False) -> list[int]:
     """Ids of tasks the labeler may take next, best first (at most PROBES); empty when nothing is left."""
-    cursor = _cursor_key(s, project, _progress_row(s, project, labeler), gold)
+    if progress is False:
+        progress = _progress_row(s, project, labeler)
+    cursor = _cursor_key(s, project, progress, gold)
     levels = [0] if gold else range(project.overlap - 1, -1, -1)
     for level in levels:
         ids, read = _lane(s, project, labeler, gold, level, None)
@@ -384,9 +387,10 @@ def candidates(s: Session, project: Project, labeler: Labeler, gold: bool) -> li
 
 
 def _take(s: Session, task_id: int, labeler: Labeler, project: Project, now: dt.datetime,
-          wait: bool = False) -> Assignment | None:
+          wait: bool = False, checked: bool = False) -> Assignment | None:
+    """``checked``: the task was found unseen by the labeler in this transaction (else it is checked again)."""
     if not _is_pg(s):
-        return _take_place(s, task_id, labeler, project, now, lock=None)  # SQLite runs one writer at a time
+        return _take_place(s, task_id, labeler, project, now, None, checked)  # SQLite runs one writer at a time
     # the classic queue pattern: while another labeler's transaction is taking a place in this task, move on to
     # the next one instead of racing for the same place (a lost unique-key race on PostgreSQL waits for the
     # winner's commit, which piles up under load). The row lock is taken inside a savepoint that is rolled back
@@ -394,7 +398,10 @@ def _take(s: Session, task_id: int, labeler: Labeler, project: Project, now: dt.
     # locks of every full task it had looked at, and two labelers whose last tries wait for busy tasks could
     # each wait for a lock the other kept: a deadlock (seen in test_concurrent_labelers_never_share_a_place).
     savepoint = s.begin_nested()
-    a = _take_place(s, task_id, labeler, project, now, lock="wait" if wait else "skip")
+    try:
+        a = _take_place(s, task_id, labeler, project, now, "wait" if wait else "skip", checked)
+    except IntegrityError:  # (the task row is locked: only this labeler's own second request gets here)
+        a = None
     if a is None:
         savepoint.rollback()
     else:
@@ -413,13 +420,13 @@ def _take_statements(lock: str | None) -> tuple:
 
 
 def _take_place(s: Session, task_id: int, labeler: Labeler, project: Project, now: dt.datetime,
-                lock: str | None) -> Assignment | None:
+                lock: str | None, checked: bool) -> Assignment | None:
     """Insert the labeler's assignment in the first free place of the task (None when none is left for them)."""
     task_q, seen_q, used_q = _take_statements(lock)
     task = s.execute(task_q, {"task_id": task_id}).first()
     if task is None or (not task.is_gold and task.places_taken >= project.overlap):
         return None
-    if s.scalar(seen_q, {"task_id": task_id, "labeler_id": labeler.id}):  # (candidates found in another transaction)
+    if not checked and s.scalar(seen_q, {"task_id": task_id, "labeler_id": labeler.id}):
         return None
     order = list(task.completion_ids)
     random.shuffle(order)  # left/right (and list) order randomised per task and stored with the assignment
@@ -430,16 +437,20 @@ def _take_place(s: Session, task_id: int, labeler: Labeler, project: Project, no
         slots = [i for i in range(project.overlap) if i not in used]
     for slot in slots:
         a = Assignment(task_id=task.id, labeler_id=labeler.id, slot=slot, display_order=order, created_at=now)
-        try:
-            with s.begin_nested():
-                s.add(a)
-                s.flush()
-        except IntegrityError:
-            # another labeler took this place a moment ago, or this labeler already has the task
-            if s.scalar(select(Assignment.id).where(Assignment.task_id == task.id,
-                                                    Assignment.labeler_id == labeler.id)):
-                return None
-            continue
+        if lock is not None:  # PostgreSQL: the task's row lock keeps others out; _take's savepoint catches the rest
+            s.add(a)
+            s.flush()
+        else:
+            try:
+                with s.begin_nested():
+                    s.add(a)
+                    s.flush()
+            except IntegrityError:
+                # another labeler took this place a moment ago, or this labeler already has the task
+                if s.scalar(select(Assignment.id).where(Assignment.task_id == task.id,
+                                                        Assignment.labeler_id == labeler.id)):
+                    return None
+                continue
         _bump(s, project.id, labeler.id, assignments=1)
         if not task.is_gold:
             after = _add_places(s, task.id, 1)
@@ -450,11 +461,21 @@ def _take_place(s: Session, task_id: int, labeler: Labeler, project: Project, no
     return None
 
 
-def _move_cursor(s: Session, project: Project, labeler: Labeler, task_id: int, gold: bool) -> None:
+@_once
+def _keys_statement(uncertainty: bool) -> Any:
+    cols = (Task.uncertainty_rank, Task.seq, Task.id) if uncertainty else (Task.seq, Task.id)
+    return select(*cols).where(Task.id.in_(bindparam("ids", expanding=True)))
+
+
+def _move_cursor(s: Session, project: Project, labeler: Labeler, task_id: int, gold: bool, progress: Any) -> None:
     """The labeler's cursor moves to the task when it lies further along the order than the cursor."""
     name = "gold_cursor_task_id" if gold else "cursor_task_id"
-    cursor = _cursor_key(s, project, _progress_row(s, project, labeler), gold)
-    if cursor is None or _key(s, project, task_id, gold) > cursor:
+    cursor_id = None
+    if progress is not None and (gold or progress.cursor_order == project.order):
+        cursor_id = getattr(progress, name)
+    keys = {row[-1]: tuple(row) for row in s.execute(
+        _keys_statement(project.order == "uncertainty" and not gold), {"ids": [task_id, cursor_id or task_id]})}
+    if cursor_id is None or cursor_id not in keys or keys[task_id] > keys[cursor_id]:
         sets = _pending(s).sets[(project.id, labeler.id)]
         sets[name] = task_id
         if not gold:
@@ -496,7 +517,8 @@ def next_assignment(s: Session, project: Project, labeler: Labeler, now: dt.date
     current = open_assignment(s, project, labeler)
     if current is not None:
         return current
-    kinds = [True, False] if gold_turn(s, project, labeler) else [False, True]
+    progress = _progress_row(s, project, labeler)  # (only this labeler's own requests change it)
+    kinds = [True, False] if gold_turn(s, project, labeler, progress) else [False, True]
     for gold in kinds:
         if gold and project.gold_rate <= 0:
             continue
@@ -504,23 +526,24 @@ def next_assignment(s: Session, project: Project, labeler: Labeler, now: dt.date
             for task_id in plan.candidates:
                 a = _take(s, task_id, labeler, project, now)
                 if a is not None:
-                    return _handed_out(s, project, labeler, a, gold)
+                    return _handed_out(s, project, labeler, a, gold, progress)
         for attempt in range(5):  # lost races search again
-            ids = candidates(s, project, labeler, gold)
+            ids = candidates(s, project, labeler, gold, progress)
             if not ids:
                 break
             for task_id in ids:
                 # the last tries wait for busy tasks rather than skip them, so a labeler is never told
                 # "nothing left" only because every remaining task was being handed out at that moment
-                a = _take(s, task_id, labeler, project, now, wait=attempt >= 3)
+                a = _take(s, task_id, labeler, project, now, wait=attempt >= 3, checked=True)
                 if a is not None:
-                    return _handed_out(s, project, labeler, a, gold)
+                    return _handed_out(s, project, labeler, a, gold, progress)
     write_counts(s)
     return None
 
 
-def _handed_out(s: Session, project: Project, labeler: Labeler, a: Assignment, gold: bool) -> Assignment:
-    _move_cursor(s, project, labeler, a.task_id, gold)
+def _handed_out(s: Session, project: Project, labeler: Labeler, a: Assignment, gold: bool,
+                progress: Any) -> Assignment:
+    _move_cursor(s, project, labeler, a.task_id, gold, progress)
     write_counts(s)
     return a
 
@@ -551,18 +574,19 @@ def queue(s: Session, project: Project, limit: int = 50) -> list[dict]:
 def labeler_progress(s: Session, project: Project, labeler: Labeler) -> dict:
     """What a labeler sees: how many they did (skips included) and how many are still open to them (regular tasks
     with a free place they have not seen, plus their open assignments). Read from counters, not counted."""
-    open_q, current_q = _progress_statements()
-    params = {"project_id": project.id, "labeler_id": labeler.id}
-    row = _progress_row(s, project, labeler)
-    done, seen_open = (row.judgments, row.seen_open) if row is not None else (0, 0)
-    available = (s.scalar(open_q, params) or 0) - seen_open + (s.scalar(current_q, params) or 0)
-    return {"done": done, "available": available}
+    row = s.execute(_progress_statements(), {"project_id": project.id, "labeler_id": labeler.id}).one()
+    return {"done": row.done or 0, "available": (row.open_tasks or 0) - (row.seen_open or 0) + (row.current or 0)}
 
 
 @_once
-def _progress_statements() -> tuple:
-    open_tasks = select(Project.open_tasks).where(Project.id == bindparam("project_id"))
-    current = select(func.count(Assignment.id)).join(Task, Task.id == Assignment.task_id).where(
-        Task.project_id == bindparam("project_id"), Assignment.labeler_id == bindparam("labeler_id"),
-        Assignment.status == "open")
-    return open_tasks, current
+def _progress_statements() -> Any:
+    """One round trip: the project's open tasks, the labeler's counters and their open assignments."""
+    mine = (LabelerProgress.project_id == bindparam("project_id")) & \
+        (LabelerProgress.labeler_id == bindparam("labeler_id"))
+    return select(
+        select(Project.open_tasks).where(Project.id == bindparam("project_id")).scalar_subquery().label("open_tasks"),
+        select(LabelerProgress.judgments).where(mine).scalar_subquery().label("done"),
+        select(LabelerProgress.seen_open).where(mine).scalar_subquery().label("seen_open"),
+        select(func.count(Assignment.id)).join(Task, Task.id == Assignment.task_id).where(
+            Task.project_id == bindparam("project_id"), Assignment.labeler_id == bindparam("labeler_id"),
+            Assignment.status == "open").scalar_subquery().label("current"))

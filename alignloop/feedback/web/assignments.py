@@ -45,21 +45,23 @@ def submit(assignment_id: int, body: JudgmentIn, who: CurrentLabeler, db: DbDep,
 def next_for(db: Database, name: str, who: Principal) -> dict:
     """Hand the labeler their open assignment or a new one, with their progress in the project.
 
-    The search runs in a read transaction first (on SQLite outside the one write lock, so labelers do not queue
-    behind each other's searches); the write transaction only takes one of the places found, or searches again
-    when others took them all meanwhile. A labeler who still holds an open assignment needs no write at all."""
-    with db.read() as s:
-        p = _project_to_label(s, name, who)
-        plan = assign.plan_next(s, p, who.labeler)
-        if plan.current is not None:
-            return {"done": False, **assignment_view(s, plan.current, p),
-                    "progress": assign.labeler_progress(s, p, who.labeler)}
+    On SQLite the search runs in a read transaction first, outside the one write lock, so labelers do not queue
+    behind each other's searches; the write transaction only takes one of the places found, or searches again
+    when others took them all meanwhile, and a labeler who holds an open assignment needs no write at all.
+    PostgreSQL has no such lock: there it is one transaction."""
+    plan = None
+    if db.is_sqlite:
+        with db.read() as s:
+            p = _project_to_label(s, name, who)
+            plan = assign.plan_next(s, p, who.labeler)
+            if plan.current is not None:
+                return {"done": False, **assignment_view(s, plan.current, p),
+                        "progress": assign.labeler_progress(s, p, who.labeler)}
     with db.write() as s:
         p = _project_to_label(s, name, who)  # (asked again: a membership may end between the two)
         a = assign.next_assignment(s, p, who.labeler, plan=plan)
         view = assignment_view(s, a, p) if a is not None else None
-    with db.read() as s:  # read after the commit, outside the write lock
-        progress = assign.labeler_progress(s, p, who.labeler)
+        progress = assign.labeler_progress(s, p, who.labeler)  # from counters: three index look-ups
     return {"done": view is None, **(view or {}), "progress": progress}
 
 
@@ -74,8 +76,7 @@ def _project_to_label(s: Session, name: str, who: Principal) -> Project:
 def submit_judgment(db: Database, assignment_id: int, who: Principal, body: JudgmentIn, key: str | None) -> dict:
     """Store the labeler's judgment on their assignment; committed before the response goes out."""
     with db.write() as s:
-        a = own_assignment(s, assignment_id, who)
-        task = s.get(Task, a.task_id)
+        a, task, _project = _own(s, assignment_id, who)  # (held here, so add_judgment finds them in the session)
         j, created = add_judgment(
             s, task.id, who.labeler, canonical_choice(body.choice, task, a), strength=body.strength,
             ranking=body.ranking, ratings=body.ratings, flags=body.flags, rewrite=body.rewrite,
@@ -84,14 +85,19 @@ def submit_judgment(db: Database, assignment_id: int, who: Principal, body: Judg
 
 
 def own_assignment(s: Session, assignment_id: int, who: Principal) -> Assignment:
+    return _own(s, assignment_id, who)[0]
+
+
+def _own(s: Session, assignment_id: int, who: Principal) -> tuple[Assignment, Task, Project]:
     a = s.get(Assignment, assignment_id)
+    task = s.get(Task, a.task_id) if a is not None else None
+    project = s.get(Project, task.project_id) if task is not None else None
     # someone else's assignment, or one in a project the labeler left, looks exactly like none
-    if a is None or a.labeler_id != who.labeler.id or \
-            not access.can_label(s, who.labeler, s.get(Project, s.get(Task, a.task_id).project_id)):
+    if a is None or a.labeler_id != who.labeler.id or not access.can_label(s, who.labeler, project):
         raise HTTPProblem(404, f"no assignment {assignment_id} for you", "assignment_id")
     if a.status == "expired":
         raise HTTPProblem(409, "this assignment expired; fetch the next task", "assignment_id")
-    return a
+    return a, task, project
 
 
 def canonical_choice(choice: Optional[str], task: Task, a: Assignment) -> Optional[str]:
