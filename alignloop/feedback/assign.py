@@ -6,35 +6,264 @@ the same place or the same labeler twice, so racing requests (PostgreSQL runs th
 never double-book: the loser of a race simply tries the next place. Gold tasks are mixed in at the project's
 ``gold_rate`` and hold no slot (everyone may get them, once). Where they fall is random, drawn from a secret
 per-labeler seed, so a labeler cannot tell a gold task by its place in the queue.
+
+The order: tasks with more places taken first (complete items become usable data sooner), then the project's
+order (import order, or least certain first). Nothing is counted per request, so "next task" takes the same time
+in a project of a thousand tasks or a million, for a new labeler or one with ten thousand judgments:
+
+- every task keeps ``places_taken`` (the assignments holding one of its places), and the queue indexes list a
+  project's tasks by places taken, then in the project's order. The search walks the free places level by level
+  (``overlap - 1`` places taken down to none), reading at most ``PROBES`` tasks from the start of each level and,
+  where those were all seen by the labeler already, ``PROBES`` more from the labeler's cursor: the task furthest
+  along the order they were handed (a labeler ahead of the others has seen the start of each level; what lies
+  beyond their cursor is new to them). Whether the labeler saw a task is a lookup in the unique indexes of
+  assignments and judgments, never a scan of their history.
+- only when all that finds nothing does the exact search run (every free task the labeler has not seen, the old
+  query): it decides "nothing left" and finds a task the probes missed, which happens near a project's end.
+- counters (``Project.open_tasks``, ``LabelerProgress``) are kept as places are taken and given back, so a
+  labeler's progress and gold draw read one row. Counter rows are written at the end of each operation in one
+  order (projects, then labelers by id), so PostgreSQL transactions that touch the same rows never deadlock.
+- ``plan_next`` finds the candidates in a read transaction; ``next_assignment`` then only checks and takes them
+  inside the write transaction (on SQLite the one writer at a time), and searches again only when they were taken
+  meanwhile.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import random
 import secrets
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import Boolean, bindparam, case, exists, func, select, tuple_, union, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from alignloop.feedback.errors import Conflict
-from alignloop.feedback.models import Assignment, Judgment, Labeler, Project, Task, utcnow
+from alignloop.feedback.models import Assignment, Judgment, Labeler, LabelerProgress, Project, Task, utcnow
 
-CANDIDATES = 20  # tasks looked at per attempt; more only matters under heavy contention
+PROBES = 20  # tasks read per lane (the start of a level, or from the labeler's cursor)
+HINTS = 3  # candidates found before the write transaction that it tries before searching itself
+_PENDING = "alignloop.feedback.assign.pending"  # Session.info key of the counter changes not yet written
+
+# The statements of the hot path are built once, with their values as bind parameters: on a busy CPU building a
+# SQLAlchemy statement costs more than SQLite takes to run one of these index look-ups.
+_once = functools.cache
+
+
+# --------------------------------------------------------------------------------------------------
+# Counters: changes collected during an operation, written at its end in one order
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    open_tasks: dict[int, int] = field(default_factory=lambda: defaultdict(int))  # project id -> delta
+    deltas: dict[tuple[int, int], dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    sets: dict[tuple[int, int], dict[str, Any]] = field(default_factory=lambda: defaultdict(dict))
+
+
+def _pending(s: Session) -> _Pending:
+    p = s.info.get(_PENDING)
+    if p is None:
+        p = s.info[_PENDING] = _Pending()
+    return p
+
+
+def _bump(s: Session, project_id: int, labeler_id: int, **deltas: int) -> None:
+    row = _pending(s).deltas[(project_id, labeler_id)]
+    for k, v in deltas.items():
+        row[k] += v
+
+
+def write_counts(s: Session) -> None:
+    """Write the counter changes collected so far (each public operation here ends with it)."""
+    p: _Pending | None = s.info.pop(_PENDING, None)
+    if p is None:
+        return
+    for pid, d in sorted(p.open_tasks.items()):
+        if d:
+            s.execute(update(Project).where(Project.id == pid).values(open_tasks=Project.open_tasks + d))
+    for key in sorted(set(p.deltas) | set(p.sets)):
+        deltas = {k: v for k, v in p.deltas.get(key, {}).items() if v}
+        sets = p.sets.get(key, {})
+        if deltas or sets:
+            _upsert_progress(s, key[0], key[1], deltas, sets)
+
+
+def _upsert_progress(s: Session, project_id: int, labeler_id: int, deltas: dict[str, int],
+                     sets: dict[str, Any]) -> None:
+    table = LabelerProgress.__table__
+    where = (table.c.project_id == project_id) & (table.c.labeler_id == labeler_id)
+    res = s.execute(update(table).where(where).values(**{k: table.c[k] + v for k, v in deltas.items()}, **sets))
+    if res.rowcount:
+        return
+    # the labeler's first row in this project (a plain insert could lose a race with their own second request)
+    dialect = s.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        ins = insert(table).values(project_id=project_id, labeler_id=labeler_id, **deltas, **sets)
+        s.execute(ins.on_conflict_do_update(
+            index_elements=[table.c.project_id, table.c.labeler_id],
+            set_={**{k: table.c[k] + ins.excluded[k] for k in deltas}, **{k: ins.excluded[k] for k in sets}}))
+    else:
+        s.execute(table.insert().values(project_id=project_id, labeler_id=labeler_id, **deltas, **sets))
+
+
+def _seen_by(s: Session, task_id: int) -> set[int]:
+    """Everyone who has seen the task: an assignment (any status) or a judgment (judges and imports have none)."""
+    q = union(select(Assignment.labeler_id).where(Assignment.task_id == task_id),
+              select(Judgment.labeler_id).where(Judgment.task_id == task_id))
+    return set(s.scalars(select(q.subquery().c[0])))
+
+
+def _places_changed(s: Session, project: Project, task_id: int, before: int, after: int) -> None:
+    """A regular task's places taken went from ``before`` to ``after``: when it filled up or got a free place
+    again, the project's open tasks and the "seen and still open" count of everyone who saw it follow."""
+    was_open, is_open = before < project.overlap, after < project.overlap
+    if was_open == is_open:
+        return
+    d = 1 if is_open else -1
+    _pending(s).open_tasks[project.id] += d
+    for lab in _seen_by(s, task_id):
+        _bump(s, project.id, lab, seen_open=d)
+
+
+@_once
+def _add_places_statement() -> Any:
+    return (update(Task).where(Task.id == bindparam("task_id")).values(places_taken=Task.places_taken + bindparam("d"))
+            .returning(Task.places_taken))
+
+
+def _add_places(s: Session, task_id: int, d: int) -> int:
+    """Add ``d`` to the task's places taken; returns the new value (the row is locked until commit)."""
+    return s.execute(_add_places_statement(), {"task_id": task_id, "d": d}).scalar_one()
+
+
+def release_place(s: Session, project: Project, assignment: Assignment) -> bool:
+    """Give the assignment's place back (a skip); False when it held none (gold, or its lease ran out meanwhile)."""
+    freed = s.execute(update(Assignment).where(Assignment.id == assignment.id, Assignment.slot.is_not(None))
+                      .values(slot=None).returning(Assignment.task_id)
+                      .execution_options(synchronize_session="fetch")).first()
+    if freed is not None:
+        after = _add_places(s, freed.task_id, -1)
+        _places_changed(s, project, freed.task_id, after + 1, after)
+    write_counts(s)
+    return freed is not None
+
+
+def judgment_added(s: Session, project: Project, task: Task, labeler: Labeler, assignment: Assignment | None) -> None:
+    """Count a new judgment (``queries.add_judgment`` calls this). One made without an assignment (judges,
+    imports, served-model feedback) is the first time its labeler sees the task, unless they hold an assignment."""
+    _bump(s, project.id, labeler.id, judgments=1)
+    if assignment is None and not task.is_gold and s.scalar(select(Assignment.id).where(
+            Assignment.task_id == task.id, Assignment.labeler_id == labeler.id)) is None:
+        q = select(Task.places_taken).where(Task.id == task.id)
+        if _is_pg(s):
+            q = q.with_for_update()  # a labeler taking its last place waits, and then counts this labeler in
+        if s.scalar(q) < project.overlap:
+            _bump(s, project.id, labeler.id, seen_open=1)
+    write_counts(s)
+
+
+def count_new_tasks(s: Session, project: Project) -> int:
+    """Add the tasks inserted since the last call to the project's counters; returns how many were new. Imports
+    call it once after inserting their tasks (plain inserts are right as they are: ``places_taken`` defaults to
+    0). It counts the tasks whose ``seq`` is above the highest one counted before, so calling it twice is safe."""
+    s.flush()
+    q = select(Project.counted_seq).where(Project.id == project.id)
+    if _is_pg(s):
+        q = q.with_for_update()  # two imports into one project count one after the other
+    counted = s.scalar(q) or 0
+    row = s.execute(select(func.count(Task.id), func.max(Task.seq),
+                           func.sum(case((Task.is_gold.is_(False) & (Task.places_taken < project.overlap), 1),
+                                         else_=0)))
+                    .where(Task.project_id == project.id, Task.seq > counted)).one()
+    n, top, regular_open = row[0] or 0, row[1], row[2] or 0
+    if n:
+        s.execute(update(Project).where(Project.id == project.id).values(
+            open_tasks=Project.open_tasks + regular_open, counted_seq=top))
+    return n
+
+
+def recount(s: Session, project: Project) -> None:
+    """Count every counter of the project again from its rows: places taken per task, the open tasks, and each
+    labeler's assignments, judgments and seen open tasks. For an overlap change (which tasks have a free place
+    changes for the whole project), rows written by plain SQL (a benchmark's bulk build), or a repair. Reads the
+    whole project once; cursors are kept (they are hints)."""
+    s.flush()
+    write_counts(s)
+    taken = (select(func.count(Assignment.id)).where(Assignment.task_id == Task.id, Assignment.slot.is_not(None))
+             .correlate(Task).scalar_subquery())
+    s.execute(update(Task).where(Task.project_id == project.id, Task.places_taken != taken)
+              .values(places_taken=taken).execution_options(synchronize_session=False))
+    mine = Task.project_id == project.id
+    free = mine & (Task.is_gold == False) & (Task.places_taken < project.overlap)  # noqa: E712
+    open_tasks = s.scalar(select(func.count(Task.id)).where(free)) or 0
+    top = s.scalar(select(func.max(Task.seq)).where(mine)) or 0
+    s.execute(update(Project).where(Project.id == project.id).values(open_tasks=open_tasks, counted_seq=top))
+
+    def per_labeler(q: Any) -> dict[int, int]:
+        sub = q.subquery()
+        return dict(s.execute(select(sub.c.labeler_id, func.count()).group_by(sub.c.labeler_id)).all())
+
+    a_rows = select(Assignment.task_id, Assignment.labeler_id).join(Task, Task.id == Assignment.task_id)
+    j_rows = select(Judgment.task_id, Judgment.labeler_id).join(Task, Task.id == Judgment.task_id)
+    counts = {"assignments": per_labeler(a_rows.where(mine)), "judgments": per_labeler(j_rows.where(mine)),
+              "seen_open": per_labeler(union(a_rows.where(free), j_rows.where(free)))}
+    s.execute(update(LabelerProgress).where(LabelerProgress.project_id == project.id)
+              .values(assignments=0, judgments=0, seen_open=0))
+    for lab in sorted(set().union(*counts.values())):
+        _upsert_progress(s, project.id, lab, {}, {k: v.get(lab, 0) for k, v in counts.items()})
+
+
+# --------------------------------------------------------------------------------------------------
+# Leases, the open assignment, the gold draw
+# --------------------------------------------------------------------------------------------------
+
+
+def _is_pg(s: Session) -> bool:
+    return s.get_bind().dialect.name == "postgresql"
+
+
+def last_seen() -> Any:
+    """When an assignment's labeler last showed they still have it: its last heartbeat, else its start."""
+    return func.coalesce(Assignment.last_seen_at, Assignment.created_at)
 
 
 def release_expired(s: Session, project: Project, now: dt.datetime | None = None) -> int:
     """Open assignments not seen for longer than the lease give their place back (the labeler walked away). A
     labeler's page that is open moves ``last_seen_at`` on (``heartbeat``), so a slow but present labeler keeps
-    the task."""
+    the task. ``now`` is the clock (tests pass one; the default is the current time)."""
     cutoff = (now or utcnow()) - dt.timedelta(minutes=project.lease_minutes)
-    task_ids = select(Task.id).where(Task.project_id == project.id).scalar_subquery()
-    seen = func.coalesce(Assignment.last_seen_at, Assignment.created_at)
-    res = s.execute(update(Assignment).where(Assignment.status == "open", seen < cutoff,
-                                             Assignment.task_id.in_(task_ids))
-                    .values(status="expired", slot=None).execution_options(synchronize_session="fetch"))
-    return res.rowcount or 0
+    q = (select(Assignment.id, Assignment.task_id, Assignment.slot).join(Task, Task.id == Assignment.task_id)
+         .where(Assignment.status == "open", last_seen() < cutoff, Task.project_id == project.id)
+         .order_by(Assignment.id))
+    if _is_pg(s):
+        q = q.with_for_update(of=Assignment)  # a submit or another expiry of the same lease goes first or waits
+    rows = s.execute(q).all()
+    if not rows:
+        return 0
+    s.execute(update(Assignment).where(Assignment.id.in_([r.id for r in rows]))
+              .values(status="expired", slot=None).execution_options(synchronize_session="fetch"))
+    for r in sorted((r for r in rows if r.slot is not None), key=lambda r: r.task_id):
+        after = _add_places(s, r.task_id, -1)
+        _places_changed(s, project, r.task_id, after + 1, after)
+    write_counts(s)
+    return len(rows)
+
+
+@_once
+def _open_statement() -> Any:
+    return (select(Assignment).join(Task, Task.id == Assignment.task_id)
+            .where(Task.project_id == bindparam("project_id"), Assignment.labeler_id == bindparam("labeler_id"),
+                   Assignment.status == "open").order_by(Assignment.id).limit(1))
 
 
 def heartbeat(s: Session, a: Assignment, project: Project, now: dt.datetime | None = None) -> dt.datetime:
@@ -62,6 +291,9 @@ def reopen_expired(s: Session, a: Assignment, task: Task, project: Project, skip
             with s.begin_nested():  # the unique (task, slot) constraint settles a race for the last place
                 a.slot, a.status = slot, "open"
                 s.flush()
+            after = _add_places(s, task.id, 1)  # the place is taken again: the counters follow
+            _places_changed(s, project, task.id, after - 1, after)
+            write_counts(s)
             return
         except IntegrityError:
             continue
@@ -70,12 +302,22 @@ def reopen_expired(s: Session, a: Assignment, task: Task, project: Project, skip
 
 
 def open_assignment(s: Session, project: Project, labeler: Labeler) -> Assignment | None:
-    return s.scalar(select(Assignment).join(Task, Task.id == Assignment.task_id)
-                    .where(Task.project_id == project.id, Assignment.labeler_id == labeler.id,
-                           Assignment.status == "open").order_by(Assignment.id).limit(1))
+    return s.scalar(_open_statement(), {"project_id": project.id, "labeler_id": labeler.id})
 
 
-def gold_turn(s: Session, project: Project, labeler: Labeler) -> bool:
+@_once
+def _progress_statement() -> Any:
+    t = LabelerProgress.__table__
+    return select(t.c.assignments, t.c.judgments, t.c.seen_open, t.c.cursor_task_id, t.c.cursor_order,
+                  t.c.gold_cursor_task_id).where(t.c.project_id == bindparam("project_id"),
+                                                 t.c.labeler_id == bindparam("labeler_id"))
+
+
+def _progress_row(s: Session, project: Project, labeler: Labeler) -> Any:
+    return s.execute(_progress_statement(), {"project_id": project.id, "labeler_id": labeler.id}).first()
+
+
+def gold_turn(s: Session, project: Project, labeler: Labeler, progress: Any = False) -> bool:
     """Whether the labeler's next assignment in ``project`` is a gold task: a draw at ``gold_rate`` from a
     generator seeded by the labeler's secret seed, the project and how many assignments they had there. (A
     fixed schedule, every 1/rate-th task, let labelers spot gold tasks and answer only those with care.)"""
@@ -85,37 +327,112 @@ def gold_turn(s: Session, project: Project, labeler: Labeler) -> bool:
         row = s.get(Labeler, labeler.id)  # (``labeler`` may come from another, closed session)
         row.gold_seed = row.gold_seed or secrets.token_hex(16)
         labeler.gold_seed = row.gold_seed
-    n = s.scalar(select(func.count(Assignment.id)).join(Task, Task.id == Assignment.task_id)
-                 .where(Task.project_id == project.id, Assignment.labeler_id == labeler.id)) or 0
+    if progress is False:  # (not read by the caller yet)
+        progress = _progress_row(s, project, labeler)
+    n = progress.assignments if progress is not None else 0
     return random.Random(f"{labeler.gold_seed}:{project.id}:{n}").random() < project.gold_rate
 
 
-def _not_seen_by(labeler: Labeler):
-    return ~exists().where(Assignment.task_id == Task.id, Assignment.labeler_id == labeler.id)
+# --------------------------------------------------------------------------------------------------
+# The search
+# --------------------------------------------------------------------------------------------------
 
 
-def _candidates(s: Session, project: Project, labeler: Labeler, gold: bool) -> list[Task]:
-    q = select(Task).where(Task.project_id == project.id, Task.is_gold.is_(gold), _not_seen_by(labeler),
-                           # judges write judgments without assignments; don't hand a human their own task twice
-                           ~exists().where(Judgment.task_id == Task.id, Judgment.labeler_id == labeler.id))
+def _order_columns(project: Project, gold: bool) -> tuple:
+    """The columns of the project's order (gold tasks always come in import order)."""
+    if project.order == "uncertainty" and not gold:
+        return Task.uncertainty_rank, Task.seq, Task.id
+    return Task.seq, Task.id
+
+
+def _seen_clause(task_id: Any, labeler_id: Any) -> Any:
+    return exists().where(Assignment.task_id == task_id, Assignment.labeler_id == labeler_id) | \
+        exists().where(Judgment.task_id == task_id, Judgment.labeler_id == labeler_id)
+
+
+@functools.lru_cache(maxsize=None)
+def _lane_statement(uncertainty: bool, after: bool) -> Any:
+    """The lane query, built once per shape (building SQLAlchemy statements costs more than running this one)."""
+    cols = (Task.uncertainty_rank, Task.seq, Task.id) if uncertainty else (Task.seq, Task.id)
+    inner = select(Task.id, *cols[:-1]).where(Task.project_id == bindparam("project_id"),
+                                              Task.is_gold == bindparam("gold", type_=Boolean),
+                                              Task.places_taken == bindparam("level"))
+    if after:
+        inner = inner.where(tuple_(*cols) > tuple_(*[bindparam(f"after{i}") for i in range(len(cols))]))
+    sub = inner.order_by(*cols).limit(bindparam("probes")).subquery()
+    seen = _seen_clause(sub.c.id, bindparam("labeler_id"))
+    return select(sub.c.id, seen.label("seen")).order_by(*[sub.c[c.key] for c in cols])
+
+
+def _lane(s: Session, project: Project, labeler: Labeler, gold: bool, level: int,
+          after: tuple | None) -> tuple[list[int], int]:
+    """Up to PROBES tasks with ``level`` places taken, in the project's order (after the key ``after``):
+    (the ids the labeler has not seen, how many were read)."""
+    uncertainty = project.order == "uncertainty" and not gold
+    params = {"project_id": project.id, "gold": gold, "level": level, "probes": PROBES, "labeler_id": labeler.id,
+              **{f"after{i}": v for i, v in enumerate(after or ())}}
+    rows = s.execute(_lane_statement(uncertainty, after is not None), params).all()
+    return [r.id for r in rows if not r.seen], len(rows)
+
+
+def _exact(s: Session, project: Project, labeler: Labeler, gold: bool) -> list[int]:
+    """Every free task the labeler has not seen, in order (reads all free tasks: only when the lanes found none)."""
+    q = select(Task.id).where(Task.project_id == project.id, Task.is_gold == gold, ~_seen_clause(Task.id, labeler.id))
     if not gold:
-        taken = (select(func.count(Assignment.id))
-                 .where(Assignment.task_id == Task.id, Assignment.slot.is_not(None)).scalar_subquery())
-        q = q.where(taken < project.overlap)
-        # finish tasks that others started first (complete items become usable data sooner), then the
-        # project's order: least certain first for active learning, else import order
-        order = [taken.desc()]
-        if project.order == "uncertainty":
-            order += [Task.uncertainty.is_(None), Task.uncertainty.desc()]
-        q = q.order_by(*order, Task.seq, Task.id)
+        q = q.where(Task.places_taken < project.overlap)
+    return list(s.scalars(q.order_by(Task.places_taken.desc(), *_order_columns(project, gold)).limit(PROBES)))
+
+
+@_once
+def _key_statement(uncertainty: bool) -> Any:
+    cols = (Task.uncertainty_rank, Task.seq, Task.id) if uncertainty else (Task.seq, Task.id)
+    return select(*cols).where(Task.id == bindparam("task_id"))
+
+
+def _key(s: Session, project: Project, task_id: int, gold: bool) -> tuple | None:
+    """The task's place in the project's order, as a tuple that compares like the order."""
+    statement = _key_statement(project.order == "uncertainty" and not gold)
+    row = s.execute(statement, {"task_id": task_id}).first()
+    return tuple(row) if row is not None else None
+
+
+def _cursor_key(s: Session, project: Project, progress: Any, gold: bool) -> tuple | None:
+    if progress is None:
+        return None
+    if gold:
+        task_id = progress.gold_cursor_task_id
     else:
-        q = q.order_by(Task.seq, Task.id)
-    return list(s.scalars(q.limit(CANDIDATES)))
+        task_id = progress.cursor_task_id if progress.cursor_order == project.order else None
+    return _key(s, project, task_id, gold) if task_id is not None else None
 
 
-def _take(s: Session, task: Task, labeler: Labeler, project: Project, wait: bool = False) -> Assignment | None:
-    if s.get_bind().dialect.name != "postgresql":
-        return _take_place(s, task, labeler, project)  # SQLite runs one writer at a time anyway
+def candidates(s: Session, project: Project, labeler: Labeler, gold: bool, progress: Any = False) -> list[int]:
+    """Ids of tasks the labeler may take next, best first (at most PROBES); empty when nothing is left."""
+    if progress is False:
+        progress = _progress_row(s, project, labeler)
+    cursor = _cursor_key(s, project, progress, gold)
+    levels = [0] if gold else range(project.overlap - 1, -1, -1)
+    for level in levels:
+        ids, read = _lane(s, project, labeler, gold, level, None)
+        if ids:
+            return ids
+        if read == PROBES and cursor is not None:  # the level goes on beyond what was read
+            ids, _ = _lane(s, project, labeler, gold, level, cursor)
+            if ids:
+                return ids
+    return _exact(s, project, labeler, gold)
+
+
+# --------------------------------------------------------------------------------------------------
+# Taking a place
+# --------------------------------------------------------------------------------------------------
+
+
+def _take(s: Session, task_id: int, labeler: Labeler, project: Project, now: dt.datetime,
+          wait: bool = False, checked: bool = False) -> Assignment | None:
+    """``checked``: the task was found unseen by the labeler in this transaction (else it is checked again)."""
+    if not _is_pg(s):
+        return _take_place(s, task_id, labeler, project, now, None, checked)  # SQLite runs one writer at a time
     # the classic queue pattern: while another labeler's transaction is taking a place in this task, move on to
     # the next one instead of racing for the same place (a lost unique-key race on PostgreSQL waits for the
     # winner's commit, which piles up under load). The row lock is taken inside a savepoint that is rolled back
@@ -123,8 +440,10 @@ def _take(s: Session, task: Task, labeler: Labeler, project: Project, wait: bool
     # locks of every full task it had looked at, and two labelers whose last tries wait for busy tasks could
     # each wait for a lock the other kept: a deadlock (seen in test_concurrent_labelers_never_share_a_place).
     savepoint = s.begin_nested()
-    locked = s.scalar(select(Task.id).where(Task.id == task.id).with_for_update(skip_locked=not wait))
-    a = _take_place(s, task, labeler, project) if locked is not None else None
+    try:
+        a = _take_place(s, task_id, labeler, project, now, "wait" if wait else "skip", checked)
+    except IntegrityError:  # (the task row is locked: only this labeler's own second request gets here)
+        a = None
     if a is None:
         savepoint.rollback()
     else:
@@ -132,81 +451,185 @@ def _take(s: Session, task: Task, labeler: Labeler, project: Project, wait: bool
     return a
 
 
-def _take_place(s: Session, task: Task, labeler: Labeler, project: Project) -> Assignment | None:
-    """Insert the labeler's assignment in the first free place of ``task`` (None when none is left)."""
+@_once
+def _take_statements(lock: str | None) -> tuple:
+    task = select(Task.id, Task.is_gold, Task.places_taken, Task.completion_ids).where(Task.id == bindparam("task_id"))
+    if lock is not None:
+        task = task.with_for_update(skip_locked=lock == "skip")
+    seen = select(_seen_clause(bindparam("task_id"), bindparam("labeler_id")))
+    used = select(Assignment.slot).where(Assignment.task_id == bindparam("task_id"), Assignment.slot.is_not(None))
+    return task, seen, used
+
+
+def _take_place(s: Session, task_id: int, labeler: Labeler, project: Project, now: dt.datetime,
+                lock: str | None, checked: bool) -> Assignment | None:
+    """Insert the labeler's assignment in the first free place of the task (None when none is left for them)."""
+    task_q, seen_q, used_q = _take_statements(lock)
+    task = s.execute(task_q, {"task_id": task_id}).first()
+    if task is None or (not task.is_gold and task.places_taken >= project.overlap):
+        return None
+    if not checked and s.scalar(seen_q, {"task_id": task_id, "labeler_id": labeler.id}):
+        return None
     order = list(task.completion_ids)
     random.shuffle(order)  # left/right (and list) order randomised per task and stored with the assignment
     if task.is_gold:
         slots: list[int | None] = [None]
     else:
-        used = set(s.scalars(select(Assignment.slot).where(Assignment.task_id == task.id,
-                                                           Assignment.slot.is_not(None))))
+        used = set(s.scalars(used_q, {"task_id": task_id}))
         slots = [i for i in range(project.overlap) if i not in used]
     for slot in slots:
-        a = Assignment(task_id=task.id, labeler_id=labeler.id, slot=slot, display_order=order)
-        try:
-            with s.begin_nested():
-                s.add(a)
-                s.flush()
-            return a
-        except IntegrityError:
-            # another labeler took this place a moment ago, or this labeler already has the task
-            if s.scalar(select(Assignment.id).where(Assignment.task_id == task.id,
-                                                    Assignment.labeler_id == labeler.id)):
-                return None
+        a = Assignment(task_id=task.id, labeler_id=labeler.id, slot=slot, display_order=order, created_at=now)
+        if lock is not None:  # PostgreSQL: the task's row lock keeps others out; _take's savepoint catches the rest
+            s.add(a)
+            s.flush()
+        else:
+            try:
+                with s.begin_nested():
+                    s.add(a)
+                    s.flush()
+            except IntegrityError:
+                # another labeler took this place a moment ago, or this labeler already has the task
+                if s.scalar(select(Assignment.id).where(Assignment.task_id == task.id,
+                                                        Assignment.labeler_id == labeler.id)):
+                    return None
+                continue
+        _bump(s, project.id, labeler.id, assignments=1)
+        if not task.is_gold:
+            after = _add_places(s, task.id, 1)
+            if after - 1 < project.overlap:  # the labeler now has seen a task that had a free place
+                _bump(s, project.id, labeler.id, seen_open=1)
+            _places_changed(s, project, task.id, after - 1, after)
+        return a
     return None
 
 
-def next_assignment(s: Session, project: Project, labeler: Labeler, now: dt.datetime | None = None
-                    ) -> Assignment | None:
-    """The labeler's open assignment, or a new one; None when nothing is left for them. ``now``: the clock of
-    the leases (default: the current time)."""
-    release_expired(s, project, now)
+@_once
+def _keys_statement(uncertainty: bool) -> Any:
+    cols = (Task.uncertainty_rank, Task.seq, Task.id) if uncertainty else (Task.seq, Task.id)
+    return select(*cols).where(Task.id.in_(bindparam("ids", expanding=True)))
+
+
+def _move_cursor(s: Session, project: Project, labeler: Labeler, task_id: int, gold: bool, progress: Any) -> None:
+    """The labeler's cursor moves to the task when it lies further along the order than the cursor."""
+    name = "gold_cursor_task_id" if gold else "cursor_task_id"
+    cursor_id = None
+    if progress is not None and (gold or progress.cursor_order == project.order):
+        cursor_id = getattr(progress, name)
+    keys = {row[-1]: tuple(row) for row in s.execute(
+        _keys_statement(project.order == "uncertainty" and not gold), {"ids": [task_id, cursor_id or task_id]})}
+    if cursor_id is None or cursor_id not in keys or keys[task_id] > keys[cursor_id]:
+        sets = _pending(s).sets[(project.id, labeler.id)]
+        sets[name] = task_id
+        if not gold:
+            sets["cursor_order"] = project.order
+
+
+# --------------------------------------------------------------------------------------------------
+# Next task
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What a read transaction found before the write: the labeler's open assignment (not expired), or the kind
+    of task due and a few candidates of it."""
+
+    current: Assignment | None = None
+    gold: bool | None = None
+    candidates: list[int] = field(default_factory=list)
+
+
+def plan_next(s: Session, project: Project, labeler: Labeler, now: dt.datetime | None = None) -> Plan:
+    """The search for the labeler's next task, in a read transaction (outside SQLite's one write lock)."""
+    now = now or utcnow()
+    current = open_assignment(s, project, labeler)
+    if current is not None and (current.last_seen_at or current.created_at) >= \
+            now - dt.timedelta(minutes=project.lease_minutes):
+        return Plan(current=current)
+    gold = bool(labeler.gold_seed) and gold_turn(s, project, labeler)
+    return Plan(gold=gold, candidates=candidates(s, project, labeler, gold)[:HINTS])
+
+
+def next_assignment(s: Session, project: Project, labeler: Labeler, now: dt.datetime | None = None,
+                    plan: Plan | None = None) -> Assignment | None:
+    """The labeler's open assignment, or a new one; None when nothing is left for them. ``plan`` (from
+    ``plan_next``) names candidates to try first; ``now`` is the clock."""
+    now = now or utcnow()
+    if release_expired(s, project, now):
+        plan = None  # places came free since the plan was made: they may come first
     current = open_assignment(s, project, labeler)
     if current is not None:
         return current
-    kinds = [True, False] if gold_turn(s, project, labeler) else [False, True]
+    progress = _progress_row(s, project, labeler)  # (only this labeler's own requests change it)
+    kinds = [True, False] if gold_turn(s, project, labeler, progress) else [False, True]
     for gold in kinds:
         if gold and project.gold_rate <= 0:
             continue
-        for attempt in range(5):  # lost races re-read the candidates
-            tasks = _candidates(s, project, labeler, gold)
-            if not tasks:
+        if plan is not None and plan.gold == gold:
+            for task_id in plan.candidates:
+                a = _take(s, task_id, labeler, project, now)
+                if a is not None:
+                    return _handed_out(s, project, labeler, a, gold, progress)
+        for attempt in range(5):  # lost races search again
+            ids = candidates(s, project, labeler, gold, progress)
+            if not ids:
                 break
-            for task in tasks:
+            for task_id in ids:
                 # the last tries wait for busy tasks rather than skip them, so a labeler is never told
                 # "nothing left" only because every remaining task was being handed out at that moment
-                a = _take(s, task, labeler, project, wait=attempt >= 3)
+                a = _take(s, task_id, labeler, project, now, wait=attempt >= 3, checked=True)
                 if a is not None:
-                    return a
+                    return _handed_out(s, project, labeler, a, gold, progress)
+    write_counts(s)
     return None
+
+
+def _handed_out(s: Session, project: Project, labeler: Labeler, a: Assignment, gold: bool,
+                progress: Any) -> Assignment:
+    _move_cursor(s, project, labeler, a.task_id, gold, progress)
+    write_counts(s)
+    return a
+
+
+# --------------------------------------------------------------------------------------------------
+# What leads and labelers see
+# --------------------------------------------------------------------------------------------------
 
 
 def queue(s: Session, project: Project, limit: int = 50) -> list[dict]:
     """The next tasks in assignment order with how many places are taken: the lead's view of the queue."""
-    taken = (select(func.count(Assignment.id))
-             .where(Assignment.task_id == Task.id, Assignment.slot.is_not(None)).scalar_subquery())
-    done = (select(func.count(Assignment.id))
-            .where(Assignment.task_id == Task.id, Assignment.status == "done").scalar_subquery())
-    order = [taken.desc()]
-    if project.order == "uncertainty":
-        order += [Task.uncertainty.is_(None), Task.uncertainty.desc()]
-    q = (select(Task.id, Task.seq, Task.uncertainty, taken.label("taken"), done.label("done"))
-         .where(Task.project_id == project.id, Task.is_gold.is_(False), taken < project.overlap)
-         .order_by(*order, Task.seq, Task.id).limit(limit))
-    return [{"task_id": r.id, "seq": r.seq, "uncertainty": r.uncertainty, "places_taken": r.taken,
-             "judged": r.done, "overlap": project.overlap} for r in s.execute(q)]
+    rows: list[Any] = []
+    for level in range(project.overlap - 1, -1, -1):
+        if len(rows) >= limit:
+            break
+        rows += s.execute(select(Task.id, Task.seq, Task.uncertainty, Task.places_taken)
+                          .where(Task.project_id == project.id, Task.is_gold == False,  # noqa: E712 (indexable)
+                                 Task.places_taken == level)
+                          .order_by(*_order_columns(project, False)).limit(limit - len(rows))).all()
+    ids = [r.id for r in rows]
+    done = dict(s.execute(select(Assignment.task_id, func.count(Assignment.id))
+                          .where(Assignment.task_id.in_(ids), Assignment.status == "done")
+                          .group_by(Assignment.task_id)).all()) if ids else {}
+    return [{"task_id": r.id, "seq": r.seq, "uncertainty": r.uncertainty, "places_taken": r.places_taken,
+             "judged": done.get(r.id, 0), "overlap": project.overlap} for r in rows]
 
 
 def labeler_progress(s: Session, project: Project, labeler: Labeler) -> dict:
-    """What a labeler sees: how many they did and roughly how many are still open to them."""
-    done = s.scalar(select(func.count(Judgment.id)).join(Task, Task.id == Judgment.task_id)
-                    .where(Task.project_id == project.id, Judgment.labeler_id == labeler.id)) or 0
-    taken = (select(func.count(Assignment.id))
-             .where(Assignment.task_id == Task.id, Assignment.slot.is_not(None)).scalar_subquery())
-    left = s.scalar(select(func.count(Task.id)).where(
-        Task.project_id == project.id, Task.is_gold.is_(False), _not_seen_by(labeler),
-        taken < project.overlap)) or 0
-    current = s.scalar(select(func.count(Assignment.id)).join(Task, Task.id == Assignment.task_id).where(
-        Task.project_id == project.id, Assignment.labeler_id == labeler.id, Assignment.status == "open")) or 0
-    return {"done": done, "available": left + current}
+    """What a labeler sees: how many they did (skips included) and how many are still open to them (regular tasks
+    with a free place they have not seen, plus their open assignments). Read from counters, not counted."""
+    row = s.execute(_progress_statements(), {"project_id": project.id, "labeler_id": labeler.id}).one()
+    return {"done": row.done or 0, "available": (row.open_tasks or 0) - (row.seen_open or 0) + (row.current or 0)}
+
+
+@_once
+def _progress_statements() -> Any:
+    """One round trip: the project's open tasks, the labeler's counters and their open assignments."""
+    mine = (LabelerProgress.project_id == bindparam("project_id")) & \
+        (LabelerProgress.labeler_id == bindparam("labeler_id"))
+    return select(
+        select(Project.open_tasks).where(Project.id == bindparam("project_id")).scalar_subquery().label("open_tasks"),
+        select(LabelerProgress.judgments).where(mine).scalar_subquery().label("done"),
+        select(LabelerProgress.seen_open).where(mine).scalar_subquery().label("seen_open"),
+        select(func.count(Assignment.id)).join(Task, Task.id == Assignment.task_id).where(
+            Task.project_id == bindparam("project_id"), Assignment.labeler_id == bindparam("labeler_id"),
+            Assignment.status == "open").scalar_subquery().label("current"))

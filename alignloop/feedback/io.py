@@ -44,6 +44,7 @@ from alignloop.data import labeled as labeled_files
 from alignloop.data import readers
 from alignloop.data.records import LabeledFile, LabeledTask
 from alignloop.feedback import tallies
+from alignloop.feedback import assign
 from alignloop.feedback.errors import StoreError
 from alignloop.feedback.models import (
     LABELER_KINDS,
@@ -436,6 +437,7 @@ def _write(s: Session, project: Project, plans: list[_PromptPlan], labelers: dic
             counts["gold_tasks"] += sum(tp.gold is not None for p in chunk for tp in p.tasks)
             if bar is not None:
                 bar.update(n_tasks)
+        assign.count_new_tasks(s, project)  # the queue's counters (a new task's places_taken starts at 0 by itself)
     finally:
         if bar is not None:
             bar.close()

@@ -16,6 +16,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Date,
+    Computed,
     DateTime,
     Float,
     ForeignKey,
@@ -72,6 +73,10 @@ class Project(Base):
     # served-model feedback holds real users' prompts: only admins reach it, and it takes no members
     admin_only: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[Created]
+    # maintained by ``assign`` (never counted per request): regular tasks with a free place, and the highest task
+    # ``seq`` already counted into it (``assign.count_new_tasks`` counts what an import added above it)
+    open_tasks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    counted_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class GuidelineVersion(Base):
@@ -108,10 +113,24 @@ class Completion(Base):
     sampling: Mapped[dict] = mapped_column(JSON, default=dict)
 
 
+#: a task's place in the uncertainty order as one ascending, indexable number: least certain first, tasks without
+#: an uncertainty last (NULLs sort differently on SQLite and PostgreSQL, so they are mapped to the largest float)
+UNCERTAINTY_RANK = "coalesce(-uncertainty, 1e308)"
+
+
 class Task(Base):
-    """A prompt with the 2..K completions a labeler judges together (1 for rewrite/binary tasks)."""
+    """A prompt with the 2..K completions a labeler judges together (1 for rewrite/binary tasks).
+
+    ``places_taken`` counts the assignments that hold one of its ``overlap`` places (kept by ``assign``). The two
+    queue indexes list a project's tasks by places taken, then in the project's order (import or uncertainty), so
+    "the next free task" is an index seek, never a scan of the project."""
 
     __tablename__ = "tasks"
+    __table_args__ = (
+        Index("ix_tasks_queue_import", "project_id", "is_gold", "places_taken", "seq", "id"),
+        Index("ix_tasks_queue_uncertainty", "project_id", "is_gold", "places_taken", "uncertainty_rank", "seq", "id"),
+        Index("ix_tasks_project_id_seq", "project_id", "seq"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[ProjectRef]
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
@@ -121,6 +140,9 @@ class Task(Base):
     uncertainty: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[Created]
+    places_taken: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # computed by the database (a plain insert of tasks needs to set nothing): see UNCERTAINTY_RANK
+    uncertainty_rank: Mapped[Optional[float]] = mapped_column(Float, Computed(UNCERTAINTY_RANK), nullable=True)
 
 
 class GoldAnswer(Base):
@@ -221,7 +243,10 @@ class Assignment(Base):
     when requests race. Released (skipped, expired) and gold assignments hold no slot (NULL)."""
 
     __tablename__ = "assignments"
-    __table_args__ = (UniqueConstraint("task_id", "labeler_id"), UniqueConstraint("task_id", "slot"))
+    __table_args__ = (UniqueConstraint("task_id", "labeler_id"), UniqueConstraint("task_id", "slot"),
+                      # a labeler's open assignment, and the leases that ran out, without reading anyone's history
+                      Index("ix_assignments_labeler_id_status", "labeler_id", "status"),
+                      Index("ix_assignments_status_created_at", "status", "created_at"))
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"), index=True)
@@ -232,6 +257,27 @@ class Assignment(Base):
     completed_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime, nullable=True)
     # the lease runs from here: set when handed out, moved on by the labeler's page while it is open (heartbeat)
     last_seen_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime, nullable=True, default=utcnow)
+
+
+class LabelerProgress(Base):
+    """One labeler in one project, kept by ``assign`` as they work, so that nothing about them is counted per
+    request: how many assignments they were handed (the gold draw is numbered by it), how many judgments they made
+    (skips included), how many regular tasks they have seen that still have a free place (what they can still get
+    is the project's ``open_tasks`` less these), and where they are in the project's order (the task furthest along
+    it that they were handed, for ``order``; gold tasks have their own)."""
+
+    __tablename__ = "labeler_progress"
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"), primary_key=True,
+                                            index=True)
+    assignments: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    judgments: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    seen_open: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # task ids without a foreign key: a cursor is a hint (a missing task reads as "from the start"), and a key would
+    # make SQLite look through this table for every task a project deletion removes
+    cursor_task_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    cursor_order: Mapped[Optional[str]] = mapped_column(String(20), nullable=True)
+    gold_cursor_task_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
 
 
 class Judgment(Base):

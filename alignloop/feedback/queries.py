@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from alignloop.feedback import auth, tallies
+from alignloop.feedback import assign, auth, tallies
 from alignloop.feedback import consensus as cons
 from alignloop.feedback.errors import Conflict, Invalid, NotFound
 from alignloop.feedback.models import (
@@ -112,8 +112,11 @@ def update_project(s: Session, project: Project, **settings: Any) -> Project:
     if "task_type" in settings and settings["task_type"] != project.task_type and \
             s.scalar(select(func.count(Task.id)).where(Task.project_id == project.id)):
         raise Conflict("task_type cannot change once the project has tasks", field="task_type")
+    overlap_changed = "overlap" in settings and settings["overlap"] != project.overlap
     for k, v in settings.items():
         setattr(project, k, v)
+    if overlap_changed:  # which tasks have a free place changed for the whole project
+        assign.recount(s, project)
     return project
 
 
@@ -320,8 +323,9 @@ def add_judgment(s: Session, task_id: int, labeler: Labeler | str, choice: str |
         assignment.status = "skipped" if j.skipped else "done"
         assignment.completed_at = j.created_at
         if j.skipped:
-            assignment.slot = None  # a skip frees the place for another labeler
+            assign.release_place(s, project, assignment)  # a skip frees the place for another labeler
     tallies.record(s, j, task)
+    assign.judgment_added(s, project, task, labeler, assignment)
     return j, True
 
 

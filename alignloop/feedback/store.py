@@ -35,6 +35,7 @@ from alignloop.feedback.models import (  # noqa: F401
     GuidelineVersion,
     Judgment,
     Labeler,
+    LabelerProgress,
     LoginSession,
     LoginThrottle,
     Membership,

@@ -54,28 +54,42 @@ def heartbeat(assignment_id: int, who: CurrentLabeler, db: DbDep, now: Now) -> d
 
 
 def next_for(db: Database, name: str, who: Principal, now: dt.datetime | None = None) -> dict:
-    """Hand the labeler their open assignment or a new one, with their progress in the project."""
+    """Hand the labeler their open assignment or a new one, with their progress in the project.
+
+    On SQLite the search runs in a read transaction first, outside the one write lock, so labelers do not queue
+    behind each other's searches; the write transaction only takes one of the places found, or searches again
+    when others took them all meanwhile. Asking shows the labeler is there: the lease of the assignment handed
+    out runs from ``now`` (a write, so a labeler holding an open assignment goes through the write transaction too).
+    PostgreSQL has no such lock: there it is one transaction."""
+    plan = None
+    if db.is_sqlite:
+        with db.read() as s:
+            p = _project_to_label(s, name, who)
+            plan = assign.plan_next(s, p, who.labeler, now)
     with db.write() as s:
-        p = access.project_to_label(s, name, who.labeler)
-        if not access.warning_accepted(s, who.labeler, p):
-            raise HTTPProblem(409, f"accept the project's content warning first (POST /api/projects/{name}/"
-                              "accept-warning)", "content_warning")
-        a = assign.next_assignment(s, p, who.labeler, now)
+        p = _project_to_label(s, name, who)  # (asked again: a membership may end between the two)
+        a = assign.next_assignment(s, p, who.labeler, now, plan=plan)
         if a is not None:  # asking for it shows the labeler is there: the lease runs from now
             assign.heartbeat(s, a, p, now)
         view = assignment_view(s, a, p) if a is not None else None
-    with db.read() as s:  # counted after the commit, outside the write lock
-        progress = assign.labeler_progress(s, get_project(s, name), who.labeler)
+        progress = assign.labeler_progress(s, p, who.labeler)  # from counters: three index look-ups
     return {"done": view is None, **(view or {}), "progress": progress}
+
+
+def _project_to_label(s: Session, name: str, who: Principal) -> Project:
+    p = access.project_to_label(s, name, who.labeler)
+    if not access.warning_accepted(s, who.labeler, p):
+        raise HTTPProblem(409, f"accept the project's content warning first (POST /api/projects/{name}/"
+                          "accept-warning)", "content_warning")
+    return p
 
 
 def submit_judgment(db: Database, assignment_id: int, who: Principal, body: JudgmentIn, key: str | None) -> dict:
     """Store the labeler's judgment on their assignment; committed before the response goes out."""
     with db.write() as s:
-        a = own_assignment(s, assignment_id, who, expired_ok=True)
-        task = s.get(Task, a.task_id)
+        a, task, project = _own(s, assignment_id, who, expired_ok=True)  # (held here for add_judgment)
         # a late answer on an expired lease is kept while the task still needs votes (else 409, nothing stored)
-        assign.reopen_expired(s, a, task, s.get(Project, task.project_id), skipping=body.skip_reason is not None)
+        assign.reopen_expired(s, a, task, project, skipping=body.skip_reason is not None)
         j, created = add_judgment(
             s, task.id, who.labeler, canonical_choice(body.choice, task, a), strength=body.strength,
             ranking=body.ranking, ratings=body.ratings, flags=body.flags, rewrite=body.rewrite,
@@ -84,14 +98,20 @@ def submit_judgment(db: Database, assignment_id: int, who: Principal, body: Judg
 
 
 def own_assignment(s: Session, assignment_id: int, who: Principal, expired_ok: bool = False) -> Assignment:
+    return _own(s, assignment_id, who, expired_ok)[0]
+
+
+def _own(s: Session, assignment_id: int, who: Principal, expired_ok: bool = False
+         ) -> tuple[Assignment, Task, Project]:
     a = s.get(Assignment, assignment_id)
+    task = s.get(Task, a.task_id) if a is not None else None
+    project = s.get(Project, task.project_id) if task is not None else None
     # someone else's assignment, or one in a project the labeler left, looks exactly like none
-    if a is None or a.labeler_id != who.labeler.id or \
-            not access.can_label(s, who.labeler, s.get(Project, s.get(Task, a.task_id).project_id)):
+    if a is None or a.labeler_id != who.labeler.id or not access.can_label(s, who.labeler, project):
         raise HTTPProblem(404, f"no assignment {assignment_id} for you", "assignment_id")
     if a.status == "expired" and not expired_ok:
         raise HTTPProblem(409, "this assignment expired; fetch the next task", "assignment_id")
-    return a
+    return a, task, project
 
 
 def canonical_choice(choice: Optional[str], task: Task, a: Assignment) -> Optional[str]:

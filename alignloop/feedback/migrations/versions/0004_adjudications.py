@@ -22,7 +22,7 @@ from alignloop.feedback.tallies import DAY_FIELDS, agreement_with_earlier, task_
 
 
 revision = '0004'
-down_revision = '0002'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 
