@@ -43,8 +43,7 @@ from alignloop.core.files import atomic_path
 from alignloop.data import labeled as labeled_files
 from alignloop.data import readers
 from alignloop.data.records import LabeledFile, LabeledTask
-from alignloop.feedback import tallies
-from alignloop.feedback import assign
+from alignloop.feedback import assign, tallies
 from alignloop.feedback.errors import StoreError
 from alignloop.feedback.models import (
     LABELER_KINDS,

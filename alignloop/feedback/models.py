@@ -15,8 +15,8 @@ from typing import Annotated, Any, Optional
 from sqlalchemy import (
     JSON,
     Boolean,
-    Date,
     Computed,
+    Date,
     DateTime,
     Float,
     ForeignKey,

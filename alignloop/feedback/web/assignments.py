@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from alignloop.feedback import access, assign
 from alignloop.feedback.models import Assignment, Database, Project, Task
-from alignloop.feedback.queries import add_judgment, get_project
+from alignloop.feedback.queries import add_judgment
 from alignloop.feedback.web.deps import CurrentLabeler, DbDep, HTTPProblem, Now, Principal, ReadSession, RowId
 from alignloop.feedback.web.schemas import JudgmentIn
 from alignloop.feedback.web.views import assignment_view
