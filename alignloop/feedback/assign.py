@@ -478,7 +478,8 @@ def _take_place(s: Session, task_id: int, labeler: Labeler, project: Project, no
         used = set(s.scalars(used_q, {"task_id": task_id}))
         slots = [i for i in range(project.overlap) if i not in used]
     for slot in slots:
-        a = Assignment(task_id=task.id, labeler_id=labeler.id, slot=slot, display_order=order, created_at=now)
+        a = Assignment(task_id=task.id, labeler_id=labeler.id, slot=slot, display_order=order, created_at=now,
+                       last_seen_at=now)  # (the lease runs from the same clock as created_at)
         if lock is not None:  # PostgreSQL: the task's row lock keeps others out; _take's savepoint catches the rest
             s.add(a)
             s.flush()

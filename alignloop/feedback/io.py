@@ -436,7 +436,12 @@ def _write(s: Session, project: Project, plans: list[_PromptPlan], labelers: dic
             counts["gold_tasks"] += sum(tp.gold is not None for p in chunk for tp in p.tasks)
             if bar is not None:
                 bar.update(n_tasks)
-        assign.count_new_tasks(s, project)  # the queue's counters (a new task's places_taken starts at 0 by itself)
+        # the queue's counters: new tasks only (places_taken starts at 0 by itself), or, when the file brought
+        # judgments (written in bulk, past queries.add_judgment), everything counted again from the rows
+        if counts["judgments"]:
+            assign.recount(s, project)
+        else:
+            assign.count_new_tasks(s, project)
     finally:
         if bar is not None:
             bar.close()
