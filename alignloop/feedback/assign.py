@@ -166,7 +166,9 @@ def judgment_added(s: Session, project: Project, task: Task, labeler: Labeler, a
             Assignment.task_id == task.id, Assignment.labeler_id == labeler.id)) is None:
         q = select(Task.places_taken).where(Task.id == task.id)
         if _is_pg(s):
-            q = q.with_for_update()  # a labeler taking its last place waits, and then counts this labeler in
+            # FOR NO KEY UPDATE, the lock tallies.record takes on the same row in this transaction: a FOR UPDATE here
+            # would wait for the KEY SHARE locks of the other judgments being inserted (a deadlock between two submits)
+            q = q.with_for_update(key_share=True)  # a labeler taking its last place waits, then counts this one in
         if s.scalar(q) < project.overlap:
             _bump(s, project.id, labeler.id, seen_open=1)
     write_counts(s)
