@@ -24,8 +24,8 @@ in a project of a thousand tasks or a million, for a new labeler or one with ten
   labeler's progress and gold draw read one row. Counter rows are written at the end of each operation in one
   order (projects, then labelers by id), so PostgreSQL transactions that touch the same rows never deadlock.
 - ``plan_next`` finds the candidates in a read transaction; ``next_assignment`` then only checks and takes them
-  inside the write transaction (on SQLite the one writer at a time), and searches again only when they were taken
-  meanwhile.
+  inside the write transaction, and searches again only when they were taken meanwhile. The web app does this on
+  SQLite, where writers go one at a time; on PostgreSQL it runs ``next_assignment`` alone, in one transaction.
 """
 
 from __future__ import annotations
