@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -74,6 +74,26 @@ def agreement_with_earlier(task_type: str, new: Any, earlier: Iterable[Any]) -> 
 
 def day_of(when: dt.datetime) -> dt.date:
     return when.date()  # timestamps are naive UTC throughout (``core.db.utcnow``)
+
+
+def add_task_to_days(days: dict[Any, dict[str, int]], task_type: str, rows: Sequence[Any],
+                     kind_of: Callable[[Any], str | None], key: Callable[[Any], Any]) -> None:
+    """Add one task's answers ``rows`` (in the order they came) to per-day counts ``days[key(answer)]`` (a
+    ``defaultdict`` of :data:`DAY_FIELDS`): other labelers' answers, people's skips and answers, and how many items
+    of each human answer agreed with the earlier human answers. What ``record`` adds one answer at a time, for a
+    whole task at once (``recount``, ``record_imported``, migration 0004's backfill)."""
+    for i, j in enumerate(rows):
+        day = days[key(j)]
+        if kind_of(j) != "human":
+            day["other_judgments"] += not j.skipped
+        elif j.skipped:
+            day["skips"] += 1
+        else:
+            day["judgments"] += 1
+            earlier = [r for r in rows[:i] if not r.skipped and kind_of(r) == "human"]
+            c, a = agreement_with_earlier(task_type, j, earlier)
+            day["compared"] += c
+            day["agreeing"] += a
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,18 +190,7 @@ def _figures(s: Session, task_filter: Any) -> dict:
         tallies[tid] = (fig["judgments"], fig["skips"], fig["agreement"], len(fig["gold_miss_ids"]))
         last[tid] = max(j.created_at for j in rows)
         misses |= {(tid, j.labeler_id, j.id) for j in rows if j.id in fig["gold_miss_ids"]}
-        for i, j in enumerate(rows):
-            day = days[day_of(j.created_at)]
-            if kinds[j.labeler_id] != "human":
-                day["other_judgments"] += not j.skipped
-            elif j.skipped:
-                day["skips"] += 1
-            else:
-                day["judgments"] += 1
-                earlier = [r for r in rows[:i] if not r.skipped and kinds[r.labeler_id] == "human"]
-                c, a = agreement_with_earlier(task.task_type, j, earlier)
-                day["compared"] += c
-                day["agreeing"] += a
+        add_task_to_days(days, task.task_type, rows, lambda j: kinds[j.labeler_id], lambda j: day_of(j.created_at))
     return {"tallies": tallies, "gold_misses": misses, "days": dict(days), "last": last}
 
 

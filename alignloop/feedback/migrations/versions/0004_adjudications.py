@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from alembic import op
 import sqlalchemy as sa
 
-from alignloop.feedback.tallies import DAY_FIELDS, agreement_with_earlier, task_figures
+from alignloop.feedback.tallies import DAY_FIELDS, add_task_to_days, task_figures
 
 
 revision = '0004'
@@ -142,18 +142,8 @@ def _backfill() -> None:
                         "gold_misses": len(fig["gold_miss_ids"]), "last_judged_at": group[-1].created_at})
         misses += [{"judgment_id": x.id, "project_id": first.project_id, "task_id": task_id,
                     "labeler_id": x.labeler_id} for x in group if x.id in fig["gold_miss_ids"]]
-        for i, x in enumerate(group):
-            day = days[(first.project_id, x.created_at.date())]
-            if kinds.get(x.labeler_id) != "human":
-                day["other_judgments"] += not x.skipped
-            elif x.skipped:
-                day["skips"] += 1
-            else:
-                day["judgments"] += 1
-                earlier = [e for e in group[:i] if not e.skipped and kinds.get(e.labeler_id) == "human"]
-                compared, agreeing = agreement_with_earlier(first.task_type, x, earlier)
-                day["compared"] += compared
-                day["agreeing"] += agreeing
+        add_task_to_days(days, first.task_type, group, lambda x: kinds.get(x.labeler_id),
+                         lambda x, p=first.project_id: (p, x.created_at.date()))
     meta = sa.MetaData()
     for name, values in (("task_tallies", tallies), ("gold_misses", misses),
                          ("daily_activity", [{"project_id": p, "day": d, **v} for (p, d), v in days.items()])):
