@@ -249,7 +249,15 @@ def test_studio_from_before_issue_19_upgrades_and_its_labelers_keep_labeling(bef
         assert all(before + dt.timedelta(days=90) - dt.timedelta(seconds=1) <= e <=
                    after + dt.timedelta(days=90) for e in expiries), expiries
 
-        app = TestClient(create_app(db))
+        with db.engine.connect() as conn:
+            opened = dt.datetime.fromisoformat(str(conn.execute(
+                text("SELECT created_at FROM assignments WHERE id = :i"),
+                {"i": want["bob_open"]["assignment_id"]}).scalar()))
+        web = create_app(db)
+        app = TestClient(web)
+        # the app's clock a minute after bob opened his assignment: the fixture database is made once and cached,
+        # so by the wall clock his lease may have run out since (then a new task would rightly come instead)
+        web.app.state.clock = lambda: opened + dt.timedelta(minutes=1)  # (web: the size-limit middleware)
         tokens = {name: {"Authorization": f"Bearer {t}"} for name, t in want["tokens"].items()}
 
         # bob: his old token works and now shows its expiry; the session he had open still works
