@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--output", required=True, help="folder for every fold's SFT, answers and cv.json")
     ap.add_argument("--setting", default="sft_targets=gold,grounded",
                     help="one DemoConfig field and the values to compare: name=v1,v2")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="another DemoConfig field held at VALUE for every value compared (repeatable)")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="only the first N questions (a quick check)")
@@ -93,11 +95,15 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.output)
     result: dict = {"setting": name, "folds": args.folds, "seed": args.seed, "values": {}}
 
+    def typed(base: DemoConfig, field: str, value: str) -> object:
+        kind = type(getattr(base, field))
+        return value if kind is str else (value.lower() in ("1", "true", "yes") if kind is bool else kind(value))
+
     def cfg_for(value: str) -> DemoConfig:
         base = DemoConfig(model=args.model, data=args.data, seed=args.seed, output=str(out), limit=args.limit)
-        kind = type(getattr(base, name))
-        typed = value if kind is str else (value.lower() in ("1", "true", "yes") if kind is bool else kind(value))
-        return dataclasses.replace(base, **{name: typed}).validate()
+        fixed = dict(item.split("=", 1) for item in args.set)
+        base = dataclasses.replace(base, **{k: typed(base, k, v) for k, v in fixed.items()})
+        return dataclasses.replace(base, **{name: typed(base, name, value)}).validate()
 
     # the base model answers every training question once (its data does not depend on the setting's value when
     # the setting only changes the SFT targets; for a data setting the base answers its own split)
@@ -106,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
         vdir = out / f"{name}={value}"
         run_once(vdir / "data", lambda f, cfg=cfg: split_data(cfg, f), log=log)
         train = [json.loads(line) for line in (vdir / "data" / "train.jsonl").read_text().splitlines()]
-        sft_rows = {r["id"]: r for r in map(json.loads, (vdir / "data" / "sft.jsonl").read_text().splitlines())}
+        # every demonstration of a question (a repeated one, its contrastive twin "<id>#without") goes with it
+        sft_rows = [json.loads(line) for line in (vdir / "data" / "sft.jsonl").read_text().splitlines()]
         run_once(out / "base", lambda f, cfg=cfg, vdir=vdir: qa_eval(
             cfg, cfg.model, vdir / "data" / "train.jsonl", f, "base model (training questions)"), log=log)
         base_rows = grades(out / "base")
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         for k, fold in enumerate(folds_of(train, args.folds, args.seed)):
             fdir = vdir / f"fold_{k}"
             held = set(fold)
-            write_jsonl(fdir / "sft.jsonl", [sft_rows[r["id"]] for r in train if r["id"] not in held])
+            write_jsonl(fdir / "sft.jsonl", [r for r in sft_rows if r["id"].split("#")[0] not in held])
             write_jsonl(fdir / "eval.jsonl", [r for r in train if r["id"] in held])
             sft = run_once(fdir / "sft", lambda f, fdir=fdir, cfg=cfg: str(alignloop.train(
                 "sft", model=cfg.model, data=str(fdir / "sft.jsonl"), output=str(f), lora=True,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from alignloop.core.files import write_jsonl
 from alignloop.evaluate.qa_run import answer
@@ -33,24 +33,27 @@ def judge_rows(judge: Any, rows: list[dict[str, Any]]) -> tuple[list[dict], list
 
 def sample_and_judge(model: Any, records: list[Any], folder: str | Path, judge: Any, num_candidates: int = 2,
                      max_new_tokens: int = 48, temperature: float = 1.0, batch_size: int = 8,
-                     max_prompt_length: int = 10_000, seed: int = 0, add_gold: bool = True,
+                     max_prompt_length: int = 10_000, seed: int = 0, add_gold: bool | Callable[[Any], bool] = True,
                      desc: str = "sample candidates", decline: str | None = None) -> dict[str, Any]:
     """Sample ``num_candidates`` answers per prompt record from ``model`` and judge every pair of them.
 
     ``records`` are prompt records with ``meta['id']`` and, for the reference judge, the gold ``meta['answer']``.
     With ``add_gold`` the gold answer joins the candidates (duplicates dropped), so the judge always has a correct
-    answer to prefer, as a human labeller who writes a better answer would. Writes, each atomically, in
-    ``folder``: ``candidates.jsonl`` (per prompt: the raw ``sampled`` answers and the judged ``completions``),
-    ``judgments.jsonl`` (every verdict; ``a``/``b`` index ``completions``) and ``preferences.jsonl`` (the decisive
-    ones, in prompt order, then pair order). ``decline``, when given, joins the candidates too: an answer that
-    declines, so that the judge's "declining beats inventing" reaches the labels even when no sample declines."""
+    answer to prefer, as a human labeller who writes a better answer would; ``add_gold`` may also be a test of the
+    record (the gold joins only where it says so: e.g. only where the prompt's context holds the answer). Writes,
+    each atomically, in ``folder``: ``candidates.jsonl`` (per prompt: the raw ``sampled`` answers and the judged
+    ``completions``), ``judgments.jsonl`` (every verdict; ``a``/``b`` index ``completions``) and
+    ``preferences.jsonl`` (the decisive ones, in prompt order, then pair order). ``decline``, when given, joins the
+    candidates too: an answer that declines, so that the judge's "declining beats inventing" reaches the labels even
+    when no sample declines."""
     folder = Path(folder)
     samples = answer(model, [r.prompt for r in records], max_new_tokens, max_prompt_length, temperature,
                      batch_size, num=num_candidates, seed=seed, desc=desc)
     rows = []
     for rec, sampled in zip(records, samples):
         gold = rec.meta.get("answer")
-        extra = ([gold] if add_gold and isinstance(gold, str) else []) + ([decline] if decline else [])
+        with_gold = add_gold(rec) if callable(add_gold) else add_gold
+        extra = ([gold] if with_gold and isinstance(gold, str) else []) + ([decline] if decline else [])
         rows.append({"id": str(rec.meta["id"]), "prompt": rec.prompt.to_json(), "sampled": sampled,
                      "completions": list(dict.fromkeys(sampled + extra)), "answer": gold})
     prefs, judgments = judge_rows(judge, rows)

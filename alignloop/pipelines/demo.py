@@ -62,11 +62,12 @@ def step_keys(cfg: DemoConfig) -> dict[str, Any]:
     """What each shared step reads, its parent step's key included (a chain: changing the data's settings changes
     the SFT's and the judge's keys too)."""
     data = {"data": cfg.data, "limit": cfg.limit, "context_chars": cfg.context_chars,
-            "sft_targets": cfg.sft_targets, "decline_text": cfg.decline_text if cfg.sft_targets == "grounded" else ""}
+            "sft_targets": cfg.sft_targets, "decline_text": cfg.decline_text if cfg.sft_targets != "gold" else "",
+            "sft_answer_share": cfg.sft_answer_share if cfg.sft_targets == "contrastive" else None}
     sft = {"data": data, "model": cfg.model, "steps": cfg.sft_steps, "lr": cfg.sft_learning_rate,
            "batch_size": cfg.batch_size, "max_length": cfg.max_length, "seed": cfg.seed}
     judge = {"sft": sft, "decline_candidate": cfg.decline_candidate, "num_candidates": cfg.num_candidates,
-             "max_new_tokens": cfg.max_new_tokens}
+             "max_new_tokens": cfg.max_new_tokens, "judge_gold": cfg.judge_gold}
     return {"data": data, "sft": sft, "judge": judge}
 
 
@@ -91,28 +92,62 @@ def split_data(cfg: DemoConfig, folder: Path) -> dict[str, Any]:
             ctx = build_context(r["question"], r.get(field), cfg.context_chars)
         except ValueError as exc:
             raise DataError(str(exc), path=cfg.data, line=line, field=field) from None
-        parts["test" if fid in test else "train"].append({
-            "id": fid, "question": r["question"], "context": ctx, "answer": r["answer"],
-            "context_class": context_class(ctx, r["answer"], r["question"])})
+        row = {"id": fid, "question": r["question"], "context": ctx, "answer": r["answer"],
+               "context_class": context_class(ctx, r["answer"], r["question"])}
+        if cfg.sft_targets == "contrastive" and fid not in test and row["context_class"] == IN_CONTEXT:
+            row["context_without_answer"] = context_without_answer(r["question"], r.get(field), r["answer"],
+                                                                   cfg.context_chars)
+        parts["test" if fid in test else "train"].append(row)
     for name, part in parts.items():
         write_jsonl(folder / f"{name}.jsonl", part)
     write_jsonl(folder / "sft.jsonl", sft_demonstrations(cfg, parts["train"]))
     counts = {k: len(v) for k, v in parts.items()}
-    if cfg.sft_targets == "grounded":
-        counts["sft_declines"] = sum(r["context_class"] != IN_CONTEXT for r in parts["train"])
+    if cfg.sft_targets != "gold":
+        sft = [json.loads(line) for line in (folder / "sft.jsonl").read_text().splitlines()]
+        counts["sft_rows"] = len(sft)
+        counts["sft_declines"] = sum(r["completion"] == cfg.decline_text for r in sft)
     return counts
+
+
+def context_without_answer(question: str, evidence: Any, gold: str, budget: int) -> str | None:
+    """The context :func:`build_context` gives for ``question`` once every line of the evidence that holds the gold
+    answer is taken out (the same filing, the same question, but nothing to quote): the negative twin of an
+    in-context demonstration (``sft_targets: contrastive``). ``None`` when no such context can be made (a text gold
+    whose words are spread over many lines)."""
+    lines = build_context(question, evidence, None).splitlines()
+    kept = [line for line in lines if context_class(line, gold, question) != IN_CONTEXT]
+    ctx = build_context(question, "\n".join(kept), budget) if kept else ""
+    return ctx if ctx.strip() and context_class(ctx, gold, question) != IN_CONTEXT else None
 
 
 def sft_demonstrations(cfg: DemoConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """SFT rows: the prompt exactly as the model sees it at evaluation; as completion the gold answer, or (with
     ``sft_targets: grounded``) ``decline_text`` where the built context does not hold the gold answer
     (:func:`alignloop.evaluate.qa.context_class` is not ``in_context``): a 135M model that cannot find the figure
-    in its context learns to say so rather than to invent one."""
-    def target(r: dict[str, Any]) -> str:
-        grounded = cfg.sft_targets == "gold" or r["context_class"] == IN_CONTEXT
-        return r["answer"] if grounded else cfg.decline_text
-    return [{"prompt": qa_prompt(r["question"], r["context"]).to_json(), "completion": target(r), "id": r["id"]}
-            for r in rows]
+    in its context learns to say so rather than to invent one.
+
+    ``sft_targets: contrastive`` adds, for each in-context question, its twin whose context has the answer's lines
+    taken out (:func:`context_without_answer`, id ``<id>#without``) with ``decline_text``: the same question with
+    and without the figure, so that what decides between answering and declining is the context, not the kind of
+    question. The in-context demonstrations are repeated until answers are about ``sft_answer_share`` of the rows
+    (``grounded`` declined everything, 46 declines against 24 answers: benchmarks/README.md)."""
+    def row(r: dict[str, Any], context: str, completion: str, rid: str) -> dict[str, Any]:
+        return {"prompt": qa_prompt(r["question"], context).to_json(), "completion": completion, "id": rid}
+
+    if cfg.sft_targets == "gold":
+        return [row(r, r["context"], r["answer"], r["id"]) for r in rows]
+    answers, declines = [], []
+    for r in rows:
+        if r["context_class"] != IN_CONTEXT:
+            declines.append(row(r, r["context"], cfg.decline_text, r["id"]))
+            continue
+        answers.append(row(r, r["context"], r["answer"], r["id"]))
+        if cfg.sft_targets == "contrastive" and r.get("context_without_answer"):
+            declines.append(row(r, r["context_without_answer"], cfg.decline_text, f"{r['id']}#without"))
+    if cfg.sft_targets == "contrastive" and answers:
+        share = cfg.sft_answer_share
+        answers = answers * max(1, round(share / (1 - share) * len(declines) / len(answers)))
+    return answers + declines
 
 
 def qa_eval(cfg: DemoConfig, model: str, data: Path, folder: Path, label: str) -> dict[str, Any]:
@@ -127,10 +162,14 @@ def qa_eval(cfg: DemoConfig, model: str, data: Path, folder: Path, label: str) -
 
 def sample_and_judge(cfg: DemoConfig, model: str, data: Path, folder: Path) -> dict[str, Any]:
     """Sample candidates for the training questions and label every pair with the reference judge (the gold
-    answer is one of the candidates); shared with the loop's on-policy rounds."""
+    answer is one of the candidates, or with ``judge_gold: in_context`` only where the built context holds it);
+    shared with the loop's on-policy rounds."""
+    def add_gold(rec: Any) -> bool:
+        return cfg.judge_gold == "always" or rec.meta.get("context_class") == IN_CONTEXT
     return labeling.sample_and_judge(model, qa_items(str(data)), folder, ReferenceJudge(),
                                      num_candidates=cfg.num_candidates, max_new_tokens=cfg.max_new_tokens,
-                                     batch_size=32, seed=cfg.seed, decline=cfg.decline_candidate or None)
+                                     batch_size=32, seed=cfg.seed, decline=cfg.decline_candidate or None,
+                                     add_gold=add_gold)
 
 
 def label_counts(cfg: DemoConfig, pool: int) -> list[int]:

@@ -121,10 +121,12 @@ def test_demo_data_stage_builds_the_same_context_as_eval(tmp_path):
 
     path = write_jsonl(tmp_path / "q.jsonl", [ROW])
     cfg = DemoConfig(data=str(path), output=str(tmp_path / "demo"))
-    assert split_data(cfg, tmp_path) == {"train": 1, "test": 0}
+    # contrastive (the default): the question 3 times with its context, once with the answer's lines taken out
+    assert split_data(cfg, tmp_path) == {"train": 1, "test": 0, "sft_rows": 4, "sft_declines": 1}
     (train,) = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
     assert train["context"] == build_context(QUESTION, ROW["evidence"], 800) and ANSWER in train["context"]
-    (sft,) = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    sft, *_, twin = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    assert twin["id"].endswith("#without") and ANSWER not in twin["prompt"][0]["content"]
     # the SFT prompt, the demo's evaluation prompt and alignloop eval's prompt of the raw row are one text
     assert sft["prompt"] == qa_prompt(QUESTION, train["context"]).to_json()
     assert qa_items(str(tmp_path / "train.jsonl"))[0].prompt.last_user == qa_items(str(path))[0].prompt.last_user

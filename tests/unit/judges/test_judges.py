@@ -300,3 +300,28 @@ def test_a_declining_candidate_is_judged_so_labels_teach_declining_over_inventin
     assert [(p["chosen"], p["rejected"]) for p in prefs] == [
         ("$1,577 million", "$1.11"), (decline, "$1.11"), ("$1,577 million", decline)]
     assert summary["pairs"] == 3
+
+
+def test_the_gold_joins_the_candidates_only_where_the_add_gold_test_says(tmp_path, monkeypatch):
+    """``add_gold`` as a test of the record (the demo's ``judge_gold: in_context``): where the context lacks the
+    answer the gold stays out, so the only label is "declining beats inventing"; where it holds it, the gold joins
+    as before."""
+    from alignloop.data.readers import qa_prompt
+    from alignloop.data.records import PromptRecord
+    from alignloop.judges import labeling
+    from alignloop.judges.reference import ReferenceJudge
+
+    monkeypatch.setattr(labeling, "answer", lambda model, prompts, *a, **k: [["$1.11"] for _ in prompts])
+    q = "What was 3M's FY2018 capital expenditure?"
+    lacking = PromptRecord(qa_prompt(q, "Net sales were $32,765 million."),
+                           meta={"id": "q1", "answer": "$1,577 million", "context_class": "missing"})
+    holding = PromptRecord(qa_prompt(q, "Capital expenditure was $1,577 million."),
+                           meta={"id": "q2", "answer": "$1,577 million", "context_class": "in_context"})
+    decline = "The context does not give the capital expenditure."
+    labeling.sample_and_judge(None, [lacking, holding], tmp_path, ReferenceJudge(), num_candidates=1,
+                              decline=decline, add_gold=lambda rec: rec.meta["context_class"] == "in_context")
+    rows = [json.loads(x) for x in (tmp_path / "candidates.jsonl").read_text().splitlines()]
+    assert [r["completions"] for r in rows] == [["$1.11", decline], ["$1.11", "$1,577 million", decline]]
+    prefs = [json.loads(x) for x in (tmp_path / "preferences.jsonl").read_text().splitlines()]
+    assert [(p["chosen"], p["rejected"]) for p in prefs] == [
+        (decline, "$1.11"), ("$1,577 million", "$1.11"), (decline, "$1.11"), ("$1,577 million", decline)]

@@ -60,7 +60,9 @@ def _stage(out: Path, n: int) -> Path:
 
 def test_demo_writes_one_submission_per_stage_with_the_heldout_ids(demo):
     out, report, pool = demo
-    assert json.loads((out / "data" / "done").read_text())["result"] == {"train": 7, "test": 3}
+    # contrastive: each of the 7 in-context questions 3 times (share 0.75) and its twin without the answer
+    assert json.loads((out / "data" / "done").read_text())["result"] == \
+        {"train": 7, "test": 3, "sft_rows": 28, "sft_declines": 7}
     assert sorted(p.name for p in (out / "loop" / "random").iterdir()) == sorted(f"stage_{n}" for n in (0, 3, pool))
     for n in (0, 3, pool):
         assert _ids(_stage(out, n) / "submission.csv") == HELDOUT
@@ -274,13 +276,43 @@ def test_grounded_sft_demonstrations_decline_where_the_context_lacks_the_answer(
     assert [r["completion"] for r in grounded] == ["$1,577 million", DECLINE_TEXT, DECLINE_TEXT]
     assert [r["id"] for r in grounded] == ["a", "b", "c"]
     assert "Context:\nRevenue was $1,577 million." in grounded[0]["prompt"][0]["content"]
-    assert [r["completion"] for r in sft_demonstrations(DemoConfig().validate(), rows)] == \
+    assert [r["completion"] for r in sft_demonstrations(DemoConfig(sft_targets="gold").validate(), rows)] == \
         ["$1,577 million", "20%", "KPMG"]
     assert is_refusal(DECLINE_TEXT) and grade(DECLINE_TEXT, "20%", rows[1]["question"])[0] == "refusal"
     with pytest.raises(ConfigError, match="decline_text: grounded SFT targets need"):
         DemoConfig(sft_targets="grounded", decline_text=" ").validate()
-    with pytest.raises(ConfigError, match="sft_targets: 'all' is not one of gold, grounded"):
+    with pytest.raises(ConfigError, match="sft_targets: 'all' is not one of gold, grounded, contrastive"):
         DemoConfig.from_dict({"sft_targets": "all"}).validate()
+
+
+def test_contrastive_sft_pairs_each_in_context_question_with_its_context_without_the_answer():
+    """sft_targets: contrastive: the in-context question is trained twice, with its context (the gold) and with the
+    answer's line taken out of its evidence (decline_text, id ``a#without``); answers are repeated to balance the
+    declines. context_without_answer drops exactly the line holding the figure and keeps the rest."""
+    from alignloop.pipelines.config import DECLINE_TEXT
+    from alignloop.pipelines.demo import context_without_answer, sft_demonstrations
+
+    evidence = "Capital expenditures were $1,577 million.\nRevenue was $32,765 million.\nEmployees: 93,000."
+    q = "What was the FY2018 capital expenditure?"
+    assert context_without_answer(q, evidence, "$1,577 million", 800) == \
+        "Revenue was $32,765 million.\nEmployees: 93,000."
+    assert context_without_answer(q, "Capital expenditures were $1,577 million.", "$1,577 million", 800) is None
+    rows = [{"id": "a", "question": q, "context": "Capital expenditures were $1,577 million.",
+             "context_without_answer": "Revenue was $32,765 million.", "answer": "$1,577 million",
+             "context_class": "in_context"},
+            {"id": "b", "question": "What was the operating margin?", "context": "Revenue 100, costs 80.",
+             "answer": "20%", "context_class": "arithmetic"},
+            {"id": "c", "question": "Who audits the company?", "context": "Revenue 100.", "answer": "KPMG",
+             "context_class": "missing"}]
+    out = sft_demonstrations(DemoConfig(sft_targets="contrastive", sft_answer_share=0.5).validate(), rows)
+    assert [(r["id"], r["completion"]) for r in out] == [
+        ("a", "$1,577 million"), ("a", "$1,577 million"), ("a", "$1,577 million"),
+        ("a#without", DECLINE_TEXT), ("b", DECLINE_TEXT), ("c", DECLINE_TEXT)]
+    assert "Context:\nRevenue was $32,765 million." in out[3]["prompt"][0]["content"]
+    three_quarters = sft_demonstrations(DemoConfig(sft_targets="contrastive", sft_answer_share=0.75).validate(), rows)
+    assert [r["id"] for r in three_quarters] == ["a"] * 9 + ["a#without", "b", "c"]
+    with pytest.raises(ConfigError, match="sft_answer_share: must be between 0 and 1"):
+        DemoConfig(sft_answer_share=1.0).validate()
 
 
 def test_demo_step_keys_chain_so_a_changed_setting_redoes_what_follows():
@@ -291,6 +323,10 @@ def test_demo_step_keys_chain_so_a_changed_setting_redoes_what_follows():
     a = step_keys(DemoConfig().validate())
     b = step_keys(DemoConfig(sft_targets="grounded").validate())
     c = step_keys(DemoConfig(decline_candidate="I cannot tell.").validate())
+    d = step_keys(DemoConfig(decline_candidate="I cannot tell.", judge_gold="always").validate())
+    assert [c[k] != d[k] for k in ("data", "sft", "judge")] == [False, False, True]
+    with pytest.raises(ConfigError, match="decline_candidate: judge_gold: in_context needs a declining candidate"):
+        DemoConfig(judge_gold="in_context", decline_candidate="").validate()
     assert [a[k] != b[k] for k in ("data", "sft", "judge")] == [True, True, True]
     assert [a[k] != c[k] for k in ("data", "sft", "judge")] == [False, False, True]
     assert a["judge"]["sft"]["data"] == a["data"]
