@@ -128,6 +128,7 @@ def image(path: str | os.PathLike) -> str:
 
 ALPHA = 0.05  # significance level of the verdict's McNemar tests
 TARGET_INCORRECT = 0.7  # the final stage's incorrect answers: at most this share of the base's
+TARGET_IN_CONTEXT_REFUSAL = 0.25  # the final stage's refusals where the context holds the gold: at most this share
 INTERVALS_NOTE = ("Counts: 95% Wilson interval of the rate. llmware points: total, with the 95% percentile "
                   "bootstrap interval of the total (2,000 resamples, seed 0). p: exact McNemar test against the "
                   "base on the same questions.")
@@ -189,7 +190,9 @@ def verdict(stages: Sequence[dict], base: dict) -> str:
     ``mcnemar_incorrect_vs_base`` / ``mcnemar_correct_vs_base``; "significant" at p < :data:`ALPHA`, else "within
     noise" — fewer errors that are not significant are not called a reduction), then whether the final stage (the
     last given) meets the targets (incorrect at most :data:`TARGET_INCORRECT` x the base's, correct at least the
-    base's) and what that is worth. Each stage and ``base`` hold ``name``, ``labels``, ``correct``,
+    base's, and, where the stages carry ``in_context`` counts ``{n, correct, refusal}``, on the questions whose
+    context holds the gold: correct at least the base's and refusals at most :data:`TARGET_IN_CONTEXT_REFUSAL`)
+    and what that is worth. Each stage and ``base`` hold ``name``, ``labels``, ``correct``,
     ``incorrect``, ``refusal`` and ``n``; a stage named like the base is the base itself and is not compared."""
     _counts(base, base)
     rest = [s for s in stages if s.get("name") != base.get("name")]
@@ -209,22 +212,32 @@ def verdict(stages: Sequence[dict], base: dict) -> str:
     cap = round(TARGET_INCORRECT * base["incorrect"], 1)
     inc_ok = final["incorrect"] * 10 <= round(TARGET_INCORRECT * 10) * base["incorrect"]
     cor_ok = final["correct"] >= base["correct"]
-    lines.append(f"Targets for the final stage, {_with_labels(final)}: incorrect at most {TARGET_INCORRECT:g}x the "
-                 f"base's ({final['incorrect']} vs at most {cap:g}): {'met' if inc_ok else 'not met'}; correct at "
-                 f"least the base's ({final['correct']} vs {base['correct']}): {'met' if cor_ok else 'not met'}.")
+    targets = [("incorrect", inc_ok), ("correct", cor_ok)]
+    said = (f"Targets for the final stage, {_with_labels(final)}: incorrect at most {TARGET_INCORRECT:g}x the "
+            f"base's ({final['incorrect']} vs at most {cap:g}): {'met' if inc_ok else 'not met'}; correct at "
+            f"least the base's ({final['correct']} vs {base['correct']}): {'met' if cor_ok else 'not met'}")
+    ctx = final.get("in_context"), base.get("in_context")
+    if all(isinstance(c, dict) and c.get("n") for c in ctx):  # the questions whose context holds the gold
+        (f_ctx, b_ctx), limit = ctx, TARGET_IN_CONTEXT_REFUSAL
+        ctx_ok = f_ctx["correct"] >= b_ctx["correct"] and f_ctx["refusal"] <= limit * f_ctx["n"]
+        targets.append(("in-context", ctx_ok))
+        said += (f"; on the {f_ctx['n']} questions whose context holds the gold, correct at least the base's "
+                 f"({f_ctx['correct']} vs {b_ctx['correct']}) and refusals at most {100 * limit:g}% "
+                 f"({f_ctx['refusal']} of {f_ctx['n']}): {'met' if ctx_ok else 'not met'}")
+    lines.append(said + ".")
     p_inc = _test(final, "mcnemar_incorrect_vs_base")
-    if not (inc_ok and cor_ok):
-        missed = " and ".join(t for t, ok in (("incorrect", inc_ok), ("correct", cor_ok)) if not ok)
-        lines.append(f"Verdict: the final stage misses the {missed} target"
-                     f"{'s' if not (inc_ok or cor_ok) else ''}: the loop is not shown to make the model better.")
+    missed = [t for t, ok in targets if not ok]
+    if missed:
+        lines.append(f"Verdict: the final stage misses the {' and '.join(missed)} target"
+                     f"{'s' if len(missed) > 1 else ''}: the loop is not shown to make the model better.")
     elif p_inc < ALPHA:
         p_cor = _test(final, "mcnemar_correct_vs_base")
         gain = "" if p_cor < ALPHA else f" (its gain in correct answers is within noise, {_p_eq(p_cor)})"
-        lines.append(f"Verdict: the final stage meets both targets and its drop in incorrect answers is significant "
+        lines.append(f"Verdict: the final stage meets the targets and its drop in incorrect answers is significant "
                      f"({_p_eq(p_inc)}){gain}: the feedback made the model measurably better on questions it never "
                      "saw.")
     else:
-        lines.append(f"Verdict: the final stage meets both targets, but its drop in incorrect answers is within "
+        lines.append(f"Verdict: the final stage meets the targets, but its drop in incorrect answers is within "
                      f"noise ({_p_eq(p_inc)}): on {n} questions that is not yet evidence that the feedback helped.")
     return "\n".join(lines)
 

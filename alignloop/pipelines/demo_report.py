@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from alignloop.core.files import atomic_path, write_json, write_text
 from alignloop.evaluate.metrics import bootstrap_ci, mcnemar_exact, rate_ci
-from alignloop.evaluate.qa import answer_habits
+from alignloop.evaluate.qa import IN_CONTEXT, answer_habits
 from alignloop.evaluate.qa_run import qa_items, score_qa
 from alignloop.evaluate.report import class_table, learning_curve_png, learning_curve_table, verdict
 from alignloop.pipelines.config import DemoConfig
@@ -61,6 +61,8 @@ def figures(name: str, labels: int | None, rows: Sequence[dict[str, Any]],
     if base_rows is not None:
         for k in ("incorrect", "correct"):
             f[f"mcnemar_{k}_vs_base"] = mcnemar_exact(flags(rows, k), flags(base_rows, k))
+    in_ctx = [r for r in rows if r.get("context_class") == IN_CONTEXT]  # the verdict's third target
+    f["in_context"] = {"n": len(in_ctx), **{k: sum(flags(in_ctx, k)) for k in ("correct", "refusal")}}
     return f
 
 

@@ -145,7 +145,7 @@ def test_verdict_says_where_a_stage_did_not_help_and_that_the_final_one_is_signi
         "and did not measurably raise correct answers (12 vs 9 of 30, p = 0.25: within noise).\n"
         "Targets for the final stage, Stage 2 (40 labels): incorrect at most 0.7x the base's (12 vs at most 13.3): "
         "met; correct at least the base's (12 vs 9): met.\n"
-        "Verdict: the final stage meets both targets and its drop in incorrect answers is significant (p = 0.016) "
+        "Verdict: the final stage meets the targets and its drop in incorrect answers is significant (p = 0.016) "
         "(its gain in correct answers is within noise, p = 0.25): the feedback made the model measurably better "
         "on questions it never saw.")
 
@@ -155,7 +155,7 @@ def test_verdict_targets_met_within_noise_and_targets_missed():
     assert verdict(noisy, BASE).splitlines()[-2:] == [
         "Targets for the final stage, Stage 3 (80 labels): incorrect at most 0.7x the base's (13 vs at most 13.3): "
         "met; correct at least the base's (10 vs 9): met.",
-        "Verdict: the final stage meets both targets, but its drop in incorrect answers is within noise "
+        "Verdict: the final stage meets the targets, but its drop in incorrect answers is within noise "
         "(p = 0.07): on 30 questions that is not yet evidence that the feedback helped."]
     worse = [_stage("stage_1", 20, 4, 26, 0, 0.0078125, 0.0625)]
     assert verdict(worse, {**BASE, "name": "base", "labels": None}) == (
@@ -232,3 +232,17 @@ def test_score_qa_rows_carry_the_class_and_the_summary_counts_classes_and_habits
                            "refusal": 1, "refusal_rate": 1 / 3, "n_in_context": 1, "refusal_in_context": 0,
                            "refusal_rate_in_context": 0.0}
     assert (s["n"], s["correct"], s["incorrect"], s["refusal"]) == (3, 1, 1, 1)  # the existing keys stay
+
+
+def test_verdict_holds_the_in_context_target_when_the_stages_carry_it():
+    """Issue 18's third target: where the context holds the gold, correct at least the base's and refusals at most
+    25 %. A final stage that declines everything meets "incorrect" and misses the in-context target by name."""
+    base = {**BASE, "in_context": {"n": 6, "correct": 2, "refusal": 1}}
+    declines = {**_stage("stage_2", 141, 9, 0, 21, 0.0001, 1.0), "in_context": {"n": 6, "correct": 0, "refusal": 6}}
+    assert verdict([declines], base).splitlines()[-2:] == [
+        "Targets for the final stage, Stage 2 (141 labels): incorrect at most 0.7x the base's (0 vs at most 13.3): "
+        "met; correct at least the base's (9 vs 9): met; on the 6 questions whose context holds the gold, correct "
+        "at least the base's (0 vs 2) and refusals at most 25% (6 of 6): not met.",
+        "Verdict: the final stage misses the in-context target: the loop is not shown to make the model better."]
+    quoting = {**declines, "in_context": {"n": 6, "correct": 2, "refusal": 1}}
+    assert verdict([quoting], base).splitlines()[-1].startswith("Verdict: the final stage meets the targets and")
