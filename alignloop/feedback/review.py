@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from alignloop.feedback import consensus as cons
 from alignloop.feedback import search
+from alignloop.feedback.accounts import audit
 from alignloop.feedback.errors import Conflict, Invalid, NotFound
 from alignloop.feedback.models import (
     Adjudication,
@@ -349,9 +350,10 @@ def review_queue(s: Session, project: Project, status: str = "open", max_agreeme
 
 def adjudicate(s: Session, project: Project, task_id: int, lead: Labeler, choice: str | None = None,
                ranking: list | None = None, ratings: dict | None = None, note: str = "",
-               now: dt.datetime | None = None) -> Adjudication:
+               now: dt.datetime | None = None, client: str = "") -> Adjudication:
     """Record the lead's decision on a task (replacing an earlier one). The answer is checked like a judgment's
-    (``queries.validate_answer``), in the task's canonical terms ("A" is its first completion)."""
+    (``queries.validate_answer``), in the task's canonical terms ("A" is its first completion). The audit log
+    records it (``adjudication.set``: who, which task, the decision; ``client`` is the lead's address)."""
     task = task_of(s, project, task_id)
     if task.is_gold:
         raise Conflict("a gold task's answer is its gold answer; it takes no decision", field="task_id")
@@ -367,6 +369,8 @@ def adjudicate(s: Session, project: Project, task_id: int, lead: Labeler, choice
     now = now or utcnow()
     fields = {"labeler_id": lead.id, "choice": answer.choice, "ranking": answer.ranking, "ratings": answer.ratings,
               "note": note, "updated_at": now}
+    audit(s, "adjudication.set", lead.name, f"task:{task.id}", client, project=project.name,
+          **{k: fields[k] for k in ("choice", "ranking", "ratings") if fields[k] is not None})
     row = s.scalar(select(Adjudication).where(Adjudication.task_id == task.id))
     if row is None:
         row = Adjudication(project_id=project.id, task_id=task.id, created_at=now, **fields)
@@ -383,13 +387,15 @@ def adjudicate(s: Session, project: Project, task_id: int, lead: Labeler, choice
     return row
 
 
-def withdraw(s: Session, project: Project, task_id: int) -> None:
-    """Take the lead's decision back: the task's consensus is the labelers' again."""
+def withdraw(s: Session, project: Project, task_id: int, actor: str = "", client: str = "") -> None:
+    """Take the lead's decision back: the task's consensus is the labelers' again (audited as
+    ``adjudication.withdraw`` by ``actor``)."""
     task = task_of(s, project, task_id)
     row = s.scalar(select(Adjudication).where(Adjudication.task_id == task.id))
     if row is None:
         raise NotFound(f"task {task_id} has no decision", field="task_id")
     s.delete(row)
+    audit(s, "adjudication.withdraw", actor, f"task:{task.id}", client, project=project.name)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def decide(name: str, task_id: int, body: AdjudicationIn, who: CurrentLabeler, d
     with db.write() as s:
         p = access.project_to_manage(s, name, who.labeler)
         review.adjudicate(s, p, task_id, who.labeler, choice=body.choice, ranking=body.ranking,
-                          ratings=body.ratings, note=body.note, now=now)
+                          ratings=body.ratings, note=body.note, now=now, client=who.client)
         return review.task_details(s, p, [s.get(Task, task_id)])[0]
 
 
@@ -85,7 +85,7 @@ def decide(name: str, task_id: int, body: AdjudicationIn, who: CurrentLabeler, d
 def withdraw(name: str, task_id: int, who: CurrentLabeler, db: DbDep) -> dict:
     with db.write() as s:
         p = access.project_to_manage(s, name, who.labeler)
-        review.withdraw(s, p, task_id)
+        review.withdraw(s, p, task_id, who.name, who.client)
         s.flush()
         return review.task_details(s, p, [s.get(Task, task_id)])[0]
 

@@ -559,3 +559,20 @@ def test_answers_to_one_task_at_once_are_all_counted(db):
         p = get_project(s, "race")
         assert tallies.stored(s, p) == tallies.recount(s, p)
         assert tallies.stored(s, p)["tallies"][task_id][:2] == (8, 0)
+
+
+def test_decisions_and_withdrawals_are_in_the_audit_log(app):
+    """A lead's decision changes the consensus the trainers read: who decided what on which task, and who took it
+    back, are in the audit log (``alignloop label users audit``); a refused decision writes nothing."""
+    from alignloop.feedback.accounts import audit_rows
+
+    lee, t = app.tokens["lee"], app.tasks
+    assert app.put(f"/api/projects/p/tasks/{t[1]}/adjudication", json={"choice": "B"}, headers=lee).status_code == 200
+    assert app.put(f"/api/projects/p/tasks/{t[1]}/adjudication", json={"choice": "Z"}, headers=lee).status_code == 422
+    assert app.delete(f"/api/projects/p/tasks/{t[1]}/adjudication", headers=lee).status_code == 200
+    with app.db.read() as s:
+        rows = [r for r in audit_rows(s) if r["action"].startswith("adjudication.")]
+    assert [(r["action"], r["actor"], r["target"], r["ok"], r["detail"]) for r in rows] == [
+        ("adjudication.withdraw", "lee", f"task:{t[1]}", True, {"project": "p"}),
+        ("adjudication.set", "lee", f"task:{t[1]}", True, {"project": "p", "choice": "B"})]
+    assert rows[0]["client"] == rows[1]["client"] == "testclient"
