@@ -24,8 +24,8 @@ each point gets its own database and moves on to the next labeler of its kind. `
 of ``--rate`` judgments a second spread over ``--labelers`` labelers (a round starts on schedule whether or not
 earlier ones finished), then the closed-loop maximum: ``--concurrency`` labelers each doing rounds back to back.
 ``--workers N`` serves with N processes (``alignloop label serve --workers``; PostgreSQL), and the server's CPU
-is then that of all of them. Every result is one JSON line on stdout (and appended to ``--out``). PostgreSQL runs in a schema made for the run
-and dropped after it (``--keep`` keeps it, and the SQLite files).
+is then that of all of them. Every result is one JSON line on stdout (and appended to ``--out``). PostgreSQL runs
+in a schema made for the run and dropped after it (``--keep`` keeps it, and the SQLite files).
 """
 
 from __future__ import annotations
