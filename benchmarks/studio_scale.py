@@ -23,8 +23,9 @@ project too small for one labeler to make every round (1,000 tasks, half complet
 each point gets its own database and moves on to the next labeler of its kind. ``--only load``: an open-loop load
 of ``--rate`` judgments a second spread over ``--labelers`` labelers (a round starts on schedule whether or not
 earlier ones finished), then the closed-loop maximum: ``--concurrency`` labelers each doing rounds back to back.
-Every result is one JSON line on stdout (and appended to ``--out``). PostgreSQL runs in a schema made for the run
-and dropped after it (``--keep`` keeps it, and the SQLite files).
+``--workers N`` serves with N processes (``alignloop label serve --workers``; PostgreSQL), and the server's CPU
+is then that of all of them. Every result is one JSON line on stdout (and appended to ``--out``). PostgreSQL runs
+in a schema made for the run and dropped after it (``--keep`` keeps it, and the SQLite files).
 """
 
 from __future__ import annotations
@@ -217,18 +218,30 @@ class ServerTiming:
         await self.app(scope, receive, timed_send)
 
 
-def serve(url: str, port: int) -> None:
+def timed_app():  # noqa: ANN201
+    """The app of each server process, as ``alignloop label serve`` builds it (``app_from_environment``, which
+    ``--workers`` uses), with the Server-Timing header."""
+    from alignloop.feedback.api import app_from_environment
+
+    return ServerTiming(app_from_environment())
+
+
+def serve(url: str, port: int, workers: int = 1) -> None:
+    """The server process: ``workers`` uvicorn processes (``label serve --workers``) on ``url``."""
     import uvicorn
 
-    from alignloop.feedback.api import create_app
-    from alignloop.feedback.store import Database
+    from alignloop.feedback.api import DB_ENV
 
-    uvicorn.run(ServerTiming(create_app(Database(url))), host="127.0.0.1", port=port, log_level="warning")
+    os.environ[DB_ENV] = url
+    uvicorn.run("studio_scale:timed_app", factory=True, workers=workers, host="127.0.0.1", port=port,
+                log_level="warning")
 
 
-def start_server(url: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen([sys.executable, __file__, "--serve", url, str(port)], env=env, cwd=str(ROOT))
+def start_server(url: str, port: int, workers: int = 1) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(__file__).resolve().parent),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, __file__, "--serve", url, str(port), str(workers)], env=env,
+                            cwd=str(ROOT))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -445,6 +458,8 @@ def table(paths: list[str]) -> str:
         for r in loads:
             what = (f"open loop, {r['rate_asked']:g}/s asked, {r['labelers']} labelers" if r["mode"] == "open loop"
                     else f"closed loop, {r['labelers']} labelers")
+            if r.get("workers", 1) > 1:
+                what += f", {r['workers']} server processes"
             out.append(f"| {'SQLite' if r['backend'] == 'sqlite' else 'PostgreSQL'} | {r['tasks']:,} | {what} | "
                        f"**{r['judgments_per_s']}** | {r['next_p50_ms']} / {r['next_p99_ms']} | "
                        f"{r['submit_p50_ms']} / {r['submit_p99_ms']} | {r['errors']} | {r['load_average']:.1f} |")
@@ -452,8 +467,8 @@ def table(paths: list[str]) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--serve":  # the server process this script starts
-        serve(sys.argv[2], int(sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[1] == "--serve":  # the server process this script starts
+        serve(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
         return
     if len(sys.argv) > 2 and sys.argv[1] == "--table":  # the README's tables from the --out files of runs
         print(table(sys.argv[2:]))
@@ -472,10 +487,12 @@ def main() -> None:
     ap.add_argument("--load-rounds", type=int, default=1500)
     ap.add_argument("--labelers", type=int, default=50, help="labelers sharing the open-loop load")
     ap.add_argument("--concurrency", type=int, nargs="*", default=[4, 16], help="closed-loop labelers per run")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="server processes (``label serve --workers``; PostgreSQL): the CPU of all of them is counted")
     ap.add_argument("--out", help="also append the JSON lines to this file")
     ap.add_argument("--keep", action="store_true", help="keep the databases (SQLite files, PostgreSQL schemas)")
     args = ap.parse_args()
-    emit(args, {"machine": machine(), "argv": sys.argv[1:]})
+    emit(args, {"machine": machine(), "argv": sys.argv[1:], "uvicorn": uvicorn_stack()})
     for n in args.sizes:
         points = [(order, who) for order in args.orders for who in ("new", "vet")]
         if args.only in ("single", "both"):
@@ -496,12 +513,12 @@ def main() -> None:
                 for rate in args.rate:
                     res = asyncio.run(open_loop(port, load, rate, args.load_rounds))
                     emit(args, {"backend": args.backend, "tasks": n, "mode": "open loop", "labelers": len(load),
-                                **res, "load_average": os.getloadavg()[0]})
+                                "workers": args.workers, **res, "load_average": os.getloadavg()[0]})
                 spare = [tokens[f"load{i:03d}"] for i in range(64)]
                 for c in args.concurrency:
                     res = asyncio.run(closed_loop(port, spare[:c], args.load_rounds))
-                    emit(args, {"backend": args.backend, "tasks": n, "mode": "closed loop", **res,
-                                "load_average": os.getloadavg()[0]})
+                    emit(args, {"backend": args.backend, "tasks": n, "mode": "closed loop", "workers": args.workers,
+                                **res, "load_average": os.getloadavg()[0]})
 
 
 def measure_single(args: argparse.Namespace, n: int, port: int, tokens: list[str], order: str, who: str) -> None:
@@ -509,7 +526,7 @@ def measure_single(args: argparse.Namespace, n: int, port: int, tokens: list[str
     res = single(port, tokens, args.requests, args.warmup)
     cpu1 = cpu_seconds()
     rounds = args.requests + args.warmup
-    emit(args, {"backend": args.backend, "tasks": n, "order": order,
+    emit(args, {"backend": args.backend, "tasks": n, "order": order, "workers": args.workers,
                 "labeler": "veteran (10,000 judgments)" if who == "vet" else "new", **res,
                 "server_cpu_ms_per_round": round(1000 * (cpu1["server"] - cpu0["server"]) / rounds, 2),
                 "postgres_cpu_ms_per_round": round(1000 * (cpu1["postgres"] - cpu0["postgres"]) / rounds, 2),
@@ -539,7 +556,32 @@ def cpu_seconds() -> dict:
                     pg += of(int(entry.name))
             except OSError:
                 pass
-    return {"server": of(SERVER_PID[-1]) if SERVER_PID else 0.0, "postgres": pg}
+    return {"server": sum(of(pid) for pid in _descendants(SERVER_PID[-1])) if SERVER_PID else 0.0, "postgres": pg}
+
+
+def _descendants(root: int) -> list[int]:
+    """``root`` and every process under it (uvicorn's worker processes)."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children[int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])].append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def uvicorn_stack() -> dict:
+    """Which HTTP parser and event loop uvicorn picks here ("auto": httptools and uvloop when installed)."""
+    import importlib.util
+
+    return {"httptools": importlib.util.find_spec("httptools") is not None,
+            "uvloop": importlib.util.find_spec("uvloop") is not None}
 
 
 @contextlib.contextmanager
@@ -551,7 +593,7 @@ def running(args: argparse.Namespace, n: int, per_kind: int):
         built = build(url, n, per_kind)
         emit(args, {"backend": args.backend, "tasks": n, "shape": built["shape"]})
         port = free_port()
-        server = start_server(url, port)
+        server = start_server(url, port, args.workers)
         SERVER_PID.append(server.pid)
         wait_healthy(port, server, timeout=300)
         yield url, port, built["tokens"]

@@ -6,8 +6,9 @@ the alignloop home) and both open it through ``Database``, so both get the same 
 - SQLite: WAL (readers never wait for the writer), ``synchronous=FULL`` (a commit survives a power loss),
   foreign keys enforced, a 30 s busy timeout for other processes, and ``BEGIN IMMEDIATE`` for writers; the
   writing threads of one handle queue on a lock.
-- PostgreSQL (``postgresql+psycopg://``): a pooled engine that checks connections before use; no lock, the
-  server's row locks and the unique constraints do that work.
+- PostgreSQL (``postgresql+psycopg://``): a pooled engine that checks a connection before use when it sat idle
+  for a while (``PING_AFTER_IDLE``); no lock, the server's row locks and the unique constraints do that work.
+  ``lookup()`` runs a single read statement without a transaction (no BEGIN and COMMIT round trips).
 
 Each package keeps its own tables and its own Alembic chain (``upgrade`` runs one on a handle's engine, and
 ``run_alembic_env`` is the body of each chain's ``env.py``). ``core`` imports no torch and nothing outside core.
@@ -18,12 +19,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from alignloop.core.errors import AlignloopError
@@ -104,7 +106,42 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn):  # noqa: ANN001
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
+        options = conn.get_execution_options()
+        if not options.get("lookup"):  # (a lone statement runs in its own implicit transaction)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("writer") else "BEGIN")
+
+
+#: seconds a pooled PostgreSQL connection may sit unused before its next check-out checks it with a round trip.
+#: (``pool_pre_ping`` checked every check-out: a round trip per transaction, two per labeling request.) A
+#: connection used within this time is taken as alive; when the server went away meanwhile, the first statement
+#: fails, SQLAlchemy sees the disconnect and drops the pool's connections, and the next request gets new ones.
+PING_AFTER_IDLE = 10.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """``pool_pre_ping``, only for connections idle longer than ``PING_AFTER_IDLE`` (a dead one is replaced)."""
+
+    @event.listens_for(engine, "connect")
+    def _fresh(_dbapi_conn, record):  # noqa: ANN001
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_conn, record):  # noqa: ANN001
+        if record is not None:
+            record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn, record, _proxy):  # noqa: ANN001
+        if time.monotonic() - record.info.get("idle_since", 0.0) <= PING_AFTER_IDLE:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+            dbapi_conn.rollback()  # (the ping opened a transaction on a non-autocommit connection)
+        except Exception as exc:
+            if isinstance(exc, engine.dialect.loaded_dbapi.Error) and engine.dialect.is_disconnect(exc, dbapi_conn,
+                                                                                                  None):
+                raise DisconnectionError(str(exc)) from exc  # the pool connects anew and tries again
+            raise
 
 
 class Database:
@@ -120,14 +157,20 @@ class Database:
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
-            kwargs.update(pool_size=20, max_overflow=40, pool_pre_ping=True)
+            kwargs.update(pool_size=20, max_overflow=40)
         self.engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             _sqlite_setup(self.engine)
+        else:
+            _ping_when_idle(self.engine)
         self._write_lock: contextlib.AbstractContextManager = threading.Lock() if self.is_sqlite else \
             contextlib.nullcontext()
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = sessionmaker(self.engine.execution_options(writer=True), expire_on_commit=False)
+        # one statement needs no transaction: on PostgreSQL an autocommit connection saves BEGIN and COMMIT, two of
+        # the three round trips of a lone look-up; on SQLite the statement runs in its own implicit transaction
+        self._lookup = sessionmaker(self.engine.execution_options(
+            **({"lookup": True} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"})), expire_on_commit=False)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
@@ -140,6 +183,13 @@ class Database:
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
         with self._errors(), self._reader() as s, s.begin():
+            yield s
+
+    @contextlib.contextmanager
+    def lookup(self) -> Iterator[Session]:
+        """A session for one read statement (the sign-in check of every request): without a transaction on
+        PostgreSQL, so several statements here do not see one snapshot; use ``read()`` for those."""
+        with self._errors(), self._lookup() as s, s.begin():
             yield s
 
     def has_tables(self, *names: str) -> bool:

@@ -6,9 +6,10 @@ first task is handed out, and asked again when its text changes."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from alignloop.feedback.accounts import audit
@@ -24,7 +25,12 @@ def membership(s: Session, lab: Labeler, project: Project) -> Membership | None:
 def can_label(s: Session, lab: Labeler, project: Project) -> bool:
     if lab.role == "admin":
         return True
-    return not project.admin_only and membership(s, lab, project) is not None
+    return may_label(lab, project, m.role if (m := membership(s, lab, project)) is not None else None)
+
+
+def may_label(lab: Labeler, project: Project, member_role: str | None) -> bool:
+    """The rule of ``can_label``, for callers that read the labeler's membership role (or None) with the project."""
+    return lab.role == "admin" or (not project.admin_only and member_role is not None)
 
 
 def can_manage(s: Session, lab: Labeler, project: Project) -> bool:
@@ -44,10 +50,29 @@ def visible_projects(s: Session, lab: Labeler) -> list[Project]:
 
 def project_to_label(s: Session, name: str, lab: Labeler) -> Project:
     """The project, if ``lab`` may label it; a project they may not reach looks exactly like none (404)."""
-    p = get_project(s, name)
-    if not can_label(s, lab, p):
+    return project_and_warning(s, name, lab)[0]
+
+
+def project_and_warning(s: Session, name: str, lab: Labeler) -> tuple[Project, bool]:
+    """``project_to_label`` and whether ``lab`` accepted the project's current content warning, in one statement
+    (the project, the labeler's membership and acceptance): every "next task" asks both."""
+    row = s.execute(_reach_statement(), {"name": name, "labeler_id": lab.id}).first()
+    if row is None:
+        get_project(s, name)  # raises NotFound with its usual message
+    p, role, digest = row
+    if not may_label(lab, p, role):
         raise NotFound(f"no project named '{name}'", field="project")
-    return p
+    return p, not p.content_warning or digest == _warning_digest(p)
+
+
+@functools.cache
+def _reach_statement() -> Select:
+    lab = bindparam("labeler_id")
+    return (select(Project, Membership.role, WarningAcceptance.warning_sha256)
+            .outerjoin(Membership, (Membership.project_id == Project.id) & (Membership.labeler_id == lab))
+            .outerjoin(WarningAcceptance, (WarningAcceptance.project_id == Project.id) &
+                       (WarningAcceptance.labeler_id == lab))
+            .where(Project.name == bindparam("name")))
 
 
 def project_to_manage(s: Session, name: str, lab: Labeler) -> Project:

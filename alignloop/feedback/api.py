@@ -16,6 +16,8 @@ The routes live in ``web/``, one router per resource; ``create_app`` puts them t
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from urllib.parse import quote
 
@@ -65,6 +67,16 @@ def create_app(db: Database | str, trusted_proxies: tuple[str, ...] | list[str] 
     for router in ROUTERS:
         app.include_router(router)
     return Limits(app)  # type: ignore[return-value]
+
+
+#: the environment ``alignloop label serve --workers N`` sets for its server processes (``app_from_environment``)
+DB_ENV, PROXIES_ENV = "ALIGNLOOP_STUDIO_DB", "ALIGNLOOP_STUDIO_TRUSTED_PROXIES"
+
+
+def app_from_environment() -> FastAPI:
+    """The studio app of one of several server processes (uvicorn's factory): the database URL and the trusted
+    proxies (a JSON list) from the environment that ``label serve --workers`` set."""
+    return create_app(os.environ[DB_ENV], trusted_proxies=json.loads(os.environ.get(PROXIES_ENV) or "[]"))
 
 
 async def _problem(request: Request, exc: HTTPProblem):

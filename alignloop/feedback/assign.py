@@ -23,6 +23,10 @@ in a project of a thousand tasks or a million, for a new labeler or one with ten
 - counters (``Project.open_tasks``, ``LabelerProgress``) are kept as places are taken and given back, so a
   labeler's progress and gold draw read one row. Counter rows are written at the end of each operation in one
   order (projects, then labelers by id), so PostgreSQL transactions that touch the same rows never deadlock.
+- on PostgreSQL every statement is a round trip, and its CPU on both back-ends is most of a request's: the
+  labeler's open assignment, counters, cursors and whether a lease ran out are read in one statement
+  (``_read_state``), every lane of the search in one more (``_lanes_statement``), and the task to take with its
+  places in use in one (``_take_statements``).
 - ``plan_next`` finds the candidates in a read transaction; ``next_assignment`` then only checks and takes them
   inside the write transaction, and searches again only when they were taken meanwhile. The web app does this on
   SQLite, where writers go one at a time; on PostgreSQL it runs ``next_assignment`` alone, in one transaction.
@@ -38,9 +42,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Boolean, bindparam, case, exists, func, select, tuple_, union, update
+from sqlalchemy import Boolean, bindparam, case, exists, func, literal, select, tuple_, union, union_all, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from alignloop.feedback.errors import Conflict
 from alignloop.feedback.models import Assignment, Judgment, Labeler, LabelerProgress, Project, Task, utcnow
@@ -307,6 +311,49 @@ def open_assignment(s: Session, project: Project, labeler: Labeler) -> Assignmen
     return s.scalar(_open_statement(), {"project_id": project.id, "labeler_id": labeler.id})
 
 
+@dataclass
+class _State:
+    """What "next task" reads of the labeler before it searches, in one statement (``_read_state``): their open
+    assignment's id, their counters and cursors (``progress``: None before their first assignment here), and the
+    cursors' places in the project's order (None when there is none, the task is gone, or the order changed)."""
+
+    open_id: int | None
+    progress: Any
+    cursor: tuple | None
+    gold_cursor: tuple | None
+    expired: bool  # whether the project has an open assignment whose lease ran out (``release_expired`` is due)
+
+
+@_once
+def _state_statement() -> Any:
+    t = LabelerProgress.__table__
+    cur, gold_cur = aliased(Task), aliased(Task)
+    open_id = _open_statement().with_only_columns(Assignment.id).scalar_subquery()
+    expired = exists().where(Assignment.task_id == Task.id, Task.project_id == bindparam("project_id"),
+                             Assignment.status == "open", last_seen() < bindparam("cutoff"))
+    return (select(open_id.label("open_id"), expired.label("expired"), t.c.assignments, t.c.judgments,
+                   t.c.seen_open, t.c.cursor_task_id, t.c.cursor_order, t.c.gold_cursor_task_id,
+                   cur.uncertainty_rank.label("cursor_rank"), cur.seq.label("cursor_seq"), cur.id.label("cursor_id"),
+                   gold_cur.seq.label("gold_seq"), gold_cur.id.label("gold_id"))
+            .select_from(Project)
+            .outerjoin(t, (t.c.project_id == Project.id) & (t.c.labeler_id == bindparam("labeler_id")))
+            .outerjoin(cur, cur.id == t.c.cursor_task_id)
+            .outerjoin(gold_cur, gold_cur.id == t.c.gold_cursor_task_id)
+            .where(Project.id == bindparam("project_id")))
+
+
+def _read_state(s: Session, project: Project, labeler: Labeler, now: dt.datetime | None = None) -> _State:
+    cutoff = (now or utcnow()) - dt.timedelta(minutes=project.lease_minutes)
+    row = s.execute(_state_statement(), {"project_id": project.id, "labeler_id": labeler.id, "cutoff": cutoff}).one()
+    progress = row if row.assignments is not None else None
+    cursor = None
+    if row.cursor_id is not None and row.cursor_order == project.order:
+        cursor = (row.cursor_rank, row.cursor_seq, row.cursor_id) if project.order == "uncertainty" else \
+            (row.cursor_seq, row.cursor_id)
+    gold_cursor = (row.gold_seq, row.gold_id) if row.gold_id is not None else None
+    return _State(row.open_id, progress, cursor, gold_cursor, bool(row.expired))
+
+
 @_once
 def _progress_statement() -> Any:
     t = LabelerProgress.__table__
@@ -352,29 +399,51 @@ def _seen_clause(task_id: Any, labeler_id: Any) -> Any:
         exists().where(Judgment.task_id == task_id, Judgment.labeler_id == labeler_id)
 
 
-@functools.lru_cache(maxsize=None)
-def _lane_statement(uncertainty: bool, after: bool) -> Any:
-    """The lane query, built once per shape (building SQLAlchemy statements costs more than running this one)."""
+@_once
+def _lanes_statement(uncertainty: bool, levels: tuple[int, ...], cursor: bool) -> Any:
+    """Every lane of a search in one statement, built once per shape: for each level (places taken), up to
+    ``probes`` tasks from its start and, with a cursor, up to ``probes`` after the cursor's key; in the order the
+    search reads them (level by level, the start before the cursor's lane, the project's order), each with whether
+    the labeler has seen it. (One lane a statement cost a round trip each on PostgreSQL.)"""
     cols = (Task.uncertainty_rank, Task.seq, Task.id) if uncertainty else (Task.seq, Task.id)
-    inner = select(Task.id, *cols[:-1]).where(Task.project_id == bindparam("project_id"),
-                                              Task.is_gold == bindparam("gold", type_=Boolean),
-                                              Task.places_taken == bindparam("level"))
-    if after:
-        inner = inner.where(tuple_(*cols) > tuple_(*[bindparam(f"after{i}") for i in range(len(cols))]))
-    sub = inner.order_by(*cols).limit(bindparam("probes")).subquery()
-    seen = _seen_clause(sub.c.id, bindparam("labeler_id"))
-    return select(sub.c.id, seen.label("seen")).order_by(*[sub.c[c.key] for c in cols])
+    members = []
+    for level in levels:
+        for lane in (0, 1) if cursor else (0,):
+            inner = select(*cols).where(Task.project_id == bindparam("project_id"),
+                                        Task.is_gold == bindparam("gold", type_=Boolean), Task.places_taken == level)
+            if lane:
+                inner = inner.where(tuple_(*cols) > tuple_(*[bindparam(f"after{i}") for i in range(len(cols))]))
+            sub = inner.order_by(*cols).limit(bindparam("probes")).subquery()
+            members.append(select(*[sub.c[c.key] for c in cols], literal(level).label("level"),
+                                  literal(lane).label("lane"),
+                                  _seen_clause(sub.c.id, bindparam("labeler_id")).label("seen")))
+    u = union_all(*members)
+    by = u.selected_columns
+    return u.order_by(by.level.desc(), by.lane, *[by[c.key] for c in cols])
 
 
-def _lane(s: Session, project: Project, labeler: Labeler, gold: bool, level: int,
-          after: tuple | None) -> tuple[list[int], int]:
-    """Up to PROBES tasks with ``level`` places taken, in the project's order (after the key ``after``):
-    (the ids the labeler has not seen, how many were read)."""
+def _search(s: Session, project: Project, labeler: Labeler, gold: bool, state: _State) -> list[tuple[int, tuple]]:
+    """(id, key in the project's order) of tasks the labeler may take next, best first (at most PROBES); empty when
+    nothing is left. Reads the start of each level and, where those were all seen, the tasks after the labeler's
+    cursor; the exact search only when that finds nothing (its keys are None)."""
+    cursor = state.gold_cursor if gold else state.cursor
+    levels = (0,) if gold else tuple(range(project.overlap - 1, -1, -1))
     uncertainty = project.order == "uncertainty" and not gold
-    params = {"project_id": project.id, "gold": gold, "level": level, "probes": PROBES, "labeler_id": labeler.id,
-              **{f"after{i}": v for i, v in enumerate(after or ())}}
-    rows = s.execute(_lane_statement(uncertainty, after is not None), params).all()
-    return [r.id for r in rows if not r.seen], len(rows)
+    params = {"project_id": project.id, "gold": gold, "probes": PROBES, "labeler_id": labeler.id,
+              **{f"after{i}": v for i, v in enumerate(cursor or ())}}
+    lanes: dict[tuple[int, int], list] = defaultdict(list)
+    for row in s.execute(_lanes_statement(uncertainty, levels, cursor is not None), params):
+        lanes[(row.level, row.lane)].append(row)
+    width = 3 if uncertainty else 2
+    for level in levels:
+        for lane in (0, 1):
+            rows = lanes[(level, lane)]
+            found = [(r.id, tuple(r[:width])) for r in rows if not r.seen]
+            if found:
+                return found
+            if lane == 0 and len(rows) < PROBES:  # the level ends before the cursor's lane would start
+                break
+    return [(task_id, None) for task_id in _exact(s, project, labeler, gold)]
 
 
 def _exact(s: Session, project: Project, labeler: Labeler, gold: bool) -> list[int]:
@@ -398,31 +467,9 @@ def _key(s: Session, project: Project, task_id: int, gold: bool) -> tuple | None
     return tuple(row) if row is not None else None
 
 
-def _cursor_key(s: Session, project: Project, progress: Any, gold: bool) -> tuple | None:
-    if progress is None:
-        return None
-    if gold:
-        task_id = progress.gold_cursor_task_id
-    else:
-        task_id = progress.cursor_task_id if progress.cursor_order == project.order else None
-    return _key(s, project, task_id, gold) if task_id is not None else None
-
-
-def candidates(s: Session, project: Project, labeler: Labeler, gold: bool, progress: Any = False) -> list[int]:
+def candidates(s: Session, project: Project, labeler: Labeler, gold: bool) -> list[int]:
     """Ids of tasks the labeler may take next, best first (at most PROBES); empty when nothing is left."""
-    if progress is False:
-        progress = _progress_row(s, project, labeler)
-    cursor = _cursor_key(s, project, progress, gold)
-    levels = [0] if gold else range(project.overlap - 1, -1, -1)
-    for level in levels:
-        ids, read = _lane(s, project, labeler, gold, level, None)
-        if ids:
-            return ids
-        if read == PROBES and cursor is not None:  # the level goes on beyond what was read
-            ids, _ = _lane(s, project, labeler, gold, level, cursor)
-            if ids:
-                return ids
-    return _exact(s, project, labeler, gold)
+    return [task_id for task_id, _ in _search(s, project, labeler, gold, _read_state(s, project, labeler))]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -454,30 +501,34 @@ def _take(s: Session, task_id: int, labeler: Labeler, project: Project, now: dt.
 
 
 @_once
-def _take_statements(lock: str | None) -> tuple:
-    task = select(Task.id, Task.is_gold, Task.places_taken, Task.completion_ids).where(Task.id == bindparam("task_id"))
+def _take_statements(lock: str | None) -> Any:
+    # the task with its places in use (a row per place; one row with slot None when none is): one round trip
+    # and whether the labeler has seen it
+    held = aliased(Assignment)  # (an alias: the "seen" test's own look-up of assignments must not correlate)
+    task = (select(Task.id, Task.is_gold, Task.places_taken, Task.completion_ids, held.slot,
+                   _seen_clause(Task.id, bindparam("labeler_id")).label("seen"))
+            .outerjoin(held, (held.task_id == Task.id) & held.slot.is_not(None))
+            .where(Task.id == bindparam("task_id")))
     if lock is not None:
-        task = task.with_for_update(skip_locked=lock == "skip")
-    seen = select(_seen_clause(bindparam("task_id"), bindparam("labeler_id")))
-    used = select(Assignment.slot).where(Assignment.task_id == bindparam("task_id"), Assignment.slot.is_not(None))
-    return task, seen, used
+        task = task.with_for_update(of=Task, skip_locked=lock == "skip")
+    return task
 
 
 def _take_place(s: Session, task_id: int, labeler: Labeler, project: Project, now: dt.datetime,
                 lock: str | None, checked: bool) -> Assignment | None:
     """Insert the labeler's assignment in the first free place of the task (None when none is left for them)."""
-    task_q, seen_q, used_q = _take_statements(lock)
-    task = s.execute(task_q, {"task_id": task_id}).first()
+    rows = s.execute(_take_statements(lock), {"task_id": task_id, "labeler_id": labeler.id}).all()
+    task = rows[0] if rows else None
     if task is None or (not task.is_gold and task.places_taken >= project.overlap):
         return None
-    if not checked and s.scalar(seen_q, {"task_id": task_id, "labeler_id": labeler.id}):
+    if not checked and task.seen:
         return None
     order = list(task.completion_ids)
     random.shuffle(order)  # left/right (and list) order randomised per task and stored with the assignment
     if task.is_gold:
         slots: list[int | None] = [None]
     else:
-        used = set(s.scalars(used_q, {"task_id": task_id}))
+        used = {r.slot for r in rows}
         slots = [i for i in range(project.overlap) if i not in used]
     for slot in slots:
         a = Assignment(task_id=task.id, labeler_id=labeler.id, slot=slot, display_order=order, created_at=now,
@@ -506,21 +557,15 @@ def _take_place(s: Session, task_id: int, labeler: Labeler, project: Project, no
     return None
 
 
-@_once
-def _keys_statement(uncertainty: bool) -> Any:
-    cols = (Task.uncertainty_rank, Task.seq, Task.id) if uncertainty else (Task.seq, Task.id)
-    return select(*cols).where(Task.id.in_(bindparam("ids", expanding=True)))
-
-
-def _move_cursor(s: Session, project: Project, labeler: Labeler, task_id: int, gold: bool, progress: Any) -> None:
-    """The labeler's cursor moves to the task when it lies further along the order than the cursor."""
+def _move_cursor(s: Session, project: Project, labeler: Labeler, task_id: int, gold: bool, state: _State,
+                 key: tuple | None) -> None:
+    """The labeler's cursor moves to the task when it lies further along the order than the cursor. ``key``: the
+    task's place in the order when the search read it (else it is read here)."""
     name = "gold_cursor_task_id" if gold else "cursor_task_id"
-    cursor_id = None
-    if progress is not None and (gold or progress.cursor_order == project.order):
-        cursor_id = getattr(progress, name)
-    keys = {row[-1]: tuple(row) for row in s.execute(
-        _keys_statement(project.order == "uncertainty" and not gold), {"ids": [task_id, cursor_id or task_id]})}
-    if cursor_id is None or cursor_id not in keys or keys[task_id] > keys[cursor_id]:
+    cursor = state.gold_cursor if gold else state.cursor
+    if key is None:
+        key = _key(s, project, task_id, gold)
+    if cursor is None or key is None or key > cursor:
         sets = _pending(s).sets[(project.id, labeler.id)]
         sets[name] = task_id
         if not gold:
@@ -540,17 +585,20 @@ class Plan:
     current: Assignment | None = None
     gold: bool | None = None
     candidates: list[int] = field(default_factory=list)
+    keys: dict[int, tuple | None] = field(default_factory=dict)  # the candidates' places in the project's order
 
 
 def plan_next(s: Session, project: Project, labeler: Labeler, now: dt.datetime | None = None) -> Plan:
     """The search for the labeler's next task, in a read transaction (outside SQLite's one write lock)."""
     now = now or utcnow()
-    current = open_assignment(s, project, labeler)
+    state = _read_state(s, project, labeler, now)
+    current = s.get(Assignment, state.open_id) if state.open_id is not None else None
     if current is not None and (current.last_seen_at or current.created_at) >= \
             now - dt.timedelta(minutes=project.lease_minutes):
         return Plan(current=current)
-    gold = bool(labeler.gold_seed) and gold_turn(s, project, labeler)
-    return Plan(gold=gold, candidates=candidates(s, project, labeler, gold)[:HINTS])
+    gold = bool(labeler.gold_seed) and gold_turn(s, project, labeler, state.progress)
+    found = _search(s, project, labeler, gold, state)[:HINTS]
+    return Plan(gold=gold, candidates=[task_id for task_id, _ in found], keys=dict(found))
 
 
 def next_assignment(s: Session, project: Project, labeler: Labeler, now: dt.datetime | None = None,
@@ -558,13 +606,13 @@ def next_assignment(s: Session, project: Project, labeler: Labeler, now: dt.date
     """The labeler's open assignment, or a new one; None when nothing is left for them. ``plan`` (from
     ``plan_next``) names candidates to try first; ``now`` is the clock."""
     now = now or utcnow()
-    if release_expired(s, project, now):
+    state = _read_state(s, project, labeler, now)  # (only this labeler's own requests change it)
+    if state.expired and release_expired(s, project, now):  # (the state says when: a statement less per request)
         plan = None  # places came free since the plan was made: they may come first
-    current = open_assignment(s, project, labeler)
-    if current is not None:
-        return current
-    progress = _progress_row(s, project, labeler)  # (only this labeler's own requests change it)
-    kinds = [True, False] if gold_turn(s, project, labeler, progress) else [False, True]
+        state = _read_state(s, project, labeler, now)
+    if state.open_id is not None:
+        return s.get(Assignment, state.open_id)
+    kinds = [True, False] if gold_turn(s, project, labeler, state.progress) else [False, True]
     for gold in kinds:
         if gold and project.gold_rate <= 0:
             continue
@@ -572,24 +620,24 @@ def next_assignment(s: Session, project: Project, labeler: Labeler, now: dt.date
             for task_id in plan.candidates:
                 a = _take(s, task_id, labeler, project, now)
                 if a is not None:
-                    return _handed_out(s, project, labeler, a, gold, progress)
+                    return _handed_out(s, project, labeler, a, gold, state, plan.keys.get(task_id))
         for attempt in range(5):  # lost races search again
-            ids = candidates(s, project, labeler, gold, progress)
-            if not ids:
+            found = _search(s, project, labeler, gold, state)
+            if not found:
                 break
-            for task_id in ids:
+            for task_id, key in found:
                 # the last tries wait for busy tasks rather than skip them, so a labeler is never told
                 # "nothing left" only because every remaining task was being handed out at that moment
                 a = _take(s, task_id, labeler, project, now, wait=attempt >= 3, checked=True)
                 if a is not None:
-                    return _handed_out(s, project, labeler, a, gold, progress)
+                    return _handed_out(s, project, labeler, a, gold, state, key)
     write_counts(s)
     return None
 
 
-def _handed_out(s: Session, project: Project, labeler: Labeler, a: Assignment, gold: bool,
-                progress: Any) -> Assignment:
-    _move_cursor(s, project, labeler, a.task_id, gold, progress)
+def _handed_out(s: Session, project: Project, labeler: Labeler, a: Assignment, gold: bool, state: _State,
+                key: tuple | None) -> Assignment:
+    _move_cursor(s, project, labeler, a.task_id, gold, state, key)
     write_counts(s)
     return a
 

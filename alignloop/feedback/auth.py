@@ -14,7 +14,7 @@ import secrets
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select
+from sqlalchemy import Select, bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from alignloop.feedback.errors import Invalid
@@ -73,11 +73,11 @@ def new_token(s: Session, labeler: Labeler, days: int = TOKEN_DAYS, name: str = 
 
 def token_for(s: Session, token: str) -> tuple[Labeler, ApiToken] | None:
     """The active labeler and the token row of an unexpired API token."""
-    row = s.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
-    if row is None or row.expires_at < utcnow():
+    found = s.execute(_token_statement(), {"hash": hash_token(token)}).first()
+    if found is None or found.ApiToken.expires_at < utcnow():
         return None
-    lab = s.get(Labeler, row.labeler_id)
-    return (lab, row) if lab is not None and lab.active else None
+    row, lab = found
+    return (lab, row) if lab.active else None
 
 
 def labeler_for_token(s: Session, token: str) -> Labeler | None:
@@ -107,11 +107,24 @@ def _dummy_hash() -> str:
 
 
 def session_for_cookie(s: Session, raw: str) -> tuple[Labeler, LoginSession] | None:
-    sess = s.scalar(select(LoginSession).where(LoginSession.session_hash == hash_token(raw)))
-    if sess is None or sess.expires_at < utcnow():
+    found = s.execute(_session_statement(), {"hash": hash_token(raw)}).first()
+    if found is None or found.LoginSession.expires_at < utcnow():
         return None
-    lab = s.get(Labeler, sess.labeler_id)
-    return (lab, sess) if lab is not None and lab.active else None
+    sess, lab = found
+    return (lab, sess) if lab.active else None
+
+
+# every request checks its token or cookie: one statement (the row and its labeler), built once
+@functools.cache
+def _token_statement() -> Select:
+    return select(ApiToken, Labeler).join(Labeler, Labeler.id == ApiToken.labeler_id).where(
+        ApiToken.token_hash == bindparam("hash"))
+
+
+@functools.cache
+def _session_statement() -> Select:
+    return select(LoginSession, Labeler).join(Labeler, Labeler.id == LoginSession.labeler_id).where(
+        LoginSession.session_hash == bindparam("hash"))
 
 
 def logout(s: Session, raw: str) -> None:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
-from alignloop.core.db import default_db_url, make_parent_folder  # noqa: F401  (default_db_url: re-exported)
+from alignloop.core.db import (  # noqa: F401  (default_db_url: re-exported)
+    default_db_url,
+    display_url,
+    make_parent_folder,
+)
 from alignloop.core.errors import AlignloopError
 from alignloop.feedback.config import (  # noqa: F401  (re-exported)
     LabelAddUserConfig,
@@ -63,10 +68,26 @@ def run_serve(cfg: LabelServeConfig) -> int:
         if s.scalar(select(Labeler.id).where(Labeler.role == "admin")) is None:
             print("note: no admin yet; create one with `alignloop label add-user --role admin --name NAME"
                   f"{' --db ' + cfg.db if cfg.db else ''}`", file=sys.stderr)
-    print(f"feedback studio on http://{cfg.host}:{cfg.port} (database {db.url})", file=sys.stderr)
-    uvicorn.run(create_app(db, trusted_proxies=cfg.trusted_proxy), host=cfg.host, port=cfg.port,
-                log_level=cfg.log_level, **proxy_settings(cfg.trusted_proxy))
+    print(f"feedback studio on http://{cfg.host}:{cfg.port} (database {display_url(db.url)}"
+          f"{f', {cfg.workers} server processes' if cfg.workers > 1 else ''})", file=sys.stderr)
+    settings = dict(host=cfg.host, port=cfg.port, log_level=cfg.log_level, **proxy_settings(cfg.trusted_proxy))
+    if cfg.workers == 1:
+        uvicorn.run(create_app(db, trusted_proxies=cfg.trusted_proxy), **settings)
+        return 0
+    # several processes: uvicorn starts each from an import string, and each builds its app from the environment
+    # (nothing of the app is shared between them but the database: sessions, tokens, the sign-in throttle and the
+    # counters are all rows there)
+    db.dispose()
+    os.environ.update(studio_environment(db.url, cfg.trusted_proxy))
+    uvicorn.run("alignloop.feedback.api:app_from_environment", factory=True, workers=cfg.workers, **settings)
     return 0
+
+
+def studio_environment(url: str, trusted_proxies: list[str]) -> dict[str, str]:
+    """What ``api.app_from_environment`` reads in each server process."""
+    from alignloop.feedback.api import DB_ENV, PROXIES_ENV
+
+    return {DB_ENV: url, PROXIES_ENV: json.dumps(list(trusted_proxies))}
 
 
 def proxy_settings(trusted_proxies: list[str]) -> dict:

@@ -37,9 +37,17 @@ class LabelServeConfig(StageConfig):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = opt("info", "Server log level.")
     trusted_proxy: list[str] = opt([], "Addresses or networks (CIDR) of reverse proxies in front of the studio: "
                                    "only their X-Forwarded-For is believed (sign-in throttle, audit log).")
+    workers: int = opt(1, "Server processes (PostgreSQL only): each one uses about a core when busy. SQLite takes "
+                       "one writer at a time, and the studio queues its writers inside one process.")
 
     def check(self) -> list[str]:
         p = check_db_url(self.db) + positive(self, "port") + in_range(self, "port", 1, 65535)
+        p += positive(self, "workers")
+        if self.workers > 1 and not self.db.startswith("postgresql"):
+            p.append(f"workers: {self.workers} server processes need a PostgreSQL database (--db "
+                     "postgresql+psycopg://...). On SQLite one process serves: SQLite takes one writer at a time, "
+                     "and the studio queues its writers on a lock inside one process; several processes would "
+                     "instead wait in SQLite's busy handler, which sleeps in growing steps (seconds under load)")
         import ipaddress
 
         for v in self.trusted_proxy:

@@ -13,12 +13,12 @@ Python API (no HTTP needed; used by the AI judge, the serving feedback capture a
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, func, select, union_all
 from sqlalchemy.orm import Session
 
 from alignloop.feedback import assign, auth, tallies
@@ -280,15 +280,15 @@ def add_judgment(s: Session, task_id: int, labeler: Labeler | str, choice: str |
     transaction."""
     if isinstance(labeler, str):
         labeler = get_or_create_labeler(s, labeler, kind=kind, identity=identity)
-    if idempotency_key is not None:
-        if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 100:
-            raise Invalid("must be a string of 1 to 100 characters", field="idempotency_key")
-        previous = s.scalar(select(Judgment).where(Judgment.labeler_id == labeler.id,
-                                                   Judgment.idempotency_key == idempotency_key))
-        if previous is not None:
-            if previous.task_id != task_id:
-                raise Conflict("this key was already used for another task", field="idempotency_key")
-            return previous, False
+    if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 100):
+        raise Invalid("must be a string of 1 to 100 characters", field="idempotency_key")
+    # one statement: the labeler's judgment of this task, and the one made with this key (a repeat)
+    mine = s.execute(_mine_statement(), {"task_id": task_id, "labeler_id": labeler.id, "key": idempotency_key}).all()
+    previous = next((r for r in mine if idempotency_key is not None and r.idempotency_key == idempotency_key), None)
+    if previous is not None:
+        if previous.task_id != task_id:
+            raise Conflict("this key was already used for another task", field="idempotency_key")
+        return s.get(Judgment, previous.id), False
     task = s.get(Task, task_id)
     if task is None:
         raise NotFound(f"no task {task_id}", field="task_id")
@@ -299,26 +299,25 @@ def add_judgment(s: Session, task_id: int, labeler: Labeler | str, choice: str |
             raise NotFound("no such assignment for this labeler", field="assignment")
         if assignment.status != "open":
             raise Conflict(f"this assignment is {assignment.status}; fetch the next task", field="assignment")
-    if s.scalar(select(Judgment.id).where(Judgment.task_id == task.id, Judgment.labeler_id == labeler.id)):
+    if any(r.task_id == task.id for r in mine):
         raise Conflict("this labeler already judged this task", field="task_id")
-    j = Judgment(task_id=task.id, labeler_id=labeler.id, assignment_id=assignment.id if assignment else None,
-                 choice=answer.choice, strength=answer.strength, ranking=answer.ranking, ratings=answer.ratings,
-                 flags=answer.flags, rewrite=answer.rewrite, skipped=answer.skip_reason is not None,
-                 skip_reason=answer.skip_reason, display_order=assignment.display_order if assignment else None,
-                 guideline_version=project.guidelines_version, idempotency_key=idempotency_key,
-                 duration_ms=duration_ms if isinstance(duration_ms, int) and duration_ms >= 0 else None,
-                 created_at=now or utcnow())
-    try:
-        with s.begin_nested():  # a racing retry with the same key loses here, not in the outer transaction
-            s.add(j)
-            s.flush()
-    except IntegrityError:
+    values = dict(task_id=task.id, labeler_id=labeler.id, assignment_id=assignment.id if assignment else None,
+                  choice=answer.choice, strength=answer.strength, ranking=answer.ranking, ratings=answer.ratings,
+                  flags=answer.flags, rewrite=answer.rewrite, skipped=answer.skip_reason is not None,
+                  skip_reason=answer.skip_reason, display_order=assignment.display_order if assignment else None,
+                  guideline_version=project.guidelines_version, idempotency_key=idempotency_key,
+                  duration_ms=duration_ms if isinstance(duration_ms, int) and duration_ms >= 0 else None,
+                  created_at=now or utcnow())
+    # a racing request with the same key or for the same task (its labeler's own retry) inserts nothing here
+    # instead of failing: no savepoint needed around the insert (two round trips on PostgreSQL)
+    j = s.scalar(_insert_statement(s.get_bind().dialect.name), values)
+    if j is None:
         if idempotency_key is not None:
             previous = s.scalar(select(Judgment).where(Judgment.labeler_id == labeler.id,
                                                        Judgment.idempotency_key == idempotency_key))
             if previous is not None:
                 return previous, False
-        raise Conflict("this labeler already judged this task", field="task_id") from None
+        raise Conflict("this labeler already judged this task", field="task_id")
     if assignment is not None:
         assignment.status = "skipped" if j.skipped else "done"
         assignment.completed_at = j.created_at
@@ -327,6 +326,27 @@ def add_judgment(s: Session, task_id: int, labeler: Labeler | str, choice: str |
     tallies.record(s, j, task)
     assign.judgment_added(s, project, task, labeler, assignment)
     return j, True
+
+
+@functools.cache
+def _mine_statement() -> Any:
+    same_task = select(Judgment.id, Judgment.task_id, Judgment.idempotency_key).where(
+        Judgment.task_id == bindparam("task_id"), Judgment.labeler_id == bindparam("labeler_id"))
+    same_key = select(Judgment.id, Judgment.task_id, Judgment.idempotency_key).where(
+        Judgment.labeler_id == bindparam("labeler_id"), Judgment.idempotency_key == bindparam("key"))
+    return union_all(same_task, same_key)  # (two unique-index look-ups; an OR of both could scan)
+
+
+@functools.cache
+def _insert_statement(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING the new judgment (an ORM object, in the session)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - the studio runs on SQLite and PostgreSQL
+        raise NotImplementedError(dialect)
+    return insert(Judgment).on_conflict_do_nothing().returning(Judgment)
 
 
 def judgments_for(s: Session, project: Project, include_skipped: bool = False) -> list[Judgment]:

@@ -97,7 +97,10 @@ def _index_batch(s: Session, project_id: int, full: bool = True) -> int:
             INSERT INTO task_search (task_id, project_id, doc)
             SELECT t.id, t.project_id, {_PG_DOC} FROM tasks t JOIN prompts p ON p.id = t.prompt_id
             WHERE t.project_id = :p AND {new}
-            ORDER BY t.id LIMIT :n"""), {"p": project_id, "n": BATCH})
+            ORDER BY t.id LIMIT :n
+            ON CONFLICT (task_id) DO NOTHING"""), {"p": project_id, "n": BATCH})
+        # (ON CONFLICT: another search, in this process or another server process, is indexing the same tasks;
+        # this one waits for its commit and leaves those rows to it instead of failing on the duplicate key)
         return res.rowcount or 0
     # SQLite commits one writer at a time, so task ids are committed in order: everything above the highest
     # indexed id is new (tasks are never deleted but with their project)

@@ -7,13 +7,15 @@ the server maps it to the task's canonical order with the assignment's stored di
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Annotated, Optional
 
 from fastapi import APIRouter, Header, Response
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from alignloop.feedback import access, assign
-from alignloop.feedback.models import Assignment, Database, Project, Task
+from alignloop.feedback.models import Assignment, Database, Membership, Project, Task
 from alignloop.feedback.queries import add_judgment
 from alignloop.feedback.web.deps import CurrentLabeler, DbDep, HTTPProblem, Now, Principal, ReadSession, RowId
 from alignloop.feedback.web.schemas import JudgmentIn
@@ -77,8 +79,8 @@ def next_for(db: Database, name: str, who: Principal, now: dt.datetime | None = 
 
 
 def _project_to_label(s: Session, name: str, who: Principal) -> Project:
-    p = access.project_to_label(s, name, who.labeler)
-    if not access.warning_accepted(s, who.labeler, p):
+    p, accepted = access.project_and_warning(s, name, who.labeler)
+    if not accepted:
         raise HTTPProblem(409, f"accept the project's content warning first (POST /api/projects/{name}/"
                           "accept-warning)", "content_warning")
     return p
@@ -103,15 +105,24 @@ def own_assignment(s: Session, assignment_id: int, who: Principal, expired_ok: b
 
 def _own(s: Session, assignment_id: int, who: Principal, expired_ok: bool = False
          ) -> tuple[Assignment, Task, Project]:
-    a = s.get(Assignment, assignment_id)
-    task = s.get(Task, a.task_id) if a is not None else None
-    project = s.get(Project, task.project_id) if task is not None else None
+    # one statement: the assignment, its task and project, and the labeler's membership there
+    row = s.execute(_own_statement(), {"assignment_id": assignment_id, "labeler_id": who.labeler.id}).first()
+    a, task, project, role = row if row is not None else (None, None, None, None)
     # someone else's assignment, or one in a project the labeler left, looks exactly like none
-    if a is None or a.labeler_id != who.labeler.id or not access.can_label(s, who.labeler, project):
+    if a is None or a.labeler_id != who.labeler.id or not access.may_label(who.labeler, project, role):
         raise HTTPProblem(404, f"no assignment {assignment_id} for you", "assignment_id")
     if a.status == "expired" and not expired_ok:
         raise HTTPProblem(409, "this assignment expired; fetch the next task", "assignment_id")
     return a, task, project
+
+
+@functools.cache
+def _own_statement() -> Select:
+    return (select(Assignment, Task, Project, Membership.role).join(Task, Task.id == Assignment.task_id)
+            .join(Project, Project.id == Task.project_id)
+            .outerjoin(Membership, (Membership.project_id == Project.id) &
+                       (Membership.labeler_id == bindparam("labeler_id")))
+            .where(Assignment.id == bindparam("assignment_id")))
 
 
 def canonical_choice(choice: Optional[str], task: Task, a: Assignment) -> Optional[str]:

@@ -106,7 +106,7 @@ def identify(request: Request, db: Database, authorization: Optional[str]) -> Pr
     client = client_address(request)
     if authorization:
         scheme, _, token = authorization.partition(" ")
-        with db.read() as s:
+        with db.lookup() as s:  # one statement, no transaction: the handler opens its own
             found = auth.token_for(s, token.strip()) if scheme.lower() == "bearer" else None
         if found is None:
             raise HTTPProblem(401, "invalid, expired or revoked API token")
@@ -114,7 +114,7 @@ def identify(request: Request, db: Database, authorization: Optional[str]) -> Pr
         if auth.stale_use(row):
             accounts.touch_token(db, row.id)
         return Principal(lab, None, client)
-    with db.read() as s:
+    with db.lookup() as s:
         raw = request.cookies.get(SESSION_COOKIE)
         found = auth.session_for_cookie(s, raw) if raw else None
     if found is None:

@@ -3,11 +3,12 @@ assignments. Model names are left out of everything a labeler sees on purpose (l
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from alignloop.feedback.models import Assignment, Completion, Judgment, Project, Prompt, Task
@@ -42,17 +43,25 @@ def judgment_public(j: Judgment) -> dict:
 
 def assignment_view(s: Session, a: Assignment, p: Project) -> dict:
     """What the labeler's page needs, completions in the order this labeler sees them."""
-    task = s.get(Task, a.task_id)
-    prompt = s.get(Prompt, task.prompt_id)
-    comps = {c.id: c for c in s.scalars(select(Completion).where(Completion.id.in_(task.completion_ids)))}
-    return {"assignment_id": a.id, "task_id": task.id, "task_type": task.task_type, "prompt": prompt.prompt,
-            "context": prompt.context,
-            "completions": [{"id": cid, "label": LETTERS[i], "text": comps[cid].text}
+    # one statement: the task's prompt and its completions (a row each), plain columns
+    rows = s.execute(_assignment_statement(), {"task_id": a.task_id}).all()
+    task, texts = rows[0], {r.completion_id: r.text for r in rows}
+    return {"assignment_id": a.id, "task_id": task.id, "task_type": task.task_type, "prompt": task.prompt,
+            "context": task.context,
+            "completions": [{"id": cid, "label": LETTERS[i], "text": texts[cid]}
                             for i, cid in enumerate(a.display_order)],
             "criteria": p.criteria, "flags": p.flags, "scale": p.scale,
             "guidelines_version": p.guidelines_version, "content_warning": p.content_warning,
             "started_at": a.created_at.isoformat() + "Z", "lease_minutes": p.lease_minutes,
             "heartbeat_seconds": heartbeat_seconds(p)}
+
+
+@functools.cache
+def _assignment_statement() -> Any:
+    return (select(Task.id, Task.task_type, Prompt.prompt, Prompt.context, Completion.id.label("completion_id"),
+                   Completion.text)
+            .join(Prompt, Prompt.id == Task.prompt_id).join(Completion, Completion.prompt_id == Prompt.id)
+            .where(Task.id == bindparam("task_id")))
 
 
 def heartbeat_seconds(p: Project) -> int:

@@ -157,3 +157,38 @@ def test_forwarded_headers_are_believed_only_from_the_named_proxies(tmp_path):
     assert asyncio.run(failed_login_seen_from(["10.0.0.0/8"], "10.0.0.2")) == "6.6.6.6"
     assert asyncio.run(failed_login_seen_from(["10.0.0.0/8"], "127.0.0.1")) == "127.0.0.1"
     db.dispose()
+
+
+def test_several_server_processes_need_postgresql(tmp_path, capsys):
+    """SQLite takes one writer at a time and the studio queues its writers inside one process: ``--workers 2``
+    on SQLite (the default database too) is refused before anything starts, saying why."""
+    assert main(["label", "serve", "--db", f"sqlite:///{tmp_path / 'labels.db'}", "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "workers: 2 server processes need a PostgreSQL database" in err and "one writer at a time" in err
+    assert main(["label", "serve", "--workers", "2"]) == 2
+    assert main(["label", "serve", "--workers", "0"]) == 2
+
+
+def test_several_server_processes_build_their_app_from_the_environment(monkeypatch, tmp_path):
+    """With ``--workers N`` uvicorn starts N processes from an import string (an app object cannot be handed to
+    them); each builds the studio's app from the database URL and the trusted proxies ``label serve`` put in the
+    environment."""
+    import uvicorn
+
+    from alignloop.feedback import api
+    from alignloop.feedback.models import Database
+
+    url = f"sqlite:///{tmp_path / 'labels.db'}"  # (run_serve is called directly: the config check is above)
+    Database(url).dispose()
+    ran = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app, **kw))
+    for name in (api.DB_ENV, api.PROXIES_ENV):  # (so that the test's end takes away what run_serve sets)
+        monkeypatch.setenv(name, "")
+    cfg = commands.LabelServeConfig(db=url, workers=3, trusted_proxy=["10.0.0.0/8"], port=8123)
+    assert commands.run_serve(cfg) == 0
+    assert ran["app"] == "alignloop.feedback.api:app_from_environment" and ran["factory"] is True
+    assert ran["workers"] == 3 and ran["port"] == 8123 and ran["forwarded_allow_ips"] == ["10.0.0.0/8"]
+    app = api.app_from_environment()  # what each process does
+    state = app.app.state  # (create_app wraps the FastAPI app in the Limits middleware)
+    assert state.db.url == url and [str(n) for n in state.trusted_proxies] == ["10.0.0.0/8"]
+    state.db.dispose()

@@ -268,6 +268,36 @@ def test_search_finds_a_task_that_committed_late_on_postgresql(db, monkeypatch):
     assert search.catch_up(db, pid) == 0 and found() == [straggler]
 
 
+def test_two_searches_indexing_the_same_tasks_at_once_on_postgresql(db):
+    """Several server processes (``label serve --workers``), or two searches of one, may bring the index up to date
+    at the same moment: the second waits for the first's rows and leaves them to it, instead of failing on the
+    duplicate key (a 500 for the lead's search)."""
+    if db.is_sqlite:
+        pytest.skip("SQLite has one writer at a time")
+    import threading
+    import time
+
+    import psycopg
+
+    with db.write() as s:
+        p = create_project(s, "both", overlap=1)
+        import_records(s, p, numbered(generate_records(4)))
+        pid = p.id
+    other = psycopg.connect(db.url.replace("postgresql+psycopg://", "postgresql://"))  # (its search_path too)
+    try:  # the other search has written its rows and not committed yet
+        other.execute("INSERT INTO task_search (task_id, project_id, doc) SELECT id, project_id, "
+                      "to_tsvector('simple', 'question') FROM tasks WHERE project_id = %s", (pid,))
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(left=search.catch_up(db, pid)))
+        worker.start()
+        time.sleep(1.0)  # this search now waits on the other's rows
+        other.commit()
+        worker.join(30)
+    finally:
+        other.close()
+    assert result == {"left": 0}
+
+
 # --------------------------------------------------------------------------------------------------
 # Deciding
 # --------------------------------------------------------------------------------------------------
