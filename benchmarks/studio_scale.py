@@ -511,14 +511,18 @@ def main() -> None:
             with running(args, n, per_kind=1) as (url, port, tokens):
                 load = [tokens[f"load{i:03d}"] for i in range(args.labelers)]
                 for rate in args.rate:
+                    cpu0 = cpu_seconds()
                     res = asyncio.run(open_loop(port, load, rate, args.load_rounds))
                     emit(args, {"backend": args.backend, "tasks": n, "mode": "open loop", "labelers": len(load),
-                                "workers": args.workers, **res, "load_average": os.getloadavg()[0]})
+                                "workers": args.workers, **res, **cpu_per_round(cpu0, cpu_seconds(), res["rounds"]),
+                                "load_average": os.getloadavg()[0]})
                 spare = [tokens[f"load{i:03d}"] for i in range(64)]
                 for c in args.concurrency:
+                    cpu0 = cpu_seconds()
                     res = asyncio.run(closed_loop(port, spare[:c], args.load_rounds))
                     emit(args, {"backend": args.backend, "tasks": n, "mode": "closed loop", "workers": args.workers,
-                                **res, "load_average": os.getloadavg()[0]})
+                                **res, **cpu_per_round(cpu0, cpu_seconds(), res["rounds"]),
+                                "load_average": os.getloadavg()[0]})
 
 
 def measure_single(args: argparse.Namespace, n: int, port: int, tokens: list[str], order: str, who: str) -> None:
@@ -534,6 +538,14 @@ def measure_single(args: argparse.Namespace, n: int, port: int, tokens: list[str
 
 
 SERVER_PID: list[int] = []
+
+
+def cpu_per_round(cpu0: dict, cpu1: dict, rounds: int) -> dict:
+    """CPU ms per completed round of the studio's processes, PostgreSQL's and this load generator's own (the client
+    shares the cores with them: where the 2 cores went under load)."""
+    rounds = max(rounds, 1)
+    return {f"{k}_cpu_ms_per_round": round(1000 * (cpu1[k] - cpu0[k]) / rounds, 2)
+            for k in ("server", "postgres", "client")}
 
 
 def cpu_seconds() -> dict:
@@ -556,7 +568,9 @@ def cpu_seconds() -> dict:
                     pg += of(int(entry.name))
             except OSError:
                 pass
-    return {"server": sum(of(pid) for pid in _descendants(SERVER_PID[-1])) if SERVER_PID else 0.0, "postgres": pg}
+    me = os.times()
+    return {"server": sum(of(pid) for pid in _descendants(SERVER_PID[-1])) if SERVER_PID else 0.0, "postgres": pg,
+            "client": me.user + me.system}
 
 
 def _descendants(root: int) -> list[int]:
