@@ -62,7 +62,7 @@ def project_and_warning(s: Session, name: str, lab: Labeler) -> tuple[Project, b
     p, role, digest = row
     if not may_label(lab, p, role):
         raise NotFound(f"no project named '{name}'", field="project")
-    return p, not p.content_warning or digest == _warning_digest(p)
+    return p, _accepted(p, digest)
 
 
 @functools.cache
@@ -128,12 +128,16 @@ def _warning_digest(project: Project) -> str:
     return hashlib.sha256(project.content_warning.encode()).hexdigest()
 
 
+def _accepted(project: Project, digest: str | None) -> bool:
+    """Whether a labeler's accepted warning (its digest, or None) covers the project's current one (if any)."""
+    return not project.content_warning or digest == _warning_digest(project)
+
+
 def warning_accepted(s: Session, lab: Labeler, project: Project) -> bool:
     if not project.content_warning:
         return True
-    digest = s.scalar(select(WarningAcceptance.warning_sha256).where(
-        WarningAcceptance.project_id == project.id, WarningAcceptance.labeler_id == lab.id))
-    return digest == _warning_digest(project)
+    return _accepted(project, s.scalar(select(WarningAcceptance.warning_sha256).where(
+        WarningAcceptance.project_id == project.id, WarningAcceptance.labeler_id == lab.id)))
 
 
 def accept_warning(s: Session, lab: Labeler, project: Project) -> None:
