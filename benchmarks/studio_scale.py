@@ -45,8 +45,6 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -227,7 +225,8 @@ def timed_app():  # noqa: ANN201
 
 
 def serve(url: str, port: int, workers: int = 1) -> None:
-    """The server process: ``workers`` uvicorn processes (``label serve --workers``) on ``url``."""
+    """The server process: ``workers`` uvicorn processes (``label serve --workers``) on ``url``, each with the
+    handler threads of ``label serve --threads`` (in the environment: ``--threads`` of this script)."""
     import uvicorn
 
     from alignloop.feedback.api import DB_ENV
@@ -249,7 +248,65 @@ def start_server(url: str, port: int, workers: int = 1) -> subprocess.Popen:
 # --------------------------------------------------------------------------------------------------
 
 
-def server_ms(r: httpx.Response) -> float:
+class Reply:
+    """What the load generator needs of an HTTP response: status, headers (lower-case names), body."""
+
+    def __init__(self, status_code: int, headers: dict[str, str], body: bytes):
+        self.status_code, self.headers, self.content = status_code, headers, body
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self):  # noqa: ANN201
+        return json.loads(self.content)
+
+
+class Connection:
+    """One labeler's keep-alive HTTP/1.1 connection, written by hand on asyncio streams: the load generator shares
+    the 2 cores with the server and PostgreSQL, and httpx's pool cost it 12 to 17 ms of CPU a round with 50
+    labelers (its connection pool scans every connection per request). A request is one write, with TCP_NODELAY;
+    responses are read by Content-Length (the studio's JSON replies always carry it)."""
+
+    def __init__(self, port: int):
+        self.port, self.reader, self.writer = port, None, None
+
+    async def post(self, path: str, headers: dict[str, str], body: dict | None = None) -> Reply:
+        data = json.dumps(body).encode() if body is not None else b""
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nContent-Length: {len(data)}\r\n"
+                   f"{'Content-Type: application/json' + chr(13) + chr(10) if body is not None else ''}{head}\r\n"
+                   ).encode() + data
+        for attempt in (0, 1):
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+            try:
+                self.writer.write(request)
+                return await self._reply()
+            except (ConnectionError, asyncio.IncompleteReadError):
+                self.close()  # the server closed an idle keep-alive connection: once more on a new one
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _reply(self) -> Reply:
+        status = int((await self.reader.readuntil(b"\r\n")).split(b" ", 2)[1])
+        headers = {}
+        while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return Reply(status, headers, body)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def server_ms(r: Reply) -> float:
     return float(r.headers.get("server-timing", "app;dur=nan").split("dur=")[1]) / 1000
 
 
@@ -263,7 +320,8 @@ def summary(out: dict) -> dict:
     res = {}
     for what in ("next", "submit"):
         xs, app = out[what], out[f"{what}_server"]
-        res.update({f"{what}_p50_ms": pct(xs, 0.5), f"{what}_p99_ms": pct(xs, 0.99), f"{what}_max_ms": pct(xs, 1.0),
+        res.update({f"{what}_p50_ms": pct(xs, 0.5), f"{what}_p90_ms": pct(xs, 0.9), f"{what}_p99_ms": pct(xs, 0.99),
+                    f"{what}_max_ms": pct(xs, 1.0),
                     f"{what}_server_p50_ms": pct(app, 0.5), f"{what}_server_p99_ms": pct(app, 0.99)})
     res["rounds"] = len(out["submit"])
     return res
@@ -273,21 +331,37 @@ def _out() -> dict:
     return {"next": [], "submit": [], "next_server": [], "submit_server": [], "errors": []}
 
 
-def one_round(client: httpx.Client, token: str, k: int, out: dict | None) -> None:
+class NothingLeft(RuntimeError):
+    pass
+
+
+async def one_round(conn: Connection, token: str, k: int, out: dict | None, strict: bool = True) -> None:
+    """One labeler's round: POST next task, POST a judgment on it. ``strict``: a failure raises (one labeler at a
+    time), else it is counted in ``out["errors"]`` (under load)."""
     auth = {"Authorization": f"Bearer {token}"}
     t0 = time.perf_counter()
-    r = client.post("/api/projects/scale/next", headers=auth)
+    r = await conn.post("/api/projects/scale/next", auth)
     t1 = time.perf_counter()
     task = r.json()
+    problem = None
     if r.status_code == 200 and task.get("done"):
-        raise NothingLeft(f"nothing left for this labeler: {r.text[:200]}")
-    if r.status_code != 200:
-        raise RuntimeError(f"next: {r.status_code} {r.text[:200]}")
-    r2 = client.post(f"/api/assignments/{task['assignment_id']}/judgment", json={"choice": "AB"[k % 2]},
-                     headers={**auth, "Idempotency-Key": f"{RUN}-{next(KEYS)}"})
-    t2 = time.perf_counter()
-    if r2.status_code != 201:
-        raise RuntimeError(f"submit: {r2.status_code} {r2.text[:200]}")
+        if strict:
+            raise NothingLeft(f"nothing left for this labeler: {r.text[:200]}")
+        problem = "next: nothing left"
+    elif r.status_code != 200:
+        problem = f"next {r.status_code}: {r.text[:80]}"
+    if problem is None:
+        r2 = await conn.post(f"/api/assignments/{task['assignment_id']}/judgment",
+                             {**auth, "Idempotency-Key": f"{RUN}-{next(KEYS)}"}, {"choice": "AB"[k % 2]})
+        t2 = time.perf_counter()
+        if r2.status_code != 201:
+            problem = f"submit {r2.status_code}: {r2.text[:80]}"
+    if problem is not None:
+        if strict:
+            raise RuntimeError(problem)
+        if out is not None:
+            out["errors"].append(problem)
+        return
     if out is not None:
         out["next"].append(t1 - t0)
         out["submit"].append(t2 - t1)
@@ -299,79 +373,59 @@ def single(port: int, tokens: list[str], rounds: int, warmup: int) -> dict:
     """``rounds`` rounds by one labeler at a time: the first of ``tokens``, the next when one has none left (a
     project of 1,000 tasks, half of them complete, has about 550 tasks for one labeler)."""
     out, who = _out(), list(tokens)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-        k = 0
+
+    async def run() -> None:
+        conn, k = Connection(port), 0
         while k < warmup + rounds:
             try:
-                one_round(client, who[0], k, out if k >= warmup else None)
+                await one_round(conn, who[0], k, out if k >= warmup else None)
             except NothingLeft:
                 who.pop(0)
                 if not who:
                     raise
                 continue
             k += 1
+        conn.close()
+
+    asyncio.run(run())
     res = summary(out)
     res["labelers_used"] = len(tokens) - len(who) + 1
     return res
 
 
-class NothingLeft(RuntimeError):
-    pass
-
-
-async def _round_async(client: httpx.AsyncClient, token: str, k: int, out: dict) -> None:
-    auth = {"Authorization": f"Bearer {token}"}
-    t0 = time.perf_counter()
-    r = first = await client.post("/api/projects/scale/next", headers=auth)
-    t1 = time.perf_counter()
-    task = r.json()
-    if r.status_code != 200 or task.get("done"):
-        out["errors"].append(f"next {r.status_code}: {r.text[:80]}")
-        return
-    r = await client.post(f"/api/assignments/{task['assignment_id']}/judgment", json={"choice": "AB"[k % 2]},
-                          headers={**auth, "Idempotency-Key": f"{RUN}-{next(KEYS)}"})
-    t2 = time.perf_counter()
-    if r.status_code != 201:
-        out["errors"].append(f"submit {r.status_code}: {r.text[:80]}")
-        return
-    out["next"].append(t1 - t0)
-    out["submit"].append(t2 - t1)
-    out["next_server"].append(server_ms(first))
-    out["submit_server"].append(server_ms(r))
-
-
 async def open_loop(port: int, tokens: list[str], rate: float, rounds: int) -> dict:
     """A round starts every 1/rate seconds on schedule, by the next labeler who is not busy (a labeler works on
-    one task at a time); latencies are measured from each request's start."""
+    one task at a time, on its own keep-alive connection); latencies are measured from each request's start."""
     out = {**_out(), "late_starts": 0}
     busy: set[int] = set()
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120,
-                                 limits=httpx.Limits(max_connections=len(tokens) + 8)) as client:
-        t0 = time.perf_counter()
-        running = []
-        for k in range(rounds):
-            due = t0 + k / rate
-            wait = due - time.perf_counter()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            elif wait < -0.05:
-                out["late_starts"] += 1  # the generator itself fell behind (it shares the CPU)
-            free = [i for i in range(len(tokens)) if i not in busy]
-            if not free:
-                out["errors"].append("every labeler busy")
-                continue
-            i = free[k % len(free)]
-            busy.add(i)
+    conns = [Connection(port) for _ in tokens]
+    t0 = time.perf_counter()
+    running = []
+    for k in range(rounds):
+        due = t0 + k / rate
+        wait = due - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        elif wait < -0.05:
+            out["late_starts"] += 1  # the generator itself fell behind (it shares the CPU)
+        free = [i for i in range(len(tokens)) if i not in busy]
+        if not free:
+            out["errors"].append("every labeler busy")
+            continue
+        i = free[k % len(free)]
+        busy.add(i)
 
-            async def go(i: int = i, k: int = k) -> None:
-                try:
-                    await _round_async(client, tokens[i], k, out)
-                finally:
-                    busy.discard(i)
+        async def go(i: int = i, k: int = k) -> None:
+            try:
+                await one_round(conns[i], tokens[i], k, out, strict=False)
+            finally:
+                busy.discard(i)
 
-            running.append(asyncio.create_task(go()))
-        await asyncio.gather(*running)
-        elapsed = time.perf_counter() - t0
+        running.append(asyncio.create_task(go()))
+    await asyncio.gather(*running)
+    elapsed = time.perf_counter() - t0
+    for c in conns:
+        c.close()
     res = summary(out)
     res.update(rate_asked=rate, judgments_per_s=round(len(out["submit"]) / elapsed, 1), errors=len(out["errors"]),
                error_kinds=dict(collections.Counter(out["errors"])), late_starts=out["late_starts"])
@@ -382,15 +436,16 @@ async def closed_loop(port: int, tokens: list[str], rounds: int) -> dict:
     """``len(tokens)`` labelers each doing rounds back to back until ``rounds`` judgments in all."""
     out = _out()
     counter = iter(range(10 ** 9))
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120,
-                                 limits=httpx.Limits(max_connections=len(tokens) + 8)) as client:
-        async def labeler(token: str) -> None:
-            while len(out["submit"]) + len(out["errors"]) < rounds:
-                await _round_async(client, token, next(counter), out)
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*[labeler(t) for t in tokens])
-        elapsed = time.perf_counter() - t0
+    async def labeler(token: str) -> None:
+        conn = Connection(port)
+        while len(out["submit"]) + len(out["errors"]) < rounds:
+            await one_round(conn, token, next(counter), out, strict=False)
+        conn.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[labeler(t) for t in tokens])
+    elapsed = time.perf_counter() - t0
     res = summary(out)
     res.update(labelers=len(tokens), judgments_per_s=round(len(out["submit"]) / elapsed, 1), errors=len(out["errors"]),
                error_kinds=dict(collections.Counter(out["errors"])))
@@ -489,9 +544,15 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="*", default=[4, 16], help="closed-loop labelers per run")
     ap.add_argument("--workers", type=int, default=1,
                     help="server processes (``label serve --workers``; PostgreSQL): the CPU of all of them is counted")
+    ap.add_argument("--threads", type=int, help="handler threads per server process (``label serve --threads``; "
+                    "default: the studio's)")
     ap.add_argument("--out", help="also append the JSON lines to this file")
     ap.add_argument("--keep", action="store_true", help="keep the databases (SQLite files, PostgreSQL schemas)")
     args = ap.parse_args()
+    if args.threads:
+        from alignloop.feedback.api import THREADS_ENV
+
+        os.environ[THREADS_ENV] = str(args.threads)  # (the server process inherits it)
     emit(args, {"machine": machine(), "argv": sys.argv[1:], "uvicorn": uvicorn_stack()})
     for n in args.sizes:
         points = [(order, who) for order in args.orders for who in ("new", "vet")]
@@ -511,25 +572,28 @@ def main() -> None:
             with running(args, n, per_kind=1) as (url, port, tokens):
                 load = [tokens[f"load{i:03d}"] for i in range(args.labelers)]
                 for rate in args.rate:
-                    cpu0 = cpu_seconds()
+                    cpu0, pg0 = cpu_seconds(), pg_activity()
                     res = asyncio.run(open_loop(port, load, rate, args.load_rounds))
+                    res.update(pg_per_round(pg0, pg_activity(), res["rounds"]))
                     emit(args, {"backend": args.backend, "tasks": n, "mode": "open loop", "labelers": len(load),
                                 "workers": args.workers, **res, **cpu_per_round(cpu0, cpu_seconds(), res["rounds"]),
                                 "load_average": os.getloadavg()[0]})
                 spare = [tokens[f"load{i:03d}"] for i in range(64)]
                 for c in args.concurrency:
-                    cpu0 = cpu_seconds()
+                    cpu0, pg0 = cpu_seconds(), pg_activity()
                     res = asyncio.run(closed_loop(port, spare[:c], args.load_rounds))
+                    res.update(pg_per_round(pg0, pg_activity(), res["rounds"]))
                     emit(args, {"backend": args.backend, "tasks": n, "mode": "closed loop", "workers": args.workers,
                                 **res, **cpu_per_round(cpu0, cpu_seconds(), res["rounds"]),
                                 "load_average": os.getloadavg()[0]})
 
 
 def measure_single(args: argparse.Namespace, n: int, port: int, tokens: list[str], order: str, who: str) -> None:
-    cpu0 = cpu_seconds()
+    cpu0, pg0 = cpu_seconds(), pg_activity()
     res = single(port, tokens, args.requests, args.warmup)
     cpu1 = cpu_seconds()
     rounds = args.requests + args.warmup
+    res.update(pg_per_round(pg0, pg_activity(), rounds))
     emit(args, {"backend": args.backend, "tasks": n, "order": order, "workers": args.workers,
                 "labeler": "veteran (10,000 judgments)" if who == "vet" else "new", **res,
                 "server_cpu_ms_per_round": round(1000 * (cpu1["server"] - cpu0["server"]) / rounds, 2),
@@ -546,6 +610,34 @@ def cpu_per_round(cpu0: dict, cpu1: dict, rounds: int) -> dict:
     rounds = max(rounds, 1)
     return {f"{k}_cpu_ms_per_round": round(1000 * (cpu1[k] - cpu0[k]) / rounds, 2)
             for k in ("server", "postgres", "client")}
+
+
+PG_URL: list[str] = []
+
+
+def pg_activity() -> dict:
+    """PostgreSQL's cumulative counters for the benchmark's database (``pg_stat_database``): transactions, rows read
+    and written, buffer hits, and the CPU-free view of what a round asks of the database."""
+    if not PG_URL:
+        return {}
+    import psycopg
+
+    base = PG_URL[-1].split("?", 1)[0].replace("postgresql+psycopg://", "postgresql://")
+    time.sleep(2)  # server processes flush their counts at most once a second, idle ones soon after
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute("SELECT xact_commit, xact_rollback, tup_returned, tup_fetched, tup_inserted, tup_updated,"
+                           " tup_deleted, blks_hit, deadlocks FROM pg_stat_database WHERE datname = current_database()"
+                           ).fetchone()
+    names = ("commits", "rollbacks", "rows_returned", "rows_fetched", "rows_inserted", "rows_updated", "rows_deleted",
+             "blocks_hit", "deadlocks")
+    return dict(zip(names, row))
+
+
+def pg_per_round(a: dict, b: dict, rounds: int) -> dict:
+    """What PostgreSQL did per completed round between two ``pg_activity`` snapshots (the statistics collector
+    reports with up to a second's delay: long runs only)."""
+    return {f"pg_{k}_per_round": round((b[k] - a[k]) / max(rounds, 1), 2) for k in a} if a and b else {}
 
 
 def cpu_seconds() -> dict:
@@ -604,6 +696,8 @@ def running(args: argparse.Namespace, n: int, per_kind: int):
     url, cleanup = database_for(args, n)
     server = None
     try:
+        if args.backend == "postgres":
+            PG_URL.append(url)
         built = build(url, n, per_kind)
         emit(args, {"backend": args.backend, "tasks": n, "shape": built["shape"]})
         port = free_port()

@@ -117,6 +117,13 @@ def _sqlite_setup(engine: Engine) -> None:
 #: fails, SQLAlchemy sees the disconnect and drops the pool's connections, and the next request gets new ones.
 PING_AFTER_IDLE = 10.0
 
+#: PostgreSQL connections a process keeps open (and as many more, opened and closed, when all are in use). The
+#: studio's server works on as many requests at once as it has handler threads (``label serve --threads``, the
+#: same number by default); a transaction on a connection of its own each. It was 20 (+ 40): with 50 labelers
+#: at once, dozens of transactions then ran side by side on 2 cores, each slower for the others (PostgreSQL's
+#: CPU per judgment tripled; benchmarks/README.md, "Threads and connections").
+DEFAULT_CONNECTIONS = 4
+
 
 def _ping_when_idle(engine: Engine) -> None:
     """``pool_pre_ping``, only for connections idle longer than ``PING_AFTER_IDLE`` (a dead one is replaced)."""
@@ -150,14 +157,14 @@ class Database:
     A driver error in a session (other than a unique or foreign-key violation, which callers handle) comes out
     as ``DatabaseError`` naming the database, so the CLI prints a message instead of a traceback."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, connections: int = DEFAULT_CONNECTIONS):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
-            kwargs.update(pool_size=20, max_overflow=40)
+            kwargs.update(pool_size=connections, max_overflow=connections)
         self.engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             _sqlite_setup(self.engine)

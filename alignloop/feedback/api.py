@@ -16,11 +16,13 @@ The routes live in ``web/``, one router per resource; ``create_app`` puts them t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 from urllib.parse import quote
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -29,6 +31,7 @@ from sqlalchemy.exc import DataError as RefusedValue
 
 from alignloop.core.db import DatabaseError
 from alignloop.core.errors import DataError
+from alignloop.feedback.config import DEFAULT_THREADS
 from alignloop.feedback.errors import StoreError
 from alignloop.feedback.models import Database
 from alignloop.feedback.web import assignments, exports, judgments, lead, manage, pages, projects, users
@@ -50,11 +53,15 @@ ROUTERS = (pages.router, manage.router, users.router, projects.router, assignmen
            exports.router, lead.router)
 
 
-def create_app(db: Database | str, trusted_proxies: tuple[str, ...] | list[str] = ()) -> FastAPI:
+def create_app(db: Database | str, trusted_proxies: tuple[str, ...] | list[str] = (),
+               threads: int = DEFAULT_THREADS) -> FastAPI:
     """The studio app on ``db``. ``trusted_proxies``: addresses or networks of reverse proxies whose
-    X-Forwarded-For is believed (for the sign-in throttle and the audit log); from anyone else it is ignored."""
-    db = Database(db) if isinstance(db, str) else db
-    app = FastAPI(title="alignloop feedback studio", docs_url=None, redoc_url=None, openapi_url=None)
+    X-Forwarded-For is believed (for the sign-in throttle and the audit log); from anyone else it is ignored.
+    ``threads``: requests the process works on at once once served (its handler threads; a ``db`` given as a URL
+    gets as many database connections)."""
+    db = Database(db, connections=threads) if isinstance(db, str) else db
+    app = FastAPI(title="alignloop feedback studio", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=_handler_threads(threads))
     app.state.db = db
     app.state.trusted_proxies = parse_proxies(list(trusted_proxies))
     app.state.templates = Jinja2Templates(directory=str(WEB / "templates"))
@@ -70,13 +77,28 @@ def create_app(db: Database | str, trusted_proxies: tuple[str, ...] | list[str] 
 
 
 #: the environment ``alignloop label serve --workers N`` sets for its server processes (``app_from_environment``)
-DB_ENV, PROXIES_ENV = "ALIGNLOOP_STUDIO_DB", "ALIGNLOOP_STUDIO_TRUSTED_PROXIES"
+DB_ENV, PROXIES_ENV, THREADS_ENV = "ALIGNLOOP_STUDIO_DB", "ALIGNLOOP_STUDIO_TRUSTED_PROXIES", "ALIGNLOOP_STUDIO_THREADS"
 
 
 def app_from_environment() -> FastAPI:
-    """The studio app of one of several server processes (uvicorn's factory): the database URL and the trusted
-    proxies (a JSON list) from the environment that ``label serve --workers`` set."""
-    return create_app(os.environ[DB_ENV], trusted_proxies=json.loads(os.environ.get(PROXIES_ENV) or "[]"))
+    """The studio app of one of several server processes (uvicorn's factory): the database URL, the trusted
+    proxies (a JSON list) and the handler threads from the environment that ``label serve --workers`` set."""
+    return create_app(os.environ[DB_ENV], trusted_proxies=json.loads(os.environ.get(PROXIES_ENV) or "[]"),
+                      threads=int(os.environ.get(THREADS_ENV) or DEFAULT_THREADS))
+
+
+def _handler_threads(threads: int):  # noqa: ANN202
+    """The app's lifespan: its handlers (plain functions: Starlette runs them in AnyIO's thread pool) run at most
+    ``threads`` at a time, not AnyIO's default 40. On 2 cores, 40 threads that all wanted the GIL and a database
+    connection cost more CPU per request than they overlapped (benchmarks/README.md, "Threads and connections");
+    a request over the limit waits for a thread, as it would for a connection."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):  # noqa: ANN202
+        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+        yield
+
+    return lifespan
 
 
 async def _problem(request: Request, exc: HTTPProblem):

@@ -24,13 +24,13 @@ from alignloop.feedback.config import (  # noqa: F401  (re-exported)
 )
 
 
-def _db(url: str):
+def _db(url: str, connections: int | None = None):
     from alignloop.feedback.models import Database
 
     url = url or default_db_url()
     make_parent_folder(url)
     try:
-        return Database(url)
+        return Database(url) if connections is None else Database(url, connections=connections)
     except Exception as exc:  # unreachable server, bad URL, a newer schema: say which database
         raise AlignloopError(f"cannot open the database {url}: {exc.__class__.__name__}: {exc}") from None
 
@@ -63,7 +63,7 @@ def run_serve(cfg: LabelServeConfig) -> int:
     from alignloop.feedback.api import create_app
     from alignloop.feedback.models import Labeler
 
-    db = _db(cfg.db)
+    db = _db(cfg.db, connections=cfg.threads)
     with db.read() as s:
         if s.scalar(select(Labeler.id).where(Labeler.role == "admin")) is None:
             print("note: no admin yet; create one with `alignloop label add-user --role admin --name NAME"
@@ -72,22 +72,22 @@ def run_serve(cfg: LabelServeConfig) -> int:
           f"{f', {cfg.workers} server processes' if cfg.workers > 1 else ''})", file=sys.stderr)
     settings = dict(host=cfg.host, port=cfg.port, log_level=cfg.log_level, **proxy_settings(cfg.trusted_proxy))
     if cfg.workers == 1:
-        uvicorn.run(create_app(db, trusted_proxies=cfg.trusted_proxy), **settings)
+        uvicorn.run(create_app(db, trusted_proxies=cfg.trusted_proxy, threads=cfg.threads), **settings)
         return 0
     # several processes: uvicorn starts each from an import string, and each builds its app from the environment
     # (nothing of the app is shared between them but the database: sessions, tokens, the sign-in throttle and the
     # counters are all rows there)
     db.dispose()
-    os.environ.update(studio_environment(db.url, cfg.trusted_proxy))
+    os.environ.update(studio_environment(db.url, cfg.trusted_proxy, cfg.threads))
     uvicorn.run("alignloop.feedback.api:app_from_environment", factory=True, workers=cfg.workers, **settings)
     return 0
 
 
-def studio_environment(url: str, trusted_proxies: list[str]) -> dict[str, str]:
+def studio_environment(url: str, trusted_proxies: list[str], threads: int) -> dict[str, str]:
     """What ``api.app_from_environment`` reads in each server process."""
-    from alignloop.feedback.api import DB_ENV, PROXIES_ENV
+    from alignloop.feedback.api import DB_ENV, PROXIES_ENV, THREADS_ENV
 
-    return {DB_ENV: url, PROXIES_ENV: json.dumps(list(trusted_proxies))}
+    return {DB_ENV: url, PROXIES_ENV: json.dumps(list(trusted_proxies)), THREADS_ENV: str(threads)}
 
 
 def proxy_settings(trusted_proxies: list[str]) -> dict:

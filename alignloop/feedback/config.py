@@ -14,6 +14,9 @@ from alignloop.core.config import (
     positive,
 )
 
+#: requests a studio server process works on at once (``label serve --threads``; ``api.create_app``)
+DEFAULT_THREADS = 4
+
 DB_HELP = ("Database URL: sqlite:///FILE.db or postgresql+psycopg://USER@HOST:PORT/DB; "
            "default: alignloop.db in the alignloop home.")
 
@@ -40,9 +43,13 @@ class LabelServeConfig(StageConfig):
     workers: int = opt(1, "Server processes (PostgreSQL only): each one uses about a core when busy. SQLite takes "
                        "one writer at a time, and the studio queues its writers inside one process.")
 
+    threads: int = opt(DEFAULT_THREADS, "Requests each server process works on at once (its handler threads, and "
+                       "as many PostgreSQL connections); more wait their turn. More threads than a few per core "
+                       "cost CPU instead of adding throughput (benchmarks/README.md).")
+
     def check(self) -> list[str]:
         p = check_db_url(self.db) + positive(self, "port") + in_range(self, "port", 1, 65535)
-        p += positive(self, "workers")
+        p += positive(self, "workers") + positive(self, "threads")
         if self.workers > 1 and not self.db.startswith("postgresql"):
             p.append(f"workers: {self.workers} server processes need a PostgreSQL database (--db "
                      "postgresql+psycopg://...). On SQLite one process serves: SQLite takes one writer at a time, "

@@ -402,8 +402,8 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 class Database(db.Database):
     """The one database handle (``alignloop.core.db``), migrated to the studio's latest schema on open."""
 
-    def __init__(self, url: str, migrate: bool = True):
-        super().__init__(url)
+    def __init__(self, url: str, migrate: bool = True, connections: int = db.DEFAULT_CONNECTIONS):
+        super().__init__(url, connections)
         if migrate:
             db.upgrade(self.engine, MIGRATIONS)
 

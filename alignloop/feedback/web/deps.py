@@ -51,14 +51,14 @@ class Principal:
         return self.labeler.name
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:  # (async: no thread pool hop for a lookup)
     return request.app.state.db
 
 
 DbDep = Annotated[Database, Depends(get_db)]
 
 
-def now(request: Request) -> dt.datetime:
+async def now(request: Request) -> dt.datetime:
     """The current time by the app's clock: ``app.state.clock`` when set (tests move it on instead of sleeping),
     else ``utcnow``."""
     clock = getattr(request.app.state, "clock", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 
@@ -182,13 +183,43 @@ def test_several_server_processes_build_their_app_from_the_environment(monkeypat
     Database(url).dispose()
     ran = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app, **kw))
-    for name in (api.DB_ENV, api.PROXIES_ENV):  # (so that the test's end takes away what run_serve sets)
+    for name in (api.DB_ENV, api.PROXIES_ENV, api.THREADS_ENV):  # (the test's end takes away what run_serve sets)
         monkeypatch.setenv(name, "")
-    cfg = commands.LabelServeConfig(db=url, workers=3, trusted_proxy=["10.0.0.0/8"], port=8123)
+    cfg = commands.LabelServeConfig(db=url, workers=3, trusted_proxy=["10.0.0.0/8"], port=8123, threads=2)
     assert commands.run_serve(cfg) == 0
     assert ran["app"] == "alignloop.feedback.api:app_from_environment" and ran["factory"] is True
     assert ran["workers"] == 3 and ran["port"] == 8123 and ran["forwarded_allow_ips"] == ["10.0.0.0/8"]
     app = api.app_from_environment()  # what each process does
     state = app.app.state  # (create_app wraps the FastAPI app in the Limits middleware)
     assert state.db.url == url and [str(n) for n in state.trusted_proxies] == ["10.0.0.0/8"]
+    assert _handler_threads_when_served(app.app) == 2
     state.db.dispose()
+
+
+def _handler_threads_when_served(app) -> int:  # noqa: ANN001
+    """The size of AnyIO's thread pool (where Starlette runs plain-function handlers) while ``app`` is served."""
+    import anyio.to_thread
+
+    async def served() -> int:
+        async with app.router.lifespan_context(app):
+            return anyio.to_thread.current_default_thread_limiter().total_tokens
+
+    return asyncio.run(served())
+
+
+def test_handler_threads_and_database_connections_follow_threads(tmp_path):
+    """``label serve --threads N``: each server process runs at most N handlers at once (AnyIO's default is 40)
+    and keeps N PostgreSQL connections (N more when all are busy); the default is 4, not the 20 + 40 of before,
+    which under load ran dozens of transactions side by side on 2 cores (benchmarks/README.md)."""
+    from alignloop.core.db import Database as Engine
+    from alignloop.feedback.api import create_app
+    from alignloop.feedback.models import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'labels.db'}")
+    assert _handler_threads_when_served(create_app(db).app) == 4
+    assert _handler_threads_when_served(create_app(db, threads=7).app) == 7
+    db.dispose()
+    pg = Engine("postgresql+psycopg://nobody@127.0.0.1:1/none", connections=3)  # (an engine connects on first use)
+    assert (pg.engine.pool.size(), pg.engine.pool._max_overflow) == (3, 3)
+    assert Engine("postgresql+psycopg://nobody@127.0.0.1:1/none").engine.pool.size() == 4
+    assert main(["label", "serve", "--threads", "0"]) == 2
