@@ -229,9 +229,13 @@ def serve(url: str, port: int, workers: int = 1) -> None:
     handler threads of ``label serve --threads`` (in the environment: ``--threads`` of this script)."""
     import uvicorn
 
+    from alignloop.feedback import processes
     from alignloop.feedback.api import DB_ENV
 
     os.environ[DB_ENV] = url
+    if workers > 1 and processes.supported():  # as ``label serve --workers`` serves: a socket per process
+        processes.serve("studio_scale:timed_app", workers, host="127.0.0.1", port=port, log_level="warning")
+        return
     uvicorn.run("studio_scale:timed_app", factory=True, workers=workers, host="127.0.0.1", port=port,
                 log_level="warning")
 
@@ -572,33 +576,36 @@ def main() -> None:
             with running(args, n, per_kind=1) as (url, port, tokens):
                 load = [tokens[f"load{i:03d}"] for i in range(args.labelers)]
                 for rate in args.rate:
-                    cpu0, pg0 = cpu_seconds(), pg_activity()
+                    pg0 = pg_activity()
+                    cpu0 = cpu_seconds()  # (after pg_activity's pause: the machine's busy share is the run's)
                     res = asyncio.run(open_loop(port, load, rate, args.load_rounds))
+                    cpu = cpu_per_round(cpu0, cpu_seconds(), res["rounds"])
                     res.update(pg_per_round(pg0, pg_activity(), res["rounds"]))
                     emit(args, {"backend": args.backend, "tasks": n, "mode": "open loop", "labelers": len(load),
-                                "workers": args.workers, **res, **cpu_per_round(cpu0, cpu_seconds(), res["rounds"]),
+                                "workers": args.workers, **res, **cpu,
                                 "load_average": os.getloadavg()[0]})
                 spare = [tokens[f"load{i:03d}"] for i in range(64)]
                 for c in args.concurrency:
-                    cpu0, pg0 = cpu_seconds(), pg_activity()
+                    pg0 = pg_activity()
+                    cpu0 = cpu_seconds()
                     res = asyncio.run(closed_loop(port, spare[:c], args.load_rounds))
+                    cpu = cpu_per_round(cpu0, cpu_seconds(), res["rounds"])
                     res.update(pg_per_round(pg0, pg_activity(), res["rounds"]))
                     emit(args, {"backend": args.backend, "tasks": n, "mode": "closed loop", "workers": args.workers,
-                                **res, **cpu_per_round(cpu0, cpu_seconds(), res["rounds"]),
+                                **res, **cpu,
                                 "load_average": os.getloadavg()[0]})
 
 
 def measure_single(args: argparse.Namespace, n: int, port: int, tokens: list[str], order: str, who: str) -> None:
-    cpu0, pg0 = cpu_seconds(), pg_activity()
+    pg0 = pg_activity()
+    cpu0 = cpu_seconds()
     res = single(port, tokens, args.requests, args.warmup)
     cpu1 = cpu_seconds()
     rounds = args.requests + args.warmup
     res.update(pg_per_round(pg0, pg_activity(), rounds))
     emit(args, {"backend": args.backend, "tasks": n, "order": order, "workers": args.workers,
                 "labeler": "veteran (10,000 judgments)" if who == "vet" else "new", **res,
-                "server_cpu_ms_per_round": round(1000 * (cpu1["server"] - cpu0["server"]) / rounds, 2),
-                "postgres_cpu_ms_per_round": round(1000 * (cpu1["postgres"] - cpu0["postgres"]) / rounds, 2),
-                "load_average": os.getloadavg()[0]})
+                **cpu_per_round(cpu0, cpu1, rounds), "load_average": os.getloadavg()[0]})
 
 
 SERVER_PID: list[int] = []
@@ -608,8 +615,11 @@ def cpu_per_round(cpu0: dict, cpu1: dict, rounds: int) -> dict:
     """CPU ms per completed round of the studio's processes, PostgreSQL's and this load generator's own (the client
     shares the cores with them: where the 2 cores went under load)."""
     rounds = max(rounds, 1)
-    return {f"{k}_cpu_ms_per_round": round(1000 * (cpu1[k] - cpu0[k]) / rounds, 2)
-            for k in ("server", "postgres", "client")}
+    ticks = [b - a for a, b in zip(cpu0["machine"], cpu1["machine"])]
+    return {**{f"{k}_cpu_ms_per_round": round(1000 * (cpu1[k] - cpu0[k]) / rounds, 2)
+               for k in ("server", "postgres", "client")},
+            "machine_busy": round(1 - (ticks[3] + ticks[4]) / max(sum(ticks), 1), 3),  # (not idle, not waiting)
+            "steal": round(ticks[7] / max(sum(ticks), 1), 3)}  # (a VM's time its host gave to others)
 
 
 PG_URL: list[str] = []
@@ -661,8 +671,9 @@ def cpu_seconds() -> dict:
             except OSError:
                 pass
     me = os.times()
+    machine = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     return {"server": sum(of(pid) for pid in _descendants(SERVER_PID[-1])) if SERVER_PID else 0.0, "postgres": pg,
-            "client": me.user + me.system}
+            "client": me.user + me.system, "machine": machine}
 
 
 def _descendants(root: int) -> list[int]:

@@ -117,12 +117,17 @@ def _sqlite_setup(engine: Engine) -> None:
 #: fails, SQLAlchemy sees the disconnect and drops the pool's connections, and the next request gets new ones.
 PING_AFTER_IDLE = 10.0
 
-#: PostgreSQL connections a process keeps open (and as many more, opened and closed, when all are in use). The
-#: studio's server works on as many requests at once as it has handler threads (``label serve --threads``, the
-#: same number by default); a transaction on a connection of its own each. It was 20 (+ 40): with 50 labelers
-#: at once, dozens of transactions then ran side by side on 2 cores, each slower for the others (PostgreSQL's
-#: CPU per judgment tripled; benchmarks/README.md, "Threads and connections").
+#: PostgreSQL connections a process keeps open. The studio's server works on as many requests at once as it has
+#: handler threads (``label serve --threads``, the same number by default), a transaction on a connection each.
+#: It kept 20: with 50 labelers at once, dozens of transactions then ran side by side on 2 cores, each slower for
+#: the others (benchmarks/README.md, "Threads and connections").
 DEFAULT_CONNECTIONS = 4
+#: connections opened (and closed again) beyond those when all are in use. A request holds its connection a little
+#: past its handler thread (FastAPI closes a request's session in a hop of its own, after the handler), so a burst
+#: of requests holds more connections than there are threads: with 4 + 4, 24 requests at once to /health waited
+#: the pool's 30 s and failed (tests/integration/feedback/test_workers.py). 4 + 64 is what the 20 + 40 of before
+#: allowed, and under PostgreSQL's default max_connections (100) for one process.
+OVERFLOW_CONNECTIONS = 64
 
 
 def _ping_when_idle(engine: Engine) -> None:
@@ -164,7 +169,7 @@ class Database:
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
-            kwargs.update(pool_size=connections, max_overflow=connections)
+            kwargs.update(pool_size=connections, max_overflow=OVERFLOW_CONNECTIONS)
         self.engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             _sqlite_setup(self.engine)

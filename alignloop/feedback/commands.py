@@ -13,6 +13,7 @@ from alignloop.core.db import (  # noqa: F401  (default_db_url: re-exported)
     make_parent_folder,
 )
 from alignloop.core.errors import AlignloopError
+from alignloop.feedback import processes
 from alignloop.feedback.config import (  # noqa: F401  (re-exported)
     LabelAddUserConfig,
     LabelExportConfig,
@@ -74,13 +75,19 @@ def run_serve(cfg: LabelServeConfig) -> int:
     if cfg.workers == 1:
         uvicorn.run(create_app(db, trusted_proxies=cfg.trusted_proxy, threads=cfg.threads), **settings)
         return 0
-    # several processes: uvicorn starts each from an import string, and each builds its app from the environment
-    # (nothing of the app is shared between them but the database: sessions, tokens, the sign-in throttle and the
-    # counters are all rows there)
+    # several processes: each starts from an import string and builds its app from the environment (nothing of
+    # the app is shared between them but the database: sessions, tokens, the sign-in throttle and the counters are
+    # all rows there); each listens on a socket of its own where the platform allows it (``processes``)
     db.dispose()
     os.environ.update(studio_environment(db.url, cfg.trusted_proxy, cfg.threads))
-    uvicorn.run("alignloop.feedback.api:app_from_environment", factory=True, workers=cfg.workers, **settings)
+    if processes.supported():
+        return processes.serve(STUDIO_APP, cfg.workers, **settings)
+    uvicorn.run(STUDIO_APP, factory=True, workers=cfg.workers, **settings)
     return 0
+
+
+#: the app factory each of several server processes runs
+STUDIO_APP = "alignloop.feedback.api:app_from_environment"
 
 
 def studio_environment(url: str, trusted_proxies: list[str], threads: int) -> dict[str, str]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -40,6 +42,33 @@ def _worker_processes(pid: int) -> list[int]:
     return found
 
 
+def _connections_per_process(port: int, pids: list[int], burst: int) -> dict[int, int]:
+    """Open ``burst`` keep-alive connections at once, each answered once, and count the ones each server process
+    holds. Each process listens on a socket of its own (SO_REUSEPORT), so the kernel spreads them; with uvicorn's
+    one shared socket, the process that woke first accepted nearly every connection of a burst (15 of 16 in
+    benchmarks/README.md)."""
+    psutil = pytest.importorskip("psutil")
+
+    def listening(pid: int) -> bool:
+        return any(c.status == "LISTEN" and c.laddr.port == port for c in psutil.Process(pid).net_connections("tcp"))
+
+    for _ in range(600):  # both processes listening (the first one answered /health already)
+        if all(listening(pid) for pid in pids):
+            break
+        time.sleep(0.1)  # polling for readiness, not timing anything
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(burst)]
+    try:
+        for sock in socks:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: studio\r\n\r\n")
+        for sock in socks:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        return {pid: sum(1 for c in psutil.Process(pid).net_connections("tcp")
+                         if c.status == "ESTABLISHED" and c.laddr.port == port) for pid in pids}
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 @pytest.mark.postgres
 def test_two_server_processes_serve_labelers_at_once(db_url, tmp_path):
     if db_url.startswith("sqlite"):
@@ -70,6 +99,8 @@ def test_two_server_processes_serve_labelers_at_once(db_url, tmp_path):
                 return await asyncio.gather(*[labeler(client, t, k) for k, t in enumerate(tokens)])
 
         assert asyncio.run(everyone()) == [[201] * 6] * 4
+        held = _connections_per_process(port, _worker_processes(proc.pid), burst=24)
+        assert len(held) == 2 and min(held.values()) >= 3, held
     finally:
         proc.terminate()
         proc.wait(30)

@@ -181,11 +181,18 @@ def test_several_server_processes_build_their_app_from_the_environment(monkeypat
 
     url = f"sqlite:///{tmp_path / 'labels.db'}"  # (run_serve is called directly: the config check is above)
     Database(url).dispose()
-    ran = {}
+    ran, served = {}, {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app, **kw))
+    monkeypatch.setattr(commands.processes, "serve", lambda app, workers, **kw: served.update(
+        app=app, workers=workers, **kw) or 0)
     for name in (api.DB_ENV, api.PROXIES_ENV, api.THREADS_ENV):  # (the test's end takes away what run_serve sets)
         monkeypatch.setenv(name, "")
     cfg = commands.LabelServeConfig(db=url, workers=3, trusted_proxy=["10.0.0.0/8"], port=8123, threads=2)
+    assert commands.run_serve(cfg) == 0
+    # a process each with a socket of its own (processes.serve), where the platform has SO_REUSEPORT
+    assert served["app"] == "alignloop.feedback.api:app_from_environment" and ran == {}
+    assert served["workers"] == 3 and served["port"] == 8123 and served["forwarded_allow_ips"] == ["10.0.0.0/8"]
+    monkeypatch.setattr(commands.processes, "supported", lambda: False)  # elsewhere: uvicorn's workers
     assert commands.run_serve(cfg) == 0
     assert ran["app"] == "alignloop.feedback.api:app_from_environment" and ran["factory"] is True
     assert ran["workers"] == 3 and ran["port"] == 8123 and ran["forwarded_allow_ips"] == ["10.0.0.0/8"]
@@ -209,8 +216,9 @@ def _handler_threads_when_served(app) -> int:  # noqa: ANN001
 
 def test_handler_threads_and_database_connections_follow_threads(tmp_path):
     """``label serve --threads N``: each server process runs at most N handlers at once (AnyIO's default is 40)
-    and keeps N PostgreSQL connections (N more when all are busy); the default is 4, not the 20 + 40 of before,
-    which under load ran dozens of transactions side by side on 2 cores (benchmarks/README.md)."""
+    and keeps N PostgreSQL connections open (up to 64 more when all are busy: a request holds its connection a
+    little past its thread); the default is 4, not AnyIO's 40 threads on 20 + 40 connections, which under load ran
+    dozens of transactions side by side on 2 cores (benchmarks/README.md)."""
     from alignloop.core.db import Database as Engine
     from alignloop.feedback.api import create_app
     from alignloop.feedback.models import Database
@@ -220,6 +228,22 @@ def test_handler_threads_and_database_connections_follow_threads(tmp_path):
     assert _handler_threads_when_served(create_app(db, threads=7).app) == 7
     db.dispose()
     pg = Engine("postgresql+psycopg://nobody@127.0.0.1:1/none", connections=3)  # (an engine connects on first use)
-    assert (pg.engine.pool.size(), pg.engine.pool._max_overflow) == (3, 3)
+    assert (pg.engine.pool.size(), pg.engine.pool._max_overflow) == (3, 64)
     assert Engine("postgresql+psycopg://nobody@127.0.0.1:1/none").engine.pool.size() == 4
     assert main(["label", "serve", "--threads", "0"]) == 2
+
+
+def test_several_processes_refuse_a_port_in_use():
+    """Each of several server processes listens with SO_REUSEPORT, which would share a port with another server
+    that set it too instead of failing: ``label serve --workers N`` checks the port is free first."""
+    import socket
+
+    from alignloop.core.errors import AlignloopError
+    from alignloop.feedback import processes
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(AlignloopError, match=f"port: cannot listen on 127.0.0.1:{port}"):
+            processes.serve("alignloop.feedback.api:app_from_environment", 2, host="127.0.0.1", port=port)
