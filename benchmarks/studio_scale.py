@@ -498,6 +498,15 @@ def emit(args: argparse.Namespace, row: dict) -> None:
             f.write(line + "\n")
 
 
+def _cpu_split(r: dict) -> str:
+    keys = ("server_cpu_ms_per_round", "postgres_cpu_ms_per_round", "client_cpu_ms_per_round")
+    return " / ".join(f"{r[k]:.1f}" for k in keys) if all(k in r for k in keys) else "not measured"
+
+
+def _share(x: float | None) -> str:
+    return f"{100 * x:.0f} %" if x is not None else "not measured"
+
+
 def table(paths: list[str]) -> str:
     """The Markdown tables of benchmarks/README.md from the JSON lines of runs."""
     rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
@@ -513,7 +522,8 @@ def table(paths: list[str]) -> str:
     loads = [r for r in rows if "mode" in r]
     if loads:
         out += ["", "| Back-end | Tasks | Load | Judgments/s | Next p50 / p99 (ms) | Submit p50 / p99 (ms) | "
-                "Errors | Load average |", "|---|---|---|---|---|---|---|---|"]
+                "Errors | CPU per round: studio / PostgreSQL / client (ms) | Machine busy | Load average |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         for r in loads:
             what = (f"open loop, {r['rate_asked']:g}/s asked, {r['labelers']} labelers" if r["mode"] == "open loop"
                     else f"closed loop, {r['labelers']} labelers")
@@ -521,7 +531,8 @@ def table(paths: list[str]) -> str:
                 what += f", {r['workers']} server processes"
             out.append(f"| {'SQLite' if r['backend'] == 'sqlite' else 'PostgreSQL'} | {r['tasks']:,} | {what} | "
                        f"**{r['judgments_per_s']}** | {r['next_p50_ms']} / {r['next_p99_ms']} | "
-                       f"{r['submit_p50_ms']} / {r['submit_p99_ms']} | {r['errors']} | {r['load_average']:.1f} |")
+                       f"{r['submit_p50_ms']} / {r['submit_p99_ms']} | {r['errors']} | "
+                       f"{_cpu_split(r)} | {_share(r.get('machine_busy'))} | {r['load_average']:.1f} |")
     return "\n".join(out)
 
 
