@@ -4,11 +4,11 @@ socket of its own (``SO_REUSEPORT``), so that the kernel spreads the connections
 uvicorn's own ``--workers`` shares one listening socket between its processes, and whichever process is awake
 accepts every connection waiting (asyncio accepts up to the backlog at once). A burst of keep-alive connections
 (a proxy's, or labelers who start together) then lands on one process: 16 labelers came out 15 to 1 on two
-processes, one core served nearly everything, and the 2 cores were three-quarters busy at the most
-(benchmarks/README.md, "One socket per process"). With a socket per process the kernel hashes each new connection
-to one of them. This is what gunicorn's ``--reuse-port`` and nginx's ``reuse_port`` do; uvicorn has no such
-setting, so this module starts the processes itself and runs uvicorn's ``Server`` in each. Where the platform has
-no ``SO_REUSEPORT`` (Windows), uvicorn's workers are used as before.
+processes, and one process (one core, for Python) served nearly everything (benchmarks/README.md, "Threads, one
+socket per process, no Nagle"). With a socket per process the kernel hashes each new connection to one of them.
+This is what gunicorn's ``--reuse-port`` and nginx's ``reuse_port`` do; uvicorn has no such setting, so this module
+starts the processes itself and runs uvicorn's ``Server`` in each. Where the platform has no ``SO_REUSEPORT``
+(Windows), uvicorn's workers are used as before.
 
 The parent restarts a process that dies (after the first seconds: a process that cannot start, say on a bad
 database URL, stops the whole server instead of restarting in a loop), and on SIGINT or SIGTERM stops them all;
@@ -69,11 +69,17 @@ def serve(app: str, workers: int, host: str, port: int, **settings: Any) -> int:
                 log.warning("server process %s ended (exit code %s): starting another", p.pid, p.exitcode)
                 procs[i] = start()
     finally:
+        # Ctrl-C reached every process of the terminal's group, and each is finishing its requests: a second signal
+        # would make uvicorn drop them. Otherwise (SIGTERM to this process, a process that could not start) they
+        # are told with SIGTERM; uvicorn finishes the requests under way, then ends.
         for p, _ in procs:
-            if p.exitcode is None:
-                p.terminate()  # SIGTERM: uvicorn finishes the requests under way, then ends
+            if p.exitcode is None and stopping[:1] != [signal.SIGINT]:
+                p.terminate()
         for p, _ in procs:
             p.join(30)
+            if p.exitcode is None:
+                p.terminate()
+                p.join(10)
             if p.exitcode is None:
                 p.kill()
                 p.join()
