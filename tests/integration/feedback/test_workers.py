@@ -88,7 +88,9 @@ def test_two_server_processes_serve_labelers_at_once(db_url, tmp_path):
         async def labeler(client: httpx.AsyncClient, token: str, k: int) -> list[int]:
             auth, statuses = {"Authorization": f"Bearer {token}"}, []
             for i in range(6):
-                task = (await client.post("/api/projects/load/next", headers=auth)).json()
+                r = await client.post("/api/projects/load/next", headers=auth)
+                task = r.json()
+                assert r.status_code == 200 and "assignment_id" in task, (r.status_code, task)
                 r = await client.post(f"/api/assignments/{task['assignment_id']}/judgment", json={"choice": "A"},
                                       headers={**auth, "Idempotency-Key": f"{k}-{i}"})
                 statuses.append(r.status_code)
