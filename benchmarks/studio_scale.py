@@ -44,6 +44,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -277,10 +278,11 @@ class Connection:
 
     async def post(self, path: str, headers: dict[str, str], body: dict | None = None) -> Reply:
         data = json.dumps(body).encode() if body is not None else b""
+        if body is not None:
+            headers = {**headers, "Content-Type": "application/json"}
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nContent-Length: {len(data)}\r\n"
-                   f"{'Content-Type: application/json' + chr(13) + chr(10) if body is not None else ''}{head}\r\n"
-                   ).encode() + data
+                   f"{head}\r\n").encode() + data
         for attempt in (0, 1):
             if self.writer is None:
                 self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -587,36 +589,34 @@ def main() -> None:
             with running(args, n, per_kind=1) as (url, port, tokens):
                 load = [tokens[f"load{i:03d}"] for i in range(args.labelers)]
                 for rate in args.rate:
-                    pg0 = pg_activity()
-                    cpu0 = cpu_seconds()  # (after pg_activity's pause: the machine's busy share is the run's)
-                    res = asyncio.run(open_loop(port, load, rate, args.load_rounds))
-                    cpu = cpu_per_round(cpu0, cpu_seconds(), res["rounds"])
-                    res.update(pg_per_round(pg0, pg_activity(), res["rounds"]))
+                    res = measured(asyncio.run, open_loop(port, load, rate, args.load_rounds))
                     emit(args, {"backend": args.backend, "tasks": n, "mode": "open loop", "labelers": len(load),
-                                "workers": args.workers, **res, **cpu,
-                                "load_average": os.getloadavg()[0]})
+                                "workers": args.workers, **res, "load_average": os.getloadavg()[0]})
                 spare = [tokens[f"load{i:03d}"] for i in range(64)]
                 for c in args.concurrency:
-                    pg0 = pg_activity()
-                    cpu0 = cpu_seconds()
-                    res = asyncio.run(closed_loop(port, spare[:c], args.load_rounds))
-                    cpu = cpu_per_round(cpu0, cpu_seconds(), res["rounds"])
-                    res.update(pg_per_round(pg0, pg_activity(), res["rounds"]))
+                    res = measured(asyncio.run, closed_loop(port, spare[:c], args.load_rounds))
                     emit(args, {"backend": args.backend, "tasks": n, "mode": "closed loop", "workers": args.workers,
-                                **res, **cpu,
-                                "load_average": os.getloadavg()[0]})
+                                **res, "load_average": os.getloadavg()[0]})
 
 
 def measure_single(args: argparse.Namespace, n: int, port: int, tokens: list[str], order: str, who: str) -> None:
-    pg0 = pg_activity()
-    cpu0 = cpu_seconds()
-    res = single(port, tokens, args.requests, args.warmup)
-    cpu1 = cpu_seconds()
-    rounds = args.requests + args.warmup
-    res.update(pg_per_round(pg0, pg_activity(), rounds))
+    # (per round made, the warm-up included: the CPU counters run through it)
+    res = measured(single, port, tokens, args.requests, args.warmup, rounds=args.requests + args.warmup)
     emit(args, {"backend": args.backend, "tasks": n, "order": order, "workers": args.workers,
                 "labeler": "veteran (10,000 judgments)" if who == "vet" else "new", **res,
-                **cpu_per_round(cpu0, cpu1, rounds), "load_average": os.getloadavg()[0]})
+                "load_average": os.getloadavg()[0]})
+
+
+def measured(run: Callable[..., dict], *args: Any, rounds: int | None = None) -> dict:
+    """``run(*args)``'s results with the CPU (``cpu_per_round``) and PostgreSQL's activity (``pg_per_round``) per
+    round: ``rounds``, else the rounds ``run`` completed. The CPU is read inside ``pg_activity``'s pauses, so that
+    the machine's busy share is the run's own."""
+    pg0 = pg_activity()
+    cpu0 = cpu_seconds()
+    res = run(*args)
+    n = res["rounds"] if rounds is None else rounds
+    cpu = cpu_per_round(cpu0, cpu_seconds(), n)
+    return {**res, **pg_per_round(pg0, pg_activity(), n), **cpu}
 
 
 SERVER_PID: list[int] = []

@@ -25,8 +25,8 @@ in a project of a thousand tasks or a million, for a new labeler or one with ten
   order (projects, then labelers by id), so PostgreSQL transactions that touch the same rows never deadlock.
 - on PostgreSQL every statement is a round trip, and its CPU on both back-ends is most of a request's: the
   labeler's open assignment, counters, cursors and whether a lease ran out are read in one statement
-  (``_read_state``), every lane of the search in one more (``_lanes_statement``), and the task to take with its
-  places in use in one (``_take_statements``).
+  (``_read_state``), every lane of the search in one more (``_lanes_statement``), and the first candidate that
+  has a place and that no other transaction is handing out, with its places in use, in one (``_take_first``).
 - ``plan_next`` finds the candidates in a read transaction; ``next_assignment`` then only checks and takes them
   inside the write transaction, and searches again only when they were taken meanwhile. The web app does this on
   SQLite, where writers go one at a time; on PostgreSQL it runs ``next_assignment`` alone, in one transaction.
@@ -40,7 +40,7 @@ import random
 import secrets
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import (
     Boolean,
@@ -503,9 +503,16 @@ def _take(s: Session, task_id: int, labeler: Labeler, project: Project, now: dt.
     # when no place was taken: PostgreSQL then releases the lock at once. Without that, a transaction kept the
     # locks of every full task it had looked at, and two labelers whose last tries wait for busy tasks could
     # each wait for a lock the other kept: a deadlock (seen in test_concurrent_labelers_never_share_a_place).
+    return _in_savepoint(s, lambda: _take_place(s, task_id, labeler, project, now, "wait" if wait else "skip",
+                                                checked))
+
+
+def _in_savepoint(s: Session, take: Callable[[], Assignment | None]) -> Assignment | None:
+    """PostgreSQL: ``take()`` inside a savepoint, rolled back when it took no place, which releases at once the row
+    locks it took (see ``_take``)."""
     savepoint = s.begin_nested()
     try:
-        a = _take_place(s, task_id, labeler, project, now, "wait" if wait else "skip", checked)
+        a = take()
     except IntegrityError:  # (the task row is locked: only this labeler's own second request gets here)
         a = None
     if a is None:
@@ -527,17 +534,13 @@ def _take_first(s: Session, found: list[tuple[int, tuple | None]], labeler: Labe
     taken, it releases any row the statement locked (a transaction that kept such locks could deadlock later
     with another one's waiting tries, see ``_take``)."""
     keys = dict(found)
-    savepoint = s.begin_nested()
-    try:
+
+    def take() -> Assignment | None:
         row = s.execute(_first_free_statement(), {"ids": list(keys), "overlap": project.overlap}).first()
-        a = _place(s, row, labeler, project, now) if row is not None else None
-    except IntegrityError:  # (the task row is locked: only this labeler's own second request gets here)
-        a = None
-    if a is None:
-        savepoint.rollback()
-        return None
-    savepoint.commit()
-    return a, keys[a.task_id]
+        return _place(s, row, labeler, project, now) if row is not None else None
+
+    a = _in_savepoint(s, take)
+    return (a, keys[a.task_id]) if a is not None else None
 
 
 @_once
@@ -685,15 +688,16 @@ def next_assignment(s: Session, project: Project, labeler: Labeler, now: dt.date
             found = _search(s, project, labeler, gold, state)
             if not found:
                 break
-            if attempt < 3 and _is_pg(s):
+            if attempt < 3 and _is_pg(s):  # PostgreSQL's first tries skip busy tasks, all in one statement
                 taken = _take_first(s, found, labeler, project, now)
                 if taken is not None:
                     return _handed_out(s, project, labeler, taken[0], gold, state, taken[1])
                 continue
             for task_id, key in found:
-                # the last tries wait for busy tasks rather than skip them, so a labeler is never told
-                # "nothing left" only because every remaining task was being handed out at that moment
-                a = _take(s, task_id, labeler, project, now, wait=attempt >= 3, checked=True)
+                # SQLite: every try (one writer at a time, nothing is busy). PostgreSQL: the last tries wait for
+                # busy tasks rather than skip them, so a labeler is never told "nothing left" only because every
+                # remaining task was being handed out at that moment
+                a = _take(s, task_id, labeler, project, now, wait=True, checked=True)
                 if a is not None:
                     return _handed_out(s, project, labeler, a, gold, state, key)
     write_counts(s)
