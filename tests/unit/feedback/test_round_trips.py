@@ -130,3 +130,27 @@ def test_a_task_another_labeler_is_taking_is_passed_over_in_the_same_statement(d
             seqs = [s2.get(Task, a.task_id).seq for a in (first, second)]
             assert seqs == [1, 2]  # the head is busy: the next task in import order (seq counts from 1)
             assert len(locking) == 1 and "SKIP LOCKED" in locking[0], locking
+
+
+def test_when_the_tasks_nearest_completion_are_busy_the_labeler_gets_a_task_further_down(db):
+    """PostgreSQL: the only unseen task with a place already taken (the best lane) is being taken by another
+    labeler at that moment; the labeler gets the next task of the queue from the same statement. The search once
+    offered only the best lane's tasks: every try skipped the busy one, the last tries waited for it (here: the lock
+    timeout), and four labelers on two server processes were told "nothing left" in about 1 run in 8."""
+    from alignloop.feedback import assign
+    from alignloop.feedback.models import Labeler, Project, Task
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time: nothing is ever being taken by another transaction")
+    with db.write() as s:
+        p = create_project(s, "proj", overlap=2)
+        import_records(s, p, numbered(generate_records(6)))
+        ann, bob, cat = (create_labeler(s, n) for n in ("ann", "bob", "cat"))
+    with db.write() as s:
+        assign.next_assignment(s, s.get(Project, p.id), s.get(Labeler, ann.id))  # task 1 has one place taken
+    with db.write() as s1:
+        busy = assign.next_assignment(s1, s1.get(Project, p.id), s1.get(Labeler, bob.id))  # bob takes task 1's last
+        with db.write() as s2:
+            s2.execute(text("SET LOCAL lock_timeout = '2s'"))  # (a wait for bob's transaction would never end here)
+            got = assign.next_assignment(s2, s2.get(Project, p.id), s2.get(Labeler, cat.id))
+            assert [s2.get(Task, a.task_id).seq for a in (busy, got)] == [1, 2]
