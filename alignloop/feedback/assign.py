@@ -61,6 +61,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from alignloop.core.db import run
 from alignloop.feedback.errors import Conflict
 from alignloop.feedback.models import Assignment, Judgment, Labeler, LabelerProgress, Project, Task, utcnow
 
@@ -116,8 +117,9 @@ def write_counts(s: Session) -> None:
 def _upsert_progress(s: Session, project_id: int, labeler_id: int, deltas: dict[str, int],
                      sets: dict[str, Any]) -> None:
     table = LabelerProgress.__table__
-    where = (table.c.project_id == project_id) & (table.c.labeler_id == labeler_id)
-    res = s.execute(update(table).where(where).values(**{k: table.c[k] + v for k, v in deltas.items()}, **sets))
+    res = s.execute(_progress_update_statement(tuple(sorted(deltas)), tuple(sorted(sets))),
+                    {"w_project_id": project_id, "w_labeler_id": labeler_id, **{f"d_{k}": v for k, v in deltas.items()},
+                     **{f"s_{k}": v for k, v in sets.items()}})
     if res.rowcount:
         return
     # the labeler's first row in this project (a plain insert could lose a race with their own second request)
@@ -133,6 +135,16 @@ def _upsert_progress(s: Session, project_id: int, labeler_id: int, deltas: dict[
             set_={**{k: table.c[k] + ins.excluded[k] for k in deltas}, **{k: ins.excluded[k] for k in sets}}))
     else:
         s.execute(table.insert().values(project_id=project_id, labeler_id=labeler_id, **deltas, **sets))
+
+
+@_once
+def _progress_update_statement(added: tuple[str, ...], set_: tuple[str, ...]) -> Any:
+    """The labeler's counters ``added`` to and columns ``set_``, built once per shape (building it each time cost
+    about as much as running it)."""
+    table = LabelerProgress.__table__
+    return (update(table).where(table.c.project_id == bindparam("w_project_id"),
+                                table.c.labeler_id == bindparam("w_labeler_id"))
+            .values(**{k: table.c[k] + bindparam(f"d_{k}") for k in added}, **{k: bindparam(f"s_{k}") for k in set_}))
 
 
 def _seen_by(s: Session, task_id: int) -> set[int]:
@@ -162,7 +174,7 @@ def _add_places_statement() -> Any:
 
 def _add_places(s: Session, task_id: int, d: int) -> int:
     """Add ``d`` to the task's places taken; returns the new value (the row is locked until commit)."""
-    return s.execute(_add_places_statement(), {"task_id": task_id, "d": d}).scalar_one()
+    return run(s, _add_places_statement(), {"task_id": task_id, "d": d}).scalar_one()
 
 
 def release_place(s: Session, project: Project, assignment: Assignment) -> bool:
@@ -359,7 +371,7 @@ def _state_statement() -> Any:
 
 def _read_state(s: Session, project: Project, labeler: Labeler, now: dt.datetime | None = None) -> _State:
     cutoff = (now or utcnow()) - dt.timedelta(minutes=project.lease_minutes)
-    row = s.execute(_state_statement(), {"project_id": project.id, "labeler_id": labeler.id, "cutoff": cutoff}).one()
+    row = run(s, _state_statement(), {"project_id": project.id, "labeler_id": labeler.id, "cutoff": cutoff}).one()
     progress = row if row.assignments is not None else None
     cursor = None
     if row.cursor_id is not None and row.cursor_order == project.order:
@@ -452,7 +464,7 @@ def _search(s: Session, project: Project, labeler: Labeler, gold: bool, state: _
     params = {"project_id": project.id, "gold": gold, "probes": PROBES, "labeler_id": labeler.id,
               **{f"after{i}": v for i, v in enumerate(cursor or ())}}
     lanes: dict[tuple[int, int], list] = defaultdict(list)
-    for row in s.execute(_lanes_statement(uncertainty, levels, cursor is not None), params):
+    for row in run(s, _lanes_statement(uncertainty, levels, cursor is not None), params):
         lanes[(row.level, row.lane)].append(row)
     width = 3 if uncertainty else 2
     found: dict[int, tuple] = {}  # (a task in both lanes of a level once: the cursor lies in the level's start)
@@ -542,7 +554,7 @@ def _take_first(s: Session, found: list[tuple[int, tuple | None]], labeler: Labe
     keys = dict(found)
 
     def take() -> Assignment | None:
-        row = s.execute(_first_free_statement(), {"ids": list(keys), "overlap": project.overlap}).first()
+        row = run(s, _first_free_statement(), {"ids": list(keys), "overlap": project.overlap}).first()
         return _place(s, row, labeler, project, now) if row is not None else None
 
     a = _in_savepoint(s, take)
@@ -577,7 +589,7 @@ def _take_statements(lock: str | None) -> Any:
 def _take_place(s: Session, task_id: int, labeler: Labeler, project: Project, now: dt.datetime,
                 lock: str | None, checked: bool) -> Assignment | None:
     """Insert the labeler's assignment in the first free place of the task (None when none is left for them)."""
-    rows = s.execute(_take_statements(lock), {"task_id": task_id, "labeler_id": labeler.id}).all()
+    rows = run(s, _take_statements(lock), {"task_id": task_id, "labeler_id": labeler.id}).all()
     task = rows[0] if rows else None
     if task is None or (not task.is_gold and task.places_taken >= project.overlap):
         return None
@@ -743,7 +755,7 @@ def queue(s: Session, project: Project, limit: int = 50) -> list[dict]:
 def labeler_progress(s: Session, project: Project, labeler: Labeler) -> dict:
     """What a labeler sees: how many they did (skips included) and how many are still open to them (regular tasks
     with a free place they have not seen, plus their open assignments). Read from counters, not counted."""
-    row = s.execute(_progress_statements(), {"project_id": project.id, "labeler_id": labeler.id}).one()
+    row = run(s, _progress_statements(), {"project_id": project.id, "labeler_id": labeler.id}).one()
     return {"done": row.done or 0, "available": (row.open_tasks or 0) - (row.seen_open or 0) + (row.current or 0)}
 
 

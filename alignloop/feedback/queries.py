@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select, union_all
 from sqlalchemy.orm import Session
 
+from alignloop.core.db import run
 from alignloop.feedback import assign, auth, tallies
 from alignloop.feedback import consensus as cons
 from alignloop.feedback.errors import Conflict, Invalid, NotFound
@@ -283,7 +284,7 @@ def add_judgment(s: Session, task_id: int, labeler: Labeler | str, choice: str |
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 100):
         raise Invalid("must be a string of 1 to 100 characters", field="idempotency_key")
     # one statement: the labeler's judgment of this task, and the one made with this key (a repeat)
-    mine = s.execute(_mine_statement(), {"task_id": task_id, "labeler_id": labeler.id, "key": idempotency_key}).all()
+    mine = run(s, _mine_statement(), {"task_id": task_id, "labeler_id": labeler.id, "key": idempotency_key}).all()
     previous = next((r for r in mine if idempotency_key is not None and r.idempotency_key == idempotency_key), None)
     if previous is not None:
         if previous.task_id != task_id:

@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from alignloop.core.db import run
 from alignloop.feedback import agreement as agr
 from alignloop.feedback import consensus as cons
 from alignloop.feedback.models import (
@@ -114,8 +115,8 @@ def record(s: Session, j: Judgment, task: Task) -> None:
         # inserting a judgment that references it, and two FOR UPDATE requests would each wait for the other's
         # KEY SHARE (a deadlock; test_answers_to_one_task_at_once_are_all_counted). SQLite has one writer at a
         # time anyway.
-        s.execute(st["lock"], {"task_id": task.id})
-    rows = s.execute(st["judgments"], {"task_id": task.id}).all()
+        run(s, st["lock"], {"task_id": task.id})
+    rows = run(s, st["judgments"], {"task_id": task.id}).all()
     gold = s.scalar(select(GoldAnswer.answer).where(GoldAnswer.task_id == task.id)) if task.is_gold else None
     fig = task_figures(task.task_type, rows, gold)
     s.execute(st["tally"], {"task_id": task.id, "project_id": task.project_id, "judgments": fig["judgments"],

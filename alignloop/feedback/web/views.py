@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from alignloop.core.db import run
 from alignloop.feedback.models import Assignment, Completion, Judgment, Project, Prompt, Task
 from alignloop.feedback.web.deps import Principal
 
@@ -44,7 +45,7 @@ def judgment_public(j: Judgment) -> dict:
 def assignment_view(s: Session, a: Assignment, p: Project) -> dict:
     """What the labeler's page needs, completions in the order this labeler sees them."""
     # one statement: the task's prompt and its completions (a row each), plain columns
-    rows = s.execute(_assignment_statement(), {"task_id": a.task_id}).all()
+    rows = run(s, _assignment_statement(), {"task_id": a.task_id}).all()
     task, texts = rows[0], {r.completion_id: r.text for r in rows}
     return {"assignment_id": a.id, "task_id": task.id, "task_type": task.task_type, "prompt": task.prompt,
             "context": task.context,

@@ -154,3 +154,41 @@ def test_when_the_tasks_nearest_completion_are_busy_the_labeler_gets_a_task_furt
             s2.execute(text("SET LOCAL lock_timeout = '2s'"))  # (a wait for bob's transaction would never end here)
             got = assign.next_assignment(s2, s2.get(Project, p.id), s2.get(Labeler, cat.id))
             assert [s2.get(Task, a.task_id).seq for a in (busy, got)] == [1, 2]
+
+
+def test_only_statements_that_load_objects_go_through_the_orm_layer(db):
+    """A round's plain look-ups and updates run on the session's connection (``core.db.run``): through the ORM's
+    compile step one cost twice the CPU. What is left there loads mapped objects: the sign-in check's token and
+    labeler, the project (next), the assignment with its task and project, and the inserted judgment (submit)."""
+    from sqlalchemy.orm import Session as OrmSession
+
+    with db.write() as s:
+        p = create_project(s, "proj", overlap=2)
+        import_records(s, p, numbered(generate_records(20)))
+        ann = create_labeler(s, "ann")
+        access.add_member(s, p, ann, "labeler", "test")
+        token = auth.new_token(s, ann)
+    client, bearer = TestClient(create_app(db)), {"Authorization": f"Bearer {token}"}
+    through_orm: dict = collections.defaultdict(list)
+    now = ["other"]
+
+    def seen(state) -> None:  # noqa: ANN001
+        if state.statement._propagate_attrs.get("compile_state_plugin") == "orm":
+            through_orm[now[0]].append(type(state.statement).__name__)
+
+    event.listen(OrmSession, "do_orm_execute", seen)
+    try:
+        for k in range(3):
+            through_orm.clear()
+            now[0] = "next"
+            task = client.post("/api/projects/proj/next", headers=bearer).json()
+            now[0] = "submit"
+            r = client.post(f"/api/assignments/{task['assignment_id']}/judgment", json={"choice": "A"},
+                            headers={**bearer, "Idempotency-Key": f"k{k}"})
+            assert r.status_code == 201, r.text
+    finally:
+        event.remove(OrmSession, "do_orm_execute", seen)
+    # token + labeler; the project (SQLite: once more, by the search in a read transaction before the write)
+    projects = 2 if db.is_sqlite else 1
+    assert through_orm["next"] == ["Select"] * (1 + projects), dict(through_orm)
+    assert sorted(through_orm["submit"]) == ["AnnotatedInsert", "Select", "Select"], dict(through_orm)
