@@ -558,6 +558,10 @@ def main() -> None:
     ap.add_argument("--rate", type=float, nargs="+", default=[50.0], help="open-loop judgments per second (each)")
     ap.add_argument("--load-rounds", type=int, default=1500)
     ap.add_argument("--labelers", type=int, default=50, help="labelers sharing the open-loop load")
+    ap.add_argument("--load-warmup", type=int, default=300,
+                    help="rounds, not measured, by 14 other labelers at once before the load points: the server "
+                    "processes' first requests (imports, route tables, compiled statements, new database "
+                    "connections) cost 10 to 30 times a warm one's; 0 measures the load on cold processes")
     ap.add_argument("--concurrency", type=int, nargs="*", default=[4, 16], help="closed-loop labelers per run")
     ap.add_argument("--workers", type=int, default=1,
                     help="server processes (``label serve --workers``; PostgreSQL): the CPU of all of them is counted")
@@ -588,6 +592,11 @@ def main() -> None:
         if args.only in ("load", "both"):
             with running(args, n, per_kind=1) as (url, port, tokens):
                 load = [tokens[f"load{i:03d}"] for i in range(args.labelers)]
+                if args.load_warmup:
+                    warm = asyncio.run(closed_loop(port, [tokens[f"load{i:03d}"] for i in range(50, 64)],
+                                                   args.load_warmup))
+                    print(f"warm-up: {args.load_warmup} rounds by 14 labelers, next p99 {warm.get('next_p99_ms')} "
+                          f"ms (not a point)", file=sys.stderr)
                 for rate in args.rate:
                     res = measured(asyncio.run, open_loop(port, load, rate, args.load_rounds))
                     emit(args, {"backend": args.backend, "tasks": n, "mode": "open loop", "labelers": len(load),

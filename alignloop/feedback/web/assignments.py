@@ -6,6 +6,7 @@ the server maps it to the task's canonical order with the assignment's stored di
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 from typing import Annotated, Optional
@@ -123,6 +124,23 @@ def _own_statement() -> Select:
             .outerjoin(Membership, (Membership.project_id == Project.id) &
                        (Membership.labeler_id == bindparam("labeler_id")))
             .where(Assignment.id == bindparam("assignment_id")))
+
+
+def warm_up(db: Database, connections: int) -> None:
+    """Before a server process takes its first request: the labeling round's reads, run once on each of
+    ``connections`` database connections at the same time (so the pool holds that many, each warm; one on SQLite),
+    as nobody, for the shapes of the first projects (``assign.warm_up``). Read transactions: nothing changes."""
+    with contextlib.ExitStack() as held:
+        sessions = [held.enter_context(db.read()) for _ in range(1 if db.is_sqlite else max(1, connections))]
+        projects = list(sessions[0].scalars(select(Project).order_by(Project.id).limit(WARM_PROJECTS)))
+        for s in sessions:
+            assign.warm_up(s, projects)
+            s.execute(_own_statement(), {"assignment_id": 0, "labeler_id": 0}).all()
+
+
+#: the projects whose search shapes a starting server process warms (each project with its own overlap, order
+#: and gold rate adds a few statements)
+WARM_PROJECTS = 20
 
 
 def canonical_choice(choice: Optional[str], task: Task, a: Assignment) -> Optional[str]:

@@ -192,3 +192,62 @@ def test_only_statements_that_load_objects_go_through_the_orm_layer(db):
     projects = 2 if db.is_sqlite else 1
     assert through_orm["next"] == ["Select"] * (1 + projects), dict(through_orm)
     assert sorted(through_orm["submit"]) == ["AnnotatedInsert", "Select", "Select"], dict(through_orm)
+
+
+def _counts(db) -> dict:  # noqa: ANN001
+    with db.read() as s:
+        return {t: s.scalar(text(f"SELECT count(*) FROM {t}")) for t in (
+            "assignments", "judgments", "labeler_progress", "login_throttle", "audit_log", "api_tokens")}
+
+
+def test_a_server_process_warms_up_before_its_first_request_and_changes_nothing(db):
+    """As it starts, a server process runs the labeling round's reads on ``threads`` connections at once (its pool
+    then holds that many, each warm) and sends itself one unsigned request per labeling route: a cold process
+    took 100 to 250 ms for its first next task, and a freshly started server under 50 judgments a second had
+    p99s of 330 ms. Nothing is written: no assignment, no counter row, no sign-in failure counted."""
+    import asyncio
+
+    with db.write() as s:
+        p = create_project(s, "proj", overlap=2, gold_rate=0.2, order="uncertainty")
+        import_records(s, p, numbered(generate_records(10)))
+        ann = create_labeler(s, "ann")
+        access.add_member(s, p, ann, "labeler", "test")
+        token = auth.new_token(s, ann)
+    before, sent = _counts(db), []
+    event.listen(db.engine, "before_cursor_execute", lambda _c, _cur, sql, *_a: sent.append(sql))
+    app = create_app(db, threads=3).app
+
+    async def served() -> int:
+        async with app.router.lifespan_context(app):
+            return db.engine.pool.checkedin()
+
+    pooled = asyncio.run(served())
+    if not db.is_sqlite:
+        assert pooled == 3
+    lanes = [sql for sql in sent if "AS lane" in sql]  # the search's statement (one select per lane)
+    # regular and gold tasks (the project's gold rate), each from the queue's start and from a cursor, per connection
+    assert len(lanes) == 4 * (1 if db.is_sqlite else 3), len(lanes)
+    assert any("api_tokens" in sql for sql in sent)  # the unsigned requests reached the sign-in check
+    assert _counts(db) == before
+    task = TestClient(create_app(db)).post("/api/projects/proj/next", headers={"Authorization": f"Bearer {token}"})
+    assert task.status_code == 200 and task.json()["done"] is False
+
+
+def test_a_server_that_cannot_warm_up_still_starts_and_says_why(db, monkeypatch, caplog):
+    import asyncio
+
+    from alignloop.core.db import DatabaseError
+    from alignloop.feedback.web import assignments
+
+    def fail(*_a) -> None:  # noqa: ANN002
+        raise DatabaseError("database down for a moment")
+
+    monkeypatch.setattr(assignments, "warm_up", fail)
+    app = create_app(db).app
+
+    async def served() -> bool:
+        async with app.router.lifespan_context(app):
+            return True
+
+    assert asyncio.run(served())
+    assert "warm-up skipped: DatabaseError: database down for a moment" in caplog.text
