@@ -41,13 +41,18 @@ class Counts:
         self.seen[self.now][what] += 1
 
 
-def test_a_labeling_round_has_a_bounded_number_of_statements(db):
+def _project_with_labeler(db, tasks: int, **settings) -> str:  # noqa: ANN001, ANN003
+    """The project ``proj`` of ``tasks`` tasks with the labeler ``ann`` a member; returns her API token."""
     with db.write() as s:
-        p = create_project(s, "proj", overlap=3)
-        import_records(s, p, numbered(generate_records(40)))
+        p = create_project(s, "proj", **settings)
+        import_records(s, p, numbered(generate_records(tasks)))
         ann = create_labeler(s, "ann")
         access.add_member(s, p, ann, "labeler", "test")
-        token = auth.new_token(s, ann)
+        return auth.new_token(s, ann)
+
+
+def test_a_labeling_round_has_a_bounded_number_of_statements(db):
+    token = _project_with_labeler(db, 40, overlap=3)
     client, counts = TestClient(create_app(db)), Counts(db.engine)
     bearer = {"Authorization": f"Bearer {token}"}
     worst: dict = collections.defaultdict(collections.Counter)
@@ -162,12 +167,7 @@ def test_only_statements_that_load_objects_go_through_the_orm_layer(db):
     labeler, the project (next), the assignment with its task and project, and the inserted judgment (submit)."""
     from sqlalchemy.orm import Session as OrmSession
 
-    with db.write() as s:
-        p = create_project(s, "proj", overlap=2)
-        import_records(s, p, numbered(generate_records(20)))
-        ann = create_labeler(s, "ann")
-        access.add_member(s, p, ann, "labeler", "test")
-        token = auth.new_token(s, ann)
+    token = _project_with_labeler(db, 20, overlap=2)
     client, bearer = TestClient(create_app(db)), {"Authorization": f"Bearer {token}"}
     through_orm: dict = collections.defaultdict(list)
     now = ["other"]
@@ -207,12 +207,7 @@ def test_a_server_process_warms_up_before_its_first_request_and_changes_nothing(
     p99s of 330 ms. Nothing is written: no assignment, no counter row, no sign-in failure counted."""
     import asyncio
 
-    with db.write() as s:
-        p = create_project(s, "proj", overlap=2, gold_rate=0.2, order="uncertainty")
-        import_records(s, p, numbered(generate_records(10)))
-        ann = create_labeler(s, "ann")
-        access.add_member(s, p, ann, "labeler", "test")
-        token = auth.new_token(s, ann)
+    token = _project_with_labeler(db, 10, overlap=2, gold_rate=0.2, order="uncertainty")
     before, sent = _counts(db), []
     event.listen(db.engine, "before_cursor_execute", lambda _c, _cur, sql, *_a: sent.append(sql))
     app = create_app(db, threads=3).app
