@@ -467,11 +467,11 @@ def _search(s: Session, project: Project, labeler: Labeler, gold: bool, state: _
     for row in run(s, _lanes_statement(uncertainty, levels, cursor is not None), params):
         lanes[(row.level, row.lane)].append(row)
     width = 3 if uncertainty else 2
-    found: dict[int, tuple] = {}  # (a task in both lanes of a level once: the cursor lies in the level's start)
+    found: dict[int, tuple] = {}  # (a task in both lanes of a level keeps its first place: the same key)
     for level in levels:
         for lane in (0, 1):
             rows = lanes[(level, lane)]
-            found.update((r.id, tuple(r[:width])) for r in rows if not r.seen and r.id not in found)
+            found.update((r.id, tuple(r[:width])) for r in rows if not r.seen)
             if lane == 0 and len(rows) < PROBES:  # the level ends before the cursor's lane would start
                 break
     if found:
