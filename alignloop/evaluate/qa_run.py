@@ -74,22 +74,43 @@ def question_of(record: Any) -> str:
 
 
 def answer(model: str | tuple, prompts: Sequence[Any], max_new_tokens: int = 64, max_prompt_length: int = 512,
-           temperature: float = 0.0, batch_size: int = 8, num: int = 1, seed: int = 0, desc: str = "answer"
-           ) -> list[list[str]]:
-    """``num`` answers per prompt from ``model`` (an alias/folder, or a loaded ``(model, tokenizer)``)."""
+           temperature: float = 0.0, batch_size: int = 8, num: int = 1, seed: int = 0, desc: str = "answer",
+           abstain: bool = True) -> list[list[str]]:
+    """``num`` answers per prompt from ``model`` (an alias/folder, or a loaded ``(model, tokenizer)``); a model
+    folder with an abstention record declines where it is unsure (:mod:`alignloop.generation.abstention`), unless
+    ``abstain`` is False (candidates to be judged, best-of-N samples)."""
+    return answers_and_confidence(model, prompts, max_new_tokens, max_prompt_length, temperature, batch_size, num,
+                                  seed, desc, abstain)["answers"]
+
+
+def answers_and_confidence(model: str | tuple, prompts: Sequence[Any], max_new_tokens: int = 64,
+                           max_prompt_length: int = 512, temperature: float = 0.0, batch_size: int = 8, num: int = 1,
+                           seed: int = 0, desc: str = "answer", abstain: bool = True, rule: Any = None
+                           ) -> dict[str, Any]:
+    """:func:`answer` with what the abstention did: ``answers`` (as :func:`answer` returns them), and where the
+    model folder has an abstention record (or ``rule``, an :class:`~alignloop.generation.abstention.Abstention`,
+    is given: it replaces the record), ``policy_answers`` (before declining), ``confidence`` (per answer) and
+    ``abstention`` (the rule applied)."""
     import torch
     from tqdm.auto import tqdm
 
+    from alignloop.generation import abstention as abstaining
     from alignloop.generation.sampling import SamplingParams, sample_texts
     from alignloop.models.load import load_causal_lm
 
+    rule = rule or (abstaining.read_abstention(model) if abstain else None)
     lm, tok = model if isinstance(model, tuple) else load_causal_lm(model)
     if torch.cuda.is_available():
         lm = lm.to("cuda")
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     with tqdm(total=len(prompts) * num, desc=desc, unit="answer", file=sys.stderr, dynamic_ncols=True) as bar:
-        return sample_texts(lm, tok, list(prompts), num, params, batch_size=batch_size,
-                            max_prompt_length=max_prompt_length, progress=bar)
+        texts = sample_texts(lm, tok, list(prompts), num, params, batch_size=batch_size,
+                             max_prompt_length=max_prompt_length, progress=bar)
+    if rule is None:
+        return {"answers": texts}
+    with torch.no_grad():
+        final, conf = abstaining.apply(rule, lm, tok, list(prompts), texts, max_prompt_length)
+    return {"answers": final, "policy_answers": texts, "confidence": conf, "abstention": rule.to_json()}
 
 
 def score_qa(records: Sequence[Any], answers: Sequence[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -48,7 +48,7 @@ def sample_and_judge(model: Any, records: list[Any], folder: str | Path, judge: 
     when no sample declines."""
     folder = Path(folder)
     samples = answer(model, [r.prompt for r in records], max_new_tokens, max_prompt_length, temperature,
-                     batch_size, num=num_candidates, seed=seed, desc=desc)
+                     batch_size, num=num_candidates, seed=seed, desc=desc, abstain=False)  # candidates as sampled
     rows = []
     for rec, sampled in zip(records, samples):
         gold = rec.meta.get("answer")

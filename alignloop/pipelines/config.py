@@ -85,6 +85,11 @@ class LoopConfig(StageConfig):
                                "model is added as rm:<stage>/reward:<rm_weight>.")
     rm_weight: float = opt(0.5, "grpo method: weight of the stage's reward model in the GRPO reward (0: the rule "
                            "alone; needs the reward method).")
+    abstain_below: Optional[float] = opt(
+        None, "Training mode: each trained stage's policy declines (decline_text) where its mean log-probability per "
+        "answer token is below this (abstention.json in its folder; docs/loop-and-evaluation.md); stage 0's is "
+        "measured, not applied. None: off.")
+    decline_text: str = opt(DECLINE_TEXT, "Training mode: what a policy answers where it declines (abstain_below).")
     batch_size: int = opt(4, "Training mode: pairs per micro-batch of the reward and DPO trainers.")
     learning_rate: Optional[float] = opt(None, "Training mode: peak learning rate of the reward and DPO trainers "
                                          "(default: each trainer's own; the demo's LoRA DPO uses 5e-4).")
@@ -214,22 +219,26 @@ class DemoConfig(StageConfig):
     sft_steps: int = opt(20, "SFT optimizer steps (LoRA), shared by every stage.")
     sft_learning_rate: float = opt(1e-3, "SFT learning rate (LoRA).")
     sft_targets: Literal["gold", "grounded", "contrastive"] = opt(
-        "contrastive", "SFT demonstrations: gold = the gold answer always; grounded = the gold answer where the "
+        "gold", "SFT demonstrations: gold = the gold answer always; grounded = the gold answer where the "
         "question's built context holds it, else decline_text; contrastive = grounded plus, for each in-context "
         "question, its context with the answer's lines taken out and decline_text. Chosen by 3-fold cross-validation "
-        "on the training questions (benchmarks/README.md): contrastive at sft_answer_share 0.75 was wrong on 29 of 70 "
-        "questions against gold's 57 and right on 12 against 13.")
+        "on the training questions (benchmarks/README.md): taught to decline, the 135M model declined questions whose "
+        "context holds the figure as often as the others; gold with abstain_below was right on 13 of 70 and wrong "
+        "on 39 (base 9 and 60), declining 4 of the 25 in-context questions.")
     sft_answer_share: float = opt(0.75, "sft_targets: contrastive: the in-context demonstrations are repeated until "
                                   "answers are about this share of all demonstrations (the rest decline; "
                                   "cross-validated: 0.6 declined 53 of 70).")
-    decline_text: str = opt(DECLINE_TEXT, "The demonstration for a training question whose built context does not "
-                            "hold the gold answer (sft_targets: grounded, contrastive).")
-    decline_candidate: str = opt(DECLINE_TEXT, "An answer that declines, judged beside the sampled ones and the gold, "
-                                 "so that labels teach declining over inventing; empty: none.")
+    decline_text: str = opt(DECLINE_TEXT, "What a trained stage's model answers where it declines (abstain_below), and "
+                            "the demonstration for a training question whose built context does not hold the gold "
+                            "answer (sft_targets: grounded, contrastive).")
+    decline_candidate: str = opt("", "An answer that declines, judged beside the sampled ones and the gold, so that "
+                                 "labels rank declining above inventing; empty (the default): none, the stage's "
+                                 "abstention declines instead (DPO on such labels turned declining on or off for "
+                                 "every question alike: benchmarks/README.md).")
     judge_gold: Literal["always", "in_context"] = opt(
-        "in_context", "Where the gold answer joins the judged candidates: always, or only where the question's built "
+        "always", "Where the gold answer joins the judged candidates: always, or only where the question's built "
         "context holds it (in_context: elsewhere no answer is quotable, and the labels rank declining, "
-        "decline_candidate, above what the model invents).")
+        "decline_candidate, above what the model invents; needs decline_candidate).")
     num_candidates: int = opt(2, "Answers sampled per training question for the judge (with the gold answer, every "
                               "pair of them is one label).")
     stages: list[str] = opt(["0", "1/2", "all"], "Stages of the loop, in labels: 0 (the SFT model alone, required), "
@@ -240,6 +249,10 @@ class DemoConfig(StageConfig):
                              "(one forward pass, then an L2 logistic-regression head); its score enters the GRPO "
                              "reward (rm:).")
     rm_weight: float = opt(0.5, "Weight of the stage's reward model in the GRPO reward (0: the graded rule alone).")
+    abstain_below: Optional[float] = opt(
+        -0.8, "Each trained stage's model declines (decline_text) where its mean log-probability per answer token is "
+        "below this; chosen by 3-fold cross-validation on the training questions (benchmarks/README.md, \"Declining "
+        "when unsure\"). None (--abstain-below none): off.")
     rl_steps: int = opt(1, "GRPO steps per stage after DPO, rewarded by the graded rule (the answer's llmware points) "
                         "plus the reward model (0 skips GRPO).")
     rl_generations: int = opt(4, "GRPO answers per question (the group its baseline is taken over).")

@@ -194,7 +194,8 @@ def loop_config(cfg: DemoConfig, out: Path, sft_model: str, counts: list[int]) -
         # the reward recipe that ranked best per CPU minute on HH (benchmarks/README.md): frozen features, mean pooling
         reward_recipe="frozen", reward_layers=15,
         rl_steps=max(cfg.rl_steps, 1), rl_generations=cfg.rl_generations,
-        rm_weight=cfg.rm_weight if cfg.reward_model else 0.0).validate()
+        rm_weight=cfg.rm_weight if cfg.reward_model else 0.0, abstain_below=cfg.abstain_below,
+        decline_text=cfg.decline_text).validate()
 
 
 def stage_metrics(out: Path, cfg: DemoConfig, counts: list[int]) -> list[dict[str, Any]]:

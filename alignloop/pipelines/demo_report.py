@@ -17,6 +17,7 @@ follows scorer fixes), all on the same held-out questions:
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,6 +41,17 @@ def graded_rows(records: Sequence[Any], folder: Path) -> list[dict[str, Any]]:
     with open(folder / "submission.csv", newline="") as fh:
         answers = {r["id"]: r["answer"] for r in csv.DictReader(fh)}
     rows, _ = score_qa(records, [answers[str(r.meta["id"])] for r in records])
+    return rows
+
+
+def policy_rows(records: Sequence[Any], folder: Path) -> list[dict[str, Any]] | None:
+    """The stage's answers before its abstention declined any (``policy_answer`` in ``grades.jsonl``), graded, in
+    the test set's order; None when the stage's model has no abstention."""
+    graded = {r["id"]: r for r in map(json.loads, (folder / "grades.jsonl").read_text().splitlines() if
+                                      (folder / "grades.jsonl").exists() else [])}
+    if not graded or any("policy_answer" not in r for r in graded.values()):
+        return None
+    rows, _ = score_qa(records, [graded[str(r.meta["id"])]["policy_answer"] for r in records])
     return rows
 
 
@@ -102,15 +114,21 @@ def chain(cfg: DemoConfig, out: Path, records: Sequence[Any], steps: dict[str, A
     parts = [("base model (no training)", cfg.model, rows["base model"], None),
              ("+ SFT (stage 0)", stages[0]["policy"], rows[name_of(stages[0])], sec.get("sft"))]
     dpo, rl = last.get("dpo_policy"), last.get("seconds_grpo") is not None
+    # with an abstention, the stage's own answers (its submission) come after declining: the policy's answers
+    # before it are the RL (or DPO) part, and declining is a part of its own
+    alone = policy_rows(records, Path(last["dir"])) if last.get("abstention") else None
+    policy_alone = alone if alone is not None else rows[name_of(last)]
     if dpo and rl:
         rows["+ DPO"] = graded_rows(records, out / "ablation" / "dpo")
         parts.append((f"+ DPO ({last['labels']} labels)", dpo, rows["+ DPO"], feedback + last["seconds_dpo"]))
-        parts.append(("+ RL (GRPO: graded rule + reward model)", last["policy"], rows[name_of(last)],
-                      last["seconds_grpo"]))
+        parts.append(("+ RL (GRPO: graded rule + reward model)", last["policy"], policy_alone, last["seconds_grpo"]))
     elif dpo or rl:
         what = f"+ DPO ({last['labels']} labels)" if dpo else "+ RL (GRPO: graded rule + reward model)"
-        parts.append((what, last["policy"], rows[name_of(last)],
+        parts.append((what, last["policy"], policy_alone,
                       feedback + last.get("seconds_dpo", 0.0) + last.get("seconds_grpo", 0.0)))
+    if alone is not None:
+        parts.append((f"+ declining when unsure (confidence below {last['abstention']['min_confidence']:g})",
+                      last["policy"], rows[name_of(last)], None))
     out_parts = []
     for i, (name, model, r, seconds) in enumerate(parts):
         f = figures(name, None, r, parts[i - 1][2] if i else None)
@@ -281,6 +299,12 @@ def write_report(cfg: DemoConfig, out: Path, steps: dict[str, Any], stages: list
     part_lines = [part_line(p, parts[i]) for i, p in enumerate(parts[1:])]
     text = said + "\n\nWhat each part adds, on the same held-out questions:\n" + \
         "\n".join(f"- {line}" for line in part_lines)
+    what_if = stages[0].get("test_with_abstention")
+    if what_if and len(stages) > 1 and stages[-1].get("abstention"):
+        text += (f"\n- For comparison, the SFT model (stage 0) declining by the same rule, measured and not applied: "
+                 f"{what_if['correct']} correct, {what_if['incorrect']} incorrect, {what_if['refusal']} refusals of "
+                 f"{what_if['n']} (it answered {stages[0]['test_correct']} / {stages[0]['test_incorrect']} / "
+                 f"{stages[0]['test_refusal']}).")
     write_text(out / "verdict.txt", text + "\n")
     figs = out / "report"
     learning_pngs(curve, figs)

@@ -119,7 +119,7 @@ def run_best_of_n(cfg: EvalConfig, out: Path) -> dict[str, Any]:
     records = qa_items(cfg.data, cfg.split, cfg.limit, cfg.context_chars)
     prompts = [r.prompt for r in records]
     samples = answer(cfg.model, prompts, cfg.max_new_tokens, cfg.max_prompt_length, max(cfg.temperature, 0.7),
-                     cfg.batch_size, num=cfg.num_samples, seed=cfg.seed, desc="best-of-n")
+                     cfg.batch_size, num=cfg.num_samples, seed=cfg.seed, desc="best-of-n", abstain=False)
     rm = load_reward_model(cfg.reward_model)
     best = []
     for p, cands in zip(prompts, samples):

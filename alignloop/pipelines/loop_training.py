@@ -28,12 +28,16 @@ import alignloop
 from alignloop.core.config import ConfigError
 from alignloop.core.files import write_jsonl
 from alignloop.data.readers import public_meta, read_preferences
-from alignloop.evaluate.qa_run import answer, qa_items, score_qa
+from alignloop.evaluate.qa_run import answers_and_confidence, qa_items, score_qa
 from alignloop.evaluate.tables import write_csv
+from alignloop.generation.abstention import Abstention, write_abstention
 from alignloop.pipelines.config import LoopConfig
 from alignloop.pipelines.loop_online import make_judge, online_prompts, online_round
 from alignloop.pipelines.loop_report import log, read_jsonl, stage_dir, write_stage_json
 from alignloop.pipelines.resume import run_once
+
+#: what a test summary keeps of the answers before and after declining (``policy_alone``, ``with_abstention``)
+GRADE_COUNTS = ("n", "correct", "incorrect", "refusal", "llmware_points", "by_class")
 
 
 def read_pool(cfg: LoopConfig) -> list[dict[str, Any]]:
@@ -70,13 +74,26 @@ def pool_order(strategy: str, pool: list[dict[str, Any]], seed: int) -> list[int
 
 
 def answer_and_grade(policy: str, test: list[Any], folder: Path, max_new_tokens: int, seed: int,
-                     desc: str) -> dict[str, Any]:
+                     desc: str, what_if: Abstention | None = None) -> dict[str, Any]:
     """``policy``'s greedy answers to the test items, graded by the QA scorer: ``submission.csv`` (``id``,
     ``answer``: one row per test item, in the test set's order) and ``grades.jsonl`` (every item's grade) in
-    ``folder``; returns the summary (counts, rates, llmware points)."""
-    ans = [a[0] for a in answer(policy, [r.prompt for r in test], max_new_tokens, 10_000, 0.0, 8, seed=seed,
-                                desc=desc)]
-    rows, summ = score_qa(test, ans)
+    ``folder``; returns the summary (counts, rates, llmware points).
+
+    A policy with an abstention record declines where it is unsure (:mod:`alignloop.generation.abstention`); then
+    each row also holds the answer's ``confidence`` and the ``policy_answer`` before declining, and the summary
+    ``policy_alone`` (the grades of the answers before declining) and ``with_abstention`` (after). ``what_if``: an
+    abstention to measure for a policy that has none (stage 0): the same two figures, the submission unchanged."""
+    res = answers_and_confidence(policy, [r.prompt for r in test], max_new_tokens, 10_000, 0.0, 8, seed=seed,
+                                 desc=desc, rule=what_if)
+    raw = [a[0] for a in res.get("policy_answers", res["answers"])]
+    guarded = [a[0] for a in res["answers"]]
+    rows, summ = score_qa(test, raw if what_if else guarded)
+    if "confidence" in res:
+        for r, a, c in zip(rows, raw, res["confidence"]):
+            r.update({"policy_answer": a, "confidence": round(c[0], 4)})
+        for key, answers in (("policy_alone", raw), ("with_abstention", guarded)):
+            summ[key] = {k: v for k, v in score_qa(test, answers)[1].items() if k in GRADE_COUNTS}
+        summ["abstention"] = res["abstention"]
     write_csv(folder / "submission.csv", [{"id": r["id"], "answer": r["answer"]} for r in rows])
     write_jsonl(folder / "grades.jsonl", rows)
     return summ
@@ -88,13 +105,22 @@ def evaluate_stage(cfg: LoopConfig, folder: Path, n: int, policy: str, reward_mo
     (``reward_eval.json``)."""
     m: dict[str, Any] = {}
     if test is not None:
-        summ = answer_and_grade(policy, test, folder, cfg.max_new_tokens, seed, f"stage {n}: test answers")
+        # stage 0's policy is the starting model, whose folder the loop does not write to: its abstention is measured
+        # (what_if), not applied
+        what_if = abstention_of(cfg) if n == 0 and abstention_of(cfg) else None
+        summ = answer_and_grade(policy, test, folder, cfg.max_new_tokens, seed, f"stage {n}: test answers", what_if)
         m.update({f"test_{k}": v for k, v in summ.items() if isinstance(v, (int, float))})
+        m.update({f"test_{k}": summ[k] for k in ("policy_alone", "with_abstention", "abstention") if k in summ})
     if reward_model and cfg.dev_data:
         r = alignloop.run_stage("reward eval", model=reward_model, data=cfg.dev_data, limit=cfg.limit,
                                 output=str(folder / "reward_eval.json"))
         m.update({"dev_reward_accuracy": r["accuracy"], "dev_pairs": r["n_pairs"]})
     return m
+
+
+def abstention_of(cfg: LoopConfig) -> Abstention | None:
+    """The abstention each trained stage's policy gets (``abstain_below``), or None."""
+    return None if cfg.abstain_below is None else Abstention(cfg.abstain_below, cfg.decline_text)
 
 
 def registry_on() -> bool:
@@ -267,6 +293,12 @@ def train_stage(cfg: LoopConfig, ins: "Inputs", folder: Path, seed: int, m: dict
             max_steps=cfg.rl_steps, batch_size=cfg.rl_prompts_per_step, num_generations=cfg.rl_generations,
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.rl_temperature, learning_rate=cfg.rl_learning_rate,
             seed=seed, db=cfg.db))
+    rule = abstention_of(cfg)
+    if rule is not None and policy != ins.start:  # a folder this stage trained: the rule travels with the model
+        from alignloop.models.load import resolve_model
+
+        write_abstention(resolve_model(policy), rule)
+        m["abstention"] = rule.to_json()
     return policy, reward_model
 
 

@@ -60,9 +60,7 @@ def _stage(out: Path, n: int) -> Path:
 
 def test_demo_writes_one_submission_per_stage_with_the_heldout_ids(demo):
     out, report, pool = demo
-    # contrastive: each of the 7 in-context questions 3 times (share 0.75) and its twin without the answer
-    assert json.loads((out / "data" / "done").read_text())["result"] == \
-        {"train": 7, "test": 3, "sft_rows": 28, "sft_declines": 7}
+    assert json.loads((out / "data" / "done").read_text())["result"] == {"train": 7, "test": 3}  # gold targets
     assert sorted(p.name for p in (out / "loop" / "random").iterdir()) == sorted(f"stage_{n}" for n in (0, 3, pool))
     for n in (0, 3, pool):
         assert _ids(_stage(out, n) / "submission.csv") == HELDOUT
@@ -88,6 +86,35 @@ def test_demo_writes_one_submission_per_stage_with_the_heldout_ids(demo):
     train_ids = [r["id"] for r in _jsonl(out / "data" / "train.jsonl")]
     assert [r["id"] for r in _jsonl(out / "loop" / "rl_prompts.jsonl")] == train_ids and \
         not set(train_ids) & set(HELDOUT)
+
+
+def test_each_trained_stage_declines_where_it_is_unsure_and_stage_0_only_measures_it(demo):
+    """abstain_below (-0.8 by default) is written into each trained stage's model folder and applied to its
+    held-out answers; stage 0 (the SFT model, a folder the loop does not own) keeps its answers and records what
+    declining would have given. tiny's confidence in its random answers is far below -0.8: every one declines."""
+    from alignloop.generation.abstention import read_abstention
+    from alignloop.pipelines.config import DECLINE_TEXT
+
+    out, _, pool = demo
+    for n in (3, pool):
+        final = _stage(out, n) / "grpo" / "final"
+        assert read_abstention(final) == read_abstention(_stage(out, n) / "grpo")
+        assert read_abstention(final).min_confidence == -0.8 and read_abstention(final).decline == DECLINE_TEXT
+        grades = _jsonl(_stage(out, n) / "grades.jsonl")
+        assert [g["answer"] for g in grades] == [DECLINE_TEXT] * 3
+        assert all(g["confidence"] < -0.8 and g["policy_answer"] != DECLINE_TEXT for g in grades)
+        m = json.loads((_stage(out, n) / "metrics.json").read_text())
+        # (tiny's random answers grade as refusals too: the grader finds no claim in them)
+        assert (m["test_refusal"], m["test_with_abstention"]["refusal"], m["test_policy_alone"]["n"]) == (3, 3, 3)
+        assert m["abstention"] == {"min_confidence": -0.8, "decline": DECLINE_TEXT}
+    sft = json.loads((out / "sft" / "done").read_text())["result"]
+    assert read_abstention(sft) is None
+    g0 = _jsonl(_stage(out, 0) / "grades.jsonl")
+    assert all(g["answer"] == g["policy_answer"] != DECLINE_TEXT for g in g0)
+    m0 = json.loads((_stage(out, 0) / "metrics.json").read_text())
+    assert m0["test_with_abstention"]["refusal"] == 3 and "abstention" not in m0
+    # no candidate the judge compared was replaced by the declining text
+    assert not any(DECLINE_TEXT in (r["chosen"], r["rejected"]) for r in _jsonl(out / "judge" / "preferences.jsonl"))
 
 
 def test_demo_registers_one_model_per_stage_with_its_labels_and_parent(demo):
@@ -133,7 +160,8 @@ def test_demo_ablation_and_report(demo, tiny_path):
     assert [(p["name"], p["model"]) for p in r["parts"]] == [
         ("base model (no training)", str(tiny_path)), ("+ SFT (stage 0)", sft),
         (f"+ DPO ({pool} labels)", str(_stage(out, pool) / "dpo" / "final")),
-        ("+ RL (GRPO: graded rule + reward model)", str(_stage(out, pool) / "grpo" / "final"))]
+        ("+ RL (GRPO: graded rule + reward model)", str(_stage(out, pool) / "grpo" / "final")),
+        ("+ declining when unsure (confidence below -0.8)", str(_stage(out, pool) / "grpo" / "final"))]
     for p in r["parts"]:
         assert p["n"] == 3 and p["correct"] + p["incorrect"] + p["refusal"] == 3
     # the same items: each part's McNemar counts add up to the 3 held-out questions
@@ -146,7 +174,11 @@ def test_demo_ablation_and_report(demo, tiny_path):
     assert heads == ["## Verdict", "## Learning curve", "## What each part adds (the last stage's chain, same items)",
                      "## Training curves", "## Grades per context class", "## Habits", "## Wall time",
                      "## Registered models"]
-    assert r["verdict"] in md and len(r["parts_said"]) == 3
+    assert r["verdict"] in md and len(r["parts_said"]) == 4
+    # tiny (random weights) is unsure of every answer: the last part is the declining text 3 times
+    assert (r["parts"][-1]["refusal"], r["parts"][-1]["n"]) == (3, 3)
+    assert "the SFT model (stage 0) declining by the same rule, measured and not applied: 0 correct, 0 incorrect, " \
+        "3 refusals of 3" in (out / "verdict.txt").read_text()
     # the issue's targets are against the base model (no training): every stage, stage 0 included, is tested on it
     lines = r["verdict"].splitlines()
     assert lines[0].startswith("Base: base model: ") and lines[1].startswith("Stage 0 (0 labels) ")
@@ -165,7 +197,7 @@ def test_a_second_demo_run_reuses_every_finished_step(demo, tiny_path, monkeypat
     def refuse(*a, **k):
         raise AssertionError("a finished step ran again")
 
-    for mod, name in ((alignloop, "run_stage"), (alignloop, "train"), (loop_training, "answer"),
+    for mod, name in ((alignloop, "run_stage"), (alignloop, "train"), (loop_training, "answers_and_confidence"),
                       (labeling, "sample_and_judge"), (demo_mod, "answer_and_grade")):
         monkeypatch.setattr(mod, name, refuse)
     markers = {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("done")}
@@ -323,7 +355,7 @@ def test_demo_step_keys_chain_so_a_changed_setting_redoes_what_follows():
     a = step_keys(DemoConfig().validate())
     b = step_keys(DemoConfig(sft_targets="grounded").validate())
     c = step_keys(DemoConfig(decline_candidate="I cannot tell.").validate())
-    d = step_keys(DemoConfig(decline_candidate="I cannot tell.", judge_gold="always").validate())
+    d = step_keys(DemoConfig(decline_candidate="I cannot tell.", judge_gold="in_context").validate())
     assert [c[k] != d[k] for k in ("data", "sft", "judge")] == [False, False, True]
     with pytest.raises(ConfigError, match="decline_candidate: judge_gold: in_context needs a declining candidate"):
         DemoConfig(judge_gold="in_context", decline_candidate="").validate()
