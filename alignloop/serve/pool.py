@@ -3,6 +3,7 @@ used ones unloaded), each with its own batcher."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -11,11 +12,15 @@ from typing import Any
 
 import torch
 
+from alignloop.generation.abstention import read_abstention
 from alignloop.models.load import load_causal_lm
 from alignloop.registry.store import resolve_model_ref
 from alignloop.serve.batcher import Batcher
 from alignloop.serve.config import ServeConfig
 from alignloop.serve.errors import ApiError
+
+
+log = logging.getLogger("alignloop.serve")
 
 
 @dataclass
@@ -43,6 +48,10 @@ class ModelPool:
         path, model_id = resolve_model_ref(ref, self.cfg.db) if self.reg is not None else (ref, None)
         dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float32
         model, tok = load_causal_lm(path, dtype=dtype)
+        if read_abstention(path) is not None:
+            # the server streams tokens as they are sampled; declining needs the whole answer first
+            log.warning("%s: its abstention (abstention.json: decline when unsure) is not applied by the server; "
+                        "`alignloop eval` and `alignloop demo` apply it", ref)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = model.to(device).eval()
         name = ref

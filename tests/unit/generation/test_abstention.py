@@ -85,6 +85,10 @@ def test_answer_applies_the_record_in_the_model_folder_and_not_to_judged_candida
     assert res["answers"] == [[DECLINE], [DECLINE]] and res["policy_answers"] == plain
     assert all(c[0] < -0.8 for c in res["confidence"]) and res["abstention"]["min_confidence"] == -0.8
     assert answer(str(folder), prompts, max_new_tokens=4, abstain=False) == plain
+    # the library API answers as the stage did too
+    from alignloop.generation.sampling import load_model
+
+    assert load_model(str(folder)).predict("What was revenue?", "Revenue was 1,577.", max_new_tokens=4) == DECLINE
     # an --output folder holding final/ reads the record of its final model
     out = tmp_path / "run"
     shutil.copytree(folder, out / "final")
