@@ -19,7 +19,6 @@ from alignloop.serve.batcher import Batcher
 from alignloop.serve.config import ServeConfig
 from alignloop.serve.errors import ApiError
 
-
 log = logging.getLogger("alignloop.serve")
 
 
