@@ -20,10 +20,15 @@ __all__ = ["load_model", "train", "run_stage", "Client", "__version__"]
 
 
 def load_model(name_or_path: str, **kwargs: Any):
-    """Load a policy model by alias, folder, GGUF file or cached hub id; returns an ``AlignModel``."""
+    """Load a policy model by alias, folder, GGUF file or cached hub id; returns an ``AlignModel`` whose
+    ``predict`` declines where the model is unsure when its folder has an abstention record
+    (:mod:`alignloop.generation.abstention`), as ``alignloop eval`` answers."""
+    from alignloop.generation.abstention import read_abstention
     from alignloop.generation.sampling import load_model as _load_model
 
-    return _load_model(name_or_path, **kwargs)
+    model = _load_model(name_or_path, **kwargs)
+    model.abstention = read_abstention(name_or_path)
+    return model
 
 
 def run_stage(stage: str, config: Any = None, **fields: Any):

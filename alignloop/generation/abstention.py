@@ -46,6 +46,11 @@ class Abstention:
     def to_json(self) -> dict[str, Any]:
         return {"min_confidence": self.min_confidence, "decline": self.decline}
 
+    def apply(self, model: Any, tokenizer: Any, prompts: Sequence[Any], answers: Sequence[Sequence[str]],
+              max_prompt_length: int = 512) -> tuple[list[list[str]], list[list[float]]]:
+        """:func:`apply` with this rule."""
+        return apply(self, model, tokenizer, prompts, answers, max_prompt_length)
+
 
 def write_abstention(folder: str | os.PathLike, abstention: Abstention) -> Path:
     """Record ``abstention`` in the policy's model folder."""
@@ -76,15 +81,14 @@ def read_abstention(policy: Any) -> Abstention | None:
 
 def confidence(model: Any, tokenizer: Any, prompts: Sequence[Any], answers: Sequence[str],
                max_prompt_length: int = 512, batch_size: int = 8) -> list[float]:
-    """Per answer, the mean log-probability of its tokens (end-of-turn included) given its prompt (a string, a
-    message list or a ``Prompt``) under ``model``
+    """Per answer, the mean log-probability of its tokens (end-of-turn included) given its prompt (a ``Prompt``
+    record) under ``model``
     at temperature 1: the answer's sum of log-probabilities (:func:`alignloop.generation.rollout.answer_logprobs`,
     the RL stages' forward pass) over its token count."""
     from alignloop.data.templates import encode_answer
     from alignloop.generation.rollout import answer_logprobs
-    from alignloop.generation.sampling import as_prompts
 
-    sums = answer_logprobs(model, tokenizer, as_prompts(prompts), answers, max_prompt_length, batch_size)
+    sums = answer_logprobs(model, tokenizer, prompts, answers, max_prompt_length, batch_size)
     return [s / max(1, len(encode_answer(tokenizer, a))) for s, a in zip(sums, answers)]
 
 

@@ -155,7 +155,8 @@ class AlignModel:
     model: Any
     tokenizer: Any
     name: str
-    abstention: Any = None  # the folder's abstention record: ``predict`` declines where the model is unsure
+    #: an ``Abstention`` (``alignloop.load_model`` reads the folder's record): ``predict`` declines where unsure
+    abstention: Any = None
 
     def generate(self, prompts: list[Any], num_completions: int = 1, **sampling: Any) -> list[list[str]]:
         """Completions for each prompt (strings, message lists or ``Prompt`` records)."""
@@ -163,25 +164,22 @@ class AlignModel:
         return sample_texts(self.model, self.tokenizer, as_prompts(prompts), num_completions, params)
 
     def predict(self, question: str, context: str | None = None, max_new_tokens: int = 256, **sampling: Any) -> str:
-        """The model's answer to a question, optionally grounded in a context (greedy by default); a model folder with
-        an abstention record declines where the model is unsure, as ``alignloop eval`` does."""
+        """The model's answer to a question, optionally grounded in a context (greedy by default); with an
+        abstention (``alignloop.load_model`` reads the folder's record) it declines where the model is unsure, as
+        ``alignloop eval`` does."""
         from alignloop.data.readers import qa_prompt
 
         sampling.setdefault("temperature", 0.0)
         prompt = qa_prompt(question, context)
         answers = self.generate([prompt], max_new_tokens=max_new_tokens, **sampling)
         if self.abstention is not None:
-            from alignloop.generation.abstention import apply
-
             with torch.no_grad():
-                answers = apply(self.abstention, self.model, self.tokenizer, [prompt], answers)[0]
+                answers = self.abstention.apply(self.model, self.tokenizer, [prompt], answers)[0]
         return answers[0][0]
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, **kwargs: Any) -> AlignModel:
     """A policy by alias, folder, GGUF file or cached hub id, ready for ``predict`` and ``generate``."""
-    from alignloop.generation.abstention import read_abstention
-
     model, tok = load_causal_lm(name_or_path, **kwargs)
     model.eval()
-    return AlignModel(model, tok, str(name_or_path), read_abstention(name_or_path))
+    return AlignModel(model, tok, str(name_or_path))

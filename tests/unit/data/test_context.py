@@ -120,8 +120,8 @@ def test_demo_data_stage_builds_the_same_context_as_eval(tmp_path):
     from alignloop.pipelines.demo import split_data
 
     path = write_jsonl(tmp_path / "q.jsonl", [ROW])
-    cfg = DemoConfig(data=str(path), output=str(tmp_path / "demo"))
-    # contrastive (the default): the question 3 times with its context, once with the answer's lines taken out
+    cfg = DemoConfig(data=str(path), output=str(tmp_path / "demo"), sft_targets="contrastive")
+    # contrastive: the question 3 times with its context, once with the answer's lines taken out
     assert split_data(cfg, tmp_path) == {"train": 1, "test": 0, "sft_rows": 4, "sft_declines": 1}
     (train,) = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
     assert train["context"] == build_context(QUESTION, ROW["evidence"], 800) and ANSWER in train["context"]

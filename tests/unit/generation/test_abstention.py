@@ -23,6 +23,12 @@ from alignloop.generation.abstention import (
 DECLINE = "The context does not say."
 
 
+def _prompts(*texts: str) -> list:
+    from alignloop.data.records import Prompt
+
+    return [Prompt([{"role": "user", "content": t}]) for t in texts]
+
+
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_path):
     from alignloop.models.load import load_causal_lm
@@ -47,16 +53,16 @@ def test_confidence_is_the_mean_log_probability_per_answer_token(tiny_lm):
     lm, tok = tiny_lm
     prompts, answers = ["What was revenue?", "Who audits it?"], ["1,577 million", "The auditor"]
     with torch.no_grad():
-        got = confidence(lm, tok, prompts, answers)
+        got = confidence(lm, tok, _prompts(*prompts), answers)
     assert got == pytest.approx([_by_hand(lm, tok, p, a) for p, a in zip(prompts, answers)], abs=1e-4)
 
 
 def test_the_threshold_declines_exactly_the_answers_below_it(tiny_lm):
     lm, tok = tiny_lm
-    prompts = ["What was revenue?", "Who audits it?"]
+    prompts = _prompts("What was revenue?", "Who audits it?")
     answers = [["1,577 million", "twelve"], ["The auditor"]]
     with torch.no_grad():
-        c = confidence(lm, tok, ["What was revenue?", "What was revenue?", "Who audits it?"],
+        c = confidence(lm, tok, _prompts("What was revenue?", "What was revenue?", "Who audits it?"),
                        ["1,577 million", "twelve", "The auditor"])
     mid = sorted(c)[1]  # the middle confidence: answers strictly below it decline, the one at it stays
     with torch.no_grad():
@@ -86,7 +92,7 @@ def test_answer_applies_the_record_in_the_model_folder_and_not_to_judged_candida
     assert all(c[0] < -0.8 for c in res["confidence"]) and res["abstention"]["min_confidence"] == -0.8
     assert answer(str(folder), prompts, max_new_tokens=4, abstain=False) == plain
     # the library API answers as the stage did too
-    from alignloop.generation.sampling import load_model
+    from alignloop import load_model
 
     assert load_model(str(folder)).predict("What was revenue?", "Revenue was 1,577.", max_new_tokens=4) == DECLINE
     # an --output folder holding final/ reads the record of its final model
