@@ -234,11 +234,11 @@ def verdict(stages: Sequence[dict], base: dict) -> str:
         p_cor = _test(final, "mcnemar_correct_vs_base")
         gain = "" if p_cor < ALPHA else f" (its gain in correct answers is within noise, {_p_eq(p_cor)})"
         lines.append(f"Verdict: the final stage meets the targets and its drop in incorrect answers is significant "
-                     f"({_p_eq(p_inc)}){gain}: the feedback made the model measurably better on questions it never "
-                     "saw.")
+                     f"({_p_eq(p_inc)}){gain}: the loop made the model measurably better on questions it never saw "
+                     "(what each part adds says which step earned it).")
     else:
         lines.append(f"Verdict: the final stage meets the targets, but its drop in incorrect answers is within "
-                     f"noise ({_p_eq(p_inc)}): on {n} questions that is not yet evidence that the feedback helped.")
+                     f"noise ({_p_eq(p_inc)}): on {n} questions that is not yet evidence that the loop helped.")
     return "\n".join(lines)
 
 

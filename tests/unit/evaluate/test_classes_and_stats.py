@@ -146,8 +146,8 @@ def test_verdict_says_where_a_stage_did_not_help_and_that_the_final_one_is_signi
         "Targets for the final stage, Stage 2 (40 labels): incorrect at most 0.7x the base's (12 vs at most 13.3): "
         "met; correct at least the base's (12 vs 9): met.\n"
         "Verdict: the final stage meets the targets and its drop in incorrect answers is significant (p = 0.016) "
-        "(its gain in correct answers is within noise, p = 0.25): the feedback made the model measurably better "
-        "on questions it never saw.")
+        "(its gain in correct answers is within noise, p = 0.25): the loop made the model measurably better "
+        "on questions it never saw (what each part adds says which step earned it).")
 
 
 def test_verdict_targets_met_within_noise_and_targets_missed():
@@ -156,7 +156,7 @@ def test_verdict_targets_met_within_noise_and_targets_missed():
         "Targets for the final stage, Stage 3 (80 labels): incorrect at most 0.7x the base's (13 vs at most 13.3): "
         "met; correct at least the base's (10 vs 9): met.",
         "Verdict: the final stage meets the targets, but its drop in incorrect answers is within noise "
-        "(p = 0.07): on 30 questions that is not yet evidence that the feedback helped."]
+        "(p = 0.07): on 30 questions that is not yet evidence that the loop helped."]
     worse = [_stage("stage_1", 20, 4, 26, 0, 0.0078125, 0.0625)]
     assert verdict(worse, {**BASE, "name": "base", "labels": None}) == (
         "Base: 9 correct, 19 incorrect, 2 refused of 30.\n"
