@@ -47,8 +47,8 @@ def graded_rows(records: Sequence[Any], folder: Path) -> list[dict[str, Any]]:
 def policy_rows(records: Sequence[Any], folder: Path) -> list[dict[str, Any]] | None:
     """The stage's answers before its abstention declined any (``policy_answer`` in ``grades.jsonl``), graded, in
     the test set's order; None when the stage's model has no abstention."""
-    graded = {r["id"]: r for r in map(json.loads, (folder / "grades.jsonl").read_text().splitlines() if
-                                      (folder / "grades.jsonl").exists() else [])}
+    path = folder / "grades.jsonl"
+    graded = {r["id"]: r for r in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
     if not graded or any("policy_answer" not in r for r in graded.values()):
         return None
     rows, _ = score_qa(records, [graded[str(r.meta["id"])]["policy_answer"] for r in records])

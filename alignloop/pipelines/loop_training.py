@@ -107,7 +107,7 @@ def evaluate_stage(cfg: LoopConfig, folder: Path, n: int, policy: str, reward_mo
     if test is not None:
         # stage 0's policy is the starting model, whose folder the loop does not write to: its abstention is measured
         # (what_if), not applied
-        what_if = abstention_of(cfg) if n == 0 and abstention_of(cfg) else None
+        what_if = abstention_of(cfg) if n == 0 else None
         summ = answer_and_grade(policy, test, folder, cfg.max_new_tokens, seed, f"stage {n}: test answers", what_if)
         m.update({f"test_{k}": v for k, v in summ.items() if isinstance(v, (int, float))})
         m.update({f"test_{k}": summ[k] for k in ("policy_alone", "with_abstention", "abstention") if k in summ})
