@@ -412,7 +412,7 @@ def test_staged_loop_on_tiny_writes_submissions_registers_models_and_reuses_stag
     def no_answers(*a, **k):
         raise AssertionError("a finished stage answered its test questions again")
 
-    monkeypatch.setattr(loop_training, "answer", no_answers)
+    monkeypatch.setattr(loop_training, "answers_and_confidence", no_answers)
     loop.run(cfg)
     assert calls == []
     assert {n: (run / f"stage_{n}" / "done").stat().st_mtime_ns for n in (0, 2)} == markers
