@@ -82,9 +82,8 @@ def read_abstention(policy: Any) -> Abstention | None:
 def confidence(model: Any, tokenizer: Any, prompts: Sequence[Any], answers: Sequence[str],
                max_prompt_length: int = 512, batch_size: int = 8) -> list[float]:
     """Per answer, the mean log-probability of its tokens (end-of-turn included) given its prompt (a ``Prompt``
-    record) under ``model``
-    at temperature 1: the answer's sum of log-probabilities (:func:`alignloop.generation.rollout.answer_logprobs`,
-    the RL stages' forward pass) over its token count."""
+    record) under ``model`` at temperature 1: the answer's sum of log-probabilities
+    (:func:`alignloop.generation.rollout.answer_logprobs`, the RL stages' forward pass) over its token count."""
     from alignloop.data.templates import encode_answer
     from alignloop.generation.rollout import answer_logprobs
 
