@@ -25,8 +25,11 @@ class EvalConfig(StageConfig):
     command: ClassVar[tuple[str, ...]] = ("eval",)
     runner: ClassVar[str] = "alignloop.pipelines.evaluation:run"
 
-    model: str = opt("smollm2-135m-instruct", "Model to evaluate (alias, folder, earlier --output).")
+    model: str = opt("smollm2-135m-instruct", "Model to evaluate (alias, folder, earlier --output, registered "
+                     "model's name or id).")
     compare: Optional[str] = opt(None, "A second model (e.g. the base) evaluated on the same items, side by side.")
+    db: Optional[str] = opt(None, "Registry database URL where --model / --compare names are looked up; default: "
+                            "the SQLite file under the alignloop home.")
     tasks: list[str] = opt(["qa"], "What to evaluate, comma-separated: qa, refusal, winrate, best_of_n, reward, kl.")
     data: str = opt(str(FINANCEBENCH), "QA items with a gold 'answer' (question + context/evidence).")
     context_chars: int = opt(CONTEXT_CHARS, "FinanceBench evidence becomes the passages most relevant to the "
@@ -36,7 +39,8 @@ class EvalConfig(StageConfig):
                                                  "split of the demo (test = held-out questions).")
     harmful: str = opt(str(HH_TEST), "Harmful prompts for the refusal rate (HH pairs: their prompts).")
     harmless: str = opt(str(FINANCEBENCH), "Harmless prompts for the over-refusal rate.")
-    output: str = opt("", "Output folder: summary.json and a CSV of per-item results per task.")
+    output: str = opt("runs/eval", "Output folder: summary.json and a CSV of per-item results per task (an earlier "
+                      "evaluation's files there are replaced).")
     reward_model: Optional[str] = opt(None, "Reward model folder (reward, best_of_n, reward accuracy on --pairs).")
     pairs: Optional[str] = opt(None, "Preference pairs for reward-model accuracy.")
     judge: Literal["reference", "local", "http", "reward"] = opt("reference", "Judge for the win rate.")
@@ -53,7 +57,7 @@ class EvalConfig(StageConfig):
     def check(self) -> list[str]:
         p = []
         if not self.output:
-            p.append("output: an output folder is required (--output DIR)")
+            p.append("output: an output folder is required (--output DIR)")  # only when set to ""
         bad = [t for t in self.tasks if t not in Task.__args__]  # type: ignore[attr-defined]
         if bad:
             p.append(f"tasks: unknown {', '.join(bad)} (choose from {', '.join(Task.__args__)})")  # type: ignore

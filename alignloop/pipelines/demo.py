@@ -22,12 +22,14 @@ stage's; stage 0's: the SFT run).
 
 5. ``ablation``  the last stage's DPO model answers the held-out questions too, so SFT only (stage 0), + DPO and
                  + RL (the last stage's model) are compared on the same items;
-6. the report    ``report.md`` and ``report.json`` (:mod:`alignloop.pipelines.demo_report`).
+6. the report    ``report.md`` and ``report.json`` (:mod:`alignloop.pipelines.demo_report`); ``final`` links to
+                 the last stage's model.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -218,6 +220,25 @@ def ablation(cfg: DemoConfig, out: Path, last: dict[str, Any]) -> dict[str, Any]
                     force=cfg.force, log=log, name="ablation (+ DPO)")
 
 
+def link_final(out: Path, last: dict[str, Any]) -> Path | None:
+    """``<output>/final``: a link to the last stage's model, so ``--model runs/demo/final`` (or ``runs/demo``) names
+    it whatever its label count; redone every run. Returns the link, or None where links cannot be made (the report
+    then names the stage's folder)."""
+    link = out / "final"
+    try:
+        if link.is_symlink():
+            link.unlink()
+        elif link.exists():
+            log(f"warning: {link} exists and is not the demo's link: left as it is")
+            return None
+        link.symlink_to(Path(os.path.relpath(Path(last["policy"]).resolve(), out.resolve())),
+                        target_is_directory=True)
+        return link
+    except OSError as exc:
+        log(f"warning: cannot link {link} to the final model: {exc}")
+        return None
+
+
 def run(cfg: DemoConfig) -> Path:
     import torch
 
@@ -260,6 +281,9 @@ def run(cfg: DemoConfig) -> Path:
     steps["loop"] = {"seconds": round(time.perf_counter() - t_loop, 1)}
     bar.update()
     stages = stage_metrics(out, cfg, counts)
+    final = link_final(out, stages[-1])
+    if final is not None:
+        stages[-1]["final_link"] = str(final)
     abl = ablation(cfg, out, stages[-1])
     if abl is not None:
         steps["ablation"] = abl
@@ -268,6 +292,7 @@ def run(cfg: DemoConfig) -> Path:
     bar.update()
     bar.close()
     log((out / "verdict.txt").read_text().strip())
+    log(demo_report.final_model_line(stages[-1], cfg.model))
     log(f"total {time.perf_counter() - t0:.0f} s")
     print(f"report: {path.resolve()}")
     return path

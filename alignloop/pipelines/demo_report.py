@@ -272,12 +272,22 @@ def time_table(steps: dict[str, Any], stages: list[dict[str, Any]]) -> tuple[str
     return "\n".join(lines) + "\n", total
 
 
-def registry_table(stages: list[dict[str, Any]]) -> str:
+def registry_table(stages: list[dict[str, Any]], base: str) -> str:
     lines = ["| stage | labels | model | registry id | parent id | policy folder |", "|---|---:|---|---|---|---|"]
     for s in stages:
         lines.append(f"| {name_of(s)} | {s['labels']} | {s['model_name']} | {s.get('model_id') or '–'} | "
                      f"{s.get('parent_id') or '–'} | `{s['policy']}` |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + final_model_line(stages[-1], base) + "\n"
+
+
+def final_model_line(last: dict[str, Any], base: str) -> str:
+    """Where the final stage's model is and how to evaluate it (with its rule for declining) on other questions."""
+    # a folder rather than the registry name: a name means the newest model of that name, another run's later
+    ref = last.get("final_link") or last["policy"]
+    where = f"`{ref}`, a link to `{last['policy']}`" if ref != last["policy"] else f"`{ref}`"
+    return (f"The final model: {where} (`{last['model_name']}` in the registry). On other questions (raw "
+            f"FinanceBench rows or question/context/answer rows): `alignloop eval --model {ref} --compare {base} "
+            f"--data FILE --output runs/eval`.")
 
 
 def _public(f: dict[str, Any]) -> dict[str, Any]:
@@ -331,7 +341,7 @@ def write_report(cfg: DemoConfig, out: Path, steps: dict[str, Any], stages: list
           "context figures; missing: not there.\n",
           "## Habits\n", habits_table(habits),
           "## Wall time\n", times,
-          "## Registered models\n", registry_table(stages)]
+          "## Registered models\n", registry_table(stages, cfg.model)]
     path = write_text(out / "report.md", "\n".join(md))
     write_json(out / "report.json", {
         "verdict": said, "parts_said": part_lines, "n": n, "stages": [_public(c) for c in curve],
@@ -339,5 +349,6 @@ def write_report(cfg: DemoConfig, out: Path, steps: dict[str, Any], stages: list
         "wall_time": {**{k: v.get("seconds") for k, v in steps.items()},
                       **{name_of(s): {k: v for k, v in s.items() if k.startswith("seconds")} for s in stages}},
         "registry": [{k: s.get(k) for k in ("labels", "model_name", "model_id", "parent_id", "policy")}
-                     for s in stages]})
+                     for s in stages],
+        "final_model": stages[-1].get("final_link") or stages[-1]["policy"]})
     return path

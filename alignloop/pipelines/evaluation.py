@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -169,13 +171,30 @@ def run_reward_accuracy(cfg: EvalConfig, out: Path) -> dict[str, Any]:
     return result
 
 
+def registered_folder(ref: str, db: str | None = None) -> str:
+    """``ref`` itself, or the folder of the registered model it names (``rlhf_160_labels``, ``m-…``), as the
+    trainers and the server resolve ``--model``; aliases and paths are not looked up (no registry is created for
+    them), and ``ALIGNLOOP_REGISTRY=off`` skips the registry."""
+    from alignloop.models.load import ALIASES
+
+    if ref in ALIASES or Path(ref).expanduser().exists() or os.environ.get("ALIGNLOOP_REGISTRY") == "off":
+        return ref
+    from alignloop.registry.store import resolve_model_ref
+
+    return resolve_model_ref(ref, db)[0]
+
+
 def run(cfg: EvalConfig) -> Path:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"model": cfg.model, "compare": cfg.compare}
+    cfg = cfg.replace(model=registered_folder(cfg.model, cfg.db),
+                      compare=registered_folder(cfg.compare, cfg.db) if cfg.compare else None)
     models: dict[str, str] = {"model": cfg.model}
     if cfg.compare:
         models["compare"] = cfg.compare
-    summary: dict[str, Any] = {"model": cfg.model, "compare": cfg.compare}
+        summary["compare_path"] = cfg.compare
+    summary["model_path"] = cfg.model
     if "qa" in cfg.tasks:
         summary["qa"] = evaluate_qa(cfg, out, models)
     if "refusal" in cfg.tasks:
@@ -190,4 +209,5 @@ def run(cfg: EvalConfig) -> Path:
         summary["reward"] = run_reward_accuracy(cfg, out)
     write_json(out / "summary.json", summary)
     print(json.dumps(summary, default=str))
+    print(f"results: {out.resolve()}", file=sys.stderr)
     return out

@@ -166,3 +166,26 @@ def test_sequence_logprobs_is_the_rl_forward_batched_and_cut(tiny_path):
             logp = torch.log_softmax(model(input_ids=torch.tensor([pi + ai])).logits[0].float(), -1)
             expected.append(sum(float(logp[len(pi) - 1 + k, t]) for k, t in enumerate(ai)))
     assert sequence_logprobs(model, tok, prompts, answers, max_prompt_length=16) == pytest.approx(expected, abs=1e-4)
+
+
+def test_eval_takes_a_registered_models_name_and_defaults_its_output(tiny_path, tmp_path, monkeypatch):
+    """issue 18: `alignloop eval --model rlhf_<n>_labels --compare smollm2-135m-instruct --data FILE` (no --output)
+    must evaluate the folder registered under that name, as the trainers and the server resolve --model."""
+    from alignloop.pipelines.evaluation import registered_folder, run
+    from alignloop.registry.recording import record_run
+
+    db = f"sqlite:///{tmp_path / 'reg.db'}"
+    model_id = record_run(EvalConfig(), tiny_path, metrics={}, name="rlhf_7_labels", db=db, card=False)
+    assert model_id is not None
+    assert registered_folder("rlhf_7_labels", db) == str(tiny_path.resolve())
+    assert registered_folder(model_id, db) == str(tiny_path.resolve())
+    # aliases and folders pass through without a look-up; an unknown name is left for the loader to refuse
+    assert registered_folder("tiny", db) == "tiny" and registered_folder(str(tiny_path), db) == str(tiny_path)
+    assert registered_folder("no_such_model", db) == "no_such_model"
+    monkeypatch.chdir(tmp_path)
+    cfg = EvalConfig(model="rlhf_7_labels", db=db, tasks=["qa"], split="test", limit=1, max_new_tokens=2)
+    assert cfg.output == "runs/eval"
+    run(cfg.validate())
+    summary = json.loads((tmp_path / "runs" / "eval" / "summary.json").read_text())
+    assert summary["model"] == "rlhf_7_labels" and summary["model_path"] == str(tiny_path.resolve())
+    assert summary["qa"]["model"]["n"] == 1

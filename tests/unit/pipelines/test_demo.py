@@ -175,6 +175,15 @@ def test_demo_ablation_and_report(demo, tiny_path):
                      "## Training curves", "## Grades per context class", "## Habits", "## Wall time",
                      "## Registered models"]
     assert r["verdict"] in md and len(r["parts_said"]) == 4
+    # where the final model is, and the command that evaluates it on other questions (its declining rule travels)
+    final = r["registry"][-1]["policy"]
+    assert final == str(_stage(out, pool) / "grpo" / "final")
+    link = out / "final"
+    assert link.is_symlink() and link.resolve() == Path(final).resolve() and r["final_model"] == str(link)
+    assert md.rstrip().endswith(f"The final model: `{link}`, a link to `{final}` (`rlhf_{pool}_labels` in the "
+                                f"registry). On other questions (raw FinanceBench rows or question/context/answer "
+                                f"rows): `alignloop eval --model {link} --compare {tiny_path} --data FILE --output "
+                                f"runs/eval`.")
     # tiny (random weights) is unsure of every answer: the last part is the declining text 3 times
     assert (r["parts"][-1]["refusal"], r["parts"][-1]["n"]) == (3, 3)
     assert "the SFT model (stage 0) declining by the same rule, measured and not applied: 0 correct, 0 incorrect, " \
