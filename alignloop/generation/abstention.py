@@ -84,11 +84,9 @@ def confidence(model: Any, tokenizer: Any, prompts: Sequence[Any], answers: Sequ
     """Per answer, the mean log-probability of its tokens (end-of-turn included) given its prompt (a ``Prompt``
     record) under ``model`` at temperature 1: the answer's sum of log-probabilities
     (:func:`alignloop.generation.rollout.answer_logprobs`, the RL stages' forward pass) over its token count."""
-    from alignloop.data.templates import encode_answer
     from alignloop.generation.rollout import answer_logprobs
 
-    sums = answer_logprobs(model, tokenizer, prompts, answers, max_prompt_length, batch_size)
-    return [s / max(1, len(encode_answer(tokenizer, a))) for s, a in zip(sums, answers)]
+    return answer_logprobs(model, tokenizer, prompts, answers, max_prompt_length, batch_size, mean=True)
 
 
 def apply(abstention: Abstention, model: Any, tokenizer: Any, prompts: Sequence[Any],

@@ -217,9 +217,10 @@ def sequence_values(critic: Any, prompt_ids: Sequence[Sequence[int]], response_i
 
 @torch.no_grad()
 def answer_logprobs(model: Any, tokenizer: Any, prompts: Sequence[Any], answers: Sequence[str],
-                    max_prompt_length: int = 512, batch_size: int = 8) -> list[float]:
+                    max_prompt_length: int = 512, batch_size: int = 8, mean: bool = False) -> list[float]:
     """Sum of each answer's token log-probs under ``model`` (temperature 1): the prompt through the chat template
-    (cut from the left to ``max_prompt_length`` tokens), the answer with its end-of-turn token."""
+    (cut from the left to ``max_prompt_length`` tokens), the answer with its end-of-turn token. ``mean``: divided by
+    the answer's token count (the mean log-probability per token)."""
     from alignloop.data.templates import encode_answer, encode_prompt
 
     prompt_ids = [encode_prompt(tokenizer, p)[-max_prompt_length:] for p in prompts]
@@ -227,5 +228,6 @@ def answer_logprobs(model: Any, tokenizer: Any, prompts: Sequence[Any], answers:
     out: list[float] = []
     for s in range(0, len(answer_ids), batch_size):
         lp, _ = sequence_logprobs(model, prompt_ids[s:s + batch_size], answer_ids[s:s + batch_size], 1.0)
-        out += lp.sum(1).tolist()  # right-padded with 0: the sum is over the answer's tokens
+        sums = lp.sum(1).tolist()  # right-padded with 0: the sum is over the answer's tokens
+        out += [x / max(1, len(a)) for x, a in zip(sums, answer_ids[s:s + batch_size])] if mean else sums
     return out
