@@ -17,8 +17,9 @@ training questions (benchmarks/README.md).
 
 The decision travels with the model: ``abstention.json`` in the policy's folder holds ``min_confidence`` and the
 declining text, and everything that answers through :func:`alignloop.evaluate.qa_run.answer` (``alignloop eval``,
-the loop, the demo) answers as the stage did. A folder without the file answers as it always has. The model server
-streams tokens as they come and does not apply it (docs/loop-and-evaluation.md).
+the loop, the demo), ``model.predict`` and the model server's ``/v1/predict`` answers as the stage did. A folder
+without the file answers as it always has. The server's chat and text completions stream tokens as they come and do
+not apply it (docs/loop-and-evaluation.md).
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class Abstention:
 
     min_confidence: float
     decline: str
+
+    def declines(self, confidence: float) -> bool:
+        """Whether an answer of this confidence is replaced by the declining text."""
+        return confidence < self.min_confidence
 
     def to_json(self) -> dict[str, Any]:
         return {"min_confidence": self.min_confidence, "decline": self.decline}
@@ -101,7 +106,7 @@ def apply(abstention: Abstention, model: Any, tokenizer: Any, prompts: Sequence[
     k = 0
     for group in answers:
         c = conf[k:k + len(group)]
-        out.append([abstention.decline if x < abstention.min_confidence else a for a, x in zip(group, c)])
+        out.append([abstention.decline if abstention.declines(x) else a for a, x in zip(group, c)])
         confs.append(c)
         k += len(group)
     return out, confs

@@ -30,6 +30,7 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     batcher: Batcher
+    abstention: Any = None  # the folder's rule for declining when unsure (``/v1/predict`` applies it)
     created: int = field(default_factory=lambda: int(time.time()))
     last_used: float = field(default_factory=time.monotonic)
 
@@ -47,10 +48,11 @@ class ModelPool:
         path, model_id = resolve_model_ref(ref, self.cfg.db) if self.reg is not None else (ref, None)
         dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float32
         model, tok = load_causal_lm(path, dtype=dtype)
-        if read_abstention(path) is not None:
-            # the server streams tokens as they are sampled; declining needs the whole answer first
-            log.warning("%s: its abstention (abstention.json: decline when unsure) is not applied by the server; "
-                        "`alignloop eval` and `alignloop demo` apply it", ref)
+        abstention = read_abstention(path)
+        if abstention is not None:
+            # declining needs the whole answer first: chat and text completions stream tokens as they are sampled
+            log.warning("%s: declines when unsure (abstention.json, below %s) on /v1/predict, as model.predict "
+                        "does; chat and text completions answer without it", ref, abstention.min_confidence)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = model.to(device).eval()
         name = ref
@@ -58,7 +60,7 @@ class ModelPool:
             name = self.reg.find_model(model_id).name
         lm = LoadedModel(model_id or ref, name, str(path), model, tok,
                          Batcher(model, tok, self.cfg.max_batch_size, self.cfg.batch_wait_ms,
-                                 max_queue=self.cfg.max_queue))
+                                 max_queue=self.cfg.max_queue), abstention)
         self.models[lm.id] = lm
         return lm
 

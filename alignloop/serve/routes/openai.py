@@ -234,7 +234,12 @@ async def predict(request: Request, req: PredictRequest, pool: PoolDep, cfg: Set
     charge(budget, caller, max_tokens)
     [choices] = await generate(request, lm, [ids], sampling, max_tokens)
     answer = lm.tokenizer.decode(choices[0].token_ids, skip_special_tokens=True).strip()
+    confidence = None
+    if lm.abstention is not None:  # a trained loop/demo stage: decline where unsure, as model.predict does
+        [[answer]], [[confidence]] = await run_in_threadpool(lm.abstention.apply, lm.model, lm.tokenizer, [prompt],
+                                                             [[answer]])
     rid = "pred-" + secrets.token_hex(12)
     await run_in_threadpool(answers.keep, rid, lm.id, prompt.to_json(), [answer], req.user or caller)
     return {"id": rid, "object": "prediction", "model": lm.id, "answer": answer,
-            "finish_reason": choices[0].finish_reason, "usage": usage(len(ids), choices)}
+            "declined": confidence is not None and lm.abstention.declines(confidence),
+            "confidence": confidence, "finish_reason": choices[0].finish_reason, "usage": usage(len(ids), choices)}
