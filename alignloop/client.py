@@ -47,14 +47,19 @@ class JobFailed(ClientError):
 
 
 class Answer(str):
-    """An answer string that also carries the id the server gave it (pass it to ``feedback``)."""
+    """An answer string that also carries the id the server gave it (pass it to ``feedback``), and for a model that
+    declines when unsure (a trained loop or demo stage) whether it ``declined`` and its ``confidence`` (the mean
+    log-probability per answer token; None for other models)."""
 
     id: str
     model: str
+    declined: bool
+    confidence: float | None
 
-    def __new__(cls, text: str, id: str, model: str = "") -> "Answer":
+    def __new__(cls, text: str, id: str, model: str = "", declined: bool = False,
+                confidence: float | None = None) -> "Answer":
         obj = super().__new__(cls, text)
-        obj.id, obj.model = id, model
+        obj.id, obj.model, obj.declined, obj.confidence = id, model, declined, confidence
         return obj
 
 
@@ -176,7 +181,7 @@ class Client:
         if user:
             body["user"] = user
         r = self._post("/v1/predict", body)
-        return Answer(r["answer"], r["id"], r["model"])
+        return Answer(r["answer"], r["id"], r["model"], bool(r.get("declined", False)), r.get("confidence"))
 
     def train(self, train_data: str | os.PathLike | Iterable[dict], initial_model_id: str | None = None,
               model_name: str | None = None, fine_tuning_type: str = "sft", wait: bool = True,

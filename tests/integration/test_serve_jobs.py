@@ -99,6 +99,7 @@ def test_sdk_trains_predicts_and_lineage_names_the_labels(served):
 
     answer = client.predict(model_id, "What is 1 plus 1?", context="A sum.", max_tokens=4)
     assert isinstance(answer, str) and answer.id.startswith("pred-") and answer.model == model_id
+    assert (answer.declined, answer.confidence) == (False, None)  # an SFT folder has no rule for declining
     same = client.load_model("sum-v1").predict("What is 1 plus 1?", context="A sum.", max_tokens=4)
     assert same == answer  # greedy: the same answer by id or by name
 

@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from serve_fixtures import ADMIN_KEY, LOCAL, serve_app
 
+from alignloop.client import Client
 from alignloop.data.readers import qa_prompt
 from alignloop.generation.abstention import Abstention, confidence, write_abstention
 
@@ -45,6 +46,10 @@ def test_predict_declines_below_the_folders_threshold_with_the_librarys_confiden
         second = client.post("/v1/predict", headers=ADMIN, json=body).json()
         assert (second["answer"], second["declined"]) == (DECLINE, True)
         assert second["confidence"] == pytest.approx(first["confidence"], abs=1e-5)
+        sdk = Client(LOCAL)  # the SDK's answer carries the same two facts
+        sdk.http = TestClient(client.app, base_url=LOCAL, headers=ADMIN)
+        said = sdk.predict(lm.id, body["question"], context=body["context"], max_tokens=4)
+        assert (str(said), said.declined, said.confidence) == (DECLINE, True, second["confidence"])
         lm.abstention = Abstention(first["confidence"] - 1e-3, DECLINE)  # just below: answered
         third = client.post("/v1/predict", headers=ADMIN, json=body).json()
         assert (third["answer"], third["declined"]) == (first["answer"], False)
