@@ -13,6 +13,11 @@ REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 CACHE_ENV = "ALIGNLOOP_CACHE_DIR"
 
 
+def registry_on() -> bool:
+    """Whether runs, stages and ``--model`` names go through the model registry (``ALIGNLOOP_REGISTRY=off``: not)."""
+    return os.environ.get("ALIGNLOOP_REGISTRY") != "off"
+
+
 def alignloop_home() -> Path:
     """Where alignloop keeps caches (converted models, tokenised data) and the default database."""
     return Path(os.environ.get("ALIGNLOOP_HOME") or Path.home() / ".cache" / "alignloop")

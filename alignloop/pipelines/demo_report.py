@@ -280,10 +280,15 @@ def registry_table(stages: list[dict[str, Any]], base: str) -> str:
     return "\n".join(lines) + "\n\n" + final_model_line(stages[-1], base) + "\n"
 
 
+def final_model(last: dict[str, Any]) -> str:
+    """The folder that names the final stage's model: the demo's ``final`` link, else the stage's policy folder (a
+    folder rather than the registry name: a name means the newest model of that name, another run's later)."""
+    return last.get("final_link") or last["policy"]
+
+
 def final_model_line(last: dict[str, Any], base: str) -> str:
     """Where the final stage's model is and how to evaluate it (with its rule for declining) on other questions."""
-    # a folder rather than the registry name: a name means the newest model of that name, another run's later
-    ref = last.get("final_link") or last["policy"]
+    ref = final_model(last)
     where = f"`{ref}`, a link to `{last['policy']}`" if ref != last["policy"] else f"`{ref}`"
     return (f"The final model: {where} (`{last['model_name']}` in the registry). On other questions (raw "
             f"FinanceBench rows or question/context/answer rows): `alignloop eval --model {ref} --compare {base} "
@@ -350,5 +355,5 @@ def write_report(cfg: DemoConfig, out: Path, steps: dict[str, Any], stages: list
                       **{name_of(s): {k: v for k, v in s.items() if k.startswith("seconds")} for s in stages}},
         "registry": [{k: s.get(k) for k in ("labels", "model_name", "model_id", "parent_id", "policy")}
                      for s in stages],
-        "final_model": stages[-1].get("final_link") or stages[-1]["policy"]})
+        "final_model": final_model(stages[-1])})
     return path

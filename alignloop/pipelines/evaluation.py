@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from alignloop.core.files import write_json
+from alignloop.core.paths import registry_on
 from alignloop.data.readers import read_preferences, read_records
 from alignloop.evaluate.config import FINANCEBENCH, HH_TEST, EvalConfig  # noqa: F401  (re-exported)
 from alignloop.evaluate.metrics import refusal_rates, win_rate
@@ -177,7 +177,7 @@ def registered_folder(ref: str, db: str | None = None) -> str:
     them), and ``ALIGNLOOP_REGISTRY=off`` skips the registry."""
     from alignloop.models.load import ALIASES
 
-    if ref in ALIASES or Path(ref).expanduser().exists() or os.environ.get("ALIGNLOOP_REGISTRY") == "off":
+    if ref in ALIASES or Path(ref).expanduser().exists() or not registry_on():
         return ref
     from alignloop.registry.store import resolve_model_ref
 

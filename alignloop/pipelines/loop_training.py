@@ -14,7 +14,6 @@ mode.
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 import time
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 import alignloop
 from alignloop.core.config import ConfigError
 from alignloop.core.files import write_jsonl
+from alignloop.core.paths import registry_on
 from alignloop.data.readers import public_meta, read_preferences
 from alignloop.evaluate.qa_run import answers_and_confidence, qa_items, score_qa
 from alignloop.evaluate.tables import write_csv
@@ -121,10 +121,6 @@ def evaluate_stage(cfg: LoopConfig, folder: Path, n: int, policy: str, reward_mo
 def abstention_of(cfg: LoopConfig) -> Abstention | None:
     """The abstention each trained stage's policy gets (``abstain_below``), or None."""
     return None if cfg.abstain_below is None else Abstention(cfg.abstain_below, cfg.decline_text)
-
-
-def registry_on() -> bool:
-    return os.environ.get("ALIGNLOOP_REGISTRY") != "off"
 
 
 def starting_model(cfg: LoopConfig) -> tuple[str, str | None]:

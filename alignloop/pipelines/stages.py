@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from alignloop.core.config import StageConfig
+from alignloop.core.paths import registry_on
 
 #: every command, lazily: (words) -> (help line, "module:ConfigClass").
 #: Stage modules own their config classes when they are not here; cli imports only the one invoked.
@@ -72,7 +73,7 @@ def run(cfg: StageConfig) -> Any:
 
     runner = load_ref(type(cfg).runner)
     main_process = os.environ.get("RANK", "0") == "0"  # under `launch`, only rank 0 records
-    if not isinstance(cfg, TrainOptions) or not main_process or os.environ.get("ALIGNLOOP_REGISTRY") == "off":
+    if not isinstance(cfg, TrainOptions) or not main_process or not registry_on():
         return runner(cfg)
     from alignloop.registry import recording as registry
 
